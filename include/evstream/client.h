@@ -1,0 +1,44 @@
+/**
+ * @file evstream/client.h
+ * Clients (the seed's open_connection / open_unix_connection), from a task.
+ */
+#ifndef EVSTREAM_CLIENT_H
+#define EVSTREAM_CLIENT_H
+
+#include <sys/socket.h>
+
+#include <evstream/common.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Connection options. Zero-initialise (or pass NULL for the defaults). */
+typedef struct evs_connect_options {
+    double timeout;           /**< seconds for each address tried; 0 = 60 */
+    size_t limit;             /**< reader limit; 0 = 64 KiB */
+    const char *local_host;   /**< bind to this local address first (TCP) */
+    uint16_t local_port;      /**< with local_host; 0 = any */
+} evs_connect_options;
+
+/**
+ * Resolve @p host asynchronously (names and numeric addresses), try each
+ * address in turn and return a (reader, writer) pair for the first that
+ * connects. Parks.
+ * @param r,w receive the pair; release it with evs_writer_free().
+ * @return 0; the last address's error (-ECONNREFUSED, -ETIMEDOUT...);
+ *         -EHOSTUNREACH when the name does not resolve; -ECANCELED.
+ */
+EVS_EXTERN int evs_open_connection(const char *host, uint16_t port,
+                                   const evs_connect_options *opts, evs_reader **r,
+                                   evs_writer **w);
+
+/** Connect to a Unix stream socket (a path, or "@name" for an abstract one).
+ *  Parks. @return as evs_open_connection(). */
+EVS_EXTERN int evs_open_unix_connection(const char *path, const evs_connect_options *opts,
+                                        evs_reader **r, evs_writer **w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

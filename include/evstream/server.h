@@ -1,0 +1,107 @@
+/**
+ * @file evstream/server.h
+ * Servers (the seed's start_server / start_unix_server): listening sockets
+ * on the runtime's acceptor thread whose connections go to the workers,
+ * served either in stream mode (a task runs client_connected(reader,
+ * writer)) or in protocol mode (an evs_protocol per connection).
+ */
+#ifndef EVSTREAM_SERVER_H
+#define EVSTREAM_SERVER_H
+
+#include <sys/socket.h>
+
+#include <evstream/common.h>
+#include <evstream/protocol.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * Stream-mode handler, run as a task on the connection's worker. When it
+ * returns, the writer is closed (buffered bytes are still flushed) and the
+ * pair is released: do not keep @p r or @p w.
+ */
+typedef void (*evs_client_connected_cb)(evs_reader *r, evs_writer *w, void *arg);
+
+/** Server options. Zero-initialise, then set the handler and the address. */
+typedef struct evs_server_options {
+    /* Handler: exactly one of client_connected and protocol. */
+    evs_client_connected_cb client_connected; /**< stream mode */
+    const evs_protocol *protocol;             /**< protocol mode */
+    void *arg; /**< passed to client_connected, or as ctx to connection_made */
+
+    /* Address (TCP). */
+    const char *host;         /**< one host or address; NULL or "" = all interfaces */
+    const char *const *hosts; /**< or several (nhosts of them) */
+    size_t nhosts;
+    uint16_t port; /**< 0 = any free port (read it back with evs_server_port()) */
+
+    /* Address (Unix, for evs_start_unix_server). */
+    const char *path; /**< a filesystem path, or "@name" for Linux's abstract namespace */
+    unsigned mode;    /**< file mode of the socket (e.g. 0660); 0 = leave as created */
+
+    /* An already listening socket instead of an address: set use_fd. */
+    bool use_fd;
+    int fd; /**< taken over by the server */
+
+    int backlog;        /**< listen() backlog; 0 = 100 (asyncio's default) */
+    bool no_reuse_address; /**< do not set SO_REUSEADDR (set by default, as asyncio does) */
+    bool reuse_port;    /**< SO_REUSEPORT */
+    bool defer_serving; /**< the seed's start_serving=False: listen but do not
+                             accept until evs_server_start_serving() */
+    size_t limit;       /**< reader limit; 0 = 64 KiB */
+    size_t write_high_water; /**< 0 = 64 KiB */
+    size_t write_low_water;  /**< 0 = high / 4 */
+} evs_server_options;
+
+/**
+ * Bind and listen on TCP addresses (every address @p host resolves to) and
+ * serve connections on @p rt's workers.
+ * @param out receives the server, owned by the runtime (freed by
+ *        evs_runtime_stop()); may be NULL.
+ * @return 0; -EINVAL (bad options); -EADDRINUSE, -EACCES, ... from bind;
+ *         -ENOENT / -EAI_* mapped to -EHOSTUNREACH for unknown hosts.
+ * Thread: any thread but a worker of @p rt (name resolution blocks).
+ */
+EVS_EXTERN int evs_start_server(evs_runtime *rt, const evs_server_options *opts,
+                                evs_server **out);
+
+/**
+ * Like evs_start_server() on a Unix stream socket at opts->path. A stale
+ * socket file (nobody listening) is replaced; a path that is not a socket,
+ * or a socket somebody listens on, is refused with -EADDRINUSE.
+ */
+EVS_EXTERN int evs_start_unix_server(evs_runtime *rt, const evs_server_options *opts,
+                                     evs_server **out);
+
+/** Start accepting (after defer_serving). Idempotent. Any thread. */
+EVS_EXTERN int evs_server_start_serving(evs_server *s);
+/** True while accepting. Any thread. */
+EVS_EXTERN bool evs_server_is_serving(const evs_server *s);
+
+/**
+ * Stop listening and close the listening sockets (a Unix socket file is
+ * removed). Live connections go on. Idempotent. Any thread.
+ */
+EVS_EXTERN void evs_server_close(evs_server *s);
+
+/**
+ * Wait until the server is closed and all its connections have ended.
+ * In a task it parks; elsewhere it blocks the thread.
+ * @return 0, or -ECANCELED / -ETIMEDOUT in a task.
+ */
+EVS_EXTERN int evs_server_wait_closed(evs_server *s);
+
+/** The listening fds (the seed's Server.sockets). @return how many there
+ *  are (at most @p n are stored). Any thread. */
+EVS_EXTERN size_t evs_server_sockets(const evs_server *s, int *fds, size_t n);
+/** The bound TCP port of the first socket (0 for Unix). Any thread. */
+EVS_EXTERN uint16_t evs_server_port(const evs_server *s);
+/** Live connections of this server. Any thread. */
+EVS_EXTERN size_t evs_server_connections(const evs_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,87 @@
+/**
+ * @file evstream/task.h
+ * Tasks: stackful coroutines on a worker. A call that would block (read,
+ * drain, sleep, join, connect...) parks the task and returns to the event
+ * loop; the task resumes on the same worker when the call can complete.
+ *
+ * Cancellation is sticky: after evs_task_cancel() the parked call and every
+ * later parking call of that task return -ECANCELED at once, so a handler
+ * unwinds quickly. A per-task timeout bounds each parked call (-ETIMEDOUT).
+ *
+ * Thread: every function runs on the worker that owns the task.
+ */
+#ifndef EVSTREAM_TASK_H
+#define EVSTREAM_TASK_H
+
+#include <evstream/common.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** A task's body; its return value is what evs_task_join() reports. */
+typedef int (*evs_task_fn)(void *arg);
+
+/**
+ * Start fn(arg) as a task on the calling worker; it first runs after the
+ * current callback or task yields.
+ * @param out receives a handle the caller owns and must give back with
+ *        evs_task_join() or evs_task_detach(); pass NULL to detach at once.
+ * @return 0, -ENOMEM (no stack: see vm.max_map_count), -EINVAL (not on a
+ *         worker), -ESHUTDOWN (the worker is stopping).
+ */
+EVS_EXTERN int evs_task_spawn(evs_task_fn fn, void *arg, evs_task **out);
+
+/**
+ * Wait for @p task to end and release the handle.
+ * @param result receives fn's return value (may be NULL).
+ * @return 0; -ECANCELED or -ETIMEDOUT when the waiting task itself was
+ *         cancelled or timed out (the handle is then still owned);
+ *         -EDEADLK when a task joins itself. From outside a task (in a loop
+ *         callback) only a finished task can be joined, else -EAGAIN.
+ */
+EVS_EXTERN int evs_task_join(evs_task *task, int *result);
+
+/** Release the handle without waiting; the task runs on. */
+EVS_EXTERN void evs_task_detach(evs_task *task);
+
+/** Cancel @p task (idempotent): its parked call returns -ECANCELED, and so
+ *  does every later parking call. A finished task is not affected. */
+EVS_EXTERN void evs_task_cancel(evs_task *task);
+
+/** True once the task's function returned. */
+EVS_EXTERN bool evs_task_done(const evs_task *task);
+/** True once evs_task_cancel() was called on it. */
+EVS_EXTERN bool evs_task_cancelled(const evs_task *task);
+
+/**
+ * Bound every parked call of @p task to @p seconds (0 removes the bound):
+ * a call still parked then returns -ETIMEDOUT. The task goes on running and
+ * may park again.
+ */
+EVS_EXTERN void evs_task_set_timeout(evs_task *task, double seconds);
+
+/** The running task, or NULL outside tasks. */
+EVS_EXTERN evs_task *evs_task_current(void);
+
+/** Park for @p seconds. @return 0, -ECANCELED or -ETIMEDOUT. Only in a task. */
+EVS_EXTERN int evs_sleep(double seconds);
+
+/** Let the other ready tasks and callbacks run, then continue.
+ *  @return 0 or -ECANCELED. Only in a task. */
+EVS_EXTERN int evs_yield(void);
+
+/**
+ * Run fn(arg) as a task on a private event loop in the calling thread until
+ * it returns (asyncio.run), then cancel the tasks it left, wait for them and
+ * free the loop. For client programs and tests.
+ * @param result receives fn's return value (may be NULL).
+ * @return 0, or a negative errno when the loop could not be set up.
+ * Thread: any thread that is not running a loop of evstream already.
+ */
+EVS_EXTERN int evs_run(evs_task_fn fn, void *arg, int *result);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

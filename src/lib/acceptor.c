@@ -1,0 +1,269 @@
+/*
+ * acceptor.c - the acceptor thread: accept connections on every listening
+ * socket and hand each to a worker.
+ *
+ * Everything here runs on the acceptor thread; other threads reach it
+ * through its inbox (evs_worker_post on rt->acceptor).
+ *
+ * Two conditions stop accepting instead of accepting and dropping:
+ * max_connections (resumed by the worker that closes a connection) and fd
+ * exhaustion, EMFILE/ENFILE (retried from a timer with back-off; libevent's
+ * own listener would spin on a readable socket it cannot accept from).
+ */
+#include "server.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Connections accepted per readiness event before looking at the others. */
+#define ACCEPTS_PER_EVENT 64
+
+static void set_listening(evs_runtime *rt, bool on)
+{
+    evs_server *s;
+
+    pthread_mutex_lock(&rt->lock);
+    for (s = rt->servers; s; s = s->next) {
+        if (!atomic_load(&s->serving) || atomic_load(&s->closed))
+            continue;
+        for (size_t i = 0; i < s->nlisteners; i++) {
+            evs__listener *l = &s->listeners[i];
+            if (on && !l->ev_added && l->fd >= 0) {
+                event_add(&l->ev, NULL);
+                l->ev_added = true;
+            } else if (!on && l->ev_added) {
+                event_del(&l->ev);
+                l->ev_added = false;
+            }
+        }
+    }
+    pthread_mutex_unlock(&rt->lock);
+}
+
+static bool paused(const evs_runtime *rt)
+{
+    return rt->fd_paused || atomic_load(&rt->limit_paused);
+}
+
+static evs_worker *pick_worker(evs_runtime *rt)
+{
+    evs_worker *best;
+    uint64_t best_active;
+    int n = rt->nworkers;
+    int start = (int)(rt->rr++ % (unsigned)n);
+
+    if (rt->dispatch == EVS_DISPATCH_ROUND_ROBIN)
+        return &rt->workers[start];
+    /* Least connections; scanning from a rotating start makes ties go
+     * round-robin. */
+    best = &rt->workers[start];
+    best_active = atomic_load_explicit(&best->active, memory_order_relaxed);
+    for (int i = 1; i < n && best_active > 0; i++) {
+        evs_worker *w = &rt->workers[(start + i) % n];
+        uint64_t a = atomic_load_explicit(&w->active, memory_order_relaxed);
+        if (a < best_active) {
+            best = w;
+            best_active = a;
+        }
+    }
+    return best;
+}
+
+static void dispatch(evs_server *s, int fd, const struct sockaddr_storage *peer, socklen_t plen)
+{
+    evs_runtime *rt = s->rt;
+    evs_worker *w = pick_worker(rt);
+    evs__msg *m = malloc(sizeof *m);
+
+    if (!m) {
+        evs__warn("out of memory: dropping a new connection");
+        close(fd);
+        return;
+    }
+    memset(m, 0, offsetof(evs__msg, peer));
+    m->fd = fd;
+    m->server = s;
+    m->peerlen = plen;
+    memcpy(&m->peer, peer, plen);
+    /* Count before the hand-off so the limit and least-connections see
+     * connections still in flight to a worker. */
+    atomic_fetch_add(&rt->conns, 1);
+    atomic_fetch_add(&s->conns, 1);
+    atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
+    evs__counter_add(&w->accepted, 1);
+    if (evs__worker_push(w, m) < 0) {
+        close(fd);
+        free(m);
+        evs__connection_closed(s, w);
+    }
+}
+
+static void pause_for_fds(evs_runtime *rt, int err)
+{
+    struct timeval tv;
+
+    rt->fd_paused = true;
+    set_listening(rt, false);
+    if (rt->retry_delay <= 0)
+        rt->retry_delay = 0.1;
+    /* Logged once per back-off step, not per failed accept. */
+    evs__warn("accept: %s; not accepting for %.1fs", strerror(err), rt->retry_delay);
+    tv = evs__tv(rt->retry_delay);
+    evtimer_add(&rt->retry_ev, &tv);
+    if (rt->retry_delay < 2.0)
+        rt->retry_delay *= 2;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_runtime *rt = arg;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    rt->fd_paused = false;
+    if (!paused(rt))
+        set_listening(rt, true);
+}
+
+static bool at_limit(evs_runtime *rt)
+{
+    return rt->max_connections > 0 && atomic_load(&rt->conns) >= rt->max_connections;
+}
+
+static void pause_for_limit(evs_runtime *rt)
+{
+    atomic_store(&rt->limit_paused, true);
+    set_listening(rt, false);
+    evs__info("max_connections (%zu) reached; not accepting until connections close",
+              rt->max_connections);
+    /* A close may have happened between the check and the flag: look again. */
+    if (!at_limit(rt) && atomic_exchange(&rt->limit_paused, false) && !rt->fd_paused)
+        set_listening(rt, true);
+}
+
+static void accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+    evs__listener *l = arg;
+    evs_server *s = l->server;
+    evs_runtime *rt = s->rt;
+
+    EVS_UNUSED(what);
+    for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        int fd;
+
+        if (at_limit(rt)) {
+            pause_for_limit(rt);
+            return;
+        }
+        fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            switch (errno) {
+            case EAGAIN:
+#if EAGAIN != EWOULDBLOCK
+            case EWOULDBLOCK:
+#endif
+                return;
+            case EINTR:
+            case ECONNABORTED:
+            case EPROTO:
+            case EPERM:
+                continue;
+            case EMFILE:
+            case ENFILE:
+            case ENOBUFS:
+            case ENOMEM:
+                pause_for_fds(rt, errno);
+                return;
+            default:
+                evs__warn("accept: %s", strerror(errno));
+                return;
+            }
+        }
+        rt->retry_delay = 0;
+        dispatch(s, fd, &peer, plen);
+    }
+}
+
+void evs__acceptor_add(evs_worker *acceptor, void *arg)
+{
+    evs_server *s = arg;
+
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        evs__listener *l = &s->listeners[i];
+        event_assign(&l->ev, acceptor->base, l->fd, EV_READ | EV_PERSIST, accept_cb, l);
+    }
+    if (atomic_load(&s->serving) && !paused(s->rt))
+        set_listening(s->rt, true);
+}
+
+void evs__acceptor_remove(evs_worker *acceptor, void *arg)
+{
+    evs_server *s = arg;
+    struct stat st;
+
+    EVS_UNUSED(acceptor);
+    pthread_mutex_lock(&s->rt->lock);
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        evs__listener *l = &s->listeners[i];
+        if (l->ev_added)
+            event_del(&l->ev);
+        l->ev_added = false;
+        if (l->fd >= 0)
+            close(l->fd);
+        l->fd = -1;
+    }
+    pthread_mutex_unlock(&s->rt->lock);
+    /* Remove our socket file, but not one that replaced it since. */
+    if (s->path && s->path[0] != '@' && stat(s->path, &st) == 0 && st.st_dev == s->path_dev &&
+        st.st_ino == s->path_ino)
+        unlink(s->path);
+}
+
+void evs__acceptor_resume(evs_worker *acceptor, void *unused)
+{
+    evs_runtime *rt = acceptor->rt;
+
+    EVS_UNUSED(unused);
+    if (!paused(rt))
+        set_listening(rt, true);
+}
+
+void evs__acceptor_stop(evs_worker *acceptor, void *unused)
+{
+    evs_runtime *rt = acceptor->rt;
+    evs_server *s;
+
+    EVS_UNUSED(unused);
+    evtimer_del(&rt->retry_ev);
+    pthread_mutex_lock(&rt->lock);
+    s = rt->servers;
+    pthread_mutex_unlock(&rt->lock);
+    /* Servers are only ever added at the head, so this walk is safe. */
+    for (; s; s = s->next) {
+        if (!atomic_exchange(&s->closed, true))
+            evs__acceptor_remove(acceptor, s);
+    }
+    evs__worker_exit(acceptor);
+}
+
+void evs__connection_closed(evs_server *s, evs_worker *w)
+{
+    evs_runtime *rt = s->rt;
+
+    atomic_fetch_sub(&s->conns, 1);
+    atomic_fetch_sub_explicit(&w->active, 1, memory_order_relaxed);
+    evs__counter_add(&w->closed, 1);
+    atomic_fetch_sub(&rt->conns, 1);
+    /* The first close after the acceptor paused at the limit wakes it. */
+    if (atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false))
+        evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
+}
+
+void evs__acceptor_init(evs_runtime *rt)
+{
+    evtimer_assign(&rt->retry_ev, rt->acceptor.base, retry_cb, rt);
+}

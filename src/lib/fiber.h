@@ -1,0 +1,83 @@
+/*
+ * fiber.h - stackful coroutines for tasks (internal, never installed).
+ *
+ * A fiber runs a function on its own stack. Switching is asymmetric: the
+ * thread's loop context resumes a fiber, the fiber yields back to the loop
+ * context that resumed it. A fiber never leaves the thread that created it.
+ *
+ * Stacks come from a per-thread pool (mmap'd, guard page at the low end,
+ * reused). The switch is a small assembly routine on x86-64 and aarch64 and
+ * ucontext elsewhere (configure: --with-fiber-switch=asm|ucontext, which
+ * defines EVS_FIBER_UCONTEXT for the fallback). ASan, TSan and valgrind are
+ * told about every switch and every stack.
+ *
+ * Thread: every function here is called by the thread that owns the pool.
+ */
+#ifndef EVS_FIBER_H
+#define EVS_FIBER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct evs__fiber evs__fiber;
+typedef struct evs__stack_pool evs__stack_pool;
+typedef void (*evs__fiber_fn)(void *arg);
+
+/** Default usable stack size (doubled under ASan). */
+#define EVS__FIBER_STACK_DEFAULT (256u * 1024u)
+
+/**
+ * Create a pool of stacks of @p stack_size usable bytes (0 = default; rounded
+ * up to pages) that keeps at most @p max_cached free stacks for reuse.
+ * @return the pool, or NULL with errno set.
+ */
+evs__stack_pool *evs__stack_pool_new(size_t stack_size, size_t max_cached);
+
+/** Free the pool and its cached stacks. Every fiber of it must be freed first. */
+void evs__stack_pool_free(evs__stack_pool *pool);
+
+/** Usable size of the pool's stacks. */
+size_t evs__stack_pool_stack_size(const evs__stack_pool *pool);
+
+/**
+ * Create a fiber that runs fn(arg) on its first resume. When fn returns the
+ * fiber is done and control goes back to the loop context.
+ * @return the fiber, or NULL with errno set (ENOMEM: mmap or mprotect failed,
+ *         for example when vm.max_map_count is reached).
+ */
+evs__fiber *evs__fiber_new(evs__stack_pool *pool, evs__fiber_fn fn, void *arg);
+
+/**
+ * Switch from the loop context into @p f; returns when @p f yields or ends.
+ * Must not be called from inside a fiber.
+ */
+void evs__fiber_resume(evs__fiber *f);
+
+/** From inside a fiber: switch back to the loop context that resumed it. */
+void evs__fiber_yield(void);
+
+/** True once the fiber's function has returned. */
+bool evs__fiber_done(const evs__fiber *f);
+
+/**
+ * Free a fiber that is done or that never ran, returning its stack to the
+ * pool. Must not be called from inside @p f itself.
+ */
+void evs__fiber_free(evs__fiber *f);
+
+/** The fiber running on this thread, or NULL in the loop context. */
+evs__fiber *evs__fiber_current(void);
+
+/**
+ * Per-thread set-up: an alternate signal stack and (once per process) a
+ * SIGSEGV handler that reports an overflow into a fiber's guard page as
+ * "evstream: fiber stack overflow" on stderr, then aborts. Faults elsewhere
+ * are passed on to the previous handler or the default action.
+ * @return 0 or a negative errno.
+ */
+int evs__fiber_thread_init(void);
+
+/** Undo evs__fiber_thread_init() for this thread. */
+void evs__fiber_thread_fini(void);
+
+#endif

@@ -1,0 +1,50 @@
+/*
+ * internal.h - definitions shared by the library's files (never installed).
+ */
+#ifndef EVS_INTERNAL_H
+#define EVS_INTERNAL_H
+
+#include "config.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <sys/time.h>
+
+#include <evstream.h>
+
+#define EVS_UNUSED(x) ((void)(x))
+#define EVS_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Log macros check the level before any argument is evaluated or formatted. */
+extern _Atomic int evs__log_level;
+#define evs__log_enabled(level) ((int)(level) <= atomic_load_explicit(&evs__log_level, memory_order_relaxed))
+#define evs__log(level, ...)                                                                  \
+    do {                                                                                      \
+        if (evs__log_enabled(level))                                                          \
+            evs_log((level), __VA_ARGS__);                                                    \
+    } while (0)
+#define evs__error(...) evs__log(EVS_LOG_ERROR, __VA_ARGS__)
+#define evs__warn(...) evs__log(EVS_LOG_WARN, __VA_ARGS__)
+#define evs__info(...) evs__log(EVS_LOG_INFO, __VA_ARGS__)
+#define evs__debug(...) evs__log(EVS_LOG_DEBUG, __VA_ARGS__)
+
+/* Seconds (double, as in the public API) to a timeval. */
+static inline struct timeval evs__tv(double seconds)
+{
+    struct timeval tv;
+    if (seconds < 0)
+        seconds = 0;
+    tv.tv_sec = (time_t)seconds;
+    tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
+/* Counters written by one thread and read by others: a relaxed load and
+ * store, which on the common architectures is a plain move (no lock). */
+static inline void evs__counter_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * log.c - the library's one log sink.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "worker.h"
+
+_Atomic int evs__log_level = EVS_LOG_WARN;
+
+static evs_log_fn log_fn;
+static void *log_arg;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+void evs_log_set_level(evs_log_level level)
+{
+    atomic_store(&evs__log_level, (int)level);
+}
+
+evs_log_level evs_log_get_level(void)
+{
+    return (evs_log_level)atomic_load(&evs__log_level);
+}
+
+void evs_log_set_handler(evs_log_fn fn, void *arg)
+{
+    log_fn = fn;
+    log_arg = arg;
+}
+
+const char *evs_log_level_name(evs_log_level level)
+{
+    if ((unsigned)level < sizeof level_names / sizeof level_names[0])
+        return level_names[level];
+    return "?";
+}
+
+int evs_log_level_parse(const char *name, evs_log_level *out)
+{
+    for (unsigned i = 0; i < sizeof level_names / sizeof level_names[0]; i++) {
+        if (name && strcasecmp(name, level_names[i]) == 0) {
+            *out = (evs_log_level)i;
+            return 0;
+        }
+    }
+    if (name && strcasecmp(name, "warning") == 0) {
+        *out = EVS_LOG_WARN;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+/* The default sink: one line on stderr with a timestamp, the level and the
+ * worker, written with a single fputs so lines from threads do not mix. */
+static void stderr_sink(evs_log_level level, int worker, const char *msg)
+{
+    char line[1200];
+    char when[32];
+    struct timespec ts;
+    struct tm tm;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    localtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (worker >= 0)
+        snprintf(line, sizeof line, "%s.%03ld %s [w%d] %s\n", when, ts.tv_nsec / 1000000L,
+                 evs_log_level_name(level), worker, msg);
+    else
+        snprintf(line, sizeof line, "%s.%03ld %s [main] %s\n", when, ts.tv_nsec / 1000000L,
+                 evs_log_level_name(level), msg);
+    fputs(line, stderr);
+}
+
+void evs_log(evs_log_level level, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    evs_worker *w;
+    int worker;
+
+    if (!evs__log_enabled(level))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    w = evs_worker_current();
+    worker = w ? evs_worker_id(w) : -1;
+    if (log_fn)
+        log_fn(level, worker, msg, log_arg);
+    else
+        stderr_sink(level, worker, msg);
+}

@@ -1,0 +1,260 @@
+/*
+ * runtime.c - the runtime: start the workers and the acceptor, stop them.
+ */
+#include "server.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/thread.h>
+
+#include "transport.h"
+
+static pthread_once_t libevent_once = PTHREAD_ONCE_INIT;
+
+static void libevent_init(void)
+{
+    /* Our bases are lock-free (one thread each), but bases users create
+     * and evdns may be shared; threading support must exist before any
+     * base does. */
+    evthread_use_pthreads();
+}
+
+static void *worker_main(void *arg)
+{
+    evs_worker *w = arg;
+
+    evs__worker_set_current(w);
+    if (evs__fiber_thread_init() < 0)
+        evs__warn("worker %d: no alternate signal stack; stack overflows are not reported", w->id);
+    evs__worker_loop(w);
+    evs__fiber_thread_fini();
+    evs__worker_set_current(NULL);
+    return NULL;
+}
+
+/* Start a thread with every asynchronous signal blocked: signals belong to
+ * the embedding program's threads (the daemon handles them on main). */
+static int start_thread(evs_worker *w)
+{
+    sigset_t all, old;
+    int err;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    err = pthread_create(&w->thread, NULL, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err)
+        return -err;
+    w->thread_started = true;
+    return 0;
+}
+
+static int online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **out)
+{
+    evs_runtime_options defaults;
+    evs_runtime *rt;
+    int err;
+
+    memset(&defaults, 0, sizeof defaults);
+    if (!opts)
+        opts = &defaults;
+    if (!out || opts->workers < 0 || opts->workers > 4096 ||
+        (opts->dispatch != EVS_DISPATCH_LEAST_CONNECTIONS &&
+         opts->dispatch != EVS_DISPATCH_ROUND_ROBIN))
+        return -EINVAL;
+    pthread_once(&libevent_once, libevent_init);
+
+    rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return -ENOMEM;
+    rt->nworkers = opts->workers ? opts->workers : online_cpus();
+    rt->dispatch = opts->dispatch;
+    rt->max_connections = opts->max_connections;
+    pthread_mutex_init(&rt->lock, NULL);
+    rt->workers = calloc((size_t)rt->nworkers, sizeof *rt->workers);
+    if (!rt->workers) {
+        free(rt);
+        return -ENOMEM;
+    }
+    err = evs__worker_init(&rt->acceptor, rt, -1, 16 * 1024);
+    if (err)
+        goto fail_acceptor;
+    evs__acceptor_init(rt);
+    for (int i = 0; i < rt->nworkers; i++) {
+        err = evs__worker_init(&rt->workers[i], rt, i, opts->stack_size);
+        if (err) {
+            while (i-- > 0)
+                evs__worker_fini(&rt->workers[i]);
+            goto fail_workers;
+        }
+    }
+    for (int i = 0; i < rt->nworkers; i++) {
+        err = start_thread(&rt->workers[i]);
+        if (err)
+            goto fail_threads;
+    }
+    err = start_thread(&rt->acceptor);
+    if (err)
+        goto fail_threads;
+    *out = rt;
+    return 0;
+
+fail_threads:
+    evs_runtime_stop(rt, 0);
+    return err;
+fail_workers:
+    evs__worker_fini(&rt->acceptor);
+fail_acceptor:
+    free(rt->workers);
+    pthread_mutex_destroy(&rt->lock);
+    free(rt);
+    return err;
+}
+
+int evs_runtime_worker_count(const evs_runtime *rt)
+{
+    return rt->nworkers;
+}
+
+evs_worker *evs_runtime_worker(evs_runtime *rt, int i)
+{
+    if (i < 0 || i >= rt->nworkers)
+        return NULL;
+    return &rt->workers[i];
+}
+
+void evs_runtime_stats(evs_runtime *rt, evs_worker_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < rt->nworkers; i++) {
+        evs_worker_stats s;
+        evs_worker_stats_get(&rt->workers[i], &s);
+        out->accepted += s.accepted;
+        out->active += s.active;
+        out->closed += s.closed;
+        out->bytes_in += s.bytes_in;
+        out->bytes_out += s.bytes_out;
+        out->tasks += s.tasks;
+    }
+}
+
+int evs_runtime_broadcast(evs_runtime *rt, evs_worker_fn fn, void *arg)
+{
+    if (atomic_load(&rt->stopping))
+        return -ESHUTDOWN;
+    for (int i = 0; i < rt->nworkers; i++) {
+        int err = evs_worker_post(&rt->workers[i], fn, arg);
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
+/* --- stopping ---------------------------------------------------------- */
+
+static void worker_abort(evs_worker *w, void *arg)
+{
+    EVS_UNUSED(arg);
+    evs__worker_abort_all(w);
+}
+
+/* Last message a worker runs: abort what is left, then leave the loop once
+ * every transport and task is gone. */
+static void worker_finish(evs_worker *w, void *arg)
+{
+    EVS_UNUSED(arg);
+    evs__worker_abort_all(w);
+    w->exit_loop = true;
+}
+
+static bool workers_idle(evs_runtime *rt)
+{
+    for (int i = 0; i < rt->nworkers; i++) {
+        evs_worker *w = &rt->workers[i];
+        if (atomic_load_explicit(&w->active, memory_order_relaxed) > 0 ||
+            atomic_load_explicit(&w->ntasks, memory_order_relaxed) > 0)
+            return false;
+    }
+    return true;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait up to @timeout seconds (< 0: forever) for the workers to go idle.
+ * A short sleep between looks: this runs once, at shutdown. */
+static bool wait_idle(evs_runtime *rt, double timeout)
+{
+    double deadline = now() + timeout;
+    struct timespec nap = {0, 2 * 1000 * 1000};
+
+    while (!workers_idle(rt)) {
+        if (timeout >= 0 && now() >= deadline)
+            return false;
+        nanosleep(&nap, NULL);
+    }
+    return true;
+}
+
+int evs_runtime_stop(evs_runtime *rt, double timeout)
+{
+    int rc = 0;
+    evs_server *s, *next;
+
+    if (!rt)
+        return -EINVAL;
+    atomic_store(&rt->stopping, true);
+
+    /* 1. Stop accepting: close every listener, end the acceptor. */
+    if (rt->acceptor.thread_started) {
+        if (evs_worker_post(&rt->acceptor, evs__acceptor_stop, NULL) == 0)
+            pthread_join(rt->acceptor.thread, NULL);
+        rt->acceptor.thread_started = false;
+    }
+    evs__worker_close_inbox(&rt->acceptor);
+
+    /* 2. Let handlers finish, then abort and cancel what is left. */
+    if (!wait_idle(rt, timeout)) {
+        rc = -ETIMEDOUT;
+        evs__info("stopping: aborting connections still open after %.1fs", timeout);
+        for (int i = 0; i < rt->nworkers; i++)
+            if (rt->workers[i].thread_started)
+                evs_worker_post(&rt->workers[i], worker_abort, NULL);
+    }
+
+    /* 3. End every worker loop and join. */
+    for (int i = 0; i < rt->nworkers; i++) {
+        evs_worker *w = &rt->workers[i];
+        if (!w->thread_started)
+            continue;
+        evs_worker_post(w, worker_finish, NULL);
+        evs__worker_close_inbox(w);
+        pthread_join(w->thread, NULL);
+    }
+    for (int i = 0; i < rt->nworkers; i++)
+        evs__worker_fini(&rt->workers[i]);
+    evs__worker_fini(&rt->acceptor);
+
+    for (s = rt->servers; s; s = next) {
+        next = s->next;
+        evs__server_free(s);
+    }
+    free(rt->workers);
+    pthread_mutex_destroy(&rt->lock);
+    free(rt);
+    return rc;
+}

@@ -1,0 +1,452 @@
+/*
+ * server.c - start_server / start_unix_server: bind and listen on the
+ * calling thread (so errors come back at once), then give the sockets to
+ * the acceptor; take accepted connections over on the workers.
+ */
+#include "server.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "stream.h"
+#include "transport.h"
+
+#define DEFAULT_BACKLOG 100
+
+static int add_listener(evs_server *s, int fd)
+{
+    evs__listener *l = realloc(s->listeners, (s->nlisteners + 1) * sizeof *l);
+
+    if (!l)
+        return -ENOMEM;
+    s->listeners = l;
+    memset(&l[s->nlisteners], 0, sizeof *l);
+    l[s->nlisteners].server = s;
+    l[s->nlisteners].fd = fd;
+    s->nlisteners++;
+    return 0;
+}
+
+static void close_listeners(evs_server *s)
+{
+    for (size_t i = 0; i < s->nlisteners; i++)
+        if (s->listeners[i].fd >= 0)
+            close(s->listeners[i].fd);
+    s->nlisteners = 0;
+}
+
+void evs__server_free(evs_server *s)
+{
+    close_listeners(s);
+    free(s->listeners);
+    free(s->path);
+    free(s);
+}
+
+static int listen_fd(int fd, const evs_server_options *o)
+{
+    if (listen(fd, o->backlog > 0 ? o->backlog : DEFAULT_BACKLOG) < 0)
+        return -errno;
+    return 0;
+}
+
+static int bind_tcp_address(evs_server *s, const struct addrinfo *ai)
+{
+    const evs_server_options *o = &s->opts;
+    int one = 1;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    int err;
+
+    if (fd < 0)
+        return -errno;
+    if (!o->no_reuse_address)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (o->reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        goto fail_errno;
+    /* As asyncio does: an IPv6 socket takes only IPv6, so binding both
+     * families of "localhost" or of all interfaces does not collide. */
+    if (ai->ai_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+        goto fail_errno;
+    if ((err = listen_fd(fd, o)) < 0)
+        goto fail;
+    if ((err = add_listener(s, fd)) < 0)
+        goto fail;
+    return 0;
+
+fail_errno:
+    err = -errno;
+fail:
+    close(fd);
+    return err;
+}
+
+static int bind_tcp_host(evs_server *s, const char *host)
+{
+    struct addrinfo hints, *res, *ai;
+    char port[8];
+    int rc, err = 0;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
+    snprintf(port, sizeof port, "%u", (unsigned)s->opts.port);
+    if (host && !*host)
+        host = NULL;
+    rc = getaddrinfo(host, port, &hints, &res);
+    if (rc == EAI_ADDRFAMILY || rc == EAI_NONAME) {
+        /* AI_ADDRCONFIG hides ::1 on hosts with only loopback IPv6. */
+        hints.ai_flags &= ~AI_ADDRCONFIG;
+        rc = getaddrinfo(host, port, &hints, &res);
+    }
+    if (rc != 0) {
+        evs__warn("cannot resolve '%s': %s", host ? host : "*", gai_strerror(rc));
+        return rc == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        err = bind_tcp_address(s, ai);
+        if (err)
+            break;
+    }
+    freeaddrinfo(res);
+    return err;
+}
+
+/* An existing socket file: replace it if nobody listens on it, refuse
+ * anything else. */
+static int clear_stale_socket(const char *path)
+{
+    struct stat st;
+    struct sockaddr_un sun;
+    socklen_t len;
+    int fd, rc;
+
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (!S_ISSOCK(st.st_mode)) {
+        evs__warn("%s exists and is not a socket; not replacing it", path);
+        return -EADDRINUSE;
+    }
+    if ((rc = evs__unix_address(path, &sun, &len)) < 0)
+        return rc;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    rc = connect(fd, (struct sockaddr *)&sun, len);
+    close(fd);
+    if (rc == 0) {
+        evs__warn("%s is in use by a running server", path);
+        return -EADDRINUSE;
+    }
+    if (errno != ECONNREFUSED)
+        return -EADDRINUSE;
+    if (unlink(path) < 0 && errno != ENOENT)
+        return -errno;
+    return 0;
+}
+
+static int bind_unix(evs_server *s)
+{
+    const evs_server_options *o = &s->opts;
+    struct sockaddr_un sun;
+    struct stat st;
+    socklen_t len;
+    int fd, err;
+    bool abstract = s->path[0] == '@';
+
+    if ((err = evs__unix_address(s->path, &sun, &len)) < 0)
+        return err;
+    if (!abstract && (err = clear_stale_socket(s->path)) < 0)
+        return err;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&sun, len) < 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
+    if (!abstract) {
+        /* Set the mode before listen(): nobody can connect in between. */
+        if (o->mode && chmod(s->path, o->mode) < 0) {
+            err = -errno;
+            goto fail_unlink;
+        }
+        if (stat(s->path, &st) == 0) {
+            s->path_dev = st.st_dev;
+            s->path_ino = st.st_ino;
+        }
+    }
+    if ((err = listen_fd(fd, o)) < 0 || (err = add_listener(s, fd)) < 0)
+        goto fail_unlink;
+    return 0;
+
+fail_unlink:
+    close(fd);
+    if (!abstract)
+        unlink(s->path);
+    return err;
+}
+
+static int adopt_fd(evs_server *s, int fd)
+{
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    int flags = fcntl(fd, F_GETFL);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        return -errno;
+    if (!listening)
+        return -EINVAL;
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -errno;
+    return add_listener(s, fd);
+}
+
+static void read_port(evs_server *s)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (s->nlisteners == 0 ||
+        getsockname(s->listeners[0].fd, (struct sockaddr *)&ss, &len) < 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    else if (ss.ss_family == AF_INET6)
+        s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static int check_options(const evs_server_options *o)
+{
+    if (!o)
+        return -EINVAL;
+    if ((o->client_connected == NULL) == (o->protocol == NULL))
+        return -EINVAL; /* exactly one handler */
+    if (o->backlog < 0 || (o->write_low_water && o->write_low_water > o->write_high_water &&
+                           o->write_high_water))
+        return -EINVAL;
+    return 0;
+}
+
+static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket, evs_server **out)
+{
+    evs_server *s;
+    int err = check_options(o);
+
+    if (err)
+        return err;
+    if (!rt || atomic_load(&rt->stopping))
+        return -ESHUTDOWN;
+    if (unix_socket && !o->use_fd && (!o->path || !*o->path))
+        return -EINVAL;
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->rt = rt;
+    s->opts = *o;
+    s->opts.host = NULL;
+    s->opts.hosts = NULL;
+    s->opts.path = NULL;
+    if (unix_socket && o->path && !(s->path = strdup(o->path))) {
+        free(s);
+        return -ENOMEM;
+    }
+
+    if (o->use_fd)
+        err = adopt_fd(s, o->fd);
+    else if (unix_socket)
+        err = bind_unix(s);
+    else if (o->nhosts > 0) {
+        for (size_t i = 0; i < o->nhosts && !err; i++)
+            err = bind_tcp_host(s, o->hosts[i]);
+    } else
+        err = bind_tcp_host(s, o->host);
+    if (err) {
+        if (o->use_fd)
+            s->nlisteners = 0; /* the caller keeps its fd on failure */
+        evs__server_free(s);
+        return err;
+    }
+    read_port(s);
+    atomic_store(&s->serving, !o->defer_serving);
+
+    pthread_mutex_lock(&rt->lock);
+    s->next = rt->servers;
+    rt->servers = s;
+    pthread_mutex_unlock(&rt->lock);
+    err = evs_worker_post(&rt->acceptor, evs__acceptor_add, s);
+    if (err) {
+        atomic_store(&s->closed, true);
+        close_listeners(s); /* freed with the runtime */
+        return err;
+    }
+    if (out)
+        *out = s;
+    return 0;
+}
+
+int evs_start_server(evs_runtime *rt, const evs_server_options *opts, evs_server **out)
+{
+    return start(rt, opts, false, out);
+}
+
+int evs_start_unix_server(evs_runtime *rt, const evs_server_options *opts, evs_server **out)
+{
+    return start(rt, opts, true, out);
+}
+
+static void acceptor_start_serving(evs_worker *acceptor, void *arg)
+{
+    evs_server *s = arg;
+
+    atomic_store(&s->serving, true);
+    evs__acceptor_add(acceptor, s);
+}
+
+int evs_server_start_serving(evs_server *s)
+{
+    if (atomic_load(&s->closed))
+        return -EBADF;
+    if (atomic_load(&s->serving))
+        return 0;
+    return evs_worker_post(&s->rt->acceptor, acceptor_start_serving, s);
+}
+
+bool evs_server_is_serving(const evs_server *s)
+{
+    return atomic_load(&s->serving) && !atomic_load(&s->closed);
+}
+
+static void acceptor_close(evs_worker *acceptor, void *arg)
+{
+    evs__acceptor_remove(acceptor, arg);
+}
+
+void evs_server_close(evs_server *s)
+{
+    if (!s || atomic_exchange(&s->closed, true))
+        return;
+    if (evs_worker_post(&s->rt->acceptor, acceptor_close, s) < 0)
+        evs__acceptor_remove(&s->rt->acceptor, s); /* acceptor already gone */
+}
+
+int evs_server_wait_closed(evs_server *s)
+{
+    struct timespec nap = {0, 2 * 1000 * 1000};
+
+    /* Servers span workers, so there is no one queue to park on: look
+     * every few milliseconds (this is a shutdown path, not a hot one). */
+    while (!atomic_load(&s->closed) || atomic_load(&s->conns) > 0) {
+        if (evs_task_current()) {
+            int rc = evs_sleep(0.005);
+            if (rc < 0)
+                return rc;
+        } else {
+            nanosleep(&nap, NULL);
+        }
+    }
+    return 0;
+}
+
+size_t evs_server_sockets(const evs_server *s, int *fds, size_t n)
+{
+    size_t count = 0;
+
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        if (s->listeners[i].fd < 0)
+            continue;
+        if (count < n)
+            fds[count] = s->listeners[i].fd;
+        count++;
+    }
+    return count;
+}
+
+uint16_t evs_server_port(const evs_server *s)
+{
+    return s->port;
+}
+
+size_t evs_server_connections(const evs_server *s)
+{
+    return atomic_load(&s->conns);
+}
+
+/* --- on the worker ----------------------------------------------------- */
+
+static void connection_closed(evs_transport *t, void *arg)
+{
+    evs__connection_closed(arg, t->worker);
+}
+
+static int run_handler(void *arg)
+{
+    evs_writer *w = arg;
+    evs_server *s = evs__stream_tag(w);
+
+    s->opts.client_connected(evs_writer_reader(w), w, s->opts.arg);
+    evs_writer_free(w);
+    return 0;
+}
+
+static void set_limits(evs_server *s, evs_transport *t)
+{
+    if (s->opts.write_high_water || s->opts.write_low_water)
+        evs_transport_set_write_buffer_limits(
+            t, s->opts.write_high_water ? (ssize_t)s->opts.write_high_water : -1,
+            s->opts.write_low_water ? (ssize_t)s->opts.write_low_water : -1);
+}
+
+void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
+{
+    evs_server *s = m->server;
+    evs_transport *t;
+    int fd = m->fd, err;
+
+    free(m);
+    if (w->stopping) {
+        close(fd);
+        evs__connection_closed(s, w);
+        return;
+    }
+    if (s->opts.protocol) {
+        err = evs__transport_create(w, fd, s->opts.protocol, s->opts.arg, &t);
+        if (err == 0) {
+            t->closed_hook = connection_closed;
+            t->closed_hook_arg = s;
+            set_limits(s, t);
+            evs__transport_start(t);
+        }
+    } else {
+        evs_reader *r;
+        evs_writer *wr;
+
+        err = evs__stream_open(w, fd, s->opts.limit, &r, &wr, &t);
+        if (err == 0) {
+            t->closed_hook = connection_closed;
+            t->closed_hook_arg = s;
+            set_limits(s, t);
+            evs__stream_set_tag(wr, s);
+            err = evs__task_spawn_on(w, run_handler, wr, NULL);
+            if (err) {
+                evs_transport_abort(t);
+                evs_writer_free(wr);
+                err = 0; /* counted through the closed hook */
+            }
+        }
+    }
+    if (err) {
+        evs__warn("cannot take a connection: %s", evs_strerror(err));
+        evs__connection_closed(s, w);
+    }
+}

@@ -1,0 +1,76 @@
+/*
+ * server.h - servers and the runtime's acceptor (internal).
+ */
+#ifndef EVS_SERVER_INTERNAL_H
+#define EVS_SERVER_INTERNAL_H
+
+#include "internal.h"
+
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "worker.h"
+
+/* One listening socket; its event lives on the acceptor's base. */
+typedef struct evs__listener {
+    struct evs_server *server;
+    int fd;
+    struct event ev;
+    bool ev_added;
+} evs__listener;
+
+struct evs_server {
+    evs_runtime *rt;
+    evs_server_options opts; /* strings below are the server's copies */
+    char *path;
+    dev_t path_dev;
+    ino_t path_ino;
+    evs__listener *listeners;
+    size_t nlisteners;
+    uint16_t port;
+
+    _Atomic bool serving;
+    _Atomic bool closed;
+    _Atomic size_t conns;
+
+    evs_server *next; /* the runtime's list, under rt->lock */
+};
+
+struct evs_runtime {
+    int nworkers;
+    evs_worker *workers;
+    evs_worker acceptor; /* its base, inbox and thread; runs no tasks */
+    evs_dispatch dispatch;
+    unsigned rr;
+    size_t max_connections;
+
+    _Atomic size_t conns;         /* live connections of every server */
+    _Atomic bool limit_paused;    /* acceptor stopped at max_connections */
+    bool fd_paused;               /* acceptor stopped by EMFILE (acceptor thread) */
+    struct event retry_ev;        /* re-enables accepting after EMFILE */
+    double retry_delay;
+
+    pthread_mutex_t lock;
+    evs_server *servers;
+    _Atomic bool stopping;
+};
+
+int evs__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len);
+
+/* Acceptor thread (acceptor.c). */
+void evs__acceptor_add(evs_worker *acceptor, void *server);
+void evs__acceptor_remove(evs_worker *acceptor, void *server);
+void evs__acceptor_resume(evs_worker *acceptor, void *unused);
+void evs__acceptor_stop(evs_worker *acceptor, void *unused);
+/* Set up the acceptor's retry timer (runtime.c, before its thread starts). */
+void evs__acceptor_init(evs_runtime *rt);
+/* Worker side: a server connection ended. */
+void evs__connection_closed(evs_server *s, evs_worker *w);
+/* Free a closed server (runtime stop). */
+void evs__server_free(evs_server *s);
+
+#endif

@@ -1,0 +1,589 @@
+/*
+ * stream.c - StreamReader and StreamWriter on a transport, the way asyncio
+ * builds StreamReaderProtocol: the pair is the transport's protocol.
+ *
+ * The reader reads straight into its evbuffer (the buffered-protocol path:
+ * get_buffer reserves space in it), so bytes are copied once, from the
+ * kernel. Views returned to the caller stay in the evbuffer until the next
+ * call on the reader, which drains them first.
+ */
+#include "stream.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+
+#include "transport.h"
+
+struct evs_reader {
+    evs_transport *t;
+    struct evbuffer *buf;
+    size_t limit;
+    bool eof;
+    int err;
+    evs__waitq waiter; /* at most one task */
+    size_t consume;    /* bytes of the last view, drained by the next call */
+    size_t partial;    /* after EVS_EINCOMPLETE */
+    const void *partial_data;
+    bool paused_transport;
+    struct evbuffer_iovec reserved;
+};
+
+struct evs_writer {
+    evs_reader *reader;
+    bool closed;   /* close() called */
+    bool lost;     /* connection_lost seen */
+    int lost_err;  /* what drain() reports after the loss */
+    bool paused;   /* the transport asked us to pause writing */
+    evs__waitq drainers;
+    evs__waitq closers;
+};
+
+/* Both halves in one allocation; freed when the owner released it and the
+ * connection is gone. */
+typedef struct evs_stream {
+    evs_reader reader;
+    evs_writer writer;
+    bool released;
+    void *tag;
+} evs_stream;
+
+static evs_stream *stream_of_reader(evs_reader *r)
+{
+    return EVS_CONTAINER_OF(r, evs_stream, reader);
+}
+
+static evs_stream *stream_of_writer(evs_writer *w)
+{
+    return EVS_CONTAINER_OF(w, evs_stream, writer);
+}
+
+static void stream_free(evs_stream *s)
+{
+    evbuffer_free(s->reader.buf);
+    evs__transport_unref(s->reader.t);
+    free(s);
+}
+
+/* --- the protocol under the pair ------------------------------------- */
+
+static void maybe_pause_transport(evs_reader *r)
+{
+    /* Stop reading from the socket above twice the limit unless a call is
+     * waiting for more (readexactly(n > 2 * limit) must still work). */
+    if (!r->paused_transport && !r->waiter.head &&
+        evbuffer_get_length(r->buf) - r->consume > 2 * r->limit) {
+        r->paused_transport = true;
+        evs_transport_pause_reading(r->t);
+    }
+}
+
+static void maybe_resume_transport(evs_reader *r)
+{
+    if (r->paused_transport &&
+        (r->waiter.head || evbuffer_get_length(r->buf) - r->consume <= r->limit)) {
+        r->paused_transport = false;
+        evs_transport_resume_reading(r->t);
+    }
+}
+
+static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void *ctx)
+{
+    evs_reader *r = ctx;
+
+    EVS_UNUSED(t);
+    if (evbuffer_reserve_space(r->buf, (ev_ssize_t)sizehint, &r->reserved, 1) < 1)
+        return NULL;
+    *len = r->reserved.iov_len;
+    return r->reserved.iov_base;
+}
+
+static void sp_buffer_updated(evs_transport *t, size_t nbytes, void *ctx)
+{
+    evs_reader *r = ctx;
+
+    EVS_UNUSED(t);
+    r->reserved.iov_len = nbytes;
+    evbuffer_commit_space(r->buf, &r->reserved, 1);
+    if (nbytes == 0)
+        return;
+    /* Before the wake: a waiting task means "keep reading". */
+    maybe_pause_transport(r);
+    evs__task_wake_all(&r->waiter, 0);
+}
+
+static bool sp_eof_received(evs_transport *t, void *ctx)
+{
+    evs_reader *r = ctx;
+
+    EVS_UNUSED(t);
+    r->eof = true;
+    evs__task_wake_all(&r->waiter, 0);
+    /* Keep the half-open connection: the handler may still write. */
+    return true;
+}
+
+static void sp_connection_lost(evs_transport *t, int err, void *ctx)
+{
+    evs_reader *r = ctx;
+    evs_stream *s = stream_of_reader(r);
+    evs_writer *w = &s->writer;
+
+    if (err)
+        r->err = err;
+    else
+        r->eof = true;
+    w->lost = true;
+    /* Waiters whose bytes all went out get 0; if bytes were dropped they
+     * get the error (or -EPIPE for an abort). */
+    w->lost_err = err ? err : (t->dropped ? -EPIPE : 0);
+    evs__task_wake_all(&r->waiter, 0);
+    evs__task_wake_all(&w->drainers, w->lost_err);
+    evs__task_wake_all(&w->closers, 0);
+    if (s->released)
+        stream_free(s);
+}
+
+static void sp_pause_writing(evs_transport *t, void *ctx)
+{
+    evs_reader *r = ctx;
+
+    EVS_UNUSED(t);
+    stream_of_reader(r)->writer.paused = true;
+}
+
+static void sp_resume_writing(evs_transport *t, void *ctx)
+{
+    evs_reader *r = ctx;
+    evs_writer *w = &stream_of_reader(r)->writer;
+
+    EVS_UNUSED(t);
+    w->paused = false;
+    evs__task_wake_all(&w->drainers, 0);
+}
+
+static const evs_protocol stream_protocol = {
+    .get_buffer = sp_get_buffer,
+    .buffer_updated = sp_buffer_updated,
+    .eof_received = sp_eof_received,
+    .connection_lost = sp_connection_lost,
+    .pause_writing = sp_pause_writing,
+    .resume_writing = sp_resume_writing,
+};
+
+int evs__stream_open(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_writer **wr,
+                     evs_transport **tp)
+{
+    evs_stream *s = calloc(1, sizeof *s);
+    evs_transport *t;
+    int err;
+
+    if (!s || !(s->reader.buf = evbuffer_new())) {
+        free(s);
+        close(fd);
+        return -ENOMEM;
+    }
+    s->reader.limit = limit ? limit : EVS_STREAM_LIMIT_DEFAULT;
+    s->writer.reader = &s->reader;
+    err = evs__transport_create(wk, fd, &stream_protocol, &s->reader, &t);
+    if (err) {
+        evbuffer_free(s->reader.buf);
+        free(s);
+        return err;
+    }
+    evs__transport_ref(t); /* the pair's reference */
+    s->reader.t = t;
+    evs__transport_start(t);
+    *r = &s->reader;
+    *wr = &s->writer;
+    if (tp)
+        *tp = t;
+    return 0;
+}
+
+int evs_stream_open_fd(int fd, size_t limit, evs_reader **r, evs_writer **w)
+{
+    evs_worker *wk = evs_worker_current();
+
+    if (!wk || !r || !w) {
+        if (fd >= 0)
+            close(fd);
+        return -EINVAL;
+    }
+    return evs__stream_open(wk, fd, limit, r, w, NULL);
+}
+
+void evs_writer_free(evs_writer *w)
+{
+    evs_stream *s;
+
+    if (!w)
+        return;
+    s = stream_of_writer(w);
+    evs_close(w);
+    s->released = true;
+    if (w->lost)
+        stream_free(s);
+}
+
+void evs__stream_set_tag(evs_writer *w, void *tag)
+{
+    stream_of_writer(w)->tag = tag;
+}
+
+void *evs__stream_tag(const evs_writer *w)
+{
+    return EVS_CONTAINER_OF(w, evs_stream, writer)->tag;
+}
+
+/* --- StreamReader ------------------------------------------------------ */
+
+static size_t buffered(const evs_reader *r)
+{
+    return evbuffer_get_length(r->buf) - r->consume;
+}
+
+/* Start of every read call: drop the last view, refuse a second reader. */
+static int begin(evs_reader *r)
+{
+    if (r->waiter.head)
+        return -EBUSY;
+    if (r->consume) {
+        evbuffer_drain(r->buf, r->consume);
+        r->consume = 0;
+    }
+    r->partial = 0;
+    r->partial_data = NULL;
+    return 0;
+}
+
+/* Park until the buffer changes, EOF or an error. */
+static int wait_data(evs_reader *r)
+{
+    int rc;
+
+    if (!evs_task_current())
+        return -EINVAL;
+    if (r->paused_transport) {
+        r->paused_transport = false;
+        evs_transport_resume_reading(r->t);
+    }
+    rc = evs__task_park(&r->waiter);
+    return rc;
+}
+
+static void consumed(evs_reader *r)
+{
+    maybe_resume_transport(r);
+}
+
+ssize_t evs_read(evs_reader *r, void *buf, size_t n)
+{
+    int rc = begin(r);
+    size_t len;
+
+    if (rc)
+        return rc;
+    if (n == 0)
+        return 0;
+    while ((len = buffered(r)) == 0) {
+        if (r->err)
+            return r->err;
+        if (r->eof)
+            return 0;
+        if ((rc = wait_data(r)) < 0)
+            return rc;
+    }
+    if (len > n)
+        len = n;
+    evbuffer_remove(r->buf, buf, len);
+    consumed(r);
+    return (ssize_t)len;
+}
+
+ssize_t evs_read_to_eof(evs_reader *r, void *buf, size_t max)
+{
+    int rc = begin(r);
+    size_t len;
+
+    if (rc)
+        return rc;
+    while (!r->eof) {
+        if (buffered(r) > max)
+            return EVS_ELIMIT;
+        if (r->err)
+            return r->err;
+        if ((rc = wait_data(r)) < 0)
+            return rc;
+    }
+    len = buffered(r);
+    if (len > max)
+        return EVS_ELIMIT;
+    evbuffer_remove(r->buf, buf, len);
+    consumed(r);
+    return (ssize_t)len;
+}
+
+ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
+{
+    int rc = begin(r);
+    size_t len;
+
+    if (rc)
+        return rc;
+    while ((len = buffered(r)) < n) {
+        if (r->err)
+            return r->err;
+        if (r->eof) {
+            evbuffer_remove(r->buf, buf, len);
+            r->partial = len;
+            r->partial_data = buf;
+            consumed(r);
+            return EVS_EINCOMPLETE;
+        }
+        if ((rc = wait_data(r)) < 0)
+            return rc;
+    }
+    evbuffer_remove(r->buf, buf, n);
+    consumed(r);
+    return (ssize_t)n;
+}
+
+/* Earliest separator at or after @from; a tie goes to the shortest.
+ * @return its position or -1; *which receives its index. */
+static ssize_t find_separator(evs_reader *r, const evs_separator *seps, size_t nseps, size_t from,
+                              size_t *which)
+{
+    ssize_t best = -1;
+    struct evbuffer_ptr start;
+
+    for (size_t i = 0; i < nseps; i++) {
+        struct evbuffer_ptr p;
+
+        if (evbuffer_ptr_set(r->buf, &start, (size_t)(r->consume + from), EVBUFFER_PTR_SET) < 0)
+            return -1;
+        p = evbuffer_search(r->buf, seps[i].data, seps[i].len, &start);
+        if (p.pos < 0)
+            continue;
+        ssize_t pos = (ssize_t)(p.pos - (ev_ssize_t)r->consume);
+        if (best < 0 || pos < best || (pos == best && seps[i].len < seps[*which].len)) {
+            best = pos;
+            *which = i;
+        }
+    }
+    return best;
+}
+
+/* Hand the first @len buffered bytes out as a view. */
+static const void *view(evs_reader *r, size_t len)
+{
+    const unsigned char *p = evbuffer_pullup(r->buf, (ev_ssize_t)(r->consume + len));
+
+    p += r->consume;
+    r->consume += len;
+    return p;
+}
+
+/* readuntil and readline share this. @at_eof_partial: readline's rule
+ * (return the unterminated rest at EOF) instead of EVS_EINCOMPLETE. */
+static ssize_t read_until(evs_reader *r, const evs_separator *seps, size_t nseps, size_t limit,
+                          bool eof_returns_rest, const void **data)
+{
+    size_t maxsep = 0, from = 0, which = 0;
+    int rc = begin(r);
+
+    if (rc)
+        return rc;
+    if (!seps || nseps == 0 || !data)
+        return -EINVAL;
+    for (size_t i = 0; i < nseps; i++) {
+        if (!seps[i].data || seps[i].len == 0)
+            return -EINVAL;
+        if (seps[i].len > maxsep)
+            maxsep = seps[i].len;
+    }
+    if (limit == 0)
+        limit = r->limit;
+    for (;;) {
+        size_t len = buffered(r);
+        ssize_t pos = find_separator(r, seps, nseps, from, &which);
+
+        if (pos >= 0) {
+            if ((size_t)pos > limit)
+                return EVS_ELIMIT; /* the data stays */
+            len = (size_t)pos + seps[which].len;
+            *data = view(r, len);
+            consumed(r);
+            return (ssize_t)len;
+        }
+        /* A separator may straddle what we have and what comes next. */
+        from = len + 1 > maxsep ? len + 1 - maxsep : 0;
+        if (from > limit)
+            return EVS_ELIMIT;
+        if (r->eof) {
+            if (eof_returns_rest) {
+                if (len > limit)
+                    return EVS_ELIMIT;
+                *data = len ? view(r, len) : NULL;
+                consumed(r);
+                return (ssize_t)len;
+            }
+            r->partial = len;
+            r->partial_data = len ? view(r, len) : NULL;
+            consumed(r);
+            return EVS_EINCOMPLETE;
+        }
+        if (r->err)
+            return r->err;
+        if ((rc = wait_data(r)) < 0)
+            return rc;
+    }
+}
+
+ssize_t evs_readline(evs_reader *r, const void **line)
+{
+    evs_separator nl = {"\n", 1};
+
+    return read_until(r, &nl, 1, 0, true, line);
+}
+
+ssize_t evs_readuntil(evs_reader *r, const void *sep, size_t seplen, const void **data)
+{
+    evs_separator s = {sep, seplen};
+
+    return read_until(r, &s, 1, 0, false, data);
+}
+
+ssize_t evs_readuntil_any(evs_reader *r, const evs_separator *seps, size_t nseps, size_t limit,
+                          const void **data)
+{
+    return read_until(r, seps, nseps, limit, false, data);
+}
+
+size_t evs_reader_partial(evs_reader *r, const void **data)
+{
+    if (data)
+        *data = r->partial_data;
+    return r->partial;
+}
+
+bool evs_at_eof(const evs_reader *r)
+{
+    return r->eof && buffered(r) == 0;
+}
+
+size_t evs_reader_buffered(const evs_reader *r)
+{
+    return buffered(r);
+}
+
+size_t evs_reader_limit(const evs_reader *r)
+{
+    return r->limit;
+}
+
+int evs_reader_set_limit(evs_reader *r, size_t limit)
+{
+    if (limit == 0)
+        return -EINVAL;
+    r->limit = limit;
+    maybe_resume_transport(r);
+    return 0;
+}
+
+/* --- StreamWriter ------------------------------------------------------ */
+
+static int writable(const evs_writer *w)
+{
+    if (w->closed)
+        return -EPIPE;
+    if (w->lost)
+        return w->lost_err ? w->lost_err : -EPIPE;
+    return 0;
+}
+
+int evs_write(evs_writer *w, const void *data, size_t len)
+{
+    int err = writable(w);
+
+    if (err)
+        return err;
+    return evs_transport_write(w->reader->t, data, len);
+}
+
+int evs_writelines(evs_writer *w, const struct iovec *iov, int iovcnt)
+{
+    int err = writable(w);
+
+    if (err)
+        return err;
+    return evs_transport_writelines(w->reader->t, iov, iovcnt);
+}
+
+int evs_drain(evs_writer *w)
+{
+    int rc;
+
+    if (w->lost)
+        return w->lost_err ? w->lost_err : -EPIPE;
+    while (w->paused) {
+        if (!evs_task_current())
+            return -EINVAL;
+        rc = evs__task_park(&w->drainers);
+        if (rc < 0 || w->lost)
+            return rc;
+    }
+    return 0;
+}
+
+int evs_write_eof(evs_writer *w)
+{
+    if (w->closed || w->lost)
+        return -EPIPE;
+    return evs_transport_write_eof(w->reader->t);
+}
+
+bool evs_can_write_eof(const evs_writer *w)
+{
+    return evs_transport_can_write_eof(w->reader->t);
+}
+
+void evs_close(evs_writer *w)
+{
+    if (w->closed)
+        return;
+    w->closed = true;
+    if (!w->lost)
+        evs_transport_close(w->reader->t);
+}
+
+int evs_wait_closed(evs_writer *w)
+{
+    while (!w->lost) {
+        int rc;
+
+        if (!evs_task_current())
+            return -EINVAL;
+        rc = evs__task_park(&w->closers);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+bool evs_is_closing(const evs_writer *w)
+{
+    return w->closed || w->lost || evs_transport_is_closing(w->reader->t);
+}
+
+evs_transport *evs_writer_transport(const evs_writer *w)
+{
+    return w->lost ? NULL : w->reader->t;
+}
+
+evs_reader *evs_writer_reader(const evs_writer *w)
+{
+    return w->reader;
+}

@@ -1,0 +1,314 @@
+/*
+ * task.c - tasks: fibers scheduled on their worker's event loop.
+ *
+ * A task runs until it parks (evs__task_park) and then the loop goes on.
+ * Waking a task never runs it on the spot: it joins the worker's ready
+ * queue, and the run event resumes it from the top of the loop. So a fiber
+ * is never resumed from inside another fiber or from deep inside a
+ * transport callback.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker.h"
+
+static _Thread_local evs_task *running_task;
+
+static void task_free(evs_task *t);
+
+evs_task *evs_task_current(void)
+{
+    return running_task;
+}
+
+bool evs_task_done(const evs_task *task)
+{
+    return task->done;
+}
+
+bool evs_task_cancelled(const evs_task *task)
+{
+    return task->cancelled;
+}
+
+void evs_task_set_timeout(evs_task *task, double seconds)
+{
+    task->timeout = seconds > 0 ? seconds : 0;
+}
+
+/* --- wait queues ------------------------------------------------------- */
+
+static void waitq_push(evs__waitq *q, evs_task *t)
+{
+    t->waitq = q;
+    t->wait_next = NULL;
+    t->wait_prev = q->tail;
+    if (q->tail)
+        q->tail->wait_next = t;
+    else
+        q->head = t;
+    q->tail = t;
+}
+
+static void waitq_remove(evs_task *t)
+{
+    evs__waitq *q = t->waitq;
+
+    if (!q)
+        return;
+    if (t->wait_prev)
+        t->wait_prev->wait_next = t->wait_next;
+    else
+        q->head = t->wait_next;
+    if (t->wait_next)
+        t->wait_next->wait_prev = t->wait_prev;
+    else
+        q->tail = t->wait_prev;
+    t->waitq = NULL;
+    t->wait_next = t->wait_prev = NULL;
+}
+
+/* --- scheduling -------------------------------------------------------- */
+
+static void make_ready(evs_task *t)
+{
+    evs_worker *w = t->worker;
+
+    if (t->ready)
+        return;
+    t->ready = true;
+    t->ready_next = NULL;
+    if (w->ready_tail)
+        w->ready_tail->ready_next = t;
+    else
+        w->ready_head = t;
+    w->ready_tail = t;
+    if (!event_pending(&w->run_ev, EV_TIMEOUT, NULL))
+        event_active(&w->run_ev, EV_TIMEOUT, 0);
+}
+
+void evs__task_wake(evs_task *t, int result)
+{
+    if (!t->parked)
+        return;
+    t->parked = false;
+    t->wake_result = result;
+    waitq_remove(t);
+    if (event_initialized(&t->timer_ev))
+        evtimer_del(&t->timer_ev);
+    make_ready(t);
+}
+
+void evs__task_wake_all(evs__waitq *q, int result)
+{
+    while (q->head)
+        evs__task_wake(q->head, result);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_task *t = arg;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    evs__task_wake(t, t->timer_result);
+}
+
+int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry)
+{
+    evs_task *t = running_task;
+    double bound = seconds;
+    int result = result_on_expiry;
+
+    if (!t)
+        return -EINVAL;
+    if (t->cancelled)
+        return -ECANCELED;
+    /* The task's own timeout bounds every parked call. */
+    if (t->timeout > 0 && (bound < 0 || t->timeout < bound)) {
+        bound = t->timeout;
+        result = -ETIMEDOUT;
+    }
+    t->parked = true;
+    if (q)
+        waitq_push(q, t);
+    if (bound >= 0) {
+        struct timeval tv = evs__tv(bound);
+        t->timer_result = result;
+        evtimer_add(&t->timer_ev, &tv);
+    }
+    evs__fiber_yield();
+    return t->wake_result;
+}
+
+int evs__task_park(evs__waitq *q)
+{
+    return evs__task_park_for(q, -1, 0);
+}
+
+int evs_sleep(double seconds)
+{
+    if (!running_task)
+        return -EINVAL;
+    return evs__task_park_for(NULL, seconds < 0 ? 0 : seconds, 0);
+}
+
+int evs_yield(void)
+{
+    evs_task *t = running_task;
+
+    if (!t)
+        return -EINVAL;
+    if (t->cancelled)
+        return -ECANCELED;
+    t->parked = true;
+    evs__task_wake(t, 0);
+    evs__fiber_yield();
+    return t->wake_result;
+}
+
+/* --- life cycle -------------------------------------------------------- */
+
+static void task_entry(void *arg)
+{
+    evs_task *t = arg;
+
+    t->result = t->fn(t->arg);
+}
+
+static void task_finished(evs_task *t)
+{
+    evs_worker *w = t->worker;
+
+    t->done = true;
+    evs__fiber_free(t->fiber);
+    t->fiber = NULL;
+    evs__task_wake_all(&t->joiners, 0);
+    if (t->all_prev)
+        t->all_prev->all_next = t->all_next;
+    else
+        w->tasks = t->all_next;
+    if (t->all_next)
+        t->all_next->all_prev = t->all_prev;
+    t->all_next = t->all_prev = NULL;
+    atomic_store_explicit(&w->ntasks, atomic_load_explicit(&w->ntasks, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+    if (!t->has_handle)
+        task_free(t);
+}
+
+void evs__task_run_ready(evs_worker *w)
+{
+    /* Run the tasks that are ready now; tasks they make ready run in the
+     * next pass, after the loop has looked at I/O again. */
+    evs_task *t = w->ready_head;
+
+    w->ready_head = w->ready_tail = NULL;
+    while (t) {
+        evs_task *next = t->ready_next;
+
+        t->ready = false;
+        t->started = true;
+        running_task = t;
+        evs__fiber_resume(t->fiber);
+        running_task = NULL;
+        if (evs__fiber_done(t->fiber))
+            task_finished(t);
+        t = next;
+    }
+}
+
+static void task_free(evs_task *t)
+{
+    if (event_initialized(&t->timer_ev))
+        evtimer_del(&t->timer_ev);
+    free(t);
+}
+
+int evs__task_spawn_on(evs_worker *w, evs_task_fn fn, void *arg, evs_task **out)
+{
+    evs_task *t;
+
+    if (!w || !fn)
+        return -EINVAL;
+    if (w->stopping)
+        return -ESHUTDOWN;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    t->worker = w;
+    t->fn = fn;
+    t->arg = arg;
+    t->fiber = evs__fiber_new(w->stacks, task_entry, t);
+    if (!t->fiber) {
+        int err = errno ? -errno : -ENOMEM;
+        evs__warn("cannot create a task stack: %s (raise vm.max_map_count for many tasks)",
+                  strerror(-err));
+        free(t);
+        return err;
+    }
+    evtimer_assign(&t->timer_ev, w->base, timer_cb, t);
+    t->all_next = w->tasks;
+    if (w->tasks)
+        w->tasks->all_prev = t;
+    w->tasks = t;
+    atomic_store_explicit(&w->ntasks, atomic_load_explicit(&w->ntasks, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    t->has_handle = out != NULL;
+    if (out)
+        *out = t;
+    make_ready(t);
+    return 0;
+}
+
+int evs_task_spawn(evs_task_fn fn, void *arg, evs_task **out)
+{
+    evs_worker *w = evs_worker_current();
+
+    if (!w)
+        return -EINVAL;
+    return evs__task_spawn_on(w, fn, arg, out);
+}
+
+int evs_task_join(evs_task *task, int *result)
+{
+    evs_task *self = running_task;
+
+    if (!task)
+        return -EINVAL;
+    if (task == self)
+        return -EDEADLK;
+    while (!task->done) {
+        int err;
+
+        if (!self)
+            return -EAGAIN;
+        err = evs__task_park(&task->joiners);
+        if (err < 0)
+            return err;
+    }
+    if (result)
+        *result = task->result;
+    task_free(task);
+    return 0;
+}
+
+void evs_task_detach(evs_task *task)
+{
+    if (!task)
+        return;
+    if (task->done)
+        task_free(task);
+    else
+        task->has_handle = false;
+}
+
+void evs_task_cancel(evs_task *task)
+{
+    if (!task || task->done || task->cancelled)
+        return;
+    task->cancelled = true;
+    evs__task_wake(task, -ECANCELED);
+}

@@ -1,0 +1,62 @@
+/*
+ * transport.h - the socket transport's internals (shared with the stream
+ * layer and the server). Internal.
+ */
+#ifndef EVS_TRANSPORT_INTERNAL_H
+#define EVS_TRANSPORT_INTERNAL_H
+
+#include "internal.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "worker.h"
+
+typedef void (*evs__transport_hook)(evs_transport *t, void *arg);
+
+struct evs_transport {
+    evs_worker *worker;
+    int fd;
+    const evs_protocol *proto;
+    void *ctx;
+
+    struct event rd_ev;
+    struct event wr_ev;
+    struct event lost_ev; /* runs connection_lost outside the caller's stack */
+    struct evbuffer *out;
+    size_t high;
+    size_t low;
+
+    int refs;
+    int error;           /* the error connection_lost reports */
+    bool paused;         /* pause_reading() */
+    bool closing;        /* close(), abort() or a fatal error */
+    bool eof_pending;    /* write_eof() waits for the buffer to drain */
+    bool eof_sent;
+    bool eof_received;
+    bool protocol_paused;
+    bool lost_scheduled;
+    bool lost;           /* connection_lost has been called */
+    bool dropped;        /* buffered bytes were thrown away (abort, error) */
+    bool is_tcp;
+
+    /* Called once when the connection ends, before connection_lost. */
+    evs__transport_hook closed_hook;
+    void *closed_hook_arg;
+
+    evs_transport *next; /* the worker's list of live transports */
+    evs_transport *prev;
+};
+
+/* Create a transport on worker @w without calling connection_made yet. */
+int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void *ctx,
+                          evs_transport **out);
+/* Call connection_made and start reading. */
+void evs__transport_start(evs_transport *t);
+void evs__transport_ref(evs_transport *t);
+void evs__transport_unref(evs_transport *t);
+/* Abort every transport of @w (shutdown). */
+void evs__transport_abort_all(evs_worker *w);
+
+#endif

@@ -1,0 +1,271 @@
+/*
+ * worker.c - a worker: one event base on one thread, its inbox, and the
+ * tasks and connections it owns.
+ *
+ * The inbox is a mutex-protected singly linked list plus an eventfd. A
+ * sender writes the eventfd only when it makes the list non-empty, and the
+ * worker takes the whole list at once, so a burst of messages costs one
+ * wakeup (memcached's dispatch, with batching).
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+
+#include "transport.h"
+#include "worker.h"
+
+static _Thread_local evs_worker *current_worker;
+
+evs_worker *evs_worker_current(void)
+{
+    return current_worker;
+}
+
+void evs__worker_set_current(evs_worker *w)
+{
+    current_worker = w;
+}
+
+int evs_worker_id(const evs_worker *worker)
+{
+    return worker->id;
+}
+
+evs_runtime *evs_worker_runtime(const evs_worker *worker)
+{
+    return worker->rt;
+}
+
+struct event_base *evs_worker_base(evs_worker *worker)
+{
+    return worker->base;
+}
+
+void evs_worker_stats_get(const evs_worker *w, evs_worker_stats *out)
+{
+    out->accepted = atomic_load_explicit(&w->accepted, memory_order_relaxed);
+    out->active = atomic_load_explicit(&w->active, memory_order_relaxed);
+    out->closed = atomic_load_explicit(&w->closed, memory_order_relaxed);
+    out->bytes_in = atomic_load_explicit(&w->bytes_in, memory_order_relaxed);
+    out->bytes_out = atomic_load_explicit(&w->bytes_out, memory_order_relaxed);
+    out->tasks = atomic_load_explicit(&w->ntasks, memory_order_relaxed);
+}
+
+static void run_message(evs_worker *w, evs__msg *m)
+{
+    if (m->fn) {
+        m->fn(w, m->arg);
+        free(m);
+    } else {
+        evs__server_accept_on_worker(w, m); /* takes m */
+    }
+}
+
+static void inbox_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_worker *w = arg;
+    evs__msg *m, *next;
+    uint64_t n;
+
+    EVS_UNUSED(what);
+    if (read(fd, &n, sizeof n) < 0 && errno != EAGAIN)
+        evs__warn("worker %d: inbox read: %s", w->id, strerror(errno));
+    pthread_mutex_lock(&w->inbox_lock);
+    m = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&w->inbox_lock);
+    for (; m; m = next) {
+        next = m->next;
+        run_message(w, m);
+    }
+}
+
+static void run_cb(evutil_socket_t fd, short what, void *arg)
+{
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    evs__task_run_ready(arg);
+}
+
+int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size)
+{
+    struct event_config *cfg;
+    int err;
+
+    memset(w, 0, sizeof *w);
+    w->id = id;
+    w->rt = rt;
+    w->wake_fd = -1;
+    pthread_mutex_init(&w->inbox_lock, NULL);
+
+    /* Only this worker's thread touches its base: no locks needed. */
+    cfg = event_config_new();
+    if (!cfg)
+        return -ENOMEM;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
+    w->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    if (!w->base) {
+        err = -ENOMEM;
+        goto fail;
+    }
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->wake_fd < 0) {
+        err = -errno;
+        goto fail;
+    }
+    event_assign(&w->wake_ev, w->base, w->wake_fd, EV_READ | EV_PERSIST, inbox_cb, w);
+    event_add(&w->wake_ev, NULL);
+    event_assign(&w->run_ev, w->base, -1, 0, run_cb, w);
+
+    w->stacks = evs__stack_pool_new(stack_size, 64);
+    if (!w->stacks) {
+        err = -errno;
+        goto fail;
+    }
+    w->rbuf_size = 64 * 1024;
+    w->rbuf = malloc(w->rbuf_size);
+    if (!w->rbuf) {
+        err = -ENOMEM;
+        goto fail;
+    }
+    return 0;
+
+fail:
+    evs__worker_fini(w);
+    return err;
+}
+
+void evs__worker_fini(evs_worker *w)
+{
+    evs__msg *m, *next;
+
+    /* Messages nobody ran: close the connections, drop the calls. */
+    for (m = w->inbox_head; m; m = next) {
+        next = m->next;
+        if (!m->fn && m->fd >= 0)
+            close(m->fd);
+        free(m);
+    }
+    w->inbox_head = w->inbox_tail = NULL;
+    if (w->dns) {
+        evdns_base_free(w->dns, 1); /* pending lookups get EAI_CANCEL and free themselves */
+        w->dns = NULL;
+    }
+    if (w->base) {
+        if (w->wake_fd >= 0)
+            event_del(&w->wake_ev);
+        event_del(&w->run_ev);
+        event_base_free(w->base);
+        w->base = NULL;
+    }
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
+    w->wake_fd = -1;
+    if (w->stacks)
+        evs__stack_pool_free(w->stacks);
+    w->stacks = NULL;
+    free(w->rbuf);
+    w->rbuf = NULL;
+    pthread_mutex_destroy(&w->inbox_lock);
+}
+
+int evs__worker_push(evs_worker *w, evs__msg *m)
+{
+    bool was_empty;
+    uint64_t one = 1;
+
+    m->next = NULL;
+    pthread_mutex_lock(&w->inbox_lock);
+    if (w->inbox_closed) {
+        pthread_mutex_unlock(&w->inbox_lock);
+        return -ESHUTDOWN;
+    }
+    was_empty = w->inbox_head == NULL;
+    if (w->inbox_tail)
+        w->inbox_tail->next = m;
+    else
+        w->inbox_head = m;
+    w->inbox_tail = m;
+    pthread_mutex_unlock(&w->inbox_lock);
+    if (was_empty) {
+        while (write(w->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
+    }
+    return 0;
+}
+
+void evs__worker_close_inbox(evs_worker *w)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    w->inbox_closed = true;
+    pthread_mutex_unlock(&w->inbox_lock);
+}
+
+int evs_worker_post(evs_worker *worker, evs_worker_fn fn, void *arg)
+{
+    evs__msg *m;
+    int err;
+
+    if (!worker || !fn)
+        return -EINVAL;
+    m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->fn = fn;
+    m->arg = arg;
+    m->fd = -1;
+    err = evs__worker_push(worker, m);
+    if (err)
+        free(m);
+    return err;
+}
+
+void evs__worker_loop(evs_worker *w)
+{
+    /* After exit is asked, keep going until the aborted transports have
+     * delivered connection_lost and the cancelled tasks have returned. */
+    while (!w->exit_loop || w->transports.head || w->tasks) {
+        if (event_base_loop(w->base, EVLOOP_ONCE) < 0) {
+            evs__error("worker %d: event loop failed", w->id);
+            break;
+        }
+    }
+}
+
+void evs__worker_exit(evs_worker *w)
+{
+    w->exit_loop = true;
+    event_base_loopbreak(w->base);
+}
+
+void evs__worker_abort_all(evs_worker *w)
+{
+    evs_task *t;
+
+    w->stopping = true;
+    evs__transport_abort_all(w);
+    for (t = w->tasks; t; t = t->all_next)
+        evs_task_cancel(t);
+}
+
+struct evdns_base *evs__worker_dns(evs_worker *w)
+{
+    if (!w->dns) {
+        w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        /* Without a resolv.conf (containers) keep a resolver that still
+         * reads /etc/hosts and numeric addresses. */
+        if (!w->dns) {
+            w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+            if (w->dns)
+                evdns_base_load_hosts(w->dns, NULL);
+        }
+    }
+    return w->dns;
+}

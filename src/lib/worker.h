@@ -1,0 +1,161 @@
+/*
+ * worker.h - workers (one event base, one thread, its tasks and
+ * connections) and the task scheduler that runs on them. Internal.
+ */
+#ifndef EVS_WORKER_H
+#define EVS_WORKER_H
+
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "fiber.h"
+
+struct evs_server;
+struct evdns_base;
+
+/* A message in a worker's inbox: a function to run, or an accepted
+ * connection to take over. */
+typedef struct evs__msg {
+    struct evs__msg *next;
+    evs_worker_fn fn; /* NULL for a connection */
+    void *arg;
+    int fd;
+    struct evs_server *server;
+    socklen_t peerlen;
+    struct sockaddr_storage peer;
+} evs__msg;
+
+/* Tasks parked on one condition, woken in order. */
+typedef struct evs__waitq {
+    evs_task *head;
+    evs_task *tail;
+} evs__waitq;
+
+/* Live transports of a worker, for aborting them at shutdown. */
+typedef struct evs__tlist {
+    evs_transport *head;
+} evs__tlist;
+
+struct evs_worker {
+    int id;
+    evs_runtime *rt;
+    struct event_base *base;
+    pthread_t thread;
+    bool thread_started;
+
+    /* Inbox: any thread pushes under the lock; the worker drains it all.
+     * The eventfd is written only on the empty -> non-empty transition. */
+    pthread_mutex_t inbox_lock;
+    evs__msg *inbox_head;
+    evs__msg *inbox_tail;
+    bool inbox_closed;
+    int wake_fd;
+    struct event wake_ev;
+
+    /* Tasks. */
+    evs__stack_pool *stacks;
+    evs_task *ready_head;
+    evs_task *ready_tail;
+    struct event run_ev;
+    evs_task *tasks; /* every live task, for cancelling at shutdown */
+
+    /* Connections. */
+    evs__tlist transports;
+    bool stopping; /* no new tasks or connections */
+    bool exit_loop;
+
+    /* Scratch buffer for data_received (read straight from the socket). */
+    char *rbuf;
+    size_t rbuf_size;
+
+    struct evdns_base *dns;
+
+    /* Counters: written by this worker, read by anyone. */
+    _Atomic uint64_t accepted;
+    _Atomic uint64_t active;
+    _Atomic uint64_t closed;
+    _Atomic uint64_t bytes_in;
+    _Atomic uint64_t bytes_out;
+    _Atomic uint64_t ntasks;
+};
+
+/* Set up a worker (base, inbox, stacks); @rt may be NULL (evs_run). */
+int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size);
+/* Free what evs__worker_init made. Tasks and transports must be gone. */
+void evs__worker_fini(evs_worker *w);
+/* Make @w the calling thread's worker (NULL to leave). */
+void evs__worker_set_current(evs_worker *w);
+/* Push a message; wakes the worker on the empty -> non-empty transition.
+ * Takes ownership of @m on success. Any thread. */
+int evs__worker_push(evs_worker *w, evs__msg *m);
+/* Refuse new messages from now on (the pending ones still run). */
+void evs__worker_close_inbox(evs_worker *w);
+/* Run the worker's loop until evs__worker_exit() is called on it. */
+void evs__worker_loop(evs_worker *w);
+/* Ask the loop to return after the current callbacks (worker thread). */
+void evs__worker_exit(evs_worker *w);
+/* Cancel every task and abort every transport; used at shutdown. */
+void evs__worker_abort_all(evs_worker *w);
+/* The worker's resolver, created on first use. */
+struct evdns_base *evs__worker_dns(evs_worker *w);
+/* Take over an accepted connection (server.c). */
+void evs__server_accept_on_worker(evs_worker *w, evs__msg *m);
+
+/* --- tasks (task.c) --- */
+
+struct evs_task {
+    evs_worker *worker;
+    evs__fiber *fiber;
+    evs_task_fn fn;
+    void *arg;
+    int result;
+
+    bool started;
+    bool done;
+    bool cancelled;
+    bool has_handle; /* a handle is out (not joined or detached yet) */
+    bool parked;
+    bool ready;
+    int wake_result;
+
+    double timeout; /* per parked call; 0 = none */
+    struct event timer_ev;
+    int timer_result;
+
+    evs_task *ready_next;
+    evs__waitq *waitq;
+    evs_task *wait_next;
+    evs_task *wait_prev;
+    evs__waitq joiners;
+
+    evs_task *all_next;
+    evs_task *all_prev;
+};
+
+/* Park the running task on @q (NULL: only a timer, cancel or a direct
+ * evs__task_wake ends it). @return the wake result, -ECANCELED or
+ * -ETIMEDOUT. Must run in a task. */
+int evs__task_park(evs__waitq *q);
+/* Park for at most @seconds (< 0: no extra bound beyond the task's timeout). */
+int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry);
+/* Make a parked task ready with @result. No-op when it is not parked. */
+void evs__task_wake(evs_task *t, int result);
+/* Wake every task parked on @q with @result. */
+void evs__task_wake_all(evs__waitq *q, int result);
+/* Run the ready tasks (the run event's callback; also used by evs_run). */
+void evs__task_run_ready(evs_worker *w);
+/* Spawn on a given worker (which must be the calling thread's). */
+int evs__task_spawn_on(evs_worker *w, evs_task_fn fn, void *arg, evs_task **out);
+/* Tasks alive on @w. */
+static inline bool evs__worker_has_tasks(const evs_worker *w)
+{
+    return w->tasks != NULL;
+}
+
+#endif
