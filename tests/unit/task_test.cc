@@ -1,0 +1,239 @@
+// Tasks: spawn, join, detach, cancel, sleep, yield, per-task timeouts and
+// evs_run's clean-up of what the main task leaves behind.
+#include <gtest/gtest.h>
+
+#include <time.h>
+
+#include <string>
+#include <vector>
+
+#include "helpers.h"
+
+using namespace evs_test;
+
+namespace {
+
+double now() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int return_arg(void *arg) { return (int)(intptr_t)arg; }
+
+}  // namespace
+
+TEST(Task, RunReturnsTheMainTaskResult) {
+    EXPECT_EQ(42, run_task(return_arg, (void *)42));
+}
+
+TEST(Task, NestedRunIsRefused) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         int r;
+                         return evs_run(return_arg, nullptr, &r) == -EBUSY ? 0 : 1;
+                     },
+                     nullptr));
+}
+
+TEST(Task, CurrentIsSetOnlyInsideTasks) {
+    EXPECT_EQ(nullptr, evs_task_current());
+    EXPECT_EQ(nullptr, evs_worker_current());
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         if (!evs_task_current() || !evs_worker_current()) return 1;
+                         return evs_worker_id(evs_worker_current()) == -1 ? 0 : 2;
+                     },
+                     nullptr));
+    EXPECT_EQ(-EINVAL, evs_sleep(0.01));
+    EXPECT_EQ(-EINVAL, evs_yield());
+}
+
+TEST(Task, SpawnedTaskRunsAfterTheSpawnerYieldsAndJoinGivesItsResult) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         static int ran;
+                         ran = 0;
+                         evs_task *t;
+                         if (evs_task_spawn([](void *) -> int { ran = 1; return 7; }, nullptr,
+                                            &t) != 0)
+                             return 1;
+                         if (ran != 0) return 2;  // not run inside spawn
+                         int result = 0;
+                         if (evs_task_join(t, &result) != 0) return 3;
+                         return ran == 1 && result == 7 ? 0 : 4;
+                     },
+                     nullptr));
+}
+
+TEST(Task, JoinSelfIsADeadlock) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         return evs_task_join(evs_task_current(), nullptr) == -EDEADLK ? 0 : 1;
+                     },
+                     nullptr));
+}
+
+TEST(Task, YieldInterleavesTasksInOrder) {
+    static std::string trace;
+    trace.clear();
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         auto body = [](void *arg) -> int {
+                             for (int i = 0; i < 3; i++) {
+                                 trace += *(const char *)arg;
+                                 if (evs_yield() != 0) return 1;
+                             }
+                             return 0;
+                         };
+                         evs_task *a, *b;
+                         evs_task_spawn(body, (void *)"a", &a);
+                         evs_task_spawn(body, (void *)"b", &b);
+                         int ra = -1, rb = -1;
+                         evs_task_join(a, &ra);
+                         evs_task_join(b, &rb);
+                         return ra == 0 && rb == 0 ? 0 : 1;
+                     },
+                     nullptr));
+    EXPECT_EQ("ababab", trace);
+}
+
+TEST(Task, SleepParksForAtLeastTheDelay) {
+    double t0 = now();
+    EXPECT_EQ(0, run_task([](void *) -> int { return evs_sleep(0.05); }, nullptr));
+    EXPECT_GE(now() - t0, 0.05);
+}
+
+TEST(Task, CancelWakesAParkedCallWithECANCELEDAndIsSticky) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         static int first, second;
+                         evs_task *t;
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 first = evs_sleep(1000);
+                                 second = evs_sleep(1000);
+                                 return 5;
+                             },
+                             nullptr, &t);
+                         evs_yield();  // let it park
+                         evs_task_cancel(t);
+                         evs_task_cancel(t);  // idempotent
+                         if (!evs_task_cancelled(t)) return 1;
+                         int result = 0;
+                         if (evs_task_join(t, &result) != 0) return 2;
+                         return first == -ECANCELED && second == -ECANCELED && result == 5 ? 0 : 3;
+                     },
+                     nullptr));
+}
+
+TEST(Task, CancelledJoinerGetsECANCELEDAndKeepsTheHandle) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         static evs_task *sleeper;
+                         static int join_rc;
+                         evs_task_spawn([](void *) -> int { return evs_sleep(1000); }, nullptr,
+                                        &sleeper);
+                         evs_task *joiner;
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 join_rc = evs_task_join(sleeper, nullptr);
+                                 return 0;
+                             },
+                             nullptr, &joiner);
+                         evs_yield();
+                         evs_task_cancel(joiner);
+                         evs_task_join(joiner, nullptr);
+                         if (join_rc != -ECANCELED) return 1;
+                         evs_task_cancel(sleeper);  // the handle is still valid
+                         int r = 0;
+                         evs_task_join(sleeper, &r);
+                         return r == -ECANCELED ? 0 : 2;
+                     },
+                     nullptr));
+}
+
+TEST(Task, TimeoutBoundsEveryParkedCall) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         evs_task_set_timeout(evs_task_current(), 0.02);
+                         if (evs_sleep(1000) != -ETIMEDOUT) return 1;
+                         if (evs_sleep(1000) != -ETIMEDOUT) return 2;  // again
+                         if (evs_sleep(0.001) != 0) return 3;          // shorter than the bound
+                         evs_task_set_timeout(evs_task_current(), 0);
+                         return evs_sleep(0.03) == 0 ? 0 : 4;
+                     },
+                     nullptr));
+}
+
+TEST(Task, DetachedTaskRunsToCompletion) {
+    static int done;
+    done = 0;
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 evs_sleep(0.01);
+                                 done = 1;
+                                 return 0;
+                             },
+                             nullptr, nullptr);
+                         return evs_sleep(0.1);
+                     },
+                     nullptr));
+    EXPECT_EQ(1, done);
+}
+
+TEST(Task, RunCancelsTasksTheMainTaskLeftBehind) {
+    static int leftover_rc;
+    leftover_rc = 1;
+    double t0 = now();
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 leftover_rc = evs_sleep(1000);
+                                 return 0;
+                             },
+                             nullptr, nullptr);
+                         return evs_yield();
+                     },
+                     nullptr));
+    EXPECT_EQ(-ECANCELED, leftover_rc);
+    EXPECT_LT(now() - t0, 100.0);  // returned, did not wait for the sleep
+}
+
+TEST(Task, ManyTasksReuseStacks) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         for (int round = 0; round < 20; round++) {
+                             std::vector<evs_task *> tasks(500);
+                             for (auto &t : tasks)
+                                 if (evs_task_spawn(
+                                         [](void *) -> int { return evs_yield(); }, nullptr,
+                                         &t) != 0)
+                                     return 1;
+                             for (auto *t : tasks) {
+                                 int r = -1;
+                                 if (evs_task_join(t, &r) != 0 || r != 0) return 2;
+                             }
+                         }
+                         return 0;
+                     },
+                     nullptr));
+}
+
+TEST(Task, DeepRecursionFitsTheDefaultStack) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         struct R {
+                             static int depth(int n) {
+                                 volatile char pad[256];
+                                 pad[0] = (char)n;
+                                 return n == 0 ? pad[0] : depth(n - 1) + (pad[0] != 0 ? 0 : 0);
+                             }
+                         };
+                         return R::depth(400);  // ~100 KiB of frames
+                     },
+                     nullptr));
+}
