@@ -13,6 +13,10 @@
 #include <evstream.h>
 
 #define EVS_UNUSED(x) ((void)(x))
+
+/* The acceptor thread's worker id in log lines (workers are 0..N-1, the
+ * private loop of evs_run() is -1). */
+#define EVS__ACCEPTOR_ID (-2)
 #define EVS_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
 /* Log macros check the level before any argument is evaluated or formatted. */

@@ -72,8 +72,8 @@ static void stderr_sink(evs_log_level level, int worker, const char *msg)
         snprintf(line, sizeof line, "%s.%03ld %s [w%d] %s\n", when, ts.tv_nsec / 1000000L,
                  evs_log_level_name(level), worker, msg);
     else
-        snprintf(line, sizeof line, "%s.%03ld %s [main] %s\n", when, ts.tv_nsec / 1000000L,
-                 evs_log_level_name(level), msg);
+        snprintf(line, sizeof line, "%s.%03ld %s [%s] %s\n", when, ts.tv_nsec / 1000000L,
+                 evs_log_level_name(level), worker == EVS__ACCEPTOR_ID ? "acceptor" : "main", msg);
     fputs(line, stderr);
 }
 

@@ -86,7 +86,7 @@ int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **out)
         free(rt);
         return -ENOMEM;
     }
-    err = evs__worker_init(&rt->acceptor, rt, -1, 16 * 1024);
+    err = evs__worker_init(&rt->acceptor, rt, EVS__ACCEPTOR_ID, 16 * 1024);
     if (err)
         goto fail_acceptor;
     evs__acceptor_init(rt);
