@@ -30,6 +30,8 @@ static void set_listening(evs_runtime *rt, bool on)
             continue;
         for (size_t i = 0; i < s->nlisteners; i++) {
             evs__listener *l = &s->listeners[i];
+            if (!l->ev_assigned)
+                continue;
             if (on && !l->ev_added && l->fd >= 0) {
                 event_add(&l->ev, NULL);
                 l->ev_added = true;
@@ -195,8 +197,19 @@ void evs__acceptor_add(evs_worker *acceptor, void *arg)
     for (size_t i = 0; i < s->nlisteners; i++) {
         evs__listener *l = &s->listeners[i];
         event_assign(&l->ev, acceptor->base, l->fd, EV_READ | EV_PERSIST, accept_cb, l);
+        l->ev_assigned = true;
     }
     if (atomic_load(&s->serving) && !paused(s->rt))
+        set_listening(s->rt, true);
+}
+
+void evs__acceptor_serve(evs_worker *acceptor, void *arg)
+{
+    evs_server *s = arg;
+
+    EVS_UNUSED(acceptor);
+    atomic_store(&s->serving, true);
+    if (!paused(s->rt))
         set_listening(s->rt, true);
 }
 

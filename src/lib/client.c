@@ -67,7 +67,6 @@ static int resolve(evs_worker *w, const char *host, uint16_t port, struct evutil
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_protocol = IPPROTO_TCP;
-    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
     snprintf(service, sizeof service, "%u", (unsigned)port);
     /* Numeric hosts and /etc/hosts entries answer at once, inside this call. */
     req = evdns_getaddrinfo(dns, host, service, &hints, lookup_cb, l);

@@ -14,6 +14,10 @@
  * A fiber structure owns its stack for its whole life; the pool caches
  * whole fiber structures (with their stacks) for reuse.
  */
+#ifdef HAVE_CONFIG_H
+#include "config.h"  /* HAVE_VALGRIND_VALGRIND_H, EVS_FIBER_UCONTEXT */
+#endif
+
 #include "fiber.h"
 
 #include <assert.h>

@@ -16,8 +16,13 @@
  * trampoline with sp = top of the stack (16-aligned); it calls
  * evs__fiber_entry(x19), which never returns.
  *
- * Assembles to nothing on other architectures.
+ * Assembles to nothing on other architectures and when EVS_FIBER_UCONTEXT
+ * is defined (the ucontext fallback is used then).
  */
+#ifdef HAVE_CONFIG_H
+#include "config.h"  /* EVS_FIBER_UCONTEXT */
+#endif
+
 #if defined(__aarch64__) && !defined(EVS_FIBER_UCONTEXT)
 
 #if defined(__APPLE__)

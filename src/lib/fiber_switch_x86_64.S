@@ -17,8 +17,13 @@
  * entry to any function; the trampoline calls evs__fiber_entry(r12), which
  * never returns.
  *
- * Assembles to nothing on other architectures.
+ * Assembles to nothing on other architectures and when EVS_FIBER_UCONTEXT
+ * is defined (the ucontext fallback is used then).
  */
+#ifdef HAVE_CONFIG_H
+#include "config.h"  /* EVS_FIBER_UCONTEXT */
+#endif
+
 #if defined(__x86_64__) && !defined(EVS_FIBER_UCONTEXT)
 
 #if defined(__APPLE__)

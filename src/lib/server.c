@@ -305,21 +305,13 @@ int evs_start_unix_server(evs_runtime *rt, const evs_server_options *opts, evs_s
     return start(rt, opts, true, out);
 }
 
-static void acceptor_start_serving(evs_worker *acceptor, void *arg)
-{
-    evs_server *s = arg;
-
-    atomic_store(&s->serving, true);
-    evs__acceptor_add(acceptor, s);
-}
-
 int evs_server_start_serving(evs_server *s)
 {
     if (atomic_load(&s->closed))
         return -EBADF;
     if (atomic_load(&s->serving))
         return 0;
-    return evs_worker_post(&s->rt->acceptor, acceptor_start_serving, s);
+    return evs_worker_post(&s->rt->acceptor, evs__acceptor_serve, s);
 }
 
 bool evs_server_is_serving(const evs_server *s)

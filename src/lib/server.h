@@ -20,6 +20,7 @@ typedef struct evs__listener {
     struct evs_server *server;
     int fd;
     struct event ev;
+    bool ev_assigned; /* set by the acceptor once it owns the socket */
     bool ev_added;
 } evs__listener;
 
@@ -63,6 +64,7 @@ int evs__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len)
 
 /* Acceptor thread (acceptor.c). */
 void evs__acceptor_add(evs_worker *acceptor, void *server);
+void evs__acceptor_serve(evs_worker *acceptor, void *server);
 void evs__acceptor_remove(evs_worker *acceptor, void *server);
 void evs__acceptor_resume(evs_worker *acceptor, void *unused);
 void evs__acceptor_stop(evs_worker *acceptor, void *unused);

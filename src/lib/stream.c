@@ -92,10 +92,16 @@ static void maybe_resume_transport(evs_reader *r)
 static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void *ctx)
 {
     evs_reader *r = ctx;
+    struct evbuffer_iovec vec[2];
 
     EVS_UNUSED(t);
-    if (evbuffer_reserve_space(r->buf, (ev_ssize_t)sizehint, &r->reserved, 1) < 1)
+    /* While a view is out, reserve two extents: libevent then only adds
+     * chains, whereas a one-extent reservation may realign or reallocate
+     * the last chain and move the bytes the view points to. We read into
+     * the first extent only. */
+    if (evbuffer_reserve_space(r->buf, (ev_ssize_t)sizehint, vec, r->consume ? 2 : 1) < 1)
         return NULL;
+    r->reserved = vec[0];
     *len = r->reserved.iov_len;
     return r->reserved.iov_base;
 }

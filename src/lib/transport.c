@@ -308,9 +308,9 @@ static ssize_t read_once(evs_transport *t, size_t *capacity)
             p->buffer_updated(t, (size_t)n, t->ctx);
         else if (p->data_received)
             p->data_received(t, buf, (size_t)n, t->ctx);
-    } else if (p->get_buffer && p->buffer_updated) {
-        p->buffer_updated(t, 0, t->ctx);
     }
+    /* At EOF the buffer from get_buffer is simply not used: like asyncio,
+     * buffer_updated only ever reports bytes that were written (n > 0). */
     return n;
 }
 

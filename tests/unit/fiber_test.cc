@@ -7,7 +7,7 @@
 #include <vector>
 
 extern "C" {
-#include "src/lib/fiber.h"
+#include "fiber.h"
 }
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)

@@ -1,0 +1,1333 @@
+// Streams: the seed's StreamReader and StreamWriter (evs_read*, evs_write*,
+// drain, write_eof, close) over real sockets: socketpairs, TCP on
+// 127.0.0.1 and Unix sockets in a temp dir. Each test runs as the main task
+// of evs_run(); one end is wrapped with evs_stream_open_fd() and the raw
+// peer end is driven with small blocking sends (they fit the socket buffer),
+// non-blocking receives between evs_sleep()s, or a std::thread when the
+// amount is large. The main task has a 10 s per-task timeout so a parked
+// call that should have returned fails the test instead of hanging it.
+#include <gtest/gtest.h>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.h"
+
+using namespace evs_test;
+
+namespace {
+
+enum class Kind { Pair, Tcp, Unix };
+
+const double kMainTimeout = 10.0;
+
+// Run f() as evs_run()'s main task, bounded by the per-task timeout.
+template <typename F>
+void run(F f) {
+    int rc = run_task(
+        [](void *p) -> int {
+            evs_task_set_timeout(evs_task_current(), kMainTimeout);
+            (*static_cast<F *>(p))();
+            return 0;
+        },
+        &f);
+    EXPECT_EQ(0, rc);
+}
+
+// Spawn f() (returning int) as a task on the current loop; f must outlive it.
+template <typename F>
+evs_task *spawn(F &f) {
+    evs_task *t = nullptr;
+    EXPECT_EQ(0, evs_task_spawn([](void *p) -> int { return (*static_cast<F *>(p))(); }, &f, &t));
+    return t;
+}
+
+int join(evs_task *t) {
+    int result = -12345;
+    EXPECT_EQ(0, evs_task_join(t, &result));
+    return result;
+}
+
+// Park in short sleeps until cond() holds; false after @p secs.
+bool wait_until(const std::function<bool()> &cond, double secs = 5.0) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
+    while (!cond()) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        if (evs_sleep(0.001) < 0) return false;
+    }
+    return true;
+}
+
+int listen_on(const struct sockaddr *sa, socklen_t len, int family) {
+    int l = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0) return -1;
+    if (bind(l, sa, len) < 0 || listen(l, 4) < 0) {
+        close(l);
+        return -1;
+    }
+    return l;
+}
+
+// A connected stream socket pair of the given kind: sv[0] is the end the
+// stream wraps, sv[1] the raw peer (blocking, with 10 s timeouts).
+void make_fds(Kind k, int sv[2], std::string *dir) {
+    sv[0] = sv[1] = -1;
+    if (k == Kind::Pair) {
+        socket_pair(sv);
+    } else if (k == Kind::Tcp) {
+        struct sockaddr_in sin;
+        memset(&sin, 0, sizeof sin);
+        sin.sin_family = AF_INET;
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int l = listen_on((struct sockaddr *)&sin, sizeof sin, AF_INET);
+        ASSERT_GE(l, 0);
+        socklen_t sl = sizeof sin;
+        ASSERT_EQ(0, getsockname(l, (struct sockaddr *)&sin, &sl));
+        sv[1] = connect_tcp(ntohs(sin.sin_port));
+        sv[0] = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+        close(l);
+    } else {
+        *dir = make_temp_dir();
+        ASSERT_FALSE(dir->empty());
+        std::string path = *dir + "/s";
+        struct sockaddr_un sun;
+        memset(&sun, 0, sizeof sun);
+        sun.sun_family = AF_UNIX;
+        snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+        int l = listen_on((struct sockaddr *)&sun, sizeof sun, AF_UNIX);
+        ASSERT_GE(l, 0);
+        sv[1] = connect_unix(path);
+        sv[0] = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+        close(l);
+    }
+    if (sv[1] >= 0) set_timeouts(sv[1], 10);
+}
+
+// A (reader, writer) pair on one end and the raw peer on the other.
+struct Conn {
+    evs_reader *r = nullptr;
+    evs_writer *w = nullptr;
+    int peer = -1;
+    std::string dir;
+
+    explicit Conn(Kind k = Kind::Pair, size_t limit = 0) {
+        int sv[2];
+        make_fds(k, sv, &dir);
+        if (sv[0] < 0 || sv[1] < 0) {
+            if (sv[0] >= 0) close(sv[0]);
+            if (sv[1] >= 0) close(sv[1]);
+            return;
+        }
+        peer = sv[1];
+        EXPECT_EQ(0, evs_stream_open_fd(sv[0], limit, &r, &w));
+    }
+    ~Conn() {
+        if (w) evs_writer_free(w);
+        if (peer >= 0) close(peer);
+        if (!dir.empty()) remove_dir(dir);
+    }
+    bool ok() const { return r && w && peer >= 0; }
+    evs_transport *t() const { return evs_writer_transport(w); }
+
+    // Small amounts only: a blocking send inside the task stalls the loop.
+    void send(const std::string &s) const { EXPECT_TRUE(write_all(peer, s.data(), s.size())); }
+    void eof() const { EXPECT_EQ(0, shutdown(peer, SHUT_WR)); }
+    // Receive exactly @p n bytes without blocking the loop.
+    std::string recv_n(size_t n, double secs = 8.0) const {
+        std::string out;
+        std::vector<char> buf(65536);
+        auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
+        while (out.size() < n && std::chrono::steady_clock::now() < end) {
+            ssize_t k = ::recv(peer, buf.data(), std::min(buf.size(), n - out.size()), MSG_DONTWAIT);
+            if (k > 0) {
+                out.append(buf.data(), (size_t)k);
+                continue;
+            }
+            if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+            if (evs_sleep(0.001) < 0) break;
+        }
+        return out;
+    }
+    // True once the peer reads EOF (after any bytes, which are discarded).
+    bool recv_eof(double secs = 8.0) const {
+        char buf[4096];
+        auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
+        while (std::chrono::steady_clock::now() < end) {
+            ssize_t k = ::recv(peer, buf, sizeof buf, MSG_DONTWAIT);
+            if (k == 0) return true;
+            if (k > 0) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return false;
+            if (evs_sleep(0.001) < 0) return false;
+        }
+        return false;
+    }
+    // Reset the connection from the peer's side (RST on TCP).
+    void reset() {
+        struct linger lg = {1, 0};
+        EXPECT_EQ(0, setsockopt(peer, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+        close(peer);
+        peer = -1;
+    }
+};
+
+// A task that sends segments from the peer with a pause between them, so
+// the reader sees them as separate arrivals; optionally EOF at the end.
+struct Feeder {
+    int fd;
+    std::vector<std::string> segs;
+    bool eof;
+    double gap;
+    int operator()() {
+        for (const std::string &s : segs) {
+            if (evs_sleep(gap) < 0) return -1;
+            if (!write_all(fd, s.data(), s.size())) return -2;
+        }
+        if (eof && shutdown(fd, SHUT_WR) < 0) return -3;
+        return 0;
+    }
+};
+
+std::string view_str(const void *p, ssize_t n) {
+    return n > 0 ? std::string(static_cast<const char *>(p), (size_t)n) : std::string();
+}
+
+std::string readline_str(evs_reader *r, ssize_t *rc = nullptr) {
+    const void *line = nullptr;
+    ssize_t n = evs_readline(r, &line);
+    if (rc) *rc = n;
+    return view_str(line, n);
+}
+
+// Fill the writer's buffer above its high watermark while the peer does
+// not read. @return bytes written (the peer must read them all later).
+size_t fill_above_high(Conn &c, size_t high) {
+    std::string chunk = pattern(65536, 3);
+    size_t total = 0;
+    for (int i = 0; i < 512 && evs_transport_get_write_buffer_size(c.t()) <= high; i++) {
+        EXPECT_EQ(0, evs_write(c.w, chunk.data(), chunk.size()));
+        total += chunk.size();
+    }
+    EXPECT_GT(evs_transport_get_write_buffer_size(c.t()), high);
+    return total;
+}
+
+// A peer thread that reads to EOF; joined (after a shutdown when the test
+// bailed out early) before the socket goes away.
+struct PeerReader {
+    std::thread th;
+    int fd;
+    std::string data;
+    bool eof = false;
+    bool joined = false;
+    explicit PeerReader(int f, std::function<void(PeerReader &)> after = nullptr) : fd(f) {
+        th = std::thread([this, after] {
+            std::vector<char> buf(65536);
+            for (;;) {
+                ssize_t k = ::recv(fd, buf.data(), buf.size(), 0);
+                if (k < 0 && errno == EINTR) continue;
+                if (k <= 0) {
+                    eof = k == 0;
+                    break;
+                }
+                data.append(buf.data(), (size_t)k);
+            }
+            if (after) after(*this);
+        });
+    }
+    void join() {
+        joined = true;
+        th.join();
+    }
+    ~PeerReader() {
+        if (!joined) {
+            shutdown(fd, SHUT_RDWR);
+            th.join();
+        }
+    }
+};
+
+}  // namespace
+
+/* --- read(n) ---------------------------------------------------------- */
+
+TEST(StreamRead, ReturnsAsSoonAsOneByteIsBuffered) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abc");
+        char buf[100];
+        ASSERT_EQ(3, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ("abc", std::string(buf, 3));
+    });
+}
+
+TEST(StreamRead, ParkedReadWakesOnFirstBytes) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {"xy"}, false, 0.01};
+        evs_task *ft = spawn(f);
+        char buf[100];
+        ssize_t n = evs_read(c.r, buf, sizeof buf);
+        ASSERT_EQ(2, n);
+        EXPECT_EQ("xy", std::string(buf, 2));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
+TEST(StreamRead, ReadCopiesAtMostNAndKeepsTheRest) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abcdef");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 6; }));
+        char buf[4];
+        ASSERT_EQ(4, evs_read(c.r, buf, 4));
+        EXPECT_EQ("abcd", std::string(buf, 4));
+        EXPECT_EQ(2u, evs_reader_buffered(c.r));
+        ASSERT_EQ(2, evs_read(c.r, buf, 4));
+        EXPECT_EQ("ef", std::string(buf, 2));
+    });
+}
+
+TEST(StreamRead, ZeroBytesReturnsZeroAtOnce) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        char buf[8];
+        // Nothing buffered and no EOF: a parked call would end in -ETIMEDOUT.
+        evs_task_set_timeout(evs_task_current(), 0.5);
+        EXPECT_EQ(0, evs_read(c.r, buf, 0));
+        c.send("zz");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 2; }));
+        EXPECT_EQ(0, evs_read(c.r, buf, 0));
+        EXPECT_EQ(2u, evs_reader_buffered(c.r));
+        EXPECT_FALSE(evs_at_eof(c.r));
+    });
+}
+
+TEST(StreamRead, AtEofReturnsZero) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("hi");
+        c.eof();
+        char buf[16];
+        ASSERT_EQ(2, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        EXPECT_TRUE(evs_at_eof(c.r));
+    });
+}
+
+/* --- read(-1): read_to_eof ------------------------------------------- */
+
+TEST(StreamReadToEof, ExactMaxGetsEverything) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string data = pattern(3000, 11);
+        Feeder f{c.peer, {data.substr(0, 1000), data.substr(1000, 1000), data.substr(2000)}, true,
+                 0.002};
+        evs_task *ft = spawn(f);
+        std::vector<char> buf(3000);
+        ASSERT_EQ(3000, evs_read_to_eof(c.r, buf.data(), buf.size()));
+        EXPECT_EQ(data, std::string(buf.data(), buf.size()));
+        EXPECT_TRUE(evs_at_eof(c.r));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
+TEST(StreamReadToEof, OverMaxAtEofIsLimitAndDataStays) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string data = pattern(100, 12);
+        c.send(data);
+        c.eof();
+        std::vector<char> buf(100);
+        EXPECT_EQ(EVS_ELIMIT, evs_read_to_eof(c.r, buf.data(), 50));
+        EXPECT_EQ(100u, evs_reader_buffered(c.r));
+        EXPECT_FALSE(evs_at_eof(c.r));
+        ASSERT_EQ(100, evs_read_to_eof(c.r, buf.data(), 100));
+        EXPECT_EQ(data, std::string(buf.data(), 100));
+    });
+}
+
+TEST(StreamReadToEof, OverMaxBeforeEofIsLimitWithoutWaitingForEof) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string data = pattern(100, 13);
+        c.send(data);
+        std::vector<char> buf(100);
+        // No EOF is ever sent: waiting for it would end in -ETIMEDOUT.
+        EXPECT_EQ(EVS_ELIMIT, evs_read_to_eof(c.r, buf.data(), 50));
+        EXPECT_GE(evs_reader_buffered(c.r), 51u);
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 100; }));
+        ASSERT_EQ(100, evs_read(c.r, buf.data(), 100));
+        EXPECT_EQ(data, std::string(buf.data(), 100));
+    });
+}
+
+/* --- readline --------------------------------------------------------- */
+
+TEST(StreamReadline, FullLine) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("hello\n");
+        ssize_t rc;
+        EXPECT_EQ("hello\n", readline_str(c.r, &rc));
+        EXPECT_EQ(6, rc);
+    });
+}
+
+TEST(StreamReadline, SeveralLinesInOneSegment) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("a\nbb\n\nccc\n");
+        EXPECT_EQ("a\n", readline_str(c.r));
+        EXPECT_EQ("bb\n", readline_str(c.r));
+        EXPECT_EQ("\n", readline_str(c.r));
+        EXPECT_EQ("ccc\n", readline_str(c.r));
+        EXPECT_EQ(0u, evs_reader_buffered(c.r));
+    });
+}
+
+TEST(StreamReadline, LineSplitOverManyTinySegments) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string line = "a line that arrives one byte at a time\n";
+        Feeder f{c.peer, {}, false, 0.001};
+        for (char ch : line) f.segs.push_back(std::string(1, ch));
+        f.segs.push_back("next\n");
+        evs_task *ft = spawn(f);
+        EXPECT_EQ(line, readline_str(c.r));
+        EXPECT_EQ("next\n", readline_str(c.r));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
+TEST(StreamReadline, PartialLastLineAtEof) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abc\nxyz");
+        c.eof();
+        EXPECT_EQ("abc\n", readline_str(c.r));
+        ssize_t rc;
+        EXPECT_EQ("xyz", readline_str(c.r, &rc));
+        EXPECT_EQ(3, rc);
+        EXPECT_EQ("", readline_str(c.r, &rc));
+        EXPECT_EQ(0, rc);
+        EXPECT_TRUE(evs_at_eof(c.r));
+    });
+}
+
+TEST(StreamReadline, EmptyAtEofReturnsZero) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.eof();
+        const void *line = &line;
+        EXPECT_EQ(0, evs_readline(c.r, &line));
+        EXPECT_EQ(0, evs_readline(c.r, &line));
+        EXPECT_TRUE(evs_at_eof(c.r));
+    });
+}
+
+TEST(StreamReadline, OverTheLimitIsLimitAndDataIsNotDiscarded) {
+    run([] {
+        Conn c(Kind::Pair, 16);
+        ASSERT_TRUE(c.ok());
+        std::string data = std::string(40, 'x') + "\nrest\n";
+        c.send(data);
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == data.size(); }));
+        const void *line;
+        EXPECT_EQ(EVS_ELIMIT, evs_readline(c.r, &line));
+        EXPECT_EQ(data.size(), evs_reader_buffered(c.r));
+        // Still there, and still over the limit on a second try.
+        EXPECT_EQ(EVS_ELIMIT, evs_readline(c.r, &line));
+        std::vector<char> buf(41);
+        ASSERT_EQ(41, evs_readexactly(c.r, buf.data(), 41));
+        EXPECT_EQ(data.substr(0, 41), std::string(buf.data(), 41));
+        EXPECT_EQ("rest\n", readline_str(c.r));
+    });
+}
+
+TEST(StreamReadline, OverTheLimitIsDetectedBeforeTheNewlineArrives) {
+    run([] {
+        Conn c(Kind::Pair, 16);
+        ASSERT_TRUE(c.ok());
+        c.send(std::string(40, 'y'));
+        // No newline ever comes: ELIMIT must not wait for one (-ETIMEDOUT).
+        const void *line;
+        EXPECT_EQ(EVS_ELIMIT, evs_readline(c.r, &line));
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 40; }));
+        char buf[64];
+        ASSERT_EQ(40, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ(std::string(40, 'y'), std::string(buf, 40));
+    });
+}
+
+TEST(StreamReadline, LimitBoundary) {
+    run([] {
+        Conn c(Kind::Pair, 16);
+        ASSERT_TRUE(c.ok());
+        // 16 bytes before the newline is allowed (asyncio: isep > limit fails).
+        std::string ok_line = std::string(16, 'a') + "\n";
+        std::string long_line = std::string(17, 'b') + "\n";
+        c.send(ok_line + long_line);
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 35; }));
+        EXPECT_EQ(ok_line, readline_str(c.r));
+        const void *line;
+        EXPECT_EQ(EVS_ELIMIT, evs_readline(c.r, &line));
+        EXPECT_EQ(long_line.size(), evs_reader_buffered(c.r));
+        ASSERT_EQ(0, evs_reader_set_limit(c.r, 17));
+        EXPECT_EQ(long_line, readline_str(c.r));
+    });
+}
+
+TEST(StreamReadline, PartialLineOverTheLimitAtEofIsLimitAndDataStays) {
+    run([] {
+        Conn c(Kind::Pair, 16);
+        ASSERT_TRUE(c.ok());
+        std::string data = pattern(20, 14);
+        std::replace(data.begin(), data.end(), '\n', '.');
+        c.send(data);
+        c.eof();
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 20; }));
+        EXPECT_EQ(0, evs_sleep(0.02));  // let EOF arrive too
+        const void *line;
+        EXPECT_EQ(EVS_ELIMIT, evs_readline(c.r, &line));
+        EXPECT_EQ(20u, evs_reader_buffered(c.r));
+        char buf[64];
+        ASSERT_EQ(20, evs_read_to_eof(c.r, buf, sizeof buf));
+        EXPECT_EQ(data, std::string(buf, 20));
+        EXPECT_EQ(0, evs_readline(c.r, &line));
+    });
+}
+
+TEST(StreamReadline, PartialLineAtTheLimitAtEofIsReturned) {
+    run([] {
+        Conn c(Kind::Pair, 16);
+        ASSERT_TRUE(c.ok());
+        c.send(std::string(16, 'q'));
+        c.eof();
+        EXPECT_EQ(std::string(16, 'q'), readline_str(c.r));
+        EXPECT_TRUE(evs_at_eof(c.r));
+    });
+}
+
+/* --- readexactly ------------------------------------------------------ */
+
+TEST(StreamReadexactly, Success) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {"012", "3456", "789", "tail"}, false, 0.002};
+        evs_task *ft = spawn(f);
+        char buf[10];
+        ASSERT_EQ(10, evs_readexactly(c.r, buf, 10));
+        EXPECT_EQ("0123456789", std::string(buf, 10));
+        EXPECT_EQ(0, join(ft));
+        ASSERT_EQ(4, evs_readexactly(c.r, buf, 4));
+        EXPECT_EQ("tail", std::string(buf, 4));
+        EXPECT_EQ(0, evs_readexactly(c.r, buf, 0));
+    });
+}
+
+TEST(StreamReadexactly, IncompleteAtEofExposesThePartialBytes) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("12345");
+        c.eof();
+        char buf[10];
+        EXPECT_EQ(EVS_EINCOMPLETE, evs_readexactly(c.r, buf, 10));
+        const void *partial = nullptr;
+        ASSERT_EQ(5u, evs_reader_partial(c.r, &partial));
+        EXPECT_EQ("12345", view_str(partial, 5));
+        EXPECT_EQ("12345", std::string(buf, 5));
+        EXPECT_TRUE(evs_at_eof(c.r));
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        // partial is only for the call that failed with EVS_EINCOMPLETE.
+        EXPECT_EQ(0u, evs_reader_partial(c.r, &partial));
+    });
+}
+
+TEST(StreamReadexactly, MoreThanTwiceTheLimitWorks) {
+    run([] {
+        Conn c(Kind::Pair, 1024);
+        ASSERT_TRUE(c.ok());
+        std::string data = pattern(10000, 15);
+        c.send(data.substr(0, 3000));
+        // Above 2 x limit with nobody waiting: the reader stops reading.
+        ASSERT_TRUE(wait_until([&] {
+            return evs_reader_buffered(c.r) == 3000 && !evs_transport_is_reading(c.t());
+        }));
+        c.send(data.substr(3000));
+        EXPECT_EQ(0, evs_sleep(0.02));
+        EXPECT_EQ(3000u, evs_reader_buffered(c.r));
+        // A waiting call needs more: reading resumes for it.
+        std::vector<char> buf(10000);
+        ASSERT_EQ(10000, evs_readexactly(c.r, buf.data(), buf.size()));
+        EXPECT_TRUE(data == std::string(buf.data(), buf.size()));
+        EXPECT_TRUE(evs_transport_is_reading(c.t()));
+    });
+}
+
+TEST(StreamReadexactly, ManyTimesTheLimitFromAStreamingPeer) {
+    run([] {
+        Conn c(Kind::Tcp, 1024);
+        ASSERT_TRUE(c.ok());
+        std::string data = pattern(512 * 1024, 16);
+        int fd = c.peer;
+        std::thread sender([&] { EXPECT_TRUE(write_all(fd, data.data(), data.size())); });
+        std::vector<char> buf(data.size());
+        ssize_t n = evs_readexactly(c.r, buf.data(), buf.size());
+        sender.join();
+        ASSERT_EQ((ssize_t)data.size(), n);
+        EXPECT_TRUE(data == std::string(buf.data(), buf.size()));
+    });
+}
+
+/* --- readuntil / readuntil_any --------------------------------------- */
+
+TEST(StreamReaduntil, MultiByteSeparatorSplitAcrossSegments) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {"abc<", "E", "N", "D", ">rest"}, false, 0.002};
+        evs_task *ft = spawn(f);
+        const void *data;
+        ssize_t n = evs_readuntil(c.r, "<END>", 5, &data);
+        EXPECT_EQ("abc<END>", view_str(data, n));
+        EXPECT_EQ(0, join(ft));
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 4; }));
+        char buf[8];
+        ASSERT_EQ(4, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ("rest", std::string(buf, 4));
+    });
+}
+
+TEST(StreamReaduntil, NotFoundWithinTheLimitIsLimitAndDataStays) {
+    run([] {
+        Conn c(Kind::Pair, 8);
+        ASSERT_TRUE(c.ok());
+        c.send("0123456789abcdef");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 16; }));
+        const void *data;
+        EXPECT_EQ(EVS_ELIMIT, evs_readuntil(c.r, "\r\n", 2, &data));
+        EXPECT_EQ(16u, evs_reader_buffered(c.r));
+        EXPECT_EQ(EVS_ELIMIT, evs_readuntil(c.r, "\r\n", 2, &data));
+        char buf[32];
+        ASSERT_EQ(16, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ("0123456789abcdef", std::string(buf, 16));
+    });
+}
+
+TEST(StreamReaduntil, FoundBeyondTheLimitIsLimitAndDataStays) {
+    run([] {
+        Conn c(Kind::Pair, 8);
+        ASSERT_TRUE(c.ok());
+        c.send("0123456789;");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 11; }));
+        const void *data;
+        EXPECT_EQ(EVS_ELIMIT, evs_readuntil(c.r, ";", 1, &data));
+        EXPECT_EQ(11u, evs_reader_buffered(c.r));
+        ASSERT_EQ(0, evs_reader_set_limit(c.r, 10));
+        ssize_t n = evs_readuntil(c.r, ";", 1, &data);
+        EXPECT_EQ("0123456789;", view_str(data, n));
+    });
+}
+
+TEST(StreamReaduntil, IncompleteAtEofGivesThePartialBytes) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abc\r");
+        c.eof();
+        const void *data;
+        EXPECT_EQ(EVS_EINCOMPLETE, evs_readuntil(c.r, "\r\n", 2, &data));
+        const void *partial = nullptr;
+        size_t np = evs_reader_partial(c.r, &partial);
+        // The partial bytes may hold part of the separator.
+        EXPECT_EQ("abc\r", view_str(partial, (ssize_t)np));
+        // The buffer was handed over: nothing left, at EOF.
+        EXPECT_TRUE(evs_at_eof(c.r));
+        char buf[8];
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ(0u, evs_reader_partial(c.r, &partial));
+        EXPECT_EQ(EVS_EINCOMPLETE, evs_readuntil(c.r, "\r\n", 2, &data));
+        EXPECT_EQ(0u, evs_reader_partial(c.r, &partial));
+    });
+}
+
+TEST(StreamReaduntil, ZeroLengthSeparatorIsInvalid) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        const void *data;
+        EXPECT_EQ(-EINVAL, evs_readuntil(c.r, "", 0, &data));
+    });
+}
+
+TEST(StreamReaduntilAny, EarliestMatchWins) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("one\r\ntwo\nthreeEND|");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 18; }));
+        evs_separator seps[] = {{"END", 3}, {"\n", 1}, {"\r\n", 2}};
+        const void *data;
+        ssize_t n = evs_readuntil_any(c.r, seps, 3, 0, &data);
+        EXPECT_EQ("one\r\n", view_str(data, n));
+        n = evs_readuntil_any(c.r, seps, 3, 0, &data);
+        EXPECT_EQ("two\n", view_str(data, n));
+        n = evs_readuntil_any(c.r, seps, 3, 0, &data);
+        EXPECT_EQ("threeEND", view_str(data, n));
+        EXPECT_EQ(1u, evs_reader_buffered(c.r));
+    });
+}
+
+TEST(StreamReaduntilAny, TieGoesToTheShortestSeparator) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("hdr\r\n\r\nbody\r\n\r\n");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 15; }));
+        evs_separator long_first[] = {{"\r\n\r\n", 4}, {"\r\n", 2}};
+        evs_separator short_first[] = {{"\r\n", 2}, {"\r\n\r\n", 4}};
+        const void *data;
+        ssize_t n = evs_readuntil_any(c.r, long_first, 2, 0, &data);
+        EXPECT_EQ("hdr\r\n", view_str(data, n));
+        n = evs_readuntil_any(c.r, short_first, 2, 0, &data);
+        EXPECT_EQ("\r\n", view_str(data, n));
+        n = evs_readuntil_any(c.r, long_first, 2, 0, &data);
+        EXPECT_EQ("body\r\n", view_str(data, n));
+    });
+}
+
+TEST(StreamReaduntilAny, MatchAcrossSegmentsWithSeveralSeparators) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {"xx--", "-", "-yy"}, false, 0.002};
+        evs_task *ft = spawn(f);
+        evs_separator seps[] = {{"----", 4}, {"!", 1}};
+        const void *data;
+        ssize_t n = evs_readuntil_any(c.r, seps, 2, 0, &data);
+        EXPECT_EQ("xx----", view_str(data, n));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
+TEST(StreamReaduntilAny, PerCallLimit) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("0123456789\n");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 11; }));
+        evs_separator nl[] = {{"\n", 1}};
+        const void *data;
+        EXPECT_EQ(EVS_ELIMIT, evs_readuntil_any(c.r, nl, 1, 4, &data));
+        EXPECT_EQ(11u, evs_reader_buffered(c.r));
+        EXPECT_EQ(EVS_ELIMIT, evs_readuntil_any(c.r, nl, 1, 9, &data));
+        ssize_t n = evs_readuntil_any(c.r, nl, 1, 10, &data);
+        EXPECT_EQ("0123456789\n", view_str(data, n));
+        // 0 means the reader's limit (64 KiB here).
+        c.send("abcdefghij\n");
+        n = evs_readuntil_any(c.r, nl, 1, 0, &data);
+        EXPECT_EQ("abcdefghij\n", view_str(data, n));
+    });
+}
+
+TEST(StreamReaduntilAny, InvalidSeparators) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        const void *data;
+        evs_separator empty[] = {{"\n", 1}, {"", 0}};
+        EXPECT_EQ(-EINVAL, evs_readuntil_any(c.r, empty, 2, 0, &data));
+        EXPECT_EQ(-EINVAL, evs_readuntil_any(c.r, empty, 0, 0, &data));
+        EXPECT_EQ(-EINVAL, evs_readuntil_any(c.r, nullptr, 1, 0, &data));
+    });
+}
+
+/* --- views, limits, at_eof ------------------------------------------ */
+
+TEST(StreamReader, ViewStaysValidWhileTheTaskParksAndMoreDataArrives) {
+    run([] {
+        int sv[2];
+        socket_pair(sv);
+        // Both lines are queued before the stream exists, so one read takes
+        // them into one buffer chunk; the second view sits near its end.
+        std::string first = std::string(99999, 'a') + "\n";
+        std::string second = "hello world\n";
+        std::string both = first + second;
+        ASSERT_TRUE(write_all(sv[1], both.data(), both.size()));
+        evs_reader *r;
+        evs_writer *w;
+        ASSERT_EQ(0, evs_stream_open_fd(sv[0], 1 << 20, &r, &w));
+        const void *line;
+        ASSERT_EQ((ssize_t)first.size(), evs_readline(r, &line));
+        ASSERT_EQ((ssize_t)second.size(), evs_readline(r, &line));
+        EXPECT_EQ(second, view_str(line, (ssize_t)second.size()));
+        // The task parks (not a call on the reader) while more data arrives.
+        std::string more = pattern(110000, 17);
+        std::thread sender([&] { EXPECT_TRUE(write_all(sv[1], more.data(), more.size())); });
+        bool all = wait_until([&] { return evs_reader_buffered(r) == more.size(); });
+        sender.join();
+        ASSERT_TRUE(all);
+        EXPECT_EQ(second, view_str(line, (ssize_t)second.size()));
+        std::vector<char> buf(more.size());
+        ASSERT_EQ((ssize_t)more.size(), evs_readexactly(r, buf.data(), buf.size()));
+        EXPECT_TRUE(more == std::string(buf.data(), buf.size()));
+        evs_writer_free(w);
+        close(sv[1]);
+    });
+}
+
+TEST(StreamReader, LimitDefaultsTo64KiBAndCanBeChanged) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        EXPECT_EQ((size_t)EVS_STREAM_LIMIT_DEFAULT, evs_reader_limit(c.r));
+        EXPECT_EQ(65536u, evs_reader_limit(c.r));
+        EXPECT_EQ(-EINVAL, evs_reader_set_limit(c.r, 0));
+        EXPECT_EQ(0, evs_reader_set_limit(c.r, 100));
+        EXPECT_EQ(100u, evs_reader_limit(c.r));
+        Conn d(Kind::Pair, 4096);
+        ASSERT_TRUE(d.ok());
+        EXPECT_EQ(4096u, evs_reader_limit(d.r));
+    });
+}
+
+TEST(StreamReader, AtEofOnlyAfterEofWithAnEmptyBuffer) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        EXPECT_FALSE(evs_at_eof(c.r));
+        c.send("ab");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 2; }));
+        EXPECT_FALSE(evs_at_eof(c.r));
+        c.eof();
+        EXPECT_EQ(0, evs_sleep(0.05));
+        EXPECT_FALSE(evs_at_eof(c.r));  // EOF received, but data is buffered
+        char buf[4];
+        ASSERT_EQ(1, evs_read(c.r, buf, 1));
+        EXPECT_FALSE(evs_at_eof(c.r));
+        ASSERT_EQ(1, evs_read(c.r, buf, 1));
+        // No parking since the check above: EOF was already known then.
+        EXPECT_TRUE(evs_at_eof(c.r));
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        EXPECT_TRUE(evs_at_eof(c.r));
+    });
+}
+
+/* --- errors, concurrency, cancel, timeout ---------------------------- */
+
+TEST(StreamReader, ResetDeliversBufferedBytesThenTheError) {
+    run([] {
+        Conn c(Kind::Tcp);
+        ASSERT_TRUE(c.ok());
+        c.send("hello\nwor");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 9; }));
+        c.reset();
+        ASSERT_TRUE(wait_until([&] { return evs_writer_transport(c.w) == nullptr; }));
+        EXPECT_FALSE(evs_at_eof(c.r));
+        // read_to_eof fails on the error and leaves the bytes in the reader.
+        char buf[32];
+        EXPECT_EQ(-ECONNRESET, evs_read_to_eof(c.r, buf, sizeof buf));
+        EXPECT_EQ(9u, evs_reader_buffered(c.r));
+        EXPECT_EQ("hello\n", readline_str(c.r));
+        // A partial readexactly fails with the error and loses nothing.
+        EXPECT_EQ(-ECONNRESET, evs_readexactly(c.r, buf, 10));
+        EXPECT_EQ(3u, evs_reader_buffered(c.r));
+        ASSERT_EQ(3, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ("wor", std::string(buf, 3));
+        EXPECT_EQ(-ECONNRESET, evs_read(c.r, buf, sizeof buf));
+        const void *line;
+        EXPECT_EQ(-ECONNRESET, evs_readline(c.r, &line));
+        EXPECT_EQ(-ECONNRESET, evs_readuntil(c.r, "x", 1, &line));
+        EXPECT_FALSE(evs_at_eof(c.r));  // a reset is not EOF
+        EXPECT_LT(evs_write(c.w, "x", 1), 0);
+        EXPECT_TRUE(evs_is_closing(c.w));
+    });
+}
+
+TEST(StreamReader, PeerCloseWithUnreadDataOnASocketpairIsAnErrorNotEof) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        // The peer leaves our bytes unread and closes: AF_UNIX reports
+        // ECONNRESET to us.
+        ASSERT_EQ(0, evs_write(c.w, "unread", 6));
+        c.send("abc");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 3; }));
+        close(c.peer);
+        c.peer = -1;
+        char buf[8];
+        ASSERT_EQ(3, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ("abc", std::string(buf, 3));
+        ssize_t rc = evs_read(c.r, buf, sizeof buf);
+        EXPECT_EQ(-ECONNRESET, rc);
+        EXPECT_FALSE(evs_at_eof(c.r));
+    });
+}
+
+TEST(StreamReader, SecondReaderWhileOneIsParkedGetsEbusy) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string got;
+        auto first = [&]() -> int {
+            char b[16];
+            ssize_t n = evs_read(c.r, b, sizeof b);
+            if (n > 0) got.assign(b, (size_t)n);
+            return (int)n;
+        };
+        evs_task *a = spawn(first);
+        EXPECT_EQ(0, evs_sleep(0.01));  // a is parked in evs_read now
+        char buf[16];
+        const void *v;
+        EXPECT_EQ(-EBUSY, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ(-EBUSY, evs_readexactly(c.r, buf, 4));
+        EXPECT_EQ(-EBUSY, evs_readline(c.r, &v));
+        EXPECT_EQ(-EBUSY, evs_readuntil(c.r, "!", 1, &v));
+        EXPECT_EQ(-EBUSY, evs_read_to_eof(c.r, buf, sizeof buf));
+        c.send("data");
+        EXPECT_EQ(4, join(a));
+        EXPECT_EQ("data", got);
+        // Once nobody is parked, reading works again.
+        c.send("more");
+        ASSERT_EQ(4, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ("more", std::string(buf, 4));
+    });
+}
+
+TEST(StreamReader, CancelWhileParkedLeavesLaterDataReadable) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abc");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 3; }));
+        auto reader = [&]() -> int {
+            char b[6];
+            return (int)evs_readexactly(c.r, b, 6);
+        };
+        evs_task *a = spawn(reader);
+        EXPECT_EQ(0, evs_sleep(0.01));
+        evs_task_cancel(a);
+        EXPECT_EQ(-ECANCELED, join(a));
+        EXPECT_EQ(3u, evs_reader_buffered(c.r));
+        c.send("def");
+        char buf[6];
+        ASSERT_EQ(6, evs_readexactly(c.r, buf, 6));
+        EXPECT_EQ("abcdef", std::string(buf, 6));
+    });
+}
+
+TEST(StreamReader, CancelledReadThenDataArrivesLater) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        auto reader = [&]() -> int {
+            char b[8];
+            return (int)evs_read(c.r, b, sizeof b);
+        };
+        evs_task *a = spawn(reader);
+        EXPECT_EQ(0, evs_sleep(0.01));
+        evs_task_cancel(a);
+        EXPECT_EQ(-ECANCELED, join(a));
+        c.send("late\n");
+        EXPECT_EQ("late\n", readline_str(c.r));
+    });
+}
+
+TEST(StreamReader, TaskTimeoutReturnsEtimedoutAndLosesNothing) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abc");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 3; }));
+        evs_task_set_timeout(evs_task_current(), 0.05);
+        char buf[8];
+        const void *v;
+        EXPECT_EQ(-ETIMEDOUT, evs_readexactly(c.r, buf, 6));
+        EXPECT_EQ(-ETIMEDOUT, evs_readline(c.r, &v));
+        EXPECT_EQ(-ETIMEDOUT, evs_readuntil(c.r, "\r\n", 2, &v));
+        EXPECT_EQ(-ETIMEDOUT, evs_read_to_eof(c.r, buf, sizeof buf));
+        EXPECT_EQ(3u, evs_reader_buffered(c.r));
+        evs_task_set_timeout(evs_task_current(), kMainTimeout);
+        c.send("def\n");
+        ASSERT_EQ(6, evs_readexactly(c.r, buf, 6));
+        EXPECT_EQ("abcdef", std::string(buf, 6));
+        EXPECT_EQ("\n", readline_str(c.r));
+        // An empty reader times out in evs_read too, and reads afterwards.
+        evs_task_set_timeout(evs_task_current(), 0.05);
+        EXPECT_EQ(-ETIMEDOUT, evs_read(c.r, buf, sizeof buf));
+        evs_task_set_timeout(evs_task_current(), kMainTimeout);
+        c.send("z");
+        EXPECT_EQ(1, evs_read(c.r, buf, sizeof buf));
+    });
+}
+
+/* --- StreamWriter ----------------------------------------------------- */
+
+TEST(StreamWriter, WriteAndDrain) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        ASSERT_EQ(0, evs_write(c.w, "hello", 5));
+        EXPECT_EQ(0, evs_drain(c.w));
+        EXPECT_EQ("hello", c.recv_n(5));
+        // Nothing to wait for: drain returns 0 at once.
+        EXPECT_EQ(0, evs_drain(c.w));
+        EXPECT_EQ(0, evs_write(c.w, "", 0));
+    });
+}
+
+TEST(StreamWriter, WritelinesKeepsOrder) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string big = pattern(1 << 20, 21);
+        struct iovec iov[] = {
+            {(void *)"one ", 4}, {(void *)big.data(), big.size()}, {(void *)" two", 4}};
+        PeerReader pr(c.peer);
+        ASSERT_EQ(0, evs_writelines(c.w, iov, 3));
+        struct iovec iov2[] = {{(void *)"|three", 6}, {(void *)"|four", 5}};
+        ASSERT_EQ(0, evs_writelines(c.w, iov2, 2));
+        EXPECT_EQ(0, evs_writelines(c.w, iov2, 0));
+        EXPECT_EQ(0, evs_drain(c.w));
+        evs_close(c.w);
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        pr.join();
+        EXPECT_TRUE(pr.eof);
+        EXPECT_TRUE(pr.data == "one " + big + " two|three|four");
+    });
+}
+
+TEST(StreamWriter, DrainParksAboveTheHighWatermarkUntilDrained) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        const size_t high = 16384, low = 4096;
+        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), high, low));
+        size_t total = fill_above_high(c, high);
+        bool done = false;
+        size_t size_at_wake = 0;
+        auto drainer = [&]() -> int {
+            int rc = evs_drain(c.w);
+            size_at_wake = evs_transport_get_write_buffer_size(c.t());
+            done = true;
+            return rc;
+        };
+        evs_task *d = spawn(drainer);
+        EXPECT_EQ(0, evs_sleep(0.05));
+        EXPECT_FALSE(done);  // the peer reads nothing: still parked
+        EXPECT_GT(evs_transport_get_write_buffer_size(c.t()), high);
+        std::string got = c.recv_n(total);
+        EXPECT_EQ(total, got.size());
+        EXPECT_EQ(0, join(d));
+        EXPECT_TRUE(done);
+        EXPECT_LE(size_at_wake, low);
+        EXPECT_EQ(0, evs_drain(c.w));
+    });
+}
+
+TEST(StreamWriter, SeveralTasksDrainingOneWriterAllWake) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
+        size_t total = fill_above_high(c, 16384);
+        int woke = 0;
+        auto drainer = [&]() -> int {
+            int rc = evs_drain(c.w);
+            woke++;
+            return rc;
+        };
+        evs_task *d[3] = {spawn(drainer), spawn(drainer), spawn(drainer)};
+        EXPECT_EQ(0, evs_sleep(0.05));
+        EXPECT_EQ(0, woke);
+        EXPECT_EQ(total, c.recv_n(total).size());
+        for (evs_task *t : d) EXPECT_EQ(0, join(t));
+        EXPECT_EQ(3, woke);
+    });
+}
+
+TEST(StreamWriter, DrainAfterThePeerResetsReturnsAnError) {
+    run([] {
+        Conn c(Kind::Tcp);
+        ASSERT_TRUE(c.ok());
+        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
+        fill_above_high(c, 16384);
+        int rc_parked = 1;
+        auto drainer = [&]() -> int { return rc_parked = evs_drain(c.w); };
+        evs_task *d = spawn(drainer);
+        EXPECT_EQ(0, evs_sleep(0.02));
+        EXPECT_EQ(1, rc_parked);
+        c.reset();
+        // The parked drain wakes with the error (the main task's timeout
+        // would end a hang).
+        int rc = join(d);
+        EXPECT_LT(rc, 0);
+        EXPECT_TRUE(rc == -ECONNRESET || rc == -EPIPE) << evs_strerror(rc);
+        // Later calls fail at once, with the same error.
+        EXPECT_EQ(rc, evs_drain(c.w));
+        EXPECT_LT(evs_write(c.w, "x", 1), 0);
+        EXPECT_EQ(-EPIPE, evs_write_eof(c.w));
+        EXPECT_TRUE(wait_until([&] { return evs_writer_transport(c.w) == nullptr; }));
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+    });
+}
+
+TEST(StreamWriter, DrainAfterAResetWithNothingQueuedReturnsAnError) {
+    run([] {
+        Conn c(Kind::Tcp);
+        ASSERT_TRUE(c.ok());
+        c.reset();
+        ASSERT_TRUE(wait_until([&] { return evs_writer_transport(c.w) == nullptr; }));
+        int rc = evs_drain(c.w);
+        EXPECT_TRUE(rc == -ECONNRESET || rc == -EPIPE) << evs_strerror(rc);
+        EXPECT_LT(evs_write(c.w, "x", 1), 0);
+    });
+}
+
+TEST(StreamWriter, DrainWhenThePeerClosesASocketpairReturnsAnError) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
+        fill_above_high(c, 16384);
+        auto drainer = [&]() -> int { return evs_drain(c.w); };
+        evs_task *d = spawn(drainer);
+        EXPECT_EQ(0, evs_sleep(0.01));
+        close(c.peer);
+        c.peer = -1;
+        EXPECT_LT(join(d), 0);
+        EXPECT_LT(evs_drain(c.w), 0);
+    });
+}
+
+TEST(StreamWriter, WriteAfterCloseIsEpipe) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        ASSERT_EQ(0, evs_write(c.w, "before", 6));
+        evs_close(c.w);
+        EXPECT_EQ(-EPIPE, evs_write(c.w, "after", 5));
+        struct iovec iov = {(void *)"after", 5};
+        EXPECT_EQ(-EPIPE, evs_writelines(c.w, &iov, 1));
+        EXPECT_EQ(-EPIPE, evs_write_eof(c.w));
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        EXPECT_EQ(-EPIPE, evs_write(c.w, "after", 5));
+        // Only what was written before the close arrives, then EOF.
+        EXPECT_EQ("before", c.recv_n(6));
+        EXPECT_TRUE(c.recv_eof());
+    });
+}
+
+TEST(StreamWriter, WriteAfterWriteEofIsEpipeAndThePeerSeesEofAfterAllData) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string big = pattern(1 << 20, 22);
+        // The peer reads to EOF, then answers: reading goes on after write_eof.
+        PeerReader pr(c.peer, [](PeerReader &p) {
+            if (p.eof) write_all(p.fd, "back", 4);
+        });
+        ASSERT_EQ(0, evs_write(c.w, big.data(), big.size()));
+        EXPECT_EQ(0, evs_write_eof(c.w));
+        EXPECT_EQ(-EPIPE, evs_write(c.w, "late", 4));
+        struct iovec iov = {(void *)"late", 4};
+        EXPECT_EQ(-EPIPE, evs_writelines(c.w, &iov, 1));
+        EXPECT_FALSE(evs_is_closing(c.w));
+        char buf[8];
+        ASSERT_EQ(4, evs_readexactly(c.r, buf, 4));
+        EXPECT_EQ("back", std::string(buf, 4));
+        pr.join();
+        EXPECT_TRUE(pr.eof);
+        EXPECT_TRUE(pr.data == big);
+    });
+}
+
+TEST(StreamWriter, CanWriteEof) {
+    run([] {
+        for (Kind k : {Kind::Pair, Kind::Tcp, Kind::Unix}) {
+            Conn c(k);
+            ASSERT_TRUE(c.ok());
+            EXPECT_TRUE(evs_can_write_eof(c.w));
+        }
+    });
+}
+
+TEST(StreamWriter, CloseFlushesAndWaitClosedReturns) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string big = pattern(1 << 20, 23);
+        PeerReader pr(c.peer);
+        ASSERT_EQ(0, evs_write(c.w, big.data(), big.size()));
+        evs_close(c.w);
+        EXPECT_TRUE(evs_is_closing(c.w));
+        evs_close(c.w);  // idempotent
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        EXPECT_EQ(nullptr, evs_writer_transport(c.w));
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        pr.join();
+        EXPECT_TRUE(pr.eof);
+        EXPECT_TRUE(pr.data == big);
+    });
+}
+
+TEST(StreamWriter, IsClosing) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        EXPECT_FALSE(evs_is_closing(c.w));
+        // A half-closed connection (the peer's EOF) is not closing.
+        c.eof();
+        char buf[4];
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        EXPECT_FALSE(evs_is_closing(c.w));
+        EXPECT_EQ(0, evs_write_eof(c.w));
+        EXPECT_FALSE(evs_is_closing(c.w));
+        evs_close(c.w);
+        EXPECT_TRUE(evs_is_closing(c.w));
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        EXPECT_TRUE(evs_is_closing(c.w));
+    });
+}
+
+TEST(StreamWriter, TransportIsAvailableWhileOpen) {
+    run([] {
+        Conn c(Kind::Tcp);
+        ASSERT_TRUE(c.ok());
+        evs_transport *t = evs_writer_transport(c.w);
+        ASSERT_NE(nullptr, t);
+        EXPECT_GE(evs_transport_get_fd(t), 0);
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        EXPECT_EQ(0, evs_transport_get_peername(t, &ss, &sl));
+        EXPECT_EQ(AF_INET, ss.ss_family);
+        EXPECT_EQ(c.r, evs_writer_reader(c.w));
+        size_t low = 0, high = 0;
+        evs_transport_get_write_buffer_limits(t, &low, &high);
+        EXPECT_EQ((size_t)EVS_WRITE_HIGH_WATER_DEFAULT, high);
+        EXPECT_EQ((size_t)EVS_WRITE_LOW_WATER_DEFAULT, low);
+        evs_close(c.w);
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        EXPECT_EQ(nullptr, evs_writer_transport(c.w));
+    });
+}
+
+TEST(StreamWriter, SixtyFourMiBToASlowReaderKeepsMemoryBounded) {
+    const size_t kChunk = 64 * 1024, kTotal = 64u << 20;
+    const size_t kPeriod = 65521;  // prime: chunks never repeat the same bytes
+    std::string base = pattern(kPeriod, 24);
+    const std::string pp = base + base;
+    run([&] {
+        Conn c(Kind::Tcp);
+        ASSERT_TRUE(c.ok());
+        std::atomic<bool> same{true};
+        std::atomic<size_t> got{0};
+        std::atomic<bool> eof{false};
+        int fd = c.peer;
+        std::thread slow([&] {
+            std::vector<char> buf(8192);
+            size_t pos = 0;
+            for (int n = 1;; n++) {
+                ssize_t k = ::recv(fd, buf.data(), buf.size(), 0);
+                if (k < 0 && errno == EINTR) continue;
+                if (k <= 0) {
+                    eof = k == 0;
+                    break;
+                }
+                if (memcmp(buf.data(), &pp[pos % kPeriod], (size_t)k) != 0) same = false;
+                pos += (size_t)k;
+                if (n % 32 == 0) usleep(200);
+            }
+            got = pos;
+        });
+        size_t high = 0;
+        evs_transport_get_write_buffer_limits(c.t(), nullptr, &high);
+        size_t max_after_write = 0, max_after_drain = 0;
+        bool failed = false;
+        for (size_t off = 0; off < kTotal && !failed; off += kChunk) {
+            int rc = evs_write(c.w, &pp[off % kPeriod], kChunk);
+            max_after_write = std::max(max_after_write, evs_transport_get_write_buffer_size(c.t()));
+            int rd = evs_drain(c.w);
+            max_after_drain = std::max(max_after_drain, evs_transport_get_write_buffer_size(c.t()));
+            if (rc != 0 || rd != 0) {
+                ADD_FAILURE() << "write " << rc << " drain " << rd << " at " << off;
+                failed = true;
+            }
+        }
+        evs_close(c.w);
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        if (failed) shutdown(fd, SHUT_RDWR);
+        slow.join();
+        EXPECT_EQ(kTotal, got.load());
+        EXPECT_TRUE(eof.load());
+        EXPECT_TRUE(same.load());
+        EXPECT_LE(max_after_drain, high);
+        EXPECT_LE(max_after_write, high + kChunk);
+        EXPECT_GT(max_after_write, 0u);  // the reader was slow enough to queue
+    });
+}
+
+/* --- the same basics over every kind of socket ----------------------- */
+
+class StreamKinds : public ::testing::TestWithParam<Kind> {};
+
+TEST_P(StreamKinds, LineProtocolRoundTripAndOrderlyClose) {
+    Kind k = GetParam();
+    run([k] {
+        Conn c(k);
+        ASSERT_TRUE(c.ok());
+        c.send("ping\nsecond line\n");
+        EXPECT_EQ("ping\n", readline_str(c.r));
+        EXPECT_EQ("second line\n", readline_str(c.r));
+        ASSERT_EQ(0, evs_write(c.w, "pong\n", 5));
+        ASSERT_EQ(0, evs_drain(c.w));
+        EXPECT_EQ("pong\n", c.recv_n(5));
+        c.send("tail");
+        c.eof();
+        char buf[16];
+        EXPECT_EQ(4, evs_readexactly(c.r, buf, 4));
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        EXPECT_TRUE(evs_at_eof(c.r));
+        // Half-open: we can still write after the peer's EOF.
+        ASSERT_EQ(0, evs_write(c.w, "bye", 3));
+        evs_close(c.w);
+        EXPECT_EQ(0, evs_wait_closed(c.w));
+        EXPECT_EQ("bye", c.recv_n(3));
+        EXPECT_TRUE(c.recv_eof());
+    });
+}
+
+INSTANTIATE_TEST_CASE_P(AllSockets, StreamKinds,
+                        ::testing::Values(Kind::Pair, Kind::Tcp, Kind::Unix),
+                        [](const ::testing::TestParamInfo<Kind> &i) -> std::string {
+                            return i.param == Kind::Pair  ? "Socketpair"
+                                   : i.param == Kind::Tcp ? "Tcp"
+                                                          : "Unix";
+                        });

@@ -1,0 +1,169 @@
+/*
+  http_head: print the HTTP headers of a URL, the C version of the seed's
+  "Get HTTP headers" streams example.
+
+  A task running under evs_run() connects with evs_open_connection()
+  (the host name is resolved without blocking the loop), sends
+  "HEAD <path> HTTP/1.0" and prints each header line, read with
+  evs_readline(), until the empty line that ends the headers.
+
+  Run:   ./http_head http://example.com/path/page.html
+         ./http_head http://127.0.0.1:8080/
+  Only http:// URLs work for now: https:// comes with evstream's TLS support.
+
+  Output: one "HTTP header> ..." line per header line, status line first.
+  The exit status is 0 when a complete header block was read, 1 otherwise.
+*/
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <evstream.h>
+
+struct url {
+    char host[256];
+    uint16_t port;
+    const char *path;
+};
+
+/* Split "http://host[:port][/path]" (host may be an [IPv6] literal). */
+static int parse_url(const char *s, struct url *u)
+{
+    const char *host, *end, *colon;
+    size_t hlen;
+
+    if (strncmp(s, "https://", 8) == 0) {
+        fprintf(stderr, "https:// needs TLS, which evstream does not support yet\n");
+        return -1;
+    }
+    if (strncmp(s, "http://", 7) != 0) {
+        fprintf(stderr, "not an http:// URL: %s\n", s);
+        return -1;
+    }
+    host = s + 7;
+    u->path = strchr(host, '/');
+    end = u->path ? u->path : host + strlen(host);
+    if (!u->path)
+        u->path = "/";
+    if (*host == '[') { /* [::1]:8080 */
+        const char *rb = memchr(host, ']', (size_t)(end - host));
+        if (!rb)
+            goto bad;
+        colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+        if (rb + 1 != end && !colon)
+            goto bad;
+        host++;
+        hlen = (size_t)(rb - host);
+    } else {
+        colon = memchr(host, ':', (size_t)(end - host));
+        hlen = (size_t)((colon ? colon : end) - host);
+    }
+    if (hlen == 0 || hlen >= sizeof u->host)
+        goto bad;
+    memcpy(u->host, host, hlen);
+    u->host[hlen] = '\0';
+    u->port = 80;
+    if (colon) {
+        char *pend;
+        long v;
+
+        errno = 0;
+        v = strtol(colon + 1, &pend, 10);
+        if (errno || pend != end || v <= 0 || v > 65535)
+            goto bad;
+        u->port = (uint16_t)v;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "bad URL: %s\n", s);
+    return -1;
+}
+
+static int print_http_headers(void *arg)
+{
+    const struct url *u = arg;
+    evs_connect_options copts = {.timeout = 10};
+    evs_reader *r;
+    evs_writer *w;
+    char query[1024];
+    int err, qlen, ok = 0;
+
+    /* Bound every parked call: a server that stops answering fails the
+     * run instead of hanging it. */
+    evs_task_set_timeout(evs_task_current(), 30);
+
+    if ((err = evs_open_connection(u->host, u->port, &copts, &r, &w)) < 0) {
+        fprintf(stderr, "cannot connect to %s port %u: %s\n", u->host, (unsigned)u->port,
+                evs_strerror(err));
+        return 1;
+    }
+
+    /* Host carries the port when it is not the default (RFC 7230 5.4). */
+    if (u->port == 80)
+        qlen = snprintf(query, sizeof query, "HEAD %s HTTP/1.0\r\nHost: %s\r\n\r\n", u->path,
+                        u->host);
+    else
+        qlen = snprintf(query, sizeof query, "HEAD %s HTTP/1.0\r\nHost: %s%s%s:%u\r\n\r\n",
+                        u->path, strchr(u->host, ':') ? "[" : "", u->host,
+                        strchr(u->host, ':') ? "]" : "", (unsigned)u->port);
+    if (qlen < 0 || (size_t)qlen >= sizeof query) {
+        fprintf(stderr, "URL too long\n");
+        evs_writer_free(w);
+        return 1;
+    }
+    if ((err = evs_write(w, query, (size_t)qlen)) < 0) {
+        fprintf(stderr, "send: %s\n", evs_strerror(err));
+        evs_writer_free(w);
+        return 1;
+    }
+
+    for (;;) {
+        const void *view;
+        const char *line;
+        ssize_t n = evs_readline(r, &view);
+
+        if (n == 0) {
+            fprintf(stderr, "the server closed the connection before the end of the headers\n");
+            break;
+        }
+        if (n < 0) {
+            fprintf(stderr, "receive: %s\n", evs_strerror((int)n));
+            break;
+        }
+        /* The view lives in the reader's buffer until the next call on r:
+         * print it, do not keep it. It is not NUL-terminated. */
+        line = view;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            n--;
+        if (n == 0) { /* the empty line: end of the headers */
+            ok = 1;
+            break;
+        }
+        printf("HTTP header> %.*s\n", (int)n, line);
+    }
+
+    /* Ignore the body, close the socket. */
+    evs_close(w);
+    evs_wait_closed(w);
+    evs_writer_free(w);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    struct url u;
+    int err, result = 1;
+
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s http://HOST[:PORT][/PATH]\n", argv[0]);
+        return 2;
+    }
+    if (parse_url(argv[1], &u) < 0)
+        return 1;
+    if ((err = evs_run(print_http_headers, &u, &result)) < 0) {
+        fprintf(stderr, "evs_run: %s\n", evs_strerror(err));
+        return 1;
+    }
+    return result;
+}
