@@ -109,7 +109,7 @@ static int bind_tcp_host(evs_server *s, const char *host)
         rc = getaddrinfo(host, port, &hints, &res);
     }
     if (rc != 0) {
-        evs__warn("cannot resolve '%s': %s", host ? host : "*", gai_strerror(rc));
+        evs__debug("cannot resolve '%s': %s", host ? host : "*", gai_strerror(rc));
         return rc == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
     }
     for (ai = res; ai; ai = ai->ai_next) {
@@ -133,7 +133,7 @@ static int clear_stale_socket(const char *path)
     if (lstat(path, &st) < 0)
         return errno == ENOENT ? 0 : -errno;
     if (!S_ISSOCK(st.st_mode)) {
-        evs__warn("%s exists and is not a socket; not replacing it", path);
+        evs__debug("%s exists and is not a socket; not replacing it", path);
         return -EADDRINUSE;
     }
     if ((rc = evs__unix_address(path, &sun, &len)) < 0)
@@ -144,7 +144,7 @@ static int clear_stale_socket(const char *path)
     rc = connect(fd, (struct sockaddr *)&sun, len);
     close(fd);
     if (rc == 0) {
-        evs__warn("%s is in use by a running server", path);
+        evs__debug("%s is in use by a running server", path);
         return -EADDRINUSE;
     }
     if (errno != ECONNREFUSED)

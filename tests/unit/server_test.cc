@@ -7,6 +7,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+
 #include <atomic>
 #include <string>
 #include <thread>
@@ -103,4 +105,261 @@ TEST(Server, UnixEchoBothModes) {
         close(fd);
     }
     remove_dir(dir);
+}
+
+namespace {
+
+void greeter(evs_reader *r, evs_writer *w, void *) {
+    char line[64];
+    int n = snprintf(line, sizeof line, "limit=%zu high=%zu\n", evs_reader_limit(r), [&] {
+        size_t high = 0;
+        evs_transport_get_write_buffer_limits(evs_writer_transport(w), nullptr, &high);
+        return high;
+    }());
+    evs_write(w, line, (size_t)n);
+    char c;
+    evs_read(r, &c, 1);  // until the client goes away
+}
+
+std::string read_line(int fd) {
+    std::string s;
+    char c;
+    while (recv(fd, &c, 1, 0) == 1 && c != '\n') s += c;
+    return s;
+}
+
+bool gets_no_byte_within(int fd, int ms) {
+    struct timeval tv = {0, ms * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char c;
+    bool none = recv(fd, &c, 1, 0) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    set_timeouts(fd);
+    return none;
+}
+
+}  // namespace
+
+TEST(Server, NeedsExactlyOneHandler) {
+    Runtime r;
+    evs_server_options o{};
+    o.host = "127.0.0.1";
+    EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));
+    o.client_connected = echo_handler;
+    o.protocol = &echo_protocol;
+    EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));
+}
+
+TEST(Server, LimitAndWatermarkOptionsReachTheConnection) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.limit = 1000;
+    o.write_high_water = 4096;
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    int fd = connect_tcp(evs_server_port(s));
+    EXPECT_EQ("limit=1000 high=4096", read_line(fd));
+    close(fd);
+}
+
+TEST(Server, SeveralHostsEachGetAListener) {
+    Runtime r;
+    const char *hosts[] = {"127.0.0.1", "127.0.0.2"};
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.hosts = hosts;
+    o.nhosts = 2;
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    int fds[4];
+    ASSERT_EQ(2u, evs_server_sockets(s, fds, 4));
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_in sin;
+        socklen_t len = sizeof sin;
+        ASSERT_EQ(0, getsockname(fds[i], (struct sockaddr *)&sin, &len));
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        set_timeouts(c);
+        ASSERT_EQ(0, connect(c, (struct sockaddr *)&sin, len));
+        EXPECT_EQ(0u, read_line(c).rfind("limit=", 0));
+        close(c);
+    }
+}
+
+TEST(Server, AddressInUseUnlessReusePort) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    o.port = evs_server_port(s);
+    EXPECT_EQ(-EADDRINUSE, evs_start_server(r.rt, &o, nullptr));
+
+    evs_server_options p{};
+    p.client_connected = greeter;
+    p.host = "127.0.0.1";
+    p.reuse_port = true;
+    evs_server *a, *b;
+    ASSERT_EQ(0, evs_start_server(r.rt, &p, &a));
+    p.port = evs_server_port(a);
+    EXPECT_EQ(0, evs_start_server(r.rt, &p, &b));
+    EXPECT_EQ(evs_server_port(a), evs_server_port(b));
+}
+
+TEST(Server, UnknownHostIsAnError) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "256.256.256.256";
+    EXPECT_LT(evs_start_server(r.rt, &o, nullptr), 0);
+}
+
+TEST(Server, DeferServingAcceptsOnlyAfterStartServing) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.defer_serving = true;
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    EXPECT_FALSE(evs_server_is_serving(s));
+    int fd = connect_tcp(evs_server_port(s));  // completes in the backlog
+    ASSERT_GE(fd, 0);
+    EXPECT_TRUE(gets_no_byte_within(fd, 200));
+    EXPECT_EQ(0, evs_server_start_serving(s));
+    EXPECT_EQ(0, evs_server_start_serving(s));  // idempotent
+    EXPECT_EQ(0u, read_line(fd).rfind("limit=", 0));
+    EXPECT_TRUE(evs_server_is_serving(s));
+    close(fd);
+}
+
+TEST(Server, AdoptsAnExistingListeningSocket) {
+    Runtime r;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sin, sizeof sin));
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.use_fd = true;
+    o.fd = lfd;
+    EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));  // not listening yet
+    ASSERT_EQ(0, listen(lfd, 16));
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    int fds[1];
+    ASSERT_EQ(1u, evs_server_sockets(s, fds, 1));
+    EXPECT_EQ(lfd, fds[0]);
+    int fd = connect_tcp(evs_server_port(s));
+    EXPECT_EQ(0u, read_line(fd).rfind("limit=", 0));
+    close(fd);
+}
+
+TEST(Server, CloseStopsListeningAndWaitClosedWaitsForConnections) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    uint16_t port = evs_server_port(s);
+    int fd = connect_tcp(port);
+    ASSERT_EQ(0u, read_line(fd).rfind("limit=", 0));
+    evs_server_close(s);
+    evs_server_close(s);  // idempotent
+    EXPECT_FALSE(evs_server_is_serving(s));
+    EXPECT_EQ(1u, evs_server_connections(s));
+    int refused;
+    for (int i = 0; i < 500 && (refused = connect_tcp(port)) >= 0; i++) {  // close is async
+        close(refused);
+        usleep(2000);
+    }
+    EXPECT_LT(refused, 0);
+    std::thread closer([fd] {
+        usleep(50 * 1000);
+        close(fd);
+    });
+    EXPECT_EQ(0, evs_server_wait_closed(s));
+    EXPECT_EQ(0u, evs_server_connections(s));
+    closer.join();
+}
+
+TEST(Server, UnixSocketFileIsRemovedOnClose) {
+    Runtime r;
+    std::string dir = make_temp_dir();
+    std::string path = dir + "/s";
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.path = path.c_str();
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_unix_server(r.rt, &o, &s));
+    evs_server_close(s);
+    EXPECT_EQ(0, evs_server_wait_closed(s));
+    struct stat st;
+    for (int i = 0; i < 500 && stat(path.c_str(), &st) == 0; i++) usleep(2000);
+    EXPECT_NE(0, stat(path.c_str(), &st));
+    remove_dir(dir);
+}
+
+TEST(Server, StaleUnixSocketIsReplacedLiveOneAndNonSocketRefused) {
+    Runtime r;
+    std::string dir = make_temp_dir();
+    // A stale socket: bound, then its owner went away without unlinking.
+    std::string stale = dir + "/stale";
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", stale.c_str());
+    ASSERT_EQ(0, bind(fd, (struct sockaddr *)&sun, sizeof sun));
+    close(fd);
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.path = stale.c_str();
+    ASSERT_EQ(0, evs_start_unix_server(r.rt, &o, nullptr));
+    int c = connect_unix(stale);
+    EXPECT_EQ(0u, read_line(c).rfind("limit=", 0));
+    close(c);
+    // Now it is live: a second server on the same path is refused.
+    EXPECT_EQ(-EADDRINUSE, evs_start_unix_server(r.rt, &o, nullptr));
+    // A regular file is never removed.
+    std::string file = dir + "/file";
+    FILE *f = fopen(file.c_str(), "w");
+    fputs("keep me", f);
+    fclose(f);
+    o.path = file.c_str();
+    EXPECT_EQ(-EADDRINUSE, evs_start_unix_server(r.rt, &o, nullptr));
+    struct stat st;
+    EXPECT_EQ(0, stat(file.c_str(), &st));
+    EXPECT_TRUE(S_ISREG(st.st_mode));
+    remove_dir(dir);
+}
+
+TEST(Server, AbstractUnixSocket) {
+    Runtime r;
+    std::string name = "@evs-server-test-" + std::to_string(getpid());
+    evs_server_options o{};
+    o.client_connected = echo_handler;
+    o.path = name.c_str();
+    ASSERT_EQ(0, evs_start_unix_server(r.rt, &o, nullptr));
+    int fd = connect_unix(name);
+    expect_echo(fd, 4096);
+    close(fd);
+}
+
+TEST(Server, HandlerReturningClosesTheConnectionAfterFlushing) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = [](evs_reader *, evs_writer *w, void *) {
+        std::string big = pattern(4 << 20, 9);
+        evs_write(w, big.data(), big.size());  // returns without draining
+    };
+    o.host = "127.0.0.1";
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    int fd = connect_tcp(evs_server_port(s));
+    std::string got = read_to_eof(fd);
+    EXPECT_TRUE(got == pattern(4 << 20, 9));
+    close(fd);
 }
