@@ -15,5 +15,7 @@
 #include <evstream/stream.h>
 #include <evstream/server.h>
 #include <evstream/client.h>
+#include <evstream/config.h>
+#include <evstream/plugin.h>
 
 #endif

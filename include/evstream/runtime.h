@@ -36,6 +36,13 @@ typedef struct evs_runtime_options {
     size_t max_connections;
     /** Usable stack size of each task in bytes; 0 = 256 KiB. */
     size_t stack_size;
+    /** Called on each worker thread before it serves anything (may be NULL). */
+    void (*worker_started)(evs_worker *worker, void *arg);
+    /** Called on each worker thread after its last connection and task are
+     *  gone, just before the thread ends (may be NULL). */
+    void (*worker_stopping)(evs_worker *worker, void *arg);
+    /** Argument of the two hooks. */
+    void *hook_arg;
 } evs_runtime_options;
 
 /** Per-worker counters (a snapshot; each field is read atomically). */

@@ -41,9 +41,12 @@ typedef struct evs_server_options {
     const char *path; /**< a filesystem path, or "@name" for Linux's abstract namespace */
     unsigned mode;    /**< file mode of the socket (e.g. 0660); 0 = leave as created */
 
-    /* An already listening socket instead of an address: set use_fd. */
-    bool use_fd;
-    int fd; /**< taken over by the server */
+    /** Already listening sockets instead of an address (nfds of them),
+     *  taken over by the server (e.g. from evs_server_take_sockets() or
+     *  systemd). For evs_start_unix_server, @p path may name the socket file
+     *  so that closing the server removes it. */
+    const int *fds;
+    size_t nfds;
 
     int backlog;        /**< listen() backlog; 0 = 100 (asyncio's default) */
     bool no_reuse_address; /**< do not set SO_REUSEADDR (set by default, as asyncio does) */
@@ -53,6 +56,10 @@ typedef struct evs_server_options {
     size_t limit;       /**< reader limit; 0 = 64 KiB */
     size_t write_high_water; /**< 0 = 64 KiB */
     size_t write_low_water;  /**< 0 = high / 4 */
+    size_t max_connections;  /**< this server's live connections; 0 = no limit of its own.
+                                  At the limit it stops accepting until one closes. */
+    double idle_timeout;     /**< abort a connection with no progress either way for this
+                                  many seconds (connection_lost(-ETIMEDOUT)); 0 = never */
 } evs_server_options;
 
 /**
@@ -92,6 +99,15 @@ EVS_EXTERN void evs_server_close(evs_server *s);
  * @return 0, or -ECANCELED / -ETIMEDOUT in a task.
  */
 EVS_EXTERN int evs_server_wait_closed(evs_server *s);
+
+/**
+ * Stop serving and hand the listening sockets to the caller, for a reload:
+ * a new server adopts them with opts.fds, so connections waiting in the
+ * kernel's queue are not lost. The Unix socket file stays. Live
+ * connections go on. @return how many fds there are (at most @p n stored;
+ * the caller owns the stored ones). Thread: any but the acceptor.
+ */
+EVS_EXTERN size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n);
 
 /** The listening fds (the seed's Server.sockets). @return how many there
  *  are (at most @p n are stored). Any thread. */

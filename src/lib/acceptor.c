@@ -26,16 +26,18 @@ static void set_listening(evs_runtime *rt, bool on)
 
     pthread_mutex_lock(&rt->lock);
     for (s = rt->servers; s; s = s->next) {
+        bool want = on && !atomic_load(&s->limit_paused);
+
         if (!atomic_load(&s->serving) || atomic_load(&s->closed))
             continue;
         for (size_t i = 0; i < s->nlisteners; i++) {
             evs__listener *l = &s->listeners[i];
             if (!l->ev_assigned)
                 continue;
-            if (on && !l->ev_added && l->fd >= 0) {
+            if (want && !l->ev_added && l->fd >= 0) {
                 event_add(&l->ev, NULL);
                 l->ev_added = true;
-            } else if (!on && l->ev_added) {
+            } else if (!want && l->ev_added) {
                 event_del(&l->ev);
                 l->ev_added = false;
             }
@@ -145,6 +147,23 @@ static void pause_for_limit(evs_runtime *rt)
         set_listening(rt, true);
 }
 
+static bool server_at_limit(evs_server *s)
+{
+    return s->opts.max_connections > 0 && atomic_load(&s->conns) >= s->opts.max_connections;
+}
+
+/* One server at its own max_connections: only its sockets stop. */
+static void pause_server(evs_server *s)
+{
+    atomic_store(&s->limit_paused, true);
+    if (!paused(s->rt))
+        set_listening(s->rt, true); /* drops this server's sockets only */
+    evs__info("listener at its max_connections (%zu); not accepting until one closes",
+              s->opts.max_connections);
+    if (!server_at_limit(s) && atomic_exchange(&s->limit_paused, false) && !paused(s->rt))
+        set_listening(s->rt, true);
+}
+
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
     evs__listener *l = arg;
@@ -159,6 +178,10 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 
         if (at_limit(rt)) {
             pause_for_limit(rt);
+            return;
+        }
+        if (server_at_limit(s)) {
+            pause_server(s);
             return;
         }
         fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -231,7 +254,7 @@ void evs__acceptor_remove(evs_worker *acceptor, void *arg)
     }
     pthread_mutex_unlock(&s->rt->lock);
     /* Remove our socket file, but not one that replaced it since. */
-    if (s->path && s->path[0] != '@' && stat(s->path, &st) == 0 && st.st_dev == s->path_dev &&
+    if (s->path && !s->keep_path && s->path[0] != '@' && stat(s->path, &st) == 0 && st.st_dev == s->path_dev &&
         st.st_ino == s->path_ino)
         unlink(s->path);
 }
@@ -271,8 +294,11 @@ void evs__connection_closed(evs_server *s, evs_worker *w)
     atomic_fetch_sub_explicit(&w->active, 1, memory_order_relaxed);
     evs__counter_add(&w->closed, 1);
     atomic_fetch_sub(&rt->conns, 1);
-    /* The first close after the acceptor paused at the limit wakes it. */
-    if (atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false))
+    /* The first close after the acceptor paused at a limit wakes it. */
+    bool resume = atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false);
+    if (atomic_load(&s->limit_paused) && atomic_exchange(&s->limit_paused, false))
+        resume = true;
+    if (resume)
         evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
 }
 

@@ -27,10 +27,17 @@ static void *worker_main(void *arg)
 {
     evs_worker *w = arg;
 
+    evs_runtime *rt = w->rt;
+    bool is_worker = w != &rt->acceptor;
+
     evs__worker_set_current(w);
     if (evs__fiber_thread_init() < 0)
         evs__warn("worker %d: no alternate signal stack; stack overflows are not reported", w->id);
+    if (is_worker && rt->opts.worker_started)
+        rt->opts.worker_started(w, rt->opts.hook_arg);
     evs__worker_loop(w);
+    if (is_worker && rt->opts.worker_stopping)
+        rt->opts.worker_stopping(w, rt->opts.hook_arg);
     evs__fiber_thread_fini();
     evs__worker_set_current(NULL);
     return NULL;
@@ -77,6 +84,7 @@ int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **out)
     rt = calloc(1, sizeof *rt);
     if (!rt)
         return -ENOMEM;
+    rt->opts = *opts;
     rt->nworkers = opts->workers ? opts->workers : online_cpus();
     rt->dispatch = opts->dispatch;
     rt->max_connections = opts->max_connections;

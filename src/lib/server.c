@@ -199,6 +199,8 @@ fail_unlink:
 
 static int adopt_fd(evs_server *s, int fd)
 {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
     int listening = 0;
     socklen_t len = sizeof listening;
     int flags = fcntl(fd, F_GETFL);
@@ -209,6 +211,15 @@ static int adopt_fd(evs_server *s, int fd)
         return -EINVAL;
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         return -errno;
+    /* A Unix socket named by path: remember its file to remove at close. */
+    if (s->path && s->path[0] != '@' && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+        ss.ss_family == AF_UNIX) {
+        struct stat st;
+        if (stat(s->path, &st) == 0) {
+            s->path_dev = st.st_dev;
+            s->path_ino = st.st_ino;
+        }
+    }
     return add_listener(s, fd);
 }
 
@@ -247,7 +258,9 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         return err;
     if (!rt || atomic_load(&rt->stopping))
         return -ESHUTDOWN;
-    if (unix_socket && !o->use_fd && (!o->path || !*o->path))
+    if (unix_socket && o->nfds == 0 && (!o->path || !*o->path))
+        return -EINVAL;
+    if (o->nfds > 0 && !o->fds)
         return -EINVAL;
     s = calloc(1, sizeof *s);
     if (!s)
@@ -257,14 +270,17 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
     s->opts.host = NULL;
     s->opts.hosts = NULL;
     s->opts.path = NULL;
+    s->opts.fds = NULL;
+    s->opts.nfds = 0;
     if (unix_socket && o->path && !(s->path = strdup(o->path))) {
         free(s);
         return -ENOMEM;
     }
 
-    if (o->use_fd)
-        err = adopt_fd(s, o->fd);
-    else if (unix_socket)
+    if (o->nfds > 0) {
+        for (size_t i = 0; i < o->nfds && !err; i++)
+            err = adopt_fd(s, o->fds[i]);
+    } else if (unix_socket)
         err = bind_unix(s);
     else if (o->nhosts > 0) {
         for (size_t i = 0; i < o->nhosts && !err; i++)
@@ -272,8 +288,8 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
     } else
         err = bind_tcp_host(s, o->host);
     if (err) {
-        if (o->use_fd)
-            s->nlisteners = 0; /* the caller keeps its fd on failure */
+        if (o->nfds > 0)
+            s->nlisteners = 0; /* the caller keeps its fds on failure */
         evs__server_free(s);
         return err;
     }
@@ -350,6 +366,67 @@ int evs_server_wait_closed(evs_server *s)
     return 0;
 }
 
+/* On the acceptor: stop watching the sockets and give them away. */
+typedef struct take_request {
+    evs_server *server;
+    int *fds;
+    size_t n;
+    size_t count;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+} take_request;
+
+static void acceptor_take(evs_worker *acceptor, void *arg)
+{
+    take_request *rq = arg;
+    evs_server *s = rq->server;
+
+    EVS_UNUSED(acceptor);
+    pthread_mutex_lock(&s->rt->lock);
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        evs__listener *l = &s->listeners[i];
+        if (l->ev_added)
+            event_del(&l->ev);
+        l->ev_added = false;
+        if (l->fd < 0)
+            continue;
+        if (rq->count < rq->n)
+            rq->fds[rq->count] = l->fd;
+        else
+            close(l->fd);
+        rq->count++;
+        l->fd = -1;
+    }
+    s->keep_path = true;
+    pthread_mutex_unlock(&s->rt->lock);
+    pthread_mutex_lock(&rq->lock);
+    rq->done = true;
+    pthread_cond_signal(&rq->cond);
+    pthread_mutex_unlock(&rq->lock);
+}
+
+size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n)
+{
+    take_request rq = {.server = s, .fds = fds, .n = n};
+
+    if (atomic_exchange(&s->closed, true))
+        return 0;
+    pthread_mutex_init(&rq.lock, NULL);
+    pthread_cond_init(&rq.cond, NULL);
+    if (evs_worker_post(&s->rt->acceptor, acceptor_take, &rq) == 0) {
+        pthread_mutex_lock(&rq.lock);
+        while (!rq.done)
+            pthread_cond_wait(&rq.cond, &rq.lock);
+        pthread_mutex_unlock(&rq.lock);
+    } else {
+        acceptor_take(&s->rt->acceptor, &rq); /* the acceptor is gone */
+    }
+    pthread_cond_destroy(&rq.cond);
+    pthread_mutex_destroy(&rq.lock);
+    return rq.count;
+}
+
 size_t evs_server_sockets(const evs_server *s, int *fds, size_t n)
 {
     size_t count = 0;
@@ -393,6 +470,7 @@ static int run_handler(void *arg)
 
 static void set_limits(evs_server *s, evs_transport *t)
 {
+    /* TODO(idle): evs_transport_set_idle_timeout once transport.c has it. */
     if (s->opts.write_high_water || s->opts.write_low_water)
         evs_transport_set_write_buffer_limits(
             t, s->opts.write_high_water ? (ssize_t)s->opts.write_high_water : -1,

@@ -37,11 +37,14 @@ struct evs_server {
     _Atomic bool serving;
     _Atomic bool closed;
     _Atomic size_t conns;
+    _Atomic bool limit_paused; /* at opts.max_connections */
+    bool keep_path;            /* sockets handed over: leave the file */
 
     evs_server *next; /* the runtime's list, under rt->lock */
 };
 
 struct evs_runtime {
+    evs_runtime_options opts;
     int nworkers;
     evs_worker *workers;
     evs_worker acceptor; /* its base, inbox and thread; runs no tasks */

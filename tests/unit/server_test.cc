@@ -243,8 +243,8 @@ TEST(Server, AdoptsAnExistingListeningSocket) {
     ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sin, sizeof sin));
     evs_server_options o{};
     o.client_connected = greeter;
-    o.use_fd = true;
-    o.fd = lfd;
+    o.fds = &lfd;
+    o.nfds = 1;
     EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));  // not listening yet
     ASSERT_EQ(0, listen(lfd, 16));
     evs_server *s;
