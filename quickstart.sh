@@ -54,19 +54,18 @@ check() {
 }
 
 run() {
-    local daemon="$BUILD/src/daemon/evstreamd"
-    if [ -x "$daemon" ]; then
-        exec "$daemon" -c "$SRC/conf/evstreamd.conf"
-    fi
-    # Until the daemon lands: the example echo server on 127.0.0.1:8888.
-    exec "$BUILD/examples/echo_server/echo_server" 127.0.0.1 8888
+    # The quick-start config finds the plugins built in the build tree.
+    export EVSTREAMD_PLUGIN_DIR="$BUILD/plugins"
+    echo "quickstart: evstreamd on conf/evstreamd.conf (Ctrl-C stops it)"
+    exec "$BUILD/src/daemon/evstreamd" -c "$SRC/conf/evstreamd.conf" "${@}"
 }
 
 case "${1:-}" in
 run)
+    shift
     install_missing
     build
-    run
+    run "$@"
     ;;
 check)
     install_missing

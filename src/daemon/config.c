@@ -1,0 +1,785 @@
+/*
+ * config.c - evstreamd's configuration file.
+ *
+ * libconfig does the syntax and @include; this file expands ${VAR} and
+ * ${VAR:-default} in strings, refuses unknown settings (a typo must never
+ * pass silently) and range-checks every value. Each problem is reported as
+ * "file:line: setting: what was expected", and all of them are collected
+ * so the operator fixes the file in one go.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef EVSD_PLUGIN_DIR
+#define EVSD_PLUGIN_DIR "/usr/local/lib/evstream/plugins"
+#endif
+
+typedef struct errlist {
+    char *buf;
+    size_t len;
+    int count;
+} errlist;
+
+static void add_error(errlist *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void add_error(errlist *e, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    size_t n;
+    char *grown;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    n = strlen(line);
+    grown = realloc(e->buf, e->len + n + 2);
+    if (!grown)
+        return;
+    e->buf = grown;
+    memcpy(e->buf + e->len, line, n);
+    e->len += n;
+    e->buf[e->len++] = '\n';
+    e->buf[e->len] = '\0';
+    e->count++;
+}
+
+/* "listeners[1].limits.idle_timeout" for a setting. */
+static void setting_path(const config_setting_t *s, char *buf, size_t len)
+{
+    char tmp[200];
+    const config_setting_t *p = config_setting_parent(s);
+
+    if (!p || config_setting_is_root(s)) {
+        snprintf(buf, len, "%s", "(top)");
+        return;
+    }
+    if (config_setting_is_root(p)) {
+        snprintf(buf, len, "%s", config_setting_name(s) ? config_setting_name(s) : "?");
+        return;
+    }
+    setting_path(p, tmp, sizeof tmp);
+    /* Deep paths are cut; the file and line still point at the spot. */
+    if (config_setting_name(s) && config_setting_type(p) == CONFIG_TYPE_GROUP)
+        snprintf(buf, len, "%.190s.%.50s", tmp, config_setting_name(s));
+    else
+        snprintf(buf, len, "%.190s[%d]", tmp, config_setting_index(s) & 0xffff);
+}
+
+static void bad(errlist *e, const config_setting_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void bad(errlist *e, const config_setting_t *s, const char *fmt, ...)
+{
+    char what[768], path[256];
+    const char *file = config_setting_source_file(s);
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    setting_path(s, path, sizeof path);
+    add_error(e, "%s:%u: %s: %s", file ? file : "?", config_setting_source_line(s), path, what);
+}
+
+static char *xstrdup(const char *s)
+{
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d) {
+        fputs("evstreamd: out of memory\n", stderr);
+        abort();
+    }
+    return d;
+}
+
+/* --- ${VAR} expansion -------------------------------------------------- */
+
+/* Expand one string. @return a malloc'd string, or NULL after reporting. */
+static char *expand(errlist *e, const config_setting_t *s, const char *in)
+{
+    size_t cap = strlen(in) + 64, len = 0;
+    char *out = malloc(cap);
+
+    if (!out)
+        return NULL;
+    for (const char *p = in; *p;) {
+        const char *val = NULL;
+        char name[256];
+        size_t vlen;
+
+        if (p[0] == '$' && p[1] == '$') { /* "$$" is a literal '$' */
+            val = "$";
+            vlen = 1;
+            p += 2;
+        } else if (p[0] == '$' && p[1] == '{') {
+            const char *end = strchr(p + 2, '}');
+            const char *def = NULL;
+            size_t nlen;
+
+            if (!end) {
+                bad(e, s, "unterminated ${...} in \"%s\"", in);
+                free(out);
+                return NULL;
+            }
+            nlen = (size_t)(end - (p + 2));
+            const char *colon = memchr(p + 2, ':', nlen);
+            if (colon && colon[1] == '-') {
+                def = colon + 2;
+                nlen = (size_t)(colon - (p + 2));
+            }
+            if (nlen == 0 || nlen >= sizeof name) {
+                bad(e, s, "bad variable name in \"%s\"", in);
+                free(out);
+                return NULL;
+            }
+            memcpy(name, p + 2, nlen);
+            name[nlen] = '\0';
+            for (size_t i = 0; i < nlen; i++) {
+                if (!isalnum((unsigned char)name[i]) && name[i] != '_') {
+                    bad(e, s, "bad variable name '%s' in \"%s\"", name, in);
+                    free(out);
+                    return NULL;
+                }
+            }
+            val = getenv(name);
+            if (val && *val) {
+                vlen = strlen(val);
+            } else if (def) {
+                val = def;
+                vlen = (size_t)(end - def);
+            } else {
+                bad(e, s, "environment variable %s is not set (use ${%s:-default} for a default)",
+                    name, name);
+                free(out);
+                return NULL;
+            }
+            p = end + 1;
+        } else {
+            val = p;
+            vlen = 1;
+            p++;
+        }
+        if (len + vlen + 1 > cap) {
+            char *grown;
+            cap = (len + vlen + 1) * 2;
+            grown = realloc(out, cap);
+            if (!grown) {
+                free(out);
+                return NULL;
+            }
+            out = grown;
+        }
+        memcpy(out + len, val, vlen);
+        len += vlen;
+    }
+    out[len] = '\0';
+    return out;
+}
+
+static void expand_all(errlist *e, config_setting_t *s)
+{
+    int type = config_setting_type(s);
+
+    if (type == CONFIG_TYPE_STRING) {
+        const char *v = config_setting_get_string(s);
+        if (v && strchr(v, '$')) {
+            char *x = expand(e, s, v);
+            if (x) {
+                config_setting_set_string(s, x);
+                free(x);
+            }
+        }
+        return;
+    }
+    if (type == CONFIG_TYPE_GROUP || type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY) {
+        int n = config_setting_length(s);
+        for (int i = 0; i < n; i++)
+            expand_all(e, config_setting_get_elem(s, (unsigned)i));
+    }
+}
+
+/* --- typed getters ----------------------------------------------------- */
+
+static bool check_keys(errlist *e, const config_setting_t *group, const char *const *allowed)
+{
+    bool ok = true;
+    int n = config_setting_length(group);
+
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *m = config_setting_get_elem(group, (unsigned)i);
+        const char *name = config_setting_name(m);
+        bool known = false;
+        char list[512] = "";
+
+        for (const char *const *a = allowed; *a; a++) {
+            if (name && strcmp(name, *a) == 0)
+                known = true;
+            if (strlen(list) + strlen(*a) + 3 < sizeof list) {
+                if (*list)
+                    strcat(list, ", ");
+                strcat(list, *a);
+            }
+        }
+        if (!known) {
+            bad(e, m, "unknown setting (expected one of: %s)", list);
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+static bool is_int(const config_setting_t *v)
+{
+    return config_setting_type(v) == CONFIG_TYPE_INT || config_setting_type(v) == CONFIG_TYPE_INT64;
+}
+
+static const char *get_string(errlist *e, const config_setting_t *g, const char *key, bool required)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+
+    if (!v) {
+        if (required) {
+            const char *file = config_setting_source_file(g);
+            char path[256];
+            setting_path(g, path, sizeof path);
+            add_error(e, "%s:%u: %s: missing required setting '%s'", file ? file : "?",
+                      config_setting_source_line(g), path, key);
+        }
+        return NULL;
+    }
+    if (config_setting_type(v) != CONFIG_TYPE_STRING) {
+        bad(e, v, "expected a string");
+        return NULL;
+    }
+    return config_setting_get_string(v);
+}
+
+static void get_size(errlist *e, const config_setting_t *g, const char *key, uint64_t min,
+                     uint64_t max, uint64_t *out)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+    uint64_t n;
+
+    if (!v)
+        return;
+    if (is_int(v) && config_setting_get_int64(v) >= 0)
+        n = (uint64_t)config_setting_get_int64(v);
+    else if (config_setting_type(v) != CONFIG_TYPE_STRING ||
+             evs_parse_size(config_setting_get_string(v), &n) < 0) {
+        bad(e, v, "expected a size: a number of bytes or a string like \"64k\", \"16M\"");
+        return;
+    }
+    if (n < min || n > max) {
+        bad(e, v, "%llu is out of range (%llu to %llu)", (unsigned long long)n,
+            (unsigned long long)min, (unsigned long long)max);
+        return;
+    }
+    *out = n;
+}
+
+static void get_duration(errlist *e, const config_setting_t *g, const char *key, double max,
+                         double *out)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+    double d;
+
+    if (!v)
+        return;
+    if (is_int(v) && config_setting_get_int64(v) >= 0)
+        d = (double)config_setting_get_int64(v);
+    else if (config_setting_type(v) == CONFIG_TYPE_FLOAT && config_setting_get_float(v) >= 0)
+        d = config_setting_get_float(v);
+    else if (config_setting_type(v) != CONFIG_TYPE_STRING ||
+             evs_parse_duration(config_setting_get_string(v), &d) < 0) {
+        bad(e, v, "expected a duration: seconds or a string like \"30s\", \"500ms\", \"5m\"");
+        return;
+    }
+    if (d > max) {
+        bad(e, v, "%g seconds is out of range (at most %g)", d, max);
+        return;
+    }
+    *out = d;
+}
+
+static void get_bool(errlist *e, const config_setting_t *g, const char *key, bool *out)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+
+    if (!v)
+        return;
+    if (config_setting_type(v) != CONFIG_TYPE_BOOL) {
+        bad(e, v, "expected true or false");
+        return;
+    }
+    *out = config_setting_get_bool(v);
+}
+
+static void get_int(errlist *e, const config_setting_t *g, const char *key, long long min,
+                    long long max, int *out)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+    long long n;
+
+    if (!v)
+        return;
+    if (!is_int(v)) {
+        bad(e, v, "expected an integer");
+        return;
+    }
+    n = config_setting_get_int64(v);
+    if (n < min || n > max) {
+        bad(e, v, "%lld is out of range (%lld to %lld)", n, min, max);
+        return;
+    }
+    *out = (int)n;
+}
+
+/* --- sections ---------------------------------------------------------- */
+
+#define MAX_BYTES (UINT64_C(1) << 40)
+#define MAX_SECONDS (365.0 * 86400.0)
+
+static const char *const limit_keys[] = {
+    "max_connections", "stream_limit", "write_high_water", "write_low_water", "idle_timeout",
+    "handshake_timeout", "shutdown_timeout", "stack_size", NULL};
+
+static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, bool global)
+{
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+        bad(e, g, "expected a group { ... }");
+        return;
+    }
+    check_keys(e, g, limit_keys);
+    get_size(e, g, "max_connections", 0, 10000000, &l->max_connections);
+    get_size(e, g, "stream_limit", 1, MAX_BYTES, &l->stream_limit);
+    get_size(e, g, "write_high_water", 0, MAX_BYTES, &l->write_high_water);
+    get_size(e, g, "write_low_water", 0, MAX_BYTES, &l->write_low_water);
+    get_duration(e, g, "idle_timeout", MAX_SECONDS, &l->idle_timeout);
+    get_duration(e, g, "handshake_timeout", MAX_SECONDS, &l->handshake_timeout);
+    if (global) {
+        get_duration(e, g, "shutdown_timeout", MAX_SECONDS, &l->shutdown_timeout);
+        get_size(e, g, "stack_size", 16 * 1024, 64 * 1024 * 1024, &l->stack_size);
+    } else {
+        const char *only_global[] = {"shutdown_timeout", "stack_size"};
+        for (size_t i = 0; i < 2; i++) {
+            const config_setting_t *v = config_setting_get_member(g, only_global[i]);
+            if (v)
+                bad(e, v, "only valid in the global limits group");
+        }
+    }
+    if (l->write_low_water > l->write_high_water) {
+        bad(e, g, "write_low_water (%llu) must not exceed write_high_water (%llu)",
+            (unsigned long long)l->write_low_water, (unsigned long long)l->write_high_water);
+    }
+}
+
+static void read_log(errlist *e, const config_setting_t *g, evsd_config *c)
+{
+    static const char *const keys[] = {"level", "file", NULL};
+    const char *level, *file;
+
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+        bad(e, g, "expected a group { level = ...; file = ...; }");
+        return;
+    }
+    check_keys(e, g, keys);
+    level = get_string(e, g, "level", false);
+    if (level && evs_log_level_parse(level, &c->log_level) < 0)
+        bad(e, config_setting_get_member(g, "level"),
+            "expected \"error\", \"warn\", \"info\" or \"debug\"");
+    file = get_string(e, g, "file", false);
+    if (file) {
+        if (!*file)
+            bad(e, config_setting_get_member(g, "file"),
+                "expected \"stderr\", \"syslog\" or a file path");
+        else {
+            free(c->log_file);
+            c->log_file = xstrdup(file);
+        }
+    }
+}
+
+static char *dir_of(const char *path)
+{
+    char *copy = xstrdup(path);
+    char *d = xstrdup(dirname(copy));
+    free(copy);
+    return d;
+}
+
+static char *join_path(const char *dir, const char *path)
+{
+    char *out;
+
+    if (path[0] == '/' || !dir)
+        return xstrdup(path);
+    out = malloc(strlen(dir) + strlen(path) + 2);
+    if (!out)
+        abort();
+    sprintf(out, "%s/%s", dir, path);
+    return out;
+}
+
+static void read_plugins(errlist *e, const config_setting_t *list, evsd_config *c)
+{
+    static const char *const keys[] = {"name", "path", NULL};
+    int n;
+
+    if (config_setting_type(list) != CONFIG_TYPE_LIST) {
+        bad(e, list, "expected a list ( { name = ...; path = ...; }, ... )");
+        return;
+    }
+    n = config_setting_length(list);
+    c->plugins = calloc((size_t)n + 1, sizeof *c->plugins);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = config_setting_get_elem(list, (unsigned)i);
+        const char *name, *path;
+
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+            bad(e, g, "expected a group { name = ...; path = ...; }");
+            continue;
+        }
+        check_keys(e, g, keys);
+        name = get_string(e, g, "name", true);
+        path = get_string(e, g, "path", true);
+        if (!name || !path)
+            continue;
+        for (size_t j = 0; j < c->nplugins; j++)
+            if (strcmp(c->plugins[j].name, name) == 0)
+                bad(e, g, "plugin '%s' is declared twice (first at line %d)", name,
+                    c->plugins[j].line);
+        evsd_plugin_conf *p = &c->plugins[c->nplugins++];
+        p->name = xstrdup(name);
+        p->path = join_path(c->plugin_dir, path);
+        p->file = xstrdup(config_setting_source_file(g));
+        p->line = (int)config_setting_source_line(g);
+    }
+}
+
+static int parse_port(const char *s, uint16_t *out)
+{
+    char *end;
+    long v;
+
+    if (!*s || !isdigit((unsigned char)*s))
+        return -1;
+    v = strtol(s, &end, 10);
+    if (*end || v < 0 || v > 65535)
+        return -1;
+    *out = (uint16_t)v;
+    return 0;
+}
+
+static bool parse_listen(errlist *e, const config_setting_t *v, const char *text,
+                         evsd_listener_conf *l)
+{
+    const char *colon;
+
+    if (strncmp(text, "unix:", 5) == 0) {
+        const char *path = text + 5;
+        size_t max = path[0] == '@' ? 107 : 107;
+        l->family = EVSD_UNIX;
+        if (!*path || strcmp(path, "@") == 0 || strlen(path) > max) {
+            bad(e, v, "expected \"unix:/path/to.sock\" or \"unix:@name\" (at most 107 bytes)");
+            return false;
+        }
+        l->path = xstrdup(path);
+        return true;
+    }
+    l->family = EVSD_TCP;
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || close[1] != ':' || parse_port(close + 2, &l->port) < 0 ||
+            close == text + 1) {
+            bad(e, v, "expected \"[ipv6-address]:port\" with a port from 0 to 65535");
+            return false;
+        }
+        l->host = strndup(text + 1, (size_t)(close - text - 1));
+        return true;
+    }
+    colon = strrchr(text, ':');
+    if (!colon || parse_port(colon + 1, &l->port) < 0 || memchr(text, ':', (size_t)(colon - text))) {
+        bad(e, v,
+            "expected \"host:port\", \"[v6]:port\", \"unix:/path\" or \"unix:@name\" "
+            "with a port from 0 to 65535");
+        return false;
+    }
+    if (colon > text && !(colon == text + 1 && text[0] == '*'))
+        l->host = strndup(text, (size_t)(colon - text));
+    return true;
+}
+
+static void read_unix_owner(errlist *e, const config_setting_t *g, evsd_listener_conf *l)
+{
+    const char *mode = get_string(e, g, "mode", false);
+    const char *owner = get_string(e, g, "owner", false);
+    const char *group = get_string(e, g, "group", false);
+    const config_setting_t *v;
+
+    if ((mode || owner || group) && l->family != EVSD_UNIX) {
+        v = config_setting_get_member(g, mode ? "mode" : owner ? "owner" : "group");
+        bad(e, v, "mode, owner and group apply to unix: listeners only");
+        return;
+    }
+    if (mode) {
+        char *end;
+        long m = strtol(mode, &end, 8);
+        if (!*mode || *end || m < 0 || m > 07777)
+            bad(e, config_setting_get_member(g, "mode"), "expected an octal mode like \"0660\"");
+        else {
+            l->has_mode = true;
+            l->mode = (unsigned)m;
+        }
+    }
+    if (owner) {
+        struct passwd *pw = getpwnam(owner);
+        char *end;
+        long id = strtol(owner, &end, 10);
+        if (pw) {
+            l->owner = pw->pw_uid;
+            l->has_owner = true;
+        } else if (*owner && !*end && id >= 0) {
+            l->owner = (uid_t)id;
+            l->has_owner = true;
+        } else
+            bad(e, config_setting_get_member(g, "owner"), "no such user '%s'", owner);
+    }
+    if (group) {
+        struct group *gr = getgrnam(group);
+        char *end;
+        long id = strtol(group, &end, 10);
+        if (gr) {
+            l->group = gr->gr_gid;
+            l->has_group = true;
+        } else if (*group && !*end && id >= 0) {
+            l->group = (gid_t)id;
+            l->has_group = true;
+        } else
+            bad(e, config_setting_get_member(g, "group"), "no such group '%s'", group);
+    }
+}
+
+static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
+                          evsd_listener_conf *l)
+{
+    static const char *const keys[] = {"name", "listen", "plugin", "backlog", "mode", "owner",
+                                       "group", "reuseport", "limits", "settings", "tls", NULL};
+    const char *listen, *plugin, *name;
+    const config_setting_t *v;
+    bool found = false;
+
+    l->file = xstrdup(config_setting_source_file(g));
+    l->line = (int)config_setting_source_line(g);
+    l->limits = c->limits;
+    l->backlog = 511;
+    check_keys(e, g, keys);
+    listen = get_string(e, g, "listen", true);
+    plugin = get_string(e, g, "plugin", true);
+    name = get_string(e, g, "name", false);
+    if (listen) {
+        l->listen = xstrdup(listen);
+        parse_listen(e, config_setting_get_member(g, "listen"), listen, l);
+    }
+    l->name = xstrdup(name ? name : listen ? listen : "?");
+    if (plugin) {
+        l->plugin = xstrdup(plugin);
+        for (size_t i = 0; i < c->nplugins; i++)
+            found = found || strcmp(c->plugins[i].name, plugin) == 0;
+        if (!found)
+            bad(e, config_setting_get_member(g, "plugin"),
+                "no plugin named '%s' in the plugins list", plugin);
+    }
+    get_int(e, g, "backlog", 1, 65535, &l->backlog);
+    get_bool(e, g, "reuseport", &l->reuseport);
+    if (l->reuseport && l->family == EVSD_UNIX)
+        bad(e, config_setting_get_member(g, "reuseport"), "reuseport applies to TCP only");
+    read_unix_owner(e, g, l);
+    if ((v = config_setting_get_member(g, "limits"))) {
+        read_limits(e, v, &l->limits, false);
+        l->own_max_connections = config_setting_get_member(v, "max_connections") != NULL;
+    }
+    if ((v = config_setting_get_member(g, "settings"))) {
+        if (config_setting_type(v) != CONFIG_TYPE_GROUP)
+            bad(e, v, "expected a group { key = value; ... } for the plugin");
+        else
+            l->settings = v;
+    }
+    if ((v = config_setting_get_member(g, "tls")))
+        bad(e, v, "TLS is not available in this version of evstreamd (the tls group is reserved)");
+}
+
+static void read_listeners(errlist *e, const config_setting_t *list, evsd_config *c)
+{
+    int n;
+
+    if (config_setting_type(list) != CONFIG_TYPE_LIST) {
+        bad(e, list, "expected a list ( { listen = ...; plugin = ...; }, ... )");
+        return;
+    }
+    n = config_setting_length(list);
+    c->listeners = calloc((size_t)n + 1, sizeof *c->listeners);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = config_setting_get_elem(list, (unsigned)i);
+        evsd_listener_conf *l;
+
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+            bad(e, g, "expected a group { listen = ...; plugin = ...; }");
+            continue;
+        }
+        l = &c->listeners[c->nlisteners++];
+        read_listener(e, g, c, l);
+        for (size_t j = 0; j + 1 < c->nlisteners; j++) {
+            if (strcmp(c->listeners[j].name, l->name) == 0)
+                bad(e, g, "listener '%s' is declared twice (first at line %d)", l->name,
+                    c->listeners[j].line);
+        }
+    }
+}
+
+static void read_top(errlist *e, evsd_config *c)
+{
+    static const char *const keys[] = {"workers", "dispatch", "log", "limits", "plugin_dir",
+                                       "plugins", "listeners", NULL};
+    const config_setting_t *root = config_root_setting(&c->cfg);
+    const config_setting_t *v;
+    const char *s;
+    char *confdir = dir_of(c->path);
+
+    check_keys(e, root, keys);
+    if ((v = config_setting_get_member(root, "workers"))) {
+        if (config_setting_type(v) == CONFIG_TYPE_STRING &&
+            strcmp(config_setting_get_string(v), "auto") == 0)
+            c->workers = 0;
+        else if (is_int(v) && config_setting_get_int64(v) >= 1 &&
+                 config_setting_get_int64(v) <= 1024)
+            c->workers = (int)config_setting_get_int64(v);
+        else
+            bad(e, v, "expected \"auto\" or a number of workers from 1 to 1024");
+    }
+    if ((s = get_string(e, root, "dispatch", false))) {
+        if (strcmp(s, "least-connections") == 0)
+            c->dispatch = EVS_DISPATCH_LEAST_CONNECTIONS;
+        else if (strcmp(s, "round-robin") == 0)
+            c->dispatch = EVS_DISPATCH_ROUND_ROBIN;
+        else
+            bad(e, config_setting_get_member(root, "dispatch"),
+                "expected \"least-connections\" or \"round-robin\"");
+    }
+    if ((v = config_setting_get_member(root, "log")))
+        read_log(e, v, c);
+    if ((v = config_setting_get_member(root, "limits")))
+        read_limits(e, v, &c->limits, true);
+    s = get_string(e, root, "plugin_dir", false);
+    c->plugin_dir = s ? join_path(confdir, s) : xstrdup(EVSD_PLUGIN_DIR);
+    free(confdir);
+    if ((v = config_setting_get_member(root, "plugins")))
+        read_plugins(e, v, c);
+    if ((v = config_setting_get_member(root, "listeners")))
+        read_listeners(e, v, c);
+    else
+        add_error(e, "%s: no listeners: add a listeners = ( ... ); list", c->path);
+}
+
+static void set_defaults(evsd_config *c)
+{
+    c->workers = 0;
+    c->dispatch = EVS_DISPATCH_LEAST_CONNECTIONS;
+    c->log_level = EVS_LOG_INFO;
+    c->log_file = xstrdup("stderr");
+    c->limits.max_connections = 10000;
+    c->limits.stream_limit = 64 * 1024;
+    c->limits.write_high_water = 64 * 1024;
+    c->limits.write_low_water = 16 * 1024;
+    c->limits.idle_timeout = 300;
+    c->limits.handshake_timeout = 60;
+    c->limits.shutdown_timeout = 30;
+    c->limits.stack_size = 256 * 1024;
+}
+
+int evsd_config_load(const char *path, evsd_config **out, char **errors)
+{
+    errlist e = {0};
+    evsd_config *c = calloc(1, sizeof *c);
+    char *confdir;
+
+    *errors = NULL;
+    if (!c)
+        return -1;
+    config_init(&c->cfg);
+    c->path = xstrdup(path);
+    set_defaults(c);
+    confdir = dir_of(path);
+    config_set_include_dir(&c->cfg, confdir);
+    free(confdir);
+    if (!config_read_file(&c->cfg, path)) {
+        if (config_error_type(&c->cfg) == CONFIG_ERR_FILE_IO)
+            add_error(&e, "%s: cannot read: %s", path, strerror(errno ? errno : ENOENT));
+        else
+            add_error(&e, "%s:%d: syntax error: %s",
+                      config_error_file(&c->cfg) ? config_error_file(&c->cfg) : path,
+                      config_error_line(&c->cfg), config_error_text(&c->cfg));
+    } else {
+        expand_all(&e, config_root_setting(&c->cfg));
+        if (e.count == 0)
+            read_top(&e, c);
+    }
+    if (e.count > 0) {
+        *errors = e.buf;
+        evsd_config_free(c);
+        return -1;
+    }
+    free(e.buf);
+    *out = c;
+    return 0;
+}
+
+void evsd_config_free(evsd_config *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->nplugins; i++) {
+        free(c->plugins[i].name);
+        free(c->plugins[i].path);
+        free(c->plugins[i].file);
+    }
+    for (size_t i = 0; i < c->nlisteners; i++) {
+        evsd_listener_conf *l = &c->listeners[i];
+        free(l->name);
+        free(l->listen);
+        free(l->host);
+        free(l->path);
+        free(l->plugin);
+        free(l->file);
+    }
+    free(c->plugins);
+    free(c->listeners);
+    free(c->plugin_dir);
+    free(c->log_file);
+    free(c->path);
+    config_destroy(&c->cfg);
+    free(c);
+}
+
+char *evsd_listener_key(const evsd_listener_conf *l)
+{
+    char buf[512];
+
+    if (l->family == EVSD_UNIX)
+        snprintf(buf, sizeof buf, "unix:%s|%d|%o|%d|%d", l->path, l->backlog,
+                 l->has_mode ? l->mode : 0, l->has_owner ? (int)l->owner : -1,
+                 l->has_group ? (int)l->group : -1);
+    else
+        snprintf(buf, sizeof buf, "tcp:%s:%u|%d|%d", l->host ? l->host : "*", l->port, l->backlog,
+                 l->reuseport);
+    return xstrdup(buf);
+}

@@ -1,0 +1,86 @@
+/*
+ * config.h - evstreamd's configuration file: read it with libconfig,
+ * expand ${VAR}, and check every setting.
+ */
+#ifndef EVSD_CONFIG_H
+#define EVSD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <libconfig.h>
+
+#include <evstream.h>
+
+typedef struct evsd_limits {
+    uint64_t max_connections;  /* 0 = unlimited */
+    uint64_t stream_limit;     /* reader limit */
+    uint64_t write_high_water;
+    uint64_t write_low_water;
+    double idle_timeout;       /* 0 = none */
+    double handshake_timeout;  /* TLS listeners */
+    double shutdown_timeout;   /* global only */
+    uint64_t stack_size;       /* global only */
+} evsd_limits;
+
+typedef struct evsd_plugin_conf {
+    char *name;
+    char *path; /* resolved against plugin_dir */
+    char *file;
+    int line;
+} evsd_plugin_conf;
+
+typedef enum evsd_family { EVSD_TCP, EVSD_UNIX } evsd_family;
+
+typedef struct evsd_listener_conf {
+    char *name;   /* the "name" setting, or the listen address */
+    char *listen; /* as written (after ${VAR} expansion) */
+    evsd_family family;
+    char *host;   /* TCP; NULL = every interface */
+    uint16_t port;
+    char *path;   /* Unix: a path or "@name" */
+    int backlog;
+    bool has_mode;
+    unsigned mode;
+    bool has_owner;
+    uid_t owner;
+    bool has_group;
+    gid_t group;
+    bool reuseport;
+    char *plugin;
+    evsd_limits limits;                /* the globals with this listener's overrides */
+    bool own_max_connections;          /* limits.max_connections set for this listener */
+    const config_setting_t *settings;  /* the plugin's settings group, or NULL */
+    char *file;
+    int line;
+} evsd_listener_conf;
+
+typedef struct evsd_config {
+    config_t cfg; /* kept: the settings groups point into it */
+    char *path;
+    int workers;  /* 0 = one per online CPU */
+    evs_dispatch dispatch;
+    evs_log_level log_level;
+    char *log_file; /* "stderr", "syslog" or a path */
+    evsd_limits limits;
+    char *plugin_dir;
+    evsd_plugin_conf *plugins;
+    size_t nplugins;
+    evsd_listener_conf *listeners;
+    size_t nlisteners;
+} evsd_config;
+
+/*
+ * Read and check @path. On failure *errors receives every problem found,
+ * one "file:line: setting: what was expected" per line (free it).
+ * @return 0 or -1.
+ */
+int evsd_config_load(const char *path, evsd_config **out, char **errors);
+void evsd_config_free(evsd_config *c);
+
+/* The listener's socket identity: two listeners with the same key can hand
+ * their socket over on a reload. Returns a malloc'd string. */
+char *evsd_listener_key(const evsd_listener_conf *l);
+
+#endif

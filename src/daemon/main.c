@@ -1,0 +1,400 @@
+/*
+ * main.c - evstreamd: command line, daemonizing, pidfile, signals.
+ *
+ * Signals are blocked in every thread and taken synchronously here with
+ * sigtimedwait(): SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 reopens the
+ * log file. The one-second timeout finishes plugin instances retired by a
+ * reload once their last connection has ended.
+ */
+#include "config.h"
+#include "logging.h"
+#include "service.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef EVSD_SYSCONF_FILE
+#define EVSD_SYSCONF_FILE "/usr/local/etc/evstreamd.conf"
+#endif
+
+typedef struct options {
+    const char *config;
+    const char *pidfile;
+    const char *ports_file;
+    bool test;
+    bool daemonize;
+    int workers;
+    bool has_level;
+    evs_log_level level;
+} options;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: evstreamd [options]\n"
+            "  -c, --config FILE      configuration file (default %s)\n"
+            "  -t, --test             check the configuration and the plugins, bind nothing\n"
+            "  -d, --daemon           run in the background\n"
+            "  -p, --pidfile FILE     write the process id to FILE (locked while running)\n"
+            "  -w, --workers N        worker threads (overrides the config)\n"
+            "  -l, --log-level LEVEL  error, warn, info or debug (overrides the config)\n"
+            "      --ports-file FILE  write \"listener address\" lines once listening\n"
+            "  -V, --version          print the version\n"
+            "  -h, --help             this help\n"
+            "signals: TERM/INT stop gracefully, HUP reloads, USR1 reopens the log file\n",
+            EVSD_SYSCONF_FILE);
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},  {"test", no_argument, NULL, 't'},
+        {"daemon", no_argument, NULL, 'd'},        {"pidfile", required_argument, NULL, 'p'},
+        {"workers", required_argument, NULL, 'w'}, {"log-level", required_argument, NULL, 'l'},
+        {"ports-file", required_argument, NULL, 'P'}, {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+    int c;
+    char *end;
+
+    o->config = EVSD_SYSCONF_FILE;
+    while ((c = getopt_long(argc, argv, "c:tdp:w:l:Vh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            o->config = optarg;
+            break;
+        case 't':
+            o->test = true;
+            break;
+        case 'd':
+            o->daemonize = true;
+            break;
+        case 'p':
+            o->pidfile = optarg;
+            break;
+        case 'P':
+            o->ports_file = optarg;
+            break;
+        case 'w':
+            o->workers = (int)strtol(optarg, &end, 10);
+            if (*end || o->workers < 1 || o->workers > 1024) {
+                fprintf(stderr, "evstreamd: -w expects a number from 1 to 1024\n");
+                return 2;
+            }
+            break;
+        case 'l':
+            if (evs_log_level_parse(optarg, &o->level) < 0) {
+                fprintf(stderr, "evstreamd: -l expects error, warn, info or debug\n");
+                return 2;
+            }
+            o->has_level = true;
+            break;
+        case 'V':
+            printf("evstreamd %s\n", evs_version());
+            exit(0);
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "evstreamd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+static evsd_config *load_config(const char *path, bool to_log)
+{
+    evsd_config *cfg = NULL;
+    char *errors = NULL;
+
+    if (evsd_config_load(path, &cfg, &errors) == 0)
+        return cfg;
+    if (to_log) {
+        char *save, *line = strtok_r(errors, "\n", &save);
+        for (; line; line = strtok_r(NULL, "\n", &save))
+            evs_log(EVS_LOG_ERROR, "%s", line);
+    } else {
+        fputs(errors, stderr);
+    }
+    free(errors);
+    return NULL;
+}
+
+/* --- pidfile and ports file -------------------------------------------- */
+
+static int pidfile_fd = -1;
+
+static int pidfile_write(const char *path)
+{
+    char buf[32];
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int n;
+
+    if (fd < 0) {
+        evs_log(EVS_LOG_ERROR, "pidfile %s: %s", path, strerror(errno));
+        return -1;
+    }
+    /* The lock says "running": a stale file from a crash is simply reused. */
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        n = (int)read(fd, buf, sizeof buf - 1);
+        buf[n > 0 ? n : 0] = '\0';
+        buf[strcspn(buf, "\n")] = '\0';
+        evs_log(EVS_LOG_ERROR, "pidfile %s: another evstreamd is running (pid %s)", path, buf);
+        close(fd);
+        return -1;
+    }
+    n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
+        evs_log(EVS_LOG_ERROR, "pidfile %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    pidfile_fd = fd;
+    return 0;
+}
+
+static void pidfile_remove(const char *path)
+{
+    if (pidfile_fd < 0)
+        return;
+    unlink(path);
+    close(pidfile_fd);
+    pidfile_fd = -1;
+}
+
+static void write_ports(evsd_service *svc, const char *path)
+{
+    char tmp[PATH_MAX];
+    FILE *f;
+
+    if (!path)
+        return;
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "w");
+    if (!f) {
+        evs_log(EVS_LOG_ERROR, "ports file %s: %s", tmp, strerror(errno));
+        return;
+    }
+    evsd_service_print_addresses(svc, f, false);
+    if (fclose(f) != 0 || rename(tmp, path) < 0)
+        evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
+}
+
+/* --- daemonizing ------------------------------------------------------- */
+
+/* Fork into the background. The parent waits on a pipe until the child
+ * says it is serving (exit 0) or failed (exit 1), so a supervisor sees the
+ * real outcome. @return the write end of the pipe in the child. */
+static int daemonize(void)
+{
+    int p[2];
+    pid_t pid;
+    char status = 1;
+
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        perror("evstreamd: pipe");
+        exit(1);
+    }
+    pid = fork();
+    if (pid < 0) {
+        perror("evstreamd: fork");
+        exit(1);
+    }
+    if (pid > 0) {
+        close(p[1]);
+        if (read(p[0], &status, 1) != 1)
+            status = 1;
+        _exit(status);
+    }
+    close(p[0]);
+    setsid();
+    pid = fork(); /* never reacquire a terminal */
+    if (pid < 0)
+        _exit(1);
+    if (pid > 0)
+        _exit(0);
+    if (chdir("/") < 0)
+        _exit(1);
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        if (null > 2)
+            close(null);
+    }
+    return p[1];
+}
+
+static void report_ready(int *fd, char status)
+{
+    if (*fd < 0)
+        return;
+    if (write(*fd, &status, 1) != 1)
+        evs_log(EVS_LOG_WARN, "cannot report readiness to the parent process");
+    close(*fd);
+    *fd = -1;
+    if (status == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 2); /* errors before this point reached the terminal */
+            close(null);
+        }
+    }
+}
+
+/* --- main -------------------------------------------------------------- */
+
+static char *absolute(const char *path)
+{
+    char *abs = realpath(path, NULL);
+    return abs ? abs : strdup(path);
+}
+
+static void apply_log(const evsd_config *cfg, const options *o)
+{
+    int rc = evsd_log_open(cfg->log_file, o->has_level ? o->level : cfg->log_level);
+    if (rc < 0)
+        evs_log(EVS_LOG_ERROR, "log file %s: %s; logging to stderr", cfg->log_file,
+                evs_strerror(rc));
+}
+
+static void reload(evsd_service *svc, const char *path, const options *o)
+{
+    evsd_config *cfg;
+
+    evs_log(EVS_LOG_INFO, "SIGHUP: reloading %s", path);
+    cfg = load_config(path, true);
+    if (!cfg) {
+        evs_log(EVS_LOG_ERROR, "reload failed: keeping the running configuration");
+        return;
+    }
+    char *log_file = strdup(cfg->log_file);
+    evs_log_level level = cfg->log_level;
+    if (evsd_service_reload(svc, cfg) < 0) {
+        evs_log(EVS_LOG_ERROR, "reload failed: keeping the running configuration");
+    } else {
+        evsd_config tmp;
+        memset(&tmp, 0, sizeof tmp);
+        tmp.log_file = log_file;
+        tmp.log_level = level;
+        apply_log(&tmp, o);
+        evs_log(EVS_LOG_INFO, "reloaded %s", path);
+        write_ports(svc, o->ports_file);
+    }
+    free(log_file);
+}
+
+static int serve(evsd_service *svc, const char *config_path, const options *o)
+{
+    sigset_t set;
+    struct timespec tick = {1, 0};
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    for (;;) {
+        int sig = sigtimedwait(&set, NULL, &tick);
+
+        if (sig == SIGTERM || sig == SIGINT) {
+            evs_log(EVS_LOG_INFO, "%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            return evsd_service_stop(svc);
+        }
+        if (sig == SIGHUP)
+            reload(svc, config_path, o);
+        else if (sig == SIGUSR1) {
+            int rc = evsd_log_reopen();
+            if (rc < 0)
+                evs_log(EVS_LOG_ERROR, "SIGUSR1: cannot reopen the log: %s", evs_strerror(rc));
+            else
+                evs_log(EVS_LOG_INFO, "SIGUSR1: log file reopened");
+        }
+        evsd_service_reap(svc);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    evsd_config *cfg;
+    evsd_service *svc;
+    char *config_path;
+    sigset_t set;
+    int ready_fd = -1, rc;
+
+    memset(&o, 0, sizeof o);
+    if ((rc = parse_args(argc, argv, &o)) != 0)
+        return rc;
+    config_path = absolute(o.config);
+    cfg = load_config(config_path, false);
+    if (!cfg) {
+        fprintf(stderr, "evstreamd: configuration %s has errors\n", config_path);
+        free(config_path);
+        return 1;
+    }
+    if (o.test) {
+        rc = evsd_check_plugins(cfg, stderr);
+        if (rc == 0)
+            printf("evstreamd: configuration %s OK\n", config_path);
+        else
+            fprintf(stderr, "evstreamd: configuration %s has errors\n", config_path);
+        evsd_config_free(cfg);
+        free(config_path);
+        return rc == 0 ? 0 : 1;
+    }
+
+    /* Every thread inherits this mask: signals are taken in serve(). */
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    if (o.daemonize)
+        ready_fd = daemonize();
+    apply_log(cfg, &o);
+    if (o.pidfile && pidfile_write(o.pidfile) < 0) {
+        report_ready(&ready_fd, 1);
+        evsd_config_free(cfg);
+        return 1;
+    }
+    svc = evsd_service_start(cfg, o.workers);
+    if (!svc) {
+        evs_log(EVS_LOG_ERROR, "not started");
+        if (o.pidfile)
+            pidfile_remove(o.pidfile);
+        report_ready(&ready_fd, 1);
+        free(config_path);
+        return 1;
+    }
+    evsd_service_print_addresses(svc, stdout, true);
+    fflush(stdout);
+    write_ports(svc, o.ports_file);
+    report_ready(&ready_fd, 0);
+
+    rc = serve(svc, config_path, &o);
+    if (o.pidfile)
+        pidfile_remove(o.pidfile);
+    evs_log(EVS_LOG_INFO, "stopped");
+    evsd_log_close();
+    free(config_path);
+    return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,632 @@
+/*
+ * service.c - turn a configuration into plugins, instances and servers on
+ * a runtime, and move from one configuration to the next on a reload.
+ *
+ * An instance is one use of a plugin by one listener: init(settings) ->
+ * worker_start on every worker -> connections -> worker_stop -> fini.
+ * On a reload every listener gets a new instance; the old one is retired
+ * and finished once its server's last connection has ended. A listener
+ * whose socket settings did not change hands its listening socket to its
+ * successor (evs_server_take_sockets), so connections waiting in the
+ * kernel's queue are never dropped.
+ */
+#include "service.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* --- plugins, shared by path ------------------------------------------ */
+
+typedef struct loaded_plugin {
+    char *path;
+    evs_plugin_handle *handle;
+    int refs;
+    struct loaded_plugin *next;
+} loaded_plugin;
+
+static loaded_plugin *plugins;
+
+static loaded_plugin *plugin_get(const char *path, char *err, size_t errlen)
+{
+    loaded_plugin *p;
+
+    for (p = plugins; p; p = p->next) {
+        if (strcmp(p->path, path) == 0) {
+            p->refs++;
+            return p;
+        }
+    }
+    p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    if (evs_plugin_load(path, &p->handle, err, errlen) < 0) {
+        free(p);
+        return NULL;
+    }
+    p->path = strdup(path);
+    p->refs = 1;
+    p->next = plugins;
+    plugins = p;
+    return p;
+}
+
+static void plugin_put(loaded_plugin *p)
+{
+    loaded_plugin **pp;
+
+    if (--p->refs > 0)
+        return;
+    for (pp = &plugins; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    evs_plugin_unload(p->handle);
+    free(p->path);
+    free(p);
+}
+
+/* --- instances --------------------------------------------------------- */
+
+typedef struct instance {
+    loaded_plugin *plugin;
+    const evs_plugin *desc;
+    void *state;
+    const evsd_listener_conf *conf;
+    bool on_workers; /* worker_start ran (worker_stop is owed) */
+    struct instance *next; /* every instance with on_workers, for the exit hook */
+} instance;
+
+static const evsd_plugin_conf *find_plugin_conf(const evsd_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nplugins; i++)
+        if (strcmp(cfg->plugins[i].name, name) == 0)
+            return &cfg->plugins[i];
+    return NULL;
+}
+
+/* Load the listener's plugin and init an instance. Reasons go to @err. */
+static instance *instance_new(const evsd_config *cfg, const evsd_listener_conf *l, char *err,
+                              size_t errlen)
+{
+    const evsd_plugin_conf *pc = find_plugin_conf(cfg, l->plugin);
+    instance *in = calloc(1, sizeof *in);
+    evs_settings *settings;
+    int rc;
+
+    if (!in || !pc) {
+        free(in);
+        snprintf(err, errlen, "%s:%d: listener '%s': no plugin '%s'", l->file, l->line, l->name,
+                 l->plugin);
+        return NULL;
+    }
+    in->plugin = plugin_get(pc->path, err, errlen);
+    if (!in->plugin) {
+        size_t n = strlen(err);
+        snprintf(err + n, errlen - n, " (plugin '%s' declared at %s:%d)", pc->name, pc->file,
+                 pc->line);
+        free(in);
+        return NULL;
+    }
+    in->desc = evs_plugin_get(in->plugin->handle);
+    in->conf = l;
+    if (in->desc->init) {
+        settings = evs_settings_from_libconfig(l->settings);
+        rc = settings ? in->desc->init(settings, &in->state) : -ENOMEM;
+        if (rc < 0) {
+            const char *why = settings ? evs_settings_error(settings) : NULL;
+            if (why)
+                snprintf(err, errlen, "%s: init failed for listener '%s': %s", pc->path, l->name,
+                         why);
+            else
+                snprintf(err, errlen, "%s: init failed for listener '%s' (%s:%d): %s", pc->path,
+                         l->name, l->file, l->line, evs_strerror(rc));
+            evs_settings_free(settings);
+            plugin_put(in->plugin);
+            free(in);
+            return NULL;
+        }
+        evs_settings_free(settings);
+    }
+    return in;
+}
+
+static void instance_free(instance *in)
+{
+    if (!in)
+        return;
+    if (in->desc->fini)
+        in->desc->fini(in->state);
+    plugin_put(in->plugin);
+    free(in);
+}
+
+int evsd_check_plugins(const evsd_config *cfg, FILE *errors)
+{
+    char err[1024];
+    int failures = 0;
+    instance **made = calloc(cfg->nlisteners + 1, sizeof *made);
+
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        made[i] = instance_new(cfg, &cfg->listeners[i], err, sizeof err);
+        if (!made[i]) {
+            fprintf(errors, "%s\n", err);
+            failures++;
+        }
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        instance_free(made[i]);
+    free(made);
+    return failures ? -1 : 0;
+}
+
+/* --- running something on every worker and waiting ---------------------- */
+
+typedef struct fanout {
+    int (*fn)(evs_worker *w, instance *in);
+    instance **list;
+    size_t n;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int pending;
+    int failures;
+} fanout;
+
+static void fanout_run(evs_worker *w, void *arg)
+{
+    fanout *f = arg;
+    int failures = 0;
+
+    for (size_t i = 0; i < f->n; i++)
+        if (f->list[i] && f->fn(w, f->list[i]) < 0)
+            failures++;
+    pthread_mutex_lock(&f->lock);
+    f->failures += failures;
+    if (--f->pending == 0)
+        pthread_cond_signal(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* Run fn(worker, instance) for each instance on every worker; wait.
+ * @return the number of failed calls. */
+static int on_all_workers(evs_runtime *rt, int (*fn)(evs_worker *, instance *), instance **list,
+                          size_t n)
+{
+    fanout f = {.fn = fn, .list = list, .n = n};
+    int workers = evs_runtime_worker_count(rt);
+
+    pthread_mutex_init(&f.lock, NULL);
+    pthread_cond_init(&f.cond, NULL);
+    f.pending = workers;
+    for (int i = 0; i < workers; i++) {
+        if (evs_worker_post(evs_runtime_worker(rt, i), fanout_run, &f) < 0) {
+            pthread_mutex_lock(&f.lock);
+            f.pending--;
+            f.failures++;
+            pthread_mutex_unlock(&f.lock);
+        }
+    }
+    pthread_mutex_lock(&f.lock);
+    while (f.pending > 0)
+        pthread_cond_wait(&f.cond, &f.lock);
+    pthread_mutex_unlock(&f.lock);
+    pthread_cond_destroy(&f.cond);
+    pthread_mutex_destroy(&f.lock);
+    return f.failures;
+}
+
+static int call_worker_start(evs_worker *w, instance *in)
+{
+    int rc = in->desc->worker_start ? in->desc->worker_start(w, in->state) : 0;
+
+    if (rc < 0)
+        evs_log(EVS_LOG_ERROR, "plugin %s: worker_start failed on worker %d: %s",
+                in->plugin->path, evs_worker_id(w), evs_strerror(rc));
+    return rc;
+}
+
+static int call_worker_stop(evs_worker *w, instance *in)
+{
+    if (in->desc->worker_stop)
+        in->desc->worker_stop(w, in->state);
+    return 0;
+}
+
+/* --- the service ------------------------------------------------------- */
+
+typedef struct listener {
+    const evsd_listener_conf *conf;
+    instance *inst;
+    evs_server *server;
+    char *key;
+    char address[160];
+} listener;
+
+/* A configuration and its listeners; kept until its last instance ends. */
+typedef struct generation {
+    evsd_config *cfg;
+    listener *listeners;
+    size_t n;
+    size_t live; /* listeners whose instance is not finished yet */
+    struct generation *next;
+} generation;
+
+struct evsd_service {
+    evs_runtime *rt;
+    generation *current;
+    generation *retired; /* older generations with live connections */
+    pthread_mutex_t lock; /* the list below, read by the worker exit hook */
+    instance *on_workers;
+};
+
+/* Runtime hook: the worker's connections are all gone; say goodbye to
+ * every instance still started on it. */
+static void worker_stopping(evs_worker *w, void *arg)
+{
+    evsd_service *svc = arg;
+
+    pthread_mutex_lock(&svc->lock);
+    for (instance *in = svc->on_workers; in; in = in->next)
+        call_worker_stop(w, in);
+    pthread_mutex_unlock(&svc->lock);
+}
+
+static void track(evsd_service *svc, instance *in)
+{
+    pthread_mutex_lock(&svc->lock);
+    in->on_workers = true;
+    in->next = svc->on_workers;
+    svc->on_workers = in;
+    pthread_mutex_unlock(&svc->lock);
+}
+
+static void untrack(evsd_service *svc, instance *in)
+{
+    pthread_mutex_lock(&svc->lock);
+    for (instance **pp = &svc->on_workers; *pp; pp = &(*pp)->next) {
+        if (*pp == in) {
+            *pp = in->next;
+            break;
+        }
+    }
+    in->on_workers = false;
+    pthread_mutex_unlock(&svc->lock);
+}
+
+/* worker_stop on every worker, then fini. */
+static void retire_instance(evsd_service *svc, instance *in)
+{
+    if (!in)
+        return;
+    if (in->on_workers) {
+        untrack(svc, in);
+        on_all_workers(svc->rt, call_worker_stop, &in, 1);
+    }
+    instance_free(in);
+}
+
+static void generation_free(evsd_service *svc, generation *g)
+{
+    if (!g)
+        return;
+    for (size_t i = 0; i < g->n; i++) {
+        retire_instance(svc, g->listeners[i].inst);
+        free(g->listeners[i].key);
+    }
+    free(g->listeners);
+    evsd_config_free(g->cfg);
+    free(g);
+}
+
+/* Make the generation's instances and start them on the workers. */
+static generation *generation_new(evsd_service *svc, evsd_config *cfg)
+{
+    generation *g = calloc(1, sizeof *g);
+    instance **list;
+    char err[1024];
+    int failures = 0;
+
+    if (!g)
+        return NULL;
+    g->cfg = cfg;
+    g->n = cfg->nlisteners;
+    g->listeners = calloc(g->n + 1, sizeof *g->listeners);
+    list = calloc(g->n + 1, sizeof *list);
+    for (size_t i = 0; i < g->n; i++) {
+        listener *l = &g->listeners[i];
+        l->conf = &cfg->listeners[i];
+        l->key = evsd_listener_key(l->conf);
+        l->inst = instance_new(cfg, l->conf, err, sizeof err);
+        if (!l->inst) {
+            evs_log(EVS_LOG_ERROR, "%s", err);
+            failures++;
+        }
+        list[i] = l->inst;
+    }
+    g->live = g->n;
+    if (failures == 0) {
+        for (size_t i = 0; i < g->n; i++)
+            track(svc, list[i]);
+        failures = on_all_workers(svc->rt, call_worker_start, list, g->n);
+    }
+    free(list);
+    if (failures) {
+        generation_free(svc, g);
+        return NULL;
+    }
+    return g;
+}
+
+static void describe_address(listener *l)
+{
+    int fds[4];
+    size_t n;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (l->conf->family == EVSD_UNIX) {
+        snprintf(l->address, sizeof l->address, "unix:%s", l->conf->path);
+        return;
+    }
+    n = evs_server_sockets(l->server, fds, 4);
+    if (n > 0 && getsockname(fds[0], (struct sockaddr *)&ss, &len) == 0)
+        evs_format_address((struct sockaddr *)&ss, len, l->address, sizeof l->address);
+    else
+        snprintf(l->address, sizeof l->address, "%s", l->conf->listen);
+}
+
+/* Create the listener's server, not serving yet. @fds: sockets handed over. */
+static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t nfds)
+{
+    const evsd_listener_conf *c = l->conf;
+    evs_server_options o;
+    int rc;
+
+    memset(&o, 0, sizeof o);
+    if (l->inst->desc->mode == EVS_PLUGIN_STREAM)
+        o.client_connected = l->inst->desc->client_connected;
+    else
+        o.protocol = l->inst->desc->protocol;
+    o.arg = l->inst->state;
+    o.backlog = c->backlog;
+    o.reuse_port = c->reuseport;
+    o.limit = c->limits.stream_limit;
+    o.write_high_water = c->limits.write_high_water;
+    o.write_low_water = c->limits.write_low_water;
+    o.idle_timeout = c->limits.idle_timeout;
+    o.max_connections = c->own_max_connections ? c->limits.max_connections : 0;
+    o.defer_serving = true;
+    o.fds = fds;
+    o.nfds = nfds;
+    if (c->family == EVSD_UNIX) {
+        o.path = c->path;
+        o.mode = c->has_mode ? c->mode : 0;
+        rc = evs_start_unix_server(svc->rt, &o, &l->server);
+        if (rc == 0 && nfds == 0 && c->path[0] != '@' && (c->has_owner || c->has_group) &&
+            chown(c->path, c->has_owner ? c->owner : (uid_t)-1,
+                  c->has_group ? c->group : (gid_t)-1) < 0) {
+            rc = -errno;
+            evs_server_close(l->server);
+            l->server = NULL;
+        }
+    } else {
+        o.host = c->host;
+        o.port = c->port;
+        rc = evs_start_server(svc->rt, &o, &l->server);
+    }
+    if (rc < 0) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s", c->file, c->line,
+                c->name, c->listen, evs_strerror(rc));
+        return rc;
+    }
+    describe_address(l);
+    return 0;
+}
+
+static void serve_all(generation *g)
+{
+    for (size_t i = 0; i < g->n; i++) {
+        evs_server_start_serving(g->listeners[i].server);
+        evs_log(EVS_LOG_INFO, "listening on %s (listener '%s', plugin '%s')",
+                g->listeners[i].address, g->listeners[i].conf->name, g->listeners[i].conf->plugin);
+    }
+}
+
+evsd_service *evsd_service_start(evsd_config *cfg, int workers)
+{
+    evsd_service *svc = calloc(1, sizeof *svc);
+    evs_runtime_options ro;
+    int rc;
+
+    if (!svc) {
+        evsd_config_free(cfg);
+        return NULL;
+    }
+    pthread_mutex_init(&svc->lock, NULL);
+    memset(&ro, 0, sizeof ro);
+    ro.workers = workers ? workers : cfg->workers;
+    ro.dispatch = cfg->dispatch;
+    ro.max_connections = cfg->limits.max_connections;
+    ro.stack_size = cfg->limits.stack_size;
+    ro.worker_stopping = worker_stopping;
+    ro.hook_arg = svc;
+    rc = evs_runtime_new(&ro, &svc->rt);
+    if (rc < 0) {
+        evs_log(EVS_LOG_ERROR, "cannot start the workers: %s", evs_strerror(rc));
+        evsd_config_free(cfg);
+        free(svc);
+        return NULL;
+    }
+    svc->current = generation_new(svc, cfg);
+    if (!svc->current)
+        goto fail;
+    for (size_t i = 0; i < svc->current->n; i++)
+        if (start_listener(svc, &svc->current->listeners[i], NULL, 0) < 0)
+            goto fail;
+    serve_all(svc->current);
+    return svc;
+
+fail:
+    evsd_service_stop(svc);
+    return NULL;
+}
+
+static listener *find_by_key(generation *g, const char *key)
+{
+    for (size_t i = 0; g && i < g->n; i++)
+        if (g->listeners[i].server && strcmp(g->listeners[i].key, key) == 0)
+            return &g->listeners[i];
+    return NULL;
+}
+
+int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
+{
+    generation *old = svc->current, *g;
+    size_t i;
+
+    g = generation_new(svc, cfg);
+    if (!g)
+        return -1;
+    /* First the listeners with new sockets: a bind error leaves the old
+     * configuration untouched. */
+    for (i = 0; i < g->n; i++) {
+        listener *l = &g->listeners[i];
+        if (find_by_key(old, l->key))
+            continue;
+        if (start_listener(svc, l, NULL, 0) < 0)
+            goto undo;
+    }
+    /* Then hand the unchanged sockets over; nothing is dropped from their
+     * accept queues. */
+    for (i = 0; i < g->n; i++) {
+        listener *l = &g->listeners[i], *prev;
+        int fds[16];
+        size_t n;
+
+        if (l->server || !(prev = find_by_key(old, l->key)))
+            continue;
+        n = evs_server_take_sockets(prev->server, fds, 16);
+        if (n > 16)
+            n = 16;
+        if (start_listener(svc, l, fds, n) < 0) {
+            for (size_t k = 0; k < n; k++)
+                close(fds[k]);
+        }
+    }
+    serve_all(g);
+    /* Old listeners not carried over stop; all old instances retire when
+     * their connections end. */
+    for (i = 0; i < old->n; i++)
+        evs_server_close(old->listeners[i].server);
+    old->next = svc->retired;
+    svc->retired = old;
+    svc->current = g;
+    evsd_service_reap(svc);
+    return 0;
+
+undo:
+    for (i = 0; i < g->n; i++) {
+        if (g->listeners[i].server)
+            evs_server_close(g->listeners[i].server);
+        g->listeners[i].server = NULL;
+    }
+    generation_free(svc, g);
+    return -1;
+}
+
+void evsd_service_reap(evsd_service *svc)
+{
+    generation **pp = &svc->retired;
+
+    while (*pp) {
+        generation *g = *pp;
+
+        for (size_t i = 0; i < g->n; i++) {
+            listener *l = &g->listeners[i];
+            if (l->inst && (!l->server || evs_server_connections(l->server) == 0)) {
+                retire_instance(svc, l->inst);
+                l->inst = NULL;
+                g->live--;
+            }
+        }
+        if (g->live == 0) {
+            *pp = g->next;
+            generation_free(svc, g);
+        } else {
+            pp = &g->next;
+        }
+    }
+}
+
+void evsd_service_print_addresses(evsd_service *svc, FILE *f, bool human)
+{
+    for (size_t i = 0; i < svc->current->n; i++) {
+        const listener *l = &svc->current->listeners[i];
+        if (human)
+            fprintf(f, "evstreamd: listening on %s (listener '%s', plugin '%s')\n", l->address,
+                    l->conf->name, l->conf->plugin);
+        else
+            fprintf(f, "%s %s\n", l->conf->name, l->address);
+    }
+}
+
+const evsd_config *evsd_service_config(const evsd_service *svc)
+{
+    return svc->current ? svc->current->cfg : NULL;
+}
+
+static size_t live_connections(evsd_service *svc)
+{
+    size_t n = 0;
+
+    for (generation *g = svc->current; g; g = g == svc->current ? svc->retired : g->next)
+        for (size_t i = 0; i < g->n; i++)
+            if (g->listeners[i].server)
+                n += evs_server_connections(g->listeners[i].server);
+    return n;
+}
+
+int evsd_service_stop(evsd_service *svc)
+{
+    double timeout = svc->current ? svc->current->cfg->limits.shutdown_timeout : 0;
+    struct timespec nap = {0, 10 * 1000 * 1000};
+    double waited = 0;
+    generation *g, *next;
+
+    for (g = svc->current; g; g = g == svc->current ? svc->retired : g->next)
+        for (size_t i = 0; i < g->n; i++)
+            if (g->listeners[i].server)
+                evs_server_close(g->listeners[i].server);
+    /* Let handlers finish; the runtime aborts what is left. */
+    while (live_connections(svc) > 0 && waited < timeout) {
+        nanosleep(&nap, NULL);
+        waited += 0.01;
+    }
+    if (live_connections(svc) > 0)
+        evs_log(EVS_LOG_WARN, "shutdown: aborting %zu connections still open after %.1fs",
+                live_connections(svc), timeout);
+    evs_runtime_stop(svc->rt, 0);
+    /* worker_stop ran in the exit hook; no instance is on a worker now. */
+    pthread_mutex_lock(&svc->lock);
+    for (instance *in = svc->on_workers; in; in = in->next)
+        in->on_workers = false;
+    svc->on_workers = NULL;
+    pthread_mutex_unlock(&svc->lock);
+    svc->rt = NULL;
+    for (g = svc->retired; g; g = next) {
+        next = g->next;
+        generation_free(svc, g);
+    }
+    generation_free(svc, svc->current);
+    pthread_mutex_destroy(&svc->lock);
+    free(svc);
+    return 0;
+}

@@ -1,0 +1,46 @@
+/*
+ * service.h - what evstreamd serves: plugins, their instances and the
+ * listeners of the current configuration, and reloads between
+ * configurations.
+ */
+#ifndef EVSD_SERVICE_H
+#define EVSD_SERVICE_H
+
+#include <stdio.h>
+
+#include "config.h"
+
+typedef struct evsd_service evsd_service;
+
+/*
+ * Load the plugins of @cfg and init one instance per listener, without
+ * binding anything (what `evstreamd -t` checks).
+ * @return 0, or -1 after printing the reasons to @errors.
+ */
+int evsd_check_plugins(const evsd_config *cfg, FILE *errors);
+
+/* Start serving @cfg (taken over) on a new runtime with @workers (0: from
+ * the config). @return the service or NULL after logging why. */
+evsd_service *evsd_service_start(evsd_config *cfg, int workers);
+
+/* Replace the configuration: new connections get @cfg, live ones keep
+ * their plugin instance; unchanged listeners keep their socket. On any
+ * error the old configuration keeps serving and @cfg is freed.
+ * @return 0 or -1. */
+int evsd_service_reload(evsd_service *svc, evsd_config *cfg);
+
+/* Finish instances whose last connection has ended (after reloads). */
+void evsd_service_reap(evsd_service *svc);
+
+/* Write the listeners' addresses to @f: "name address" lines, or a
+ * sentence each for people when @human. */
+void evsd_service_print_addresses(evsd_service *svc, FILE *f, bool human);
+
+/* Stop accepting, let connections finish within the shutdown timeout,
+ * abort the rest, and free everything. @return 0. */
+int evsd_service_stop(evsd_service *svc);
+
+/* The log settings of the current configuration. */
+const evsd_config *evsd_service_config(const evsd_service *svc);
+
+#endif
