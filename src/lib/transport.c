@@ -253,7 +253,10 @@ void evs_transport_get_write_buffer_limits(const evs_transport *t, size_t *low, 
 int evs_transport_set_write_buffer_limits(evs_transport *t, ssize_t high, ssize_t low)
 {
     if (high < 0)
-        high = low < 0 ? (ssize_t)EVS_WRITE_HIGH_WATER_DEFAULT : 4 * low;
+        /* Saturate: 4 * low must not overflow for a huge low. */
+        high = low < 0               ? (ssize_t)EVS_WRITE_HIGH_WATER_DEFAULT
+               : low > SSIZE_MAX / 4 ? SSIZE_MAX
+                                     : 4 * low;
     if (low < 0)
         low = high / 4;
     if (low > high)

@@ -1040,8 +1040,7 @@ TEST(Transport, SetWriteBufferLimitsLowAboveHighIsEinvalAndChangesNothing) {
         ASSERT_EQ(0, evs_transport_set_write_buffer_limits(t, 800, 200));
         EXPECT_EQ(-EINVAL, evs_transport_set_write_buffer_limits(t, 10, 20));
         EXPECT_EQ(-EINVAL, evs_transport_set_write_buffer_limits(t, 0, 1));
-        // Only high given, below the current... low is derived, so fine;
-        // only low given with a derived high is always consistent.
+        // Nothing changed.
         size_t low, high;
         evs_transport_get_write_buffer_limits(t, &low, &high);
         EXPECT_EQ(800u, high);
@@ -1689,6 +1688,40 @@ TEST(Transport, CloseFromResumeWritingFlushesRest) {
     EXPECT_EQ(1, r.resume);
     EXPECT_EQ(1, r.lost);
     EXPECT_EQ(0, r.lost_err);
+}
+
+TEST(Transport, SetWriteBufferLimitsHugeLowDoesNotOverflow) {
+    Rec r;
+    in_loop([&] {
+        Pair p;
+        evs_transport *t = wrap(p.mine(), r);
+        // high = 4 * low would overflow: it saturates instead (UBSan checks).
+        EXPECT_EQ(0, evs_transport_set_write_buffer_limits(t, -1, SSIZE_MAX / 2));
+        size_t low, high;
+        evs_transport_get_write_buffer_limits(t, &low, &high);
+        EXPECT_EQ((size_t)SSIZE_MAX / 2, low);
+        EXPECT_GE(high, low);
+        evs_transport_close(t);
+        ASSERT_TRUE(lost_once(r));
+    });
+}
+
+TEST(Transport, TransportLeftOpenIsAbortedWhenEvsRunEnds) {
+    Rec r;
+    int peer = -1;
+    in_loop([&] {
+        int sv[2];
+        socket_pair(sv);
+        peer = sv[1];
+        evs_transport *t = wrap(sv[0], r);
+        ASSERT_EQ(0, evs_transport_write(t, "left", 4));
+        // Return without closing: evs_run cancels what the task left behind.
+    });
+    EXPECT_EQ(1, r.lost);
+    EXPECT_EQ(0, r.lost_err);
+    std::string got = read_to_eof(peer);
+    EXPECT_EQ("left", got);
+    close(peer);
 }
 
 // ===========================================================================
