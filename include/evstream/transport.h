@@ -85,6 +85,16 @@ EVS_EXTERN void evs_transport_get_write_buffer_limits(const evs_transport *t, si
 EVS_EXTERN int evs_transport_set_write_buffer_limits(evs_transport *t, ssize_t high,
                                                      ssize_t low);
 
+/**
+ * Abort the connection with connection_lost(-ETIMEDOUT) once no byte has
+ * moved in either direction for @p seconds (0 removes the timeout).
+ * Parked stream calls then return -ETIMEDOUT.
+ * @return 0, -EINVAL for a negative value, -EPIPE once the transport is gone.
+ */
+EVS_EXTERN int evs_transport_set_idle_timeout(evs_transport *t, double seconds);
+/** The idle timeout in seconds (0: none). */
+EVS_EXTERN double evs_transport_get_idle_timeout(const evs_transport *t);
+
 /** Switch to another protocol (and context) from now on. */
 EVS_EXTERN void evs_transport_set_protocol(evs_transport *t, const evs_protocol *proto,
                                            void *ctx);

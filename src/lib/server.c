@@ -470,7 +470,8 @@ static int run_handler(void *arg)
 
 static void set_limits(evs_server *s, evs_transport *t)
 {
-    /* TODO(idle): evs_transport_set_idle_timeout once transport.c has it. */
+    if (s->opts.idle_timeout > 0)
+        evs_transport_set_idle_timeout(t, s->opts.idle_timeout);
     if (s->opts.write_high_water || s->opts.write_low_water)
         evs_transport_set_write_buffer_limits(
             t, s->opts.write_high_water ? (ssize_t)s->opts.write_high_water : -1,

@@ -24,6 +24,9 @@ struct evs_transport {
     struct event rd_ev;
     struct event wr_ev;
     struct event lost_ev; /* runs connection_lost outside the caller's stack */
+    struct event idle_ev; /* assigned when an idle timeout is first set */
+    double idle_timeout;  /* seconds; 0 = none */
+    struct timeval last_io;
     struct evbuffer *out;
     size_t high;
     size_t low;

@@ -363,3 +363,103 @@ TEST(Server, HandlerReturningClosesTheConnectionAfterFlushing) {
     EXPECT_TRUE(got == pattern(4 << 20, 9));
     close(fd);
 }
+
+TEST(Server, IdleTimeoutClosesSilentConnectionsAndParkedReadsGetETIMEDOUT) {
+    Runtime r;
+    static std::atomic<int> read_rc;
+    read_rc = 0;
+    evs_server_options o{};
+    o.client_connected = [](evs_reader *rd, evs_writer *w, void *) {
+        char buf[64];
+        ssize_t n;
+        while ((n = evs_read(rd, buf, sizeof buf)) > 0) evs_write(w, buf, (size_t)n);
+        read_rc = (int)n;
+    };
+    o.host = "127.0.0.1";
+    o.idle_timeout = 0.2;
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    int fd = connect_tcp(evs_server_port(s));
+    // Traffic keeps it alive past several timeouts ...
+    for (int i = 0; i < 8; i++) {
+        char c = 'x';
+        ASSERT_TRUE(write_all(fd, &c, 1));
+        ASSERT_TRUE(read_exact(fd, &c, 1));
+        usleep(60 * 1000);
+    }
+    // ... silence ends it.
+    EXPECT_EQ("", read_to_eof(fd));
+    close(fd);
+    ASSERT_EQ(0, evs_server_wait_closed([&] { evs_server_close(s); return s; }()));
+    EXPECT_EQ(-ETIMEDOUT, read_rc.load());
+}
+
+TEST(Server, OwnMaxConnectionsPausesOnlyThatServer) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.max_connections = 1;
+    evs_server *limited, *other;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &limited));
+    o.max_connections = 0;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &other));
+    int a = connect_tcp(evs_server_port(limited));
+    EXPECT_EQ(0u, read_line(a).rfind("limit=", 0));
+    int b = connect_tcp(evs_server_port(limited));
+    EXPECT_TRUE(gets_no_byte_within(b, 200));  // queued, not accepted
+    int c = connect_tcp(evs_server_port(other));
+    EXPECT_EQ(0u, read_line(c).rfind("limit=", 0));  // the other server goes on
+    close(a);
+    EXPECT_EQ(0u, read_line(b).rfind("limit=", 0));  // accepted once a closed
+    close(b);
+    close(c);
+}
+
+TEST(Server, TakeSocketsHandsQueuedConnectionsToASuccessor) {
+    Runtime r;
+    std::string dir = make_temp_dir();
+    std::string path = dir + "/s";
+    evs_server_options o{};
+    o.client_connected = [](evs_reader *, evs_writer *w, void *) { evs_write(w, "old\n", 4); };
+    o.host = "127.0.0.1";
+    evs_server *old_tcp;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &old_tcp));
+    o.host = nullptr;
+    o.path = path.c_str();
+    evs_server *old_unix;
+    ASSERT_EQ(0, evs_start_unix_server(r.rt, &o, &old_unix));
+    uint16_t port = evs_server_port(old_tcp);
+
+    int fds[4];
+    ASSERT_EQ(1u, evs_server_take_sockets(old_tcp, fds, 4));
+    int ufds[4];
+    ASSERT_EQ(1u, evs_server_take_sockets(old_unix, ufds, 4));
+    EXPECT_FALSE(evs_server_is_serving(old_tcp));
+    // Connections made now wait in the kernel's queue of the same socket.
+    int queued = connect_tcp(port);
+    int queued_unix = connect_unix(path);
+    ASSERT_GE(queued, 0);
+    ASSERT_GE(queued_unix, 0);
+
+    evs_server_options n{};
+    n.client_connected = [](evs_reader *, evs_writer *w, void *) { evs_write(w, "new\n", 4); };
+    n.fds = fds;
+    n.nfds = 1;
+    ASSERT_EQ(0, evs_start_server(r.rt, &n, nullptr));
+    n.fds = ufds;
+    n.path = path.c_str();
+    evs_server *new_unix;
+    ASSERT_EQ(0, evs_start_unix_server(r.rt, &n, &new_unix));
+    EXPECT_EQ("new", read_line(queued));
+    EXPECT_EQ("new", read_line(queued_unix));
+    close(queued);
+    close(queued_unix);
+    struct stat st;
+    EXPECT_EQ(0, stat(path.c_str(), &st));  // the old server left the file
+    evs_server_close(new_unix);
+    evs_server_wait_closed(new_unix);
+    for (int i = 0; i < 500 && stat(path.c_str(), &st) == 0; i++) usleep(2000);
+    EXPECT_NE(0, stat(path.c_str(), &st));  // the successor removes it
+    remove_dir(dir);
+}

@@ -1888,3 +1888,61 @@ TEST(FormatAddress, TruncatesToTheBufferAndReturnsIt) {
     EXPECT_EQ(&one, evs_format_address((struct sockaddr *)&sin, sizeof sin, &one, 0));
     EXPECT_EQ('Z', one);  // size 0: untouched
 }
+
+// ===========================================================================
+// Idle timeout
+
+TEST(Transport, IdleTimeoutAbortsWithETIMEDOUT) {
+    Rec r;
+    in_loop([&] {
+        Pair p;
+        evs_transport *t = wrap(p.mine(), r);
+        EXPECT_EQ(0.0, evs_transport_get_idle_timeout(t));
+        EXPECT_EQ(-EINVAL, evs_transport_set_idle_timeout(t, -1));
+        ASSERT_EQ(0, evs_transport_set_idle_timeout(t, 0.05));
+        EXPECT_EQ(0.05, evs_transport_get_idle_timeout(t));
+        ASSERT_TRUE(lost_once(r));
+    });
+    EXPECT_EQ(-ETIMEDOUT, r.lost_err);
+    EXPECT_EQ(1, r.lost);
+}
+
+TEST(Transport, IdleTimeoutCountsProgressEitherWay) {
+    Rec r;
+    int reads_seen = 0;
+    in_loop([&] {
+        Pair p;
+        evs_transport *t = wrap(p.mine(), r);
+        ASSERT_EQ(0, evs_transport_set_idle_timeout(t, 0.1));
+        // Incoming bytes, then outgoing ones, each more often than the
+        // timeout: the connection stays up well past it.
+        for (int i = 0; i < 6; i++) {
+            ASSERT_TRUE(peer_send(p.peer(), "x"));
+            evs_sleep(0.04);
+        }
+        for (int i = 0; i < 6; i++) {
+            ASSERT_EQ(0, evs_transport_write(t, "y", 1));
+            evs_sleep(0.04);
+        }
+        EXPECT_EQ(0, r.lost);
+        reads_seen = (int)r.data.size();
+        ASSERT_TRUE(lost_once(r));  // silence ends it
+    });
+    EXPECT_EQ(6, reads_seen);
+    EXPECT_EQ(-ETIMEDOUT, r.lost_err);
+}
+
+TEST(Transport, IdleTimeoutZeroRemovesIt) {
+    Rec r;
+    in_loop([&] {
+        Pair p;
+        evs_transport *t = wrap(p.mine(), r);
+        ASSERT_EQ(0, evs_transport_set_idle_timeout(t, 0.05));
+        ASSERT_EQ(0, evs_transport_set_idle_timeout(t, 0));
+        evs_sleep(0.15);
+        EXPECT_EQ(0, r.lost);
+        evs_transport_close(t);
+        ASSERT_TRUE(lost_once(r));
+    });
+    EXPECT_EQ(0, r.lost_err);
+}
