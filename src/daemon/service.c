@@ -13,6 +13,7 @@
 #include "service.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,32 +26,78 @@
 typedef struct loaded_plugin {
     char *path;
     evs_plugin_handle *handle;
+    struct stat st; /* the file as it was loaded */
     int refs;
     struct loaded_plugin *next;
 } loaded_plugin;
 
 static loaded_plugin *plugins;
 
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* The dynamic loader hands back the already loaded object for a path it
+ * knows, so a plugin file that changed since is loaded from a private copy
+ * (removed at once; the mapping stays). */
+static int load_copy(const char *path, evs_plugin_handle **out, char *err, size_t errlen)
+{
+    char tmpl[] = "/tmp/evstreamd-plugin-XXXXXX";
+    char buf[65536];
+    int in = open(path, O_RDONLY | O_CLOEXEC), fd = mkstemp(tmpl), rc = 0;
+    ssize_t n;
+
+    if (in < 0 || fd < 0) {
+        snprintf(err, errlen, "%s: cannot copy the changed plugin: %s", path, strerror(errno));
+        rc = -errno;
+    }
+    while (rc == 0 && (n = read(in, buf, sizeof buf)) > 0)
+        if (write(fd, buf, (size_t)n) != n)
+            rc = -EIO;
+    if (in >= 0)
+        close(in);
+    if (fd >= 0)
+        close(fd);
+    if (rc == 0) {
+        rc = evs_plugin_load(tmpl, out, err, errlen);
+        evs_log(EVS_LOG_INFO, "plugin %s changed: loaded the new version", path);
+    }
+    unlink(tmpl);
+    return rc;
+}
+
 static loaded_plugin *plugin_get(const char *path, char *err, size_t errlen)
 {
-    loaded_plugin *p;
+    loaded_plugin *p, *stale = NULL;
+    struct stat st;
 
+    if (stat(path, &st) < 0) {
+        snprintf(err, errlen, "%s: cannot load plugin: %s", path, strerror(errno));
+        return NULL;
+    }
     for (p = plugins; p; p = p->next) {
-        if (strcmp(p->path, path) == 0) {
+        if (strcmp(p->path, path) != 0)
+            continue;
+        if (same_file(&p->st, &st)) {
             p->refs++;
             return p;
         }
+        stale = p;
     }
     p = calloc(1, sizeof *p);
     if (!p) {
         snprintf(err, errlen, "%s: out of memory", path);
         return NULL;
     }
-    if (evs_plugin_load(path, &p->handle, err, errlen) < 0) {
+    if ((stale ? load_copy(path, &p->handle, err, errlen)
+               : evs_plugin_load(path, &p->handle, err, errlen)) < 0) {
         free(p);
         return NULL;
     }
     p->path = strdup(path);
+    p->st = st;
     p->refs = 1;
     p->next = plugins;
     plugins = p;
