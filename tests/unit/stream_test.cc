@@ -1378,3 +1378,37 @@ INSTANTIATE_TEST_CASE_P(AllSockets, StreamKinds,
                                    : i.param == Kind::Tcp ? "Tcp"
                                                           : "Unix";
                         });
+
+// A read the buffer can satisfy returns without parking: another ready task
+// does not get to run in between.
+TEST(StreamReaderFastPath, BufferedReadsDoNotSwitchTasks) {
+    static int other_ran;
+    other_ran = 0;
+    int rc = run_task(
+        [](void *) -> int {
+            int sv[2];
+            if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return 1;
+            evs_reader *r;
+            evs_writer *w;
+            if (evs_stream_open_fd(sv[0], 0, &r, &w) != 0) return 2;
+            const char msg[] = "one\ntwo\nthree-four";
+            if (send(sv[1], msg, sizeof msg - 1, 0) != (ssize_t)sizeof msg - 1) return 3;
+            char c;
+            if (evs_read(r, &c, 1) != 1) return 4;  // parks once: the bytes arrive
+            evs_task_spawn([](void *) -> int { other_ran = 1; return 0; }, nullptr, nullptr);
+            const void *line;
+            char buf[8];
+            bool ok = evs_readline(r, &line) == 3 &&             // "ne\n"
+                      evs_readuntil(r, "\n", 1, &line) == 4 &&    // "two\n"
+                      evs_readexactly(r, buf, 5) == 5 &&          // "three"
+                      evs_read(r, buf, sizeof buf) == 5 &&        // "-four"
+                      other_ran == 0;                             // nobody else ran
+            evs_yield();
+            ok = ok && other_ran == 1;
+            close(sv[1]);
+            evs_writer_free(w);
+            return ok ? 0 : 5;
+        },
+        nullptr);
+    EXPECT_EQ(0, rc);
+}
