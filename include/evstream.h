@@ -17,5 +17,6 @@
 #include <evstream/client.h>
 #include <evstream/config.h>
 #include <evstream/plugin.h>
+#include <evstream/tls.h>
 
 #endif

@@ -53,6 +53,9 @@ typedef struct evs_worker_stats {
     uint64_t bytes_in;  /**< bytes read from sockets */
     uint64_t bytes_out; /**< bytes written to sockets */
     uint64_t tasks;     /**< tasks alive now */
+    uint64_t tls_handshakes; /**< TLS handshakes completed */
+    uint64_t tls_failed;     /**< TLS handshakes that failed or timed out */
+    uint64_t tls_resumed;    /**< completed handshakes that resumed a session */
 } evs_worker_stats;
 
 /** A function run on a worker thread by evs_worker_post(). */

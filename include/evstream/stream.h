@@ -142,8 +142,9 @@ EVS_EXTERN void evs_close(evs_writer *w);
 EVS_EXTERN int evs_wait_closed(evs_writer *w);
 /** True when the stream is closed or closing. */
 EVS_EXTERN bool evs_is_closing(const evs_writer *w);
-/** The underlying transport (for its extra info and watermarks), or NULL
- *  once the connection is gone. */
+/** The underlying transport (for its extra info and watermarks). It lives
+ *  as long as the pair; once the connection is lost its calls fail or do
+ *  nothing, and its TLS details (e.g. why a handshake failed) remain. */
 EVS_EXTERN evs_transport *evs_writer_transport(const evs_writer *w);
 /** The reader of the same connection. */
 EVS_EXTERN evs_reader *evs_writer_reader(const evs_writer *w);

@@ -153,6 +153,9 @@ void evs_runtime_stats(evs_runtime *rt, evs_worker_stats *out)
         out->bytes_in += s.bytes_in;
         out->bytes_out += s.bytes_out;
         out->tasks += s.tasks;
+        out->tls_handshakes += s.tls_handshakes;
+        out->tls_failed += s.tls_failed;
+        out->tls_resumed += s.tls_resumed;
     }
 }
 

@@ -586,7 +586,7 @@ bool evs_is_closing(const evs_writer *w)
 
 evs_transport *evs_writer_transport(const evs_writer *w)
 {
-    return w->lost ? NULL : w->reader->t;
+    return w->reader->t;
 }
 
 evs_reader *evs_writer_reader(const evs_writer *w)

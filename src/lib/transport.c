@@ -12,6 +12,7 @@
  * from any callback. A reference is held around every protocol callback.
  */
 #include "transport.h"
+#include "tls.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -53,6 +54,9 @@ void evs__transport_unref(evs_transport *t)
     event_del(&t->lost_ev);
     if (event_initialized(&t->idle_ev))
         event_del(&t->idle_ev);
+    /* TLS details stay readable until the last reference (after a failed
+     * handshake the caller wants to know why). */
+    evs__tls_free(t);
     if (t->fd >= 0)
         close(t->fd);
     evbuffer_free(t->out);
@@ -110,11 +114,22 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
     return 0;
 }
 
-void evs__transport_start(evs_transport *t)
+void evs__transport_made(evs_transport *t)
 {
     evs__transport_ref(t);
     if (t->proto->connection_made)
         t->proto->connection_made(t, t->ctx);
+    evs__transport_unref(t);
+}
+
+void evs__transport_start(evs_transport *t)
+{
+    evs__transport_ref(t);
+    /* Over TLS, connection_made waits for the handshake (as in asyncio). */
+    if (t->tls)
+        evs__tls_start(t);
+    else
+        evs__transport_made(t);
     if (!t->closing && !t->paused)
         event_add(&t->rd_ev, NULL);
     evs__transport_unref(t);
@@ -174,7 +189,7 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* A fatal error: drop the buffer and report @err in connection_lost. */
-static void fatal(evs_transport *t, int err)
+void evs__transport_fatal(evs_transport *t, int err)
 {
     if (t->lost_scheduled)
         return;
@@ -194,6 +209,8 @@ void evs_transport_close(evs_transport *t)
         return;
     t->closing = true;
     event_del(&t->rd_ev);
+    if (t->tls)
+        evs__tls_close(t); /* queues close_notify, bounds the flush */
     if (evbuffer_get_length(t->out) == 0)
         schedule_lost(t);
     /* else write_cb finishes the close once the buffer is flushed */
@@ -234,7 +251,7 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
     if (elapsed + 0.001 >= t->idle_timeout) {
         evs__debug("connection idle for %.1fs: closing", elapsed);
         evs__transport_ref(t);
-        fatal(t, -ETIMEDOUT);
+        evs__transport_fatal(t, -ETIMEDOUT);
         evs__transport_unref(t);
         return;
     }
@@ -279,9 +296,9 @@ void evs__transport_abort_all(evs_worker *w)
 
 /* --- flow control ------------------------------------------------------ */
 
-static void maybe_pause_protocol(evs_transport *t)
+void evs__transport_maybe_pause(evs_transport *t)
 {
-    if (t->protocol_paused || evbuffer_get_length(t->out) <= t->high)
+    if (t->protocol_paused || evs_transport_get_write_buffer_size(t) <= t->high)
         return;
     t->protocol_paused = true;
     if (t->proto->pause_writing) {
@@ -293,7 +310,7 @@ static void maybe_pause_protocol(evs_transport *t)
 
 static void maybe_resume_protocol(evs_transport *t)
 {
-    if (!t->protocol_paused || evbuffer_get_length(t->out) > t->low)
+    if (!t->protocol_paused || evs_transport_get_write_buffer_size(t) > t->low)
         return;
     t->protocol_paused = false;
     if (t->proto->resume_writing) {
@@ -305,7 +322,7 @@ static void maybe_resume_protocol(evs_transport *t)
 
 size_t evs_transport_get_write_buffer_size(const evs_transport *t)
 {
-    return evbuffer_get_length(t->out);
+    return evbuffer_get_length(t->out) + (t->tls ? evs__tls_pending(t) : 0);
 }
 
 void evs_transport_get_write_buffer_limits(const evs_transport *t, size_t *low, size_t *high)
@@ -329,13 +346,13 @@ int evs_transport_set_write_buffer_limits(evs_transport *t, ssize_t high, ssize_
         return -EINVAL;
     t->high = (size_t)high;
     t->low = (size_t)low;
-    maybe_pause_protocol(t);
+    evs__transport_maybe_pause(t);
     return 0;
 }
 
 /* --- reading ----------------------------------------------------------- */
 
-static void deliver_eof(evs_transport *t)
+void evs__transport_eof(evs_transport *t)
 {
     bool keep_open = false;
 
@@ -390,6 +407,10 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
+    if (t->tls) {
+        evs__tls_readable(t);
+        return;
+    }
     evs__transport_ref(t);
     for (int i = 0; i < READS_PER_EVENT; i++) {
         size_t capacity = 0;
@@ -398,12 +419,12 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         if (n == -EAGAIN)
             break;
         if (n < 0) {
-            fatal(t, (int)n);
+            evs__transport_fatal(t, (int)n);
             break;
         }
         if (n == 0) {
             if (!t->closing)
-                deliver_eof(t);
+                evs__transport_eof(t);
             break;
         }
         /* A short read means the socket is empty for now. */
@@ -426,8 +447,13 @@ void evs_transport_resume_reading(evs_transport *t)
     if (t->closing || !t->paused)
         return;
     t->paused = false;
-    if (!t->eof_received)
+    if (!t->eof_received) {
         event_add(&t->rd_ev, NULL);
+        /* Plaintext may wait inside OpenSSL with nothing left on the
+         * socket to wake us: look at once. */
+        if (t->tls)
+            event_active(&t->rd_ev, EV_READ, 0);
+    }
 }
 
 bool evs_transport_is_reading(const evs_transport *t)
@@ -443,7 +469,7 @@ static void flushed(evs_transport *t)
     if (t->eof_pending && !t->eof_sent) {
         t->eof_sent = true;
         if (shutdown(t->fd, SHUT_WR) < 0 && errno != ENOTCONN)
-            fatal(t, -errno);
+            evs__transport_fatal(t, -errno);
     }
     if (t->closing)
         schedule_lost(t);
@@ -481,7 +507,7 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return;
-        fatal(t, -errno);
+        evs__transport_fatal(t, -errno);
         return;
     }
     evs__counter_add(&t->worker->bytes_out, (uint64_t)n);
@@ -520,18 +546,11 @@ static int queue_rest(evs_transport *t, const struct iovec *iov, int iovcnt, siz
     return 0;
 }
 
-int evs_transport_writelines(evs_transport *t, const struct iovec *iov, int iovcnt)
+int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, size_t total)
 {
-    size_t total = 0;
     ssize_t n = 0;
-    int err = write_check(t);
+    int err;
 
-    if (err)
-        return err;
-    if (iovcnt < 0 || (iovcnt > 0 && !iov))
-        return -EINVAL;
-    for (int i = 0; i < iovcnt; i++)
-        total += iov[i].iov_len;
     if (total == 0)
         return 0;
     if (evbuffer_get_length(t->out) == 0) {
@@ -547,7 +566,7 @@ int evs_transport_writelines(evs_transport *t, const struct iovec *iov, int iovc
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
                 err = -errno;
-                fatal(t, err);
+                evs__transport_fatal(t, err);
                 return err;
             }
             n = 0;
@@ -558,10 +577,26 @@ int evs_transport_writelines(evs_transport *t, const struct iovec *iov, int iovc
         if ((size_t)n == total)
             return 0;
     }
-    err = queue_rest(t, iov, iovcnt, (size_t)n);
+    return queue_rest(t, iov, iovcnt, (size_t)n);
+}
+
+int evs_transport_writelines(evs_transport *t, const struct iovec *iov, int iovcnt)
+{
+    size_t total = 0;
+    int err = write_check(t);
+
     if (err)
         return err;
-    maybe_pause_protocol(t);
+    if (iovcnt < 0 || (iovcnt > 0 && !iov))
+        return -EINVAL;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    if (total == 0)
+        return 0;
+    err = t->tls ? evs__tls_write(t, iov, iovcnt) : evs__transport_send(t, iov, iovcnt, total);
+    if (err)
+        return err;
+    evs__transport_maybe_pause(t);
     return 0;
 }
 
@@ -576,6 +611,8 @@ int evs_transport_write_eof(evs_transport *t)
 {
     if (t->closing)
         return -EPIPE;
+    if (t->tls)
+        return -ENOTSUP; /* TLS has no half-close here (asyncio's neither) */
     if (t->eof_pending)
         return 0;
     t->eof_pending = true;
@@ -586,8 +623,7 @@ int evs_transport_write_eof(evs_transport *t)
 
 bool evs_transport_can_write_eof(const evs_transport *t)
 {
-    EVS_UNUSED(t);
-    return true;
+    return t->tls == NULL;
 }
 
 /* --- the rest ---------------------------------------------------------- */

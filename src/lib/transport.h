@@ -48,6 +48,12 @@ struct evs_transport {
     evs__transport_hook closed_hook;
     void *closed_hook_arg;
 
+    /* TLS layer (tls_transport.c), NULL for plaintext. */
+    struct evs__tls *tls;
+    /* Called when a handshake started by start_tls ends (err 0 or < 0). */
+    void (*tls_done)(evs_transport *t, int err, void *arg);
+    void *tls_done_arg;
+
     evs_transport *next; /* the worker's list of live transports */
     evs_transport *prev;
 };
@@ -59,6 +65,16 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
 void evs__transport_start(evs_transport *t);
 void evs__transport_ref(evs_transport *t);
 void evs__transport_unref(evs_transport *t);
+/* Call connection_made (plain: at start; TLS: after the handshake). */
+void evs__transport_made(evs_transport *t);
+/* End the connection with @err: drop the buffer, connection_lost(err). */
+void evs__transport_fatal(evs_transport *t, int err);
+/* The peer will send no more: eof_received, then close unless kept. */
+void evs__transport_eof(evs_transport *t);
+/* Send bytes as they are (after TLS): try the socket, queue the rest. */
+int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, size_t total);
+/* Call pause_writing if the buffer went above the high watermark. */
+void evs__transport_maybe_pause(evs_transport *t);
 /* Abort every transport of @w (shutdown). */
 void evs__transport_abort_all(evs_worker *w);
 

@@ -54,6 +54,16 @@ void evs_worker_stats_get(const evs_worker *w, evs_worker_stats *out)
     out->bytes_in = atomic_load_explicit(&w->bytes_in, memory_order_relaxed);
     out->bytes_out = atomic_load_explicit(&w->bytes_out, memory_order_relaxed);
     out->tasks = atomic_load_explicit(&w->ntasks, memory_order_relaxed);
+    out->tls_handshakes = atomic_load_explicit(&w->tls_handshakes, memory_order_relaxed);
+    out->tls_failed = atomic_load_explicit(&w->tls_failed, memory_order_relaxed);
+    out->tls_resumed = atomic_load_explicit(&w->tls_resumed, memory_order_relaxed);
+}
+
+char *evs__worker_tls_stage(evs_worker *w)
+{
+    if (!w->tls_stage)
+        w->tls_stage = malloc(16384);
+    return w->tls_stage;
 }
 
 static void run_message(evs_worker *w, evs__msg *m)
@@ -172,6 +182,8 @@ void evs__worker_fini(evs_worker *w)
     w->stacks = NULL;
     free(w->rbuf);
     w->rbuf = NULL;
+    free(w->tls_stage);
+    w->tls_stage = NULL;
     pthread_mutex_destroy(&w->inbox_lock);
 }
 

@@ -75,6 +75,7 @@ struct evs_worker {
     size_t rbuf_size;
 
     struct evdns_base *dns;
+    char *tls_stage; /* coalesces small TLS writes into full records */
 
     /* Counters: written by this worker, read by anyone. */
     _Atomic uint64_t accepted;
@@ -83,7 +84,13 @@ struct evs_worker {
     _Atomic uint64_t bytes_in;
     _Atomic uint64_t bytes_out;
     _Atomic uint64_t ntasks;
+    _Atomic uint64_t tls_handshakes;
+    _Atomic uint64_t tls_failed;
+    _Atomic uint64_t tls_resumed;
 };
+
+/* The worker's 16 KiB TLS staging buffer, made on first use. */
+char *evs__worker_tls_stage(evs_worker *w);
 
 /* Set up a worker (base, inbox, stacks); @rt may be NULL (evs_run). */
 int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size);

@@ -893,7 +893,7 @@ TEST(StreamReader, ResetDeliversBufferedBytesThenTheError) {
         c.send("hello\nwor");
         ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 9; }));
         c.reset();
-        ASSERT_TRUE(wait_until([&] { return evs_writer_transport(c.w) == nullptr; }));
+        ASSERT_TRUE(wait_until([&] { return evs_transport_get_fd(evs_writer_transport(c.w)) < 0; }));
         EXPECT_FALSE(evs_at_eof(c.r));
         // read_to_eof fails on the error and leaves the bytes in the reader.
         char buf[32];
@@ -1138,7 +1138,7 @@ TEST(StreamWriter, DrainAfterThePeerResetsReturnsAnError) {
         EXPECT_EQ(rc, evs_drain(c.w));
         EXPECT_LT(evs_write(c.w, "x", 1), 0);
         EXPECT_EQ(-EPIPE, evs_write_eof(c.w));
-        EXPECT_TRUE(wait_until([&] { return evs_writer_transport(c.w) == nullptr; }));
+        EXPECT_TRUE(wait_until([&] { return evs_transport_get_fd(evs_writer_transport(c.w)) < 0; }));
         EXPECT_EQ(0, evs_wait_closed(c.w));
     });
 }
@@ -1148,7 +1148,7 @@ TEST(StreamWriter, DrainAfterAResetWithNothingQueuedReturnsAnError) {
         Conn c(Kind::Tcp);
         ASSERT_TRUE(c.ok());
         c.reset();
-        ASSERT_TRUE(wait_until([&] { return evs_writer_transport(c.w) == nullptr; }));
+        ASSERT_TRUE(wait_until([&] { return evs_transport_get_fd(evs_writer_transport(c.w)) < 0; }));
         int rc = evs_drain(c.w);
         EXPECT_TRUE(rc == -ECONNRESET || rc == -EPIPE) << evs_strerror(rc);
         EXPECT_LT(evs_write(c.w, "x", 1), 0);
@@ -1234,7 +1234,7 @@ TEST(StreamWriter, CloseFlushesAndWaitClosedReturns) {
         EXPECT_TRUE(evs_is_closing(c.w));
         evs_close(c.w);  // idempotent
         EXPECT_EQ(0, evs_wait_closed(c.w));
-        EXPECT_EQ(nullptr, evs_writer_transport(c.w));
+        EXPECT_EQ(-1, evs_transport_get_fd(evs_writer_transport(c.w)));
         EXPECT_EQ(0, evs_wait_closed(c.w));
         pr.join();
         EXPECT_TRUE(pr.eof);
@@ -1279,7 +1279,11 @@ TEST(StreamWriter, TransportIsAvailableWhileOpen) {
         EXPECT_EQ((size_t)EVS_WRITE_LOW_WATER_DEFAULT, low);
         evs_close(c.w);
         EXPECT_EQ(0, evs_wait_closed(c.w));
-        EXPECT_EQ(nullptr, evs_writer_transport(c.w));
+        // Still there for its extra info, but gone as a connection.
+        EXPECT_EQ(t, evs_writer_transport(c.w));
+        EXPECT_EQ(-1, evs_transport_get_fd(t));
+        EXPECT_TRUE(evs_transport_is_closing(t));
+        EXPECT_EQ(-EPIPE, evs_transport_write(t, "x", 1));
     });
 }
 

@@ -1,0 +1,620 @@
+/*
+ * tls_transport.c - the TLS layer of the socket transport: OpenSSL over
+ * memory BIOs, driven by the transport's own events (as asyncio's
+ * sslproto does).
+ *
+ * Incoming: ciphertext is read from the socket into the read BIO, then
+ * SSL_read runs until OpenSSL has nothing more, so several records are
+ * delivered per wakeup and no plaintext is ever left inside OpenSSL
+ * without a way to get it out (a paused transport re-activates its read
+ * event on resume). Outgoing: plaintext goes through SSL_write (writelines
+ * coalesced into full records first) and the ciphertext from the write BIO
+ * takes the plain transport's path: the socket at once, the queue for the
+ * rest.
+ *
+ * A missing close_notify is an EOF that evs_transport_tls_peer_closed_cleanly
+ * tells apart, logged at debug, never an error storm. Failed handshakes are
+ * counted and logged at debug.
+ */
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "transport.h"
+
+#define DEFAULT_HANDSHAKE_TIMEOUT 60.0
+#define DEFAULT_SHUTDOWN_TIMEOUT 30.0
+#define RECORD 16384
+
+struct evs__tls {
+    evs_tls_context *ctx;
+    SSL *ssl;
+    BIO *rbio;
+    BIO *wbio;
+    bool server;
+    bool upgrade;       /* start_tls: connection_made already happened */
+    bool handshake_done;
+    bool failed;
+    bool close_notify;  /* the peer sent close_notify */
+    bool tcp_eof;
+    struct evbuffer *pending; /* plaintext written before the handshake ended */
+    struct event timer;       /* handshake, then shutdown timeout */
+    double shutdown_timeout;
+    char *sni;
+    char error[256];
+};
+
+/* --- helpers ----------------------------------------------------------- */
+
+
+/* Move what OpenSSL wrote into the write BIO to the socket path. */
+static int flush_wbio(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    char *data;
+    long len = BIO_get_mem_data(s->wbio, &data);
+    struct iovec iov;
+    int rc;
+
+    if (len <= 0)
+        return 0;
+    iov.iov_base = data;
+    iov.iov_len = (size_t)len;
+    rc = evs__transport_send(t, &iov, 1, (size_t)len);
+    (void)BIO_reset(s->wbio);
+    return rc;
+}
+
+static void record_error(evs__tls *s, const char *fallback)
+{
+    long vr = SSL_get_verify_result(s->ssl);
+
+    /* Say which check failed ("hostname mismatch", "unable to get local
+     * issuer certificate", ...), not just "certificate verify failed". */
+    if (vr != X509_V_OK) {
+        snprintf(s->error, sizeof s->error, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(vr));
+        ERR_clear_error();
+        return;
+    }
+    evs__tls_error_string(s->error, sizeof s->error, fallback);
+}
+
+static void handshake_failed(evs_transport *t, int err, const char *why)
+{
+    evs__tls *s = t->tls;
+
+    if (s->failed || t->lost_scheduled)
+        return;
+    s->failed = true;
+    if (why)
+        snprintf(s->error, sizeof s->error, "%s", why);
+    evs__counter_add(&t->worker->tls_failed, 1);
+    evs__debug("TLS handshake failed: %s", s->error[0] ? s->error : evs_strerror(err));
+    if (t->tls_done)
+        t->tls_done(t, err, t->tls_done_arg);
+    evs__transport_fatal(t, err);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_transport *t = arg;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    if (t->lost_scheduled)
+        return;
+    evs__transport_ref(t);
+    if (!t->tls->handshake_done)
+        handshake_failed(t, -ETIMEDOUT, "handshake timed out");
+    else
+        evs_transport_abort(t); /* close_notify could not be flushed in time */
+    evs__transport_unref(t);
+}
+
+/* --- attaching ---------------------------------------------------------- */
+
+static bool is_ip_literal(const char *name)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
+}
+
+int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
+                    const evs_tls_options *opts, bool upgrade, const void *prefix, size_t len)
+{
+    evs__tls *s;
+    double hs;
+
+    if (!ctx || ctx->server != server)
+        return -EINVAL;
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    ERR_clear_error();
+    s->ssl = SSL_new(ctx->ctx);
+    s->rbio = BIO_new(BIO_s_mem());
+    s->wbio = BIO_new(BIO_s_mem());
+    s->pending = evbuffer_new();
+    if (!s->ssl || !s->rbio || !s->wbio || !s->pending) {
+        SSL_free(s->ssl);
+        BIO_free(s->rbio);
+        BIO_free(s->wbio);
+        if (s->pending)
+            evbuffer_free(s->pending);
+        free(s);
+        ERR_clear_error();
+        return -ENOMEM;
+    }
+    /* An empty read BIO means "wait for more", not EOF. */
+    BIO_set_mem_eof_return(s->rbio, -1);
+    SSL_set_bio(s->ssl, s->rbio, s->wbio);
+    s->ctx = evs_tls_context_ref(ctx);
+    s->server = server;
+    s->upgrade = upgrade;
+    s->shutdown_timeout =
+        opts && opts->shutdown_timeout > 0 ? opts->shutdown_timeout : DEFAULT_SHUTDOWN_TIMEOUT;
+    if (server) {
+        SSL_set_accept_state(s->ssl);
+    } else {
+        const char *name = opts ? opts->server_hostname : NULL;
+        SSL_set_connect_state(s->ssl);
+        if (name && *name) {
+            s->sni = strdup(name);
+            if (is_ip_literal(name)) {
+                /* IP literals are checked as IP SANs and never sent as SNI. */
+                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), name);
+            } else {
+                SSL_set_tlsext_host_name(s->ssl, name);
+                SSL_set1_host(s->ssl, name);
+            }
+        }
+    }
+    if (prefix && len > 0)
+        BIO_write(s->rbio, prefix, (int)len);
+    t->tls = s;
+    evtimer_assign(&s->timer, t->worker->base, timer_cb, t);
+    hs = opts && opts->handshake_timeout > 0 ? opts->handshake_timeout : DEFAULT_HANDSHAKE_TIMEOUT;
+    struct timeval tv = evs__tv(hs);
+    evtimer_add(&s->timer, &tv);
+    return 0;
+}
+
+void evs__tls_free(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+
+    if (!s)
+        return;
+    event_del(&s->timer);
+    SSL_free(s->ssl); /* frees both BIOs */
+    evbuffer_free(s->pending);
+    evs_tls_context_unref(s->ctx);
+    free(s->sni);
+    free(s);
+    t->tls = NULL;
+    ERR_clear_error();
+}
+
+size_t evs__tls_pending(const evs_transport *t)
+{
+    return evbuffer_get_length(t->tls->pending);
+}
+
+/* --- the handshake and reading -------------------------------------------- */
+
+static int write_plain(evs_transport *t, const void *data, size_t len);
+
+static void handshake_finished(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    const unsigned char *alpn;
+    unsigned alpn_len = 0;
+
+    s->handshake_done = true;
+    event_del(&s->timer);
+    SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
+    if (s->server && s->ctx->alpn_required && alpn_len == 0) {
+        handshake_failed(t, -EPROTO, "no ALPN protocol in common with the client");
+        return;
+    }
+    evs__counter_add(&t->worker->tls_handshakes, 1);
+    if (SSL_session_reused(s->ssl))
+        evs__counter_add(&t->worker->tls_resumed, 1);
+    /* What was written during the handshake goes out now, in order. */
+    while (evbuffer_get_length(s->pending) > 0 && !t->lost_scheduled) {
+        size_t n = evbuffer_get_length(s->pending);
+        const void *p;
+
+        if (n > RECORD)
+            n = RECORD;
+        p = evbuffer_pullup(s->pending, (ev_ssize_t)n);
+        if (write_plain(t, p, n) < 0)
+            return;
+        evbuffer_drain(s->pending, n);
+    }
+    if (s->upgrade) {
+        if (t->tls_done)
+            t->tls_done(t, 0, t->tls_done_arg);
+    } else {
+        evs__transport_made(t);
+    }
+}
+
+/* Drive the handshake. @return true when it is done. */
+static bool do_handshake(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    int rc, err;
+
+    ERR_clear_error();
+    rc = SSL_do_handshake(s->ssl);
+    flush_wbio(t); /* our flight (or an alert) goes out either way */
+    if (rc == 1) {
+        handshake_finished(t);
+        return !t->lost_scheduled;
+    }
+    err = SSL_get_error(s->ssl, rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        if (s->tcp_eof)
+            handshake_failed(t, -ECONNRESET, "the peer closed during the handshake");
+        return false;
+    }
+    record_error(s, "handshake failed");
+    handshake_failed(t, -EPROTO, NULL);
+    return false;
+}
+
+static void peer_eof(evs_transport *t)
+{
+    if (t->closing)
+        return;
+    if (!t->tls->close_notify)
+        evs__debug("TLS peer closed without close_notify");
+    evs__transport_eof(t);
+    /* TLS has no half-close here: close whatever eof_received said. */
+    if (!t->closing)
+        evs_transport_close(t);
+}
+
+/* Decrypt and deliver until OpenSSL has nothing more or reading pauses. */
+static void deliver(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    const evs_protocol *p;
+
+    while (!t->closing && !t->paused) {
+        void *buf;
+        size_t len;
+        int n, err;
+
+        p = t->proto;
+        if (p->get_buffer && p->buffer_updated) {
+            len = 0;
+            buf = p->get_buffer(t, RECORD, &len, t->ctx);
+            if (!buf || len == 0) {
+                evs__transport_fatal(t, -ENOBUFS);
+                return;
+            }
+        } else {
+            buf = t->worker->rbuf;
+            len = t->worker->rbuf_size;
+        }
+        ERR_clear_error();
+        n = SSL_read(s->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+        if (n > 0) {
+            if (p->get_buffer && p->buffer_updated)
+                p->buffer_updated(t, (size_t)n, t->ctx);
+            else if (p->data_received)
+                p->data_received(t, buf, (size_t)n, t->ctx);
+            continue;
+        }
+        err = SSL_get_error(s->ssl, n);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+            flush_wbio(t); /* e.g. a key update answer */
+            if (s->tcp_eof)
+                peer_eof(t); /* the socket ended without close_notify */
+            return;
+        }
+        if (err == SSL_ERROR_ZERO_RETURN) {
+            s->close_notify = true;
+            peer_eof(t);
+            return;
+        }
+        if (err == SSL_ERROR_SSL &&
+            ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            ERR_clear_error();
+            peer_eof(t);
+            return;
+        }
+        record_error(s, "TLS error");
+        evs__debug("TLS connection error: %s", s->error);
+        evs__transport_fatal(t, -EPROTO);
+        return;
+    }
+}
+
+void evs__tls_readable(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    evs_worker *w = t->worker;
+
+    evs__transport_ref(t);
+    /* Ciphertext from the socket into OpenSSL (a few reads per wakeup). */
+    for (int i = 0; i < 4 && !s->tcp_eof && !t->lost_scheduled; i++) {
+        ssize_t n;
+
+        do
+            n = recv(t->fd, w->rbuf, w->rbuf_size, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                evs__transport_fatal(t, -errno);
+            break;
+        }
+        if (n == 0) {
+            s->tcp_eof = true;
+            event_del(&t->rd_ev);
+            break;
+        }
+        evs__counter_add(&w->bytes_in, (uint64_t)n);
+        if (t->idle_timeout > 0)
+            event_base_gettimeofday_cached(w->base, &t->last_io);
+        BIO_write(s->rbio, w->rbuf, (int)n);
+        if ((size_t)n < w->rbuf_size)
+            break;
+    }
+    if (!t->lost_scheduled && (s->handshake_done || do_handshake(t)))
+        deliver(t);
+    evs__transport_unref(t);
+}
+
+void evs__tls_start(evs_transport *t)
+{
+    /* A client speaks first; a server with a prefix may already have a
+     * ClientHello. Either way, run the handshake as far as it goes. */
+    evs__transport_ref(t);
+    if (!t->tls->server || BIO_ctrl_pending(t->tls->rbio) > 0) {
+        if (do_handshake(t))
+            deliver(t);
+    }
+    evs__transport_unref(t);
+}
+
+/* --- writing and closing ------------------------------------------------ */
+
+static int write_plain(evs_transport *t, const void *data, size_t len)
+{
+    evs__tls *s = t->tls;
+    int n;
+
+    ERR_clear_error();
+    n = SSL_write(s->ssl, data, (int)len);
+    if (n <= 0) {
+        record_error(s, "TLS write failed");
+        evs__transport_fatal(t, -EPROTO);
+        return -EPROTO;
+    }
+    return flush_wbio(t);
+}
+
+int evs__tls_write(evs_transport *t, const struct iovec *iov, int iovcnt)
+{
+    evs__tls *s = t->tls;
+    char *stage = NULL;
+    size_t staged = 0;
+    int rc = 0;
+
+    if (!s->handshake_done || evbuffer_get_length(s->pending) > 0) {
+        for (int i = 0; i < iovcnt; i++)
+            if (evbuffer_add(s->pending, iov[i].iov_base, iov[i].iov_len) < 0)
+                return -ENOMEM;
+        return 0;
+    }
+    /* Coalesce small pieces into full records: fewer records, fewer bytes. */
+    for (int i = 0; i < iovcnt && rc == 0; i++) {
+        const char *p = iov[i].iov_base;
+        size_t len = iov[i].iov_len;
+
+        while (len > 0 && rc == 0) {
+            if (staged == 0 && len >= RECORD) {
+                rc = write_plain(t, p, RECORD);
+                p += RECORD;
+                len -= RECORD;
+                continue;
+            }
+            if (!stage && !(stage = evs__worker_tls_stage(t->worker)))
+                return -ENOMEM;
+            size_t take = RECORD - staged < len ? RECORD - staged : len;
+            memcpy(stage + staged, p, take);
+            staged += take;
+            p += take;
+            len -= take;
+            if (staged == RECORD) {
+                rc = write_plain(t, stage, staged);
+                staged = 0;
+            }
+        }
+    }
+    if (rc == 0 && staged > 0)
+        rc = write_plain(t, stage, staged);
+    return rc;
+}
+
+void evs__tls_close(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    struct timeval tv;
+
+    if (!s->handshake_done || s->failed)
+        return;
+    ERR_clear_error();
+    SSL_shutdown(s->ssl); /* queues our close_notify; we do not wait for theirs */
+    ERR_clear_error();
+    flush_wbio(t);
+    tv = evs__tv(s->shutdown_timeout);
+    evtimer_add(&s->timer, &tv);
+}
+
+/* --- start_tls --------------------------------------------------------- */
+
+int evs_transport_start_tls(evs_transport *t, evs_tls_context *ctx, bool server,
+                            const evs_tls_options *opts, const void *prefix, size_t prefix_len)
+{
+    int rc;
+
+    if (!t || !ctx)
+        return -EINVAL;
+    if (t->tls)
+        return -EALREADY;
+    if (t->closing || t->eof_pending)
+        return -EPIPE;
+    rc = evs__tls_attach(t, ctx, server, opts, true, prefix, prefix_len);
+    if (rc < 0)
+        return rc;
+    evs__tls_start(t);
+    if (t->eof_received) {
+        /* Nothing more will come: a handshake needing more bytes fails. */
+        t->tls->tcp_eof = true;
+        if (!t->tls->handshake_done && !t->lost_scheduled)
+            do_handshake(t);
+    }
+    return 0;
+}
+
+/* --- extra info -------------------------------------------------------- */
+
+bool evs_transport_is_tls(const evs_transport *t)
+{
+    return t->tls != NULL;
+}
+
+void *evs_transport_tls_ssl(const evs_transport *t)
+{
+    return t->tls ? t->tls->ssl : NULL;
+}
+
+void *evs_transport_tls_peer_certificate(const evs_transport *t)
+{
+    return t->tls ? SSL_get0_peer_certificate(t->tls->ssl) : NULL;
+}
+
+static int name_of(X509_NAME *name, char *buf, size_t len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data;
+    long n;
+
+    if (!b)
+        return -ENOMEM;
+    X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253);
+    n = BIO_get_mem_data(b, &data);
+    snprintf(buf, len, "%.*s", (int)n, data);
+    BIO_free(b);
+    return 0;
+}
+
+int evs_transport_tls_peer_subject(const evs_transport *t, char *buf, size_t len)
+{
+    X509 *x = evs_transport_tls_peer_certificate(t);
+    return x ? name_of(X509_get_subject_name(x), buf, len) : -ENOENT;
+}
+
+int evs_transport_tls_peer_issuer(const evs_transport *t, char *buf, size_t len)
+{
+    X509 *x = evs_transport_tls_peer_certificate(t);
+    return x ? name_of(X509_get_issuer_name(x), buf, len) : -ENOENT;
+}
+
+int evs_transport_tls_peer_san(const evs_transport *t, char *buf, size_t len)
+{
+    X509 *x = evs_transport_tls_peer_certificate(t);
+    GENERAL_NAMES *names;
+    size_t off = 0;
+
+    if (!x)
+        return -ENOENT;
+    buf[0] = '\0';
+    names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        char item[300] = "";
+
+        if (g->type == GEN_DNS) {
+            snprintf(item, sizeof item, "DNS:%.*s", ASN1_STRING_length(g->d.dNSName),
+                     (const char *)ASN1_STRING_get0_data(g->d.dNSName));
+        } else if (g->type == GEN_IPADD) {
+            char ip[INET6_ADDRSTRLEN] = "?";
+            int l = ASN1_STRING_length(g->d.iPAddress);
+            const unsigned char *d = ASN1_STRING_get0_data(g->d.iPAddress);
+            if (l == 4 || l == 16)
+                inet_ntop(l == 4 ? AF_INET : AF_INET6, d, ip, sizeof ip);
+            snprintf(item, sizeof item, "IP:%s", ip);
+        } else if (g->type == GEN_EMAIL) {
+            snprintf(item, sizeof item, "email:%.*s", ASN1_STRING_length(g->d.rfc822Name),
+                     (const char *)ASN1_STRING_get0_data(g->d.rfc822Name));
+        }
+        if (*item && off < len)
+            off += (size_t)snprintf(buf + off, len - off, "%s%s", off ? ", " : "", item);
+    }
+    GENERAL_NAMES_free(names);
+    return 0;
+}
+
+const char *evs_transport_tls_cipher(const evs_transport *t, const char **version, int *bits)
+{
+    const SSL_CIPHER *c = t->tls && t->tls->handshake_done ? SSL_get_current_cipher(t->tls->ssl)
+                                                           : NULL;
+
+    if (version)
+        *version = c ? SSL_get_version(t->tls->ssl) : NULL;
+    if (bits)
+        *bits = c ? SSL_CIPHER_get_bits(c, NULL) : 0;
+    return c ? SSL_CIPHER_get_name(c) : NULL;
+}
+
+const char *evs_transport_tls_alpn(const evs_transport *t)
+{
+    static _Thread_local char proto[256];
+    const unsigned char *p;
+    unsigned len = 0;
+
+    if (!t->tls)
+        return NULL;
+    SSL_get0_alpn_selected(t->tls->ssl, &p, &len);
+    if (len == 0)
+        return NULL;
+    memcpy(proto, p, len);
+    proto[len] = '\0';
+    return proto;
+}
+
+const char *evs_transport_tls_sni(const evs_transport *t)
+{
+    if (!t->tls)
+        return NULL;
+    if (t->tls->server)
+        return SSL_get_servername(t->tls->ssl, TLSEXT_NAMETYPE_host_name);
+    return t->tls->sni;
+}
+
+bool evs_transport_tls_resumed(const evs_transport *t)
+{
+    return t->tls && SSL_session_reused(t->tls->ssl);
+}
+
+bool evs_transport_tls_peer_closed_cleanly(const evs_transport *t)
+{
+    return t->tls && t->tls->close_notify;
+}
+
+const char *evs_transport_tls_error(const evs_transport *t)
+{
+    return t->tls && t->tls->error[0] ? t->tls->error : NULL;
+}
