@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <evstream/common.h>
+#include <evstream/tls.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -19,6 +20,17 @@ typedef struct evs_connect_options {
     size_t limit;             /**< reader limit; 0 = 64 KiB */
     const char *local_host;   /**< bind to this local address first (TCP) */
     uint16_t local_port;      /**< with local_host; 0 = any */
+    /** TLS: a client context (evs_tls_client_context_new). The call returns
+     *  once the handshake is done; a failed verification returns -EPROTO
+     *  and says which check failed in *tls_error. */
+    evs_tls_context *tls;
+    /** Name for SNI and certificate verification; NULL = the host given to
+     *  evs_open_connection (an IP literal is verified as an IP address). */
+    const char *server_hostname;
+    double tls_handshake_timeout; /**< 0 = 60 s */
+    /** On TLS failure, receives the reason (may be NULL). */
+    char *tls_error;
+    size_t tls_error_len;
 } evs_connect_options;
 
 /**

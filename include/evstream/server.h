@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include <evstream/common.h>
+#include <evstream/tls.h>
 #include <evstream/protocol.h>
 
 #ifdef __cplusplus
@@ -60,6 +61,12 @@ typedef struct evs_server_options {
                                   At the limit it stops accepting until one closes. */
     double idle_timeout;     /**< abort a connection with no progress either way for this
                                   many seconds (connection_lost(-ETIMEDOUT)); 0 = never */
+    /** TLS: a server context (evs_tls_server_context_new); the server takes a
+     *  reference. The handler runs (connection_made is called) once the
+     *  handshake is done; failed handshakes are counted, not handed over. */
+    evs_tls_context *tls;
+    double tls_handshake_timeout; /**< 0 = 60 s */
+    double tls_shutdown_timeout;  /**< 0 = 30 s */
 } evs_server_options;
 
 /**

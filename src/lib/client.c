@@ -18,6 +18,7 @@
 #include "fiber.h"
 #include "server.h"
 #include "stream.h"
+#include "tls.h"
 #include "transport.h"
 
 #define DEFAULT_CONNECT_TIMEOUT 60.0
@@ -160,6 +161,43 @@ static double timeout_of(const evs_connect_options *o)
     return o && o->timeout > 0 ? o->timeout : DEFAULT_CONNECT_TIMEOUT;
 }
 
+/* Wrap the connected socket in a pair; with TLS, return after the
+ * handshake (or its failure, with the reason). */
+static int finish_connection(evs_worker *wk, int fd, const char *host,
+                             const evs_connect_options *o, evs_reader **r, evs_writer **w)
+{
+    evs_transport *t;
+    evs_tls_options to;
+    int rc = evs__stream_create(wk, fd, o ? o->limit : 0, r, w, &t);
+
+    if (rc < 0)
+        return rc;
+    if (o && o->tls) {
+        memset(&to, 0, sizeof to);
+        to.server_hostname = o->server_hostname ? o->server_hostname : host;
+        to.handshake_timeout = o->tls_handshake_timeout;
+        rc = evs__tls_attach(t, o->tls, false, &to, false, NULL, 0);
+        if (rc < 0) {
+            evs_transport_abort(t);
+            evs_writer_free(*w);
+            return rc;
+        }
+    }
+    evs__transport_start(t);
+    if (o && o->tls) {
+        rc = evs__stream_wait_made(*w);
+        if (rc < 0) {
+            const char *why = evs_transport_tls_error(t);
+            if (o->tls_error && o->tls_error_len)
+                snprintf(o->tls_error, o->tls_error_len, "%s", why ? why : evs_strerror(rc));
+            evs_transport_abort(t);
+            evs_writer_free(*w);
+            return rc;
+        }
+    }
+    return 0;
+}
+
 int evs_open_connection(const char *host, uint16_t port, const evs_connect_options *opts,
                         evs_reader **r, evs_writer **w)
 {
@@ -182,7 +220,7 @@ int evs_open_connection(const char *host, uint16_t port, const evs_connect_optio
     evutil_freeaddrinfo(res);
     if (fd < 0)
         return fd;
-    return evs__stream_open(wk, fd, opts ? opts->limit : 0, r, w, NULL);
+    return finish_connection(wk, fd, host, opts, r, w);
 }
 
 int evs_open_unix_connection(const char *path, const evs_connect_options *opts, evs_reader **r,
@@ -200,7 +238,7 @@ int evs_open_unix_connection(const char *path, const evs_connect_options *opts, 
     fd = connect_one(wk, AF_UNIX, (struct sockaddr *)&sun, len, opts, timeout_of(opts));
     if (fd < 0)
         return fd;
-    return evs__stream_open(wk, fd, opts ? opts->limit : 0, r, w, NULL);
+    return finish_connection(wk, fd, NULL, opts, r, w);
 }
 
 /* --- evs_run ----------------------------------------------------------- */

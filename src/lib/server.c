@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "stream.h"
+#include "tls.h"
 #include "transport.h"
 
 #define DEFAULT_BACKLOG 100
@@ -44,6 +45,8 @@ static void close_listeners(evs_server *s)
 
 void evs__server_free(evs_server *s)
 {
+    if (s->opts.tls)
+        evs_tls_context_unref(s->opts.tls);
     close_listeners(s);
     free(s->listeners);
     free(s->path);
@@ -243,6 +246,8 @@ static int check_options(const evs_server_options *o)
         return -EINVAL;
     if ((o->client_connected == NULL) == (o->protocol == NULL))
         return -EINVAL; /* exactly one handler */
+    if (o->tls && !o->tls->server)
+        return -EINVAL; /* a client context cannot serve */
     if (o->backlog < 0 || (o->write_low_water && o->write_low_water > o->write_high_water &&
                            o->write_high_water))
         return -EINVAL;
@@ -294,6 +299,8 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         return err;
     }
     read_port(s);
+    if (o->tls)
+        evs_tls_context_ref(o->tls);
     atomic_store(&s->serving, !o->defer_serving);
 
     pthread_mutex_lock(&rt->lock);
@@ -468,6 +475,33 @@ static int run_handler(void *arg)
     return 0;
 }
 
+static int attach_tls(evs_server *s, evs_transport *t)
+{
+    evs_tls_options to;
+
+    if (!s->opts.tls)
+        return 0;
+    memset(&to, 0, sizeof to);
+    to.handshake_timeout = s->opts.tls_handshake_timeout;
+    to.shutdown_timeout = s->opts.tls_shutdown_timeout;
+    return evs__tls_attach(t, s->opts.tls, true, &to, false, NULL, 0);
+}
+
+/* Stream mode: the handler starts once the connection is made (after the
+ * TLS handshake), so failed handshakes never cost a task. */
+static void start_handler(evs_writer *wr, void *arg)
+{
+    evs_server *s = arg;
+
+    EVS_UNUSED(s);
+    if (evs__task_spawn_on(evs_transport_worker(evs_writer_transport(wr)), run_handler, wr,
+                           NULL) < 0) {
+        evs__warn("cannot start a handler task: out of memory or stack space");
+        evs_transport_abort(evs_writer_transport(wr));
+        evs_writer_free(wr);
+    }
+}
+
 static void set_limits(evs_server *s, evs_transport *t)
 {
     if (s->opts.idle_timeout > 0)
@@ -496,23 +530,27 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
             t->closed_hook = connection_closed;
             t->closed_hook_arg = s;
             set_limits(s, t);
-            evs__transport_start(t);
+            if (attach_tls(s, t) < 0)
+                evs_transport_abort(t); /* counted through the closed hook */
+            else
+                evs__transport_start(t);
         }
     } else {
         evs_reader *r;
         evs_writer *wr;
 
-        err = evs__stream_open(w, fd, s->opts.limit, &r, &wr, &t);
+        err = evs__stream_create(w, fd, s->opts.limit, &r, &wr, &t);
         if (err == 0) {
             t->closed_hook = connection_closed;
             t->closed_hook_arg = s;
             set_limits(s, t);
             evs__stream_set_tag(wr, s);
-            err = evs__task_spawn_on(w, run_handler, wr, NULL);
-            if (err) {
+            evs__stream_on_made(wr, start_handler, s);
+            if (attach_tls(s, t) < 0) {
                 evs_transport_abort(t);
                 evs_writer_free(wr);
-                err = 0; /* counted through the closed hook */
+            } else {
+                evs__transport_start(t);
             }
         }
     }

@@ -48,6 +48,12 @@ typedef struct evs_stream {
     evs_writer writer;
     bool released;
     void *tag;
+    bool made;                  /* connection_made (after the TLS handshake) */
+    evs__stream_made_fn on_made;
+    void *made_arg;
+    evs__waitq made_waiters;    /* open_connection waiting for the handshake */
+    evs__waitq tls_waiters;     /* start_tls waiting for its handshake */
+    int tls_result;
 } evs_stream;
 
 static evs_stream *stream_of_reader(evs_reader *r)
@@ -145,6 +151,8 @@ static void sp_connection_lost(evs_transport *t, int err, void *ctx)
     /* Waiters whose bytes all went out get 0; if bytes were dropped they
      * get the error (or -EPIPE for an abort). */
     w->lost_err = err ? err : (t->dropped ? -EPIPE : 0);
+    evs__task_wake_all(&s->made_waiters, 0);
+    evs__task_wake_all(&s->tls_waiters, 0);
     evs__task_wake_all(&r->waiter, 0);
     evs__task_wake_all(&w->drainers, w->lost_err);
     evs__task_wake_all(&w->closers, 0);
@@ -170,7 +178,19 @@ static void sp_resume_writing(evs_transport *t, void *ctx)
     evs__task_wake_all(&w->drainers, 0);
 }
 
+static void sp_connection_made(evs_transport *t, void *ctx)
+{
+    evs_stream *s = stream_of_reader(ctx);
+
+    EVS_UNUSED(t);
+    s->made = true;
+    evs__task_wake_all(&s->made_waiters, 0);
+    if (s->on_made)
+        s->on_made(&s->writer, s->made_arg);
+}
+
 static const evs_protocol stream_protocol = {
+    .connection_made = sp_connection_made,
     .get_buffer = sp_get_buffer,
     .buffer_updated = sp_buffer_updated,
     .eof_received = sp_eof_received,
@@ -179,8 +199,8 @@ static const evs_protocol stream_protocol = {
     .resume_writing = sp_resume_writing,
 };
 
-int evs__stream_open(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_writer **wr,
-                     evs_transport **tp)
+int evs__stream_create(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_writer **wr,
+                       evs_transport **tp)
 {
     evs_stream *s = calloc(1, sizeof *s);
     evs_transport *t;
@@ -201,12 +221,110 @@ int evs__stream_open(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_w
     }
     evs__transport_ref(t); /* the pair's reference */
     s->reader.t = t;
-    evs__transport_start(t);
     *r = &s->reader;
     *wr = &s->writer;
     if (tp)
         *tp = t;
     return 0;
+}
+
+void evs__stream_on_made(evs_writer *w, evs__stream_made_fn fn, void *arg)
+{
+    evs_stream *s = stream_of_writer(w);
+
+    s->on_made = fn;
+    s->made_arg = arg;
+}
+
+int evs__stream_wait_made(evs_writer *w)
+{
+    evs_stream *s = stream_of_writer(w);
+
+    while (!s->made && !w->lost) {
+        int rc = evs__task_park(&s->made_waiters);
+        if (rc < 0)
+            return rc;
+    }
+    if (s->made)
+        return 0;
+    return w->lost_err ? w->lost_err : -ECONNRESET;
+}
+
+int evs__stream_open(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_writer **wr,
+                     evs_transport **tp)
+{
+    evs_transport *t;
+    int err = evs__stream_create(wk, fd, limit, r, wr, &t);
+
+    if (err)
+        return err;
+    evs__transport_start(t);
+    if (tp)
+        *tp = t;
+    return 0;
+}
+
+/* --- start_tls ------------------------------------------------------------ */
+
+static void tls_done(evs_transport *t, int err, void *arg)
+{
+    evs_stream *s = arg;
+
+    EVS_UNUSED(t);
+    s->tls_result = err;
+    evs__task_wake_all(&s->tls_waiters, 0);
+}
+
+int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tls_options *opts)
+{
+    evs_stream *s = stream_of_writer(w);
+    evs_reader *r = w->reader;
+    evs_transport *t = r->t;
+    size_t len;
+    void *prefix = NULL;
+    int rc;
+
+    if (!evs_task_current() || !ctx)
+        return -EINVAL;
+    if (r->waiter.head)
+        return -EBUSY;
+    if (w->closed || w->lost)
+        return -EPIPE;
+    if (evs_transport_is_tls(t))
+        return -EALREADY;
+    /* Bytes already read are the start of the TLS stream (a ClientHello
+     * behind a PROXY header, or plaintext injected after STARTTLS): they go
+     * to TLS, never to the caller. */
+    if (r->consume) {
+        evbuffer_drain(r->buf, r->consume);
+        r->consume = 0;
+    }
+    len = evbuffer_get_length(r->buf);
+    if (len > 0) {
+        prefix = malloc(len);
+        if (!prefix)
+            return -ENOMEM;
+        evbuffer_remove(r->buf, prefix, len);
+    }
+    s->tls_result = 1; /* in progress */
+    t->tls_done = tls_done;
+    t->tls_done_arg = s;
+    rc = evs_transport_start_tls(t, ctx, server, opts, prefix, len);
+    free(prefix);
+    if (rc < 0)
+        return rc;
+    if (r->paused_transport) {
+        r->paused_transport = false;
+        evs_transport_resume_reading(t);
+    }
+    while (s->tls_result == 1 && !w->lost) {
+        rc = evs__task_park(&s->tls_waiters);
+        if (rc < 0)
+            return rc;
+    }
+    if (s->tls_result == 1)
+        return w->lost_err ? w->lost_err : -ECONNRESET;
+    return s->tls_result;
 }
 
 int evs_stream_open_fd(int fd, size_t limit, evs_reader **r, evs_writer **w)

@@ -14,6 +14,16 @@
  * evs_writer_free(). */
 int evs__stream_open(evs_worker *w, int fd, size_t limit, evs_reader **r, evs_writer **wr,
                      evs_transport **t);
+/* Like evs__stream_open without starting the transport (attach TLS or
+ * hooks first, then evs__transport_start). */
+int evs__stream_create(evs_worker *w, int fd, size_t limit, evs_reader **r, evs_writer **wr,
+                       evs_transport **t);
+/* Called from connection_made: at start for plain transports, after the
+ * handshake for TLS ones. */
+typedef void (*evs__stream_made_fn)(evs_writer *w, void *arg);
+void evs__stream_on_made(evs_writer *w, evs__stream_made_fn fn, void *arg);
+/* Park until connection_made (0) or the connection is lost (its error). */
+int evs__stream_wait_made(evs_writer *w);
 /* An opaque pointer carried by the pair (servers keep their handler's). */
 void evs__stream_set_tag(evs_writer *w, void *tag);
 void *evs__stream_tag(const evs_writer *w);
