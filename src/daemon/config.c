@@ -28,7 +28,19 @@ typedef struct errlist {
     char *buf;
     size_t len;
     int count;
+    const char *dir; /* the config file's directory, for @included file names */
 } errlist;
+
+static char *xstrdup(const char *s);
+static char *join_path(const char *dir, const char *path);
+
+/* The file a setting comes from, as a path that stands on its own: libconfig
+ * names an @included file as written, relative to the include directory. */
+static char *source_path(const errlist *e, const config_setting_t *s)
+{
+    const char *file = config_setting_source_file(s);
+    return file ? join_path(e->dir, file) : xstrdup("?");
+}
 
 static void add_error(errlist *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -82,14 +94,15 @@ static void bad(errlist *e, const config_setting_t *s, const char *fmt, ...)
 static void bad(errlist *e, const config_setting_t *s, const char *fmt, ...)
 {
     char what[768], path[256];
-    const char *file = config_setting_source_file(s);
+    char *file = source_path(e, s);
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
     setting_path(s, path, sizeof path);
-    add_error(e, "%s:%u: %s: %s", file ? file : "?", config_setting_source_line(s), path, what);
+    add_error(e, "%s:%u: %s: %s", file, config_setting_source_line(s), path, what);
+    free(file);
 }
 
 static char *xstrdup(const char *s)
@@ -249,11 +262,12 @@ static const char *get_string(errlist *e, const config_setting_t *g, const char 
 
     if (!v) {
         if (required) {
-            const char *file = config_setting_source_file(g);
+            char *file = source_path(e, g);
             char path[256];
             setting_path(g, path, sizeof path);
-            add_error(e, "%s:%u: %s: missing required setting '%s'", file ? file : "?",
+            add_error(e, "%s:%u: %s: missing required setting '%s'", file,
                       config_setting_source_line(g), path, key);
+            free(file);
         }
         return NULL;
     }
@@ -461,7 +475,7 @@ static void read_plugins(errlist *e, const config_setting_t *list, evsd_config *
         evsd_plugin_conf *p = &c->plugins[c->nplugins++];
         p->name = xstrdup(name);
         p->path = join_path(c->plugin_dir, path);
-        p->file = xstrdup(config_setting_source_file(g));
+        p->file = source_path(e, g);
         p->line = (int)config_setting_source_line(g);
     }
 }
@@ -569,6 +583,151 @@ static void read_unix_owner(errlist *e, const config_setting_t *g, evsd_listener
     }
 }
 
+static char *path_setting(errlist *e, const config_setting_t *g, const char *key, bool required,
+                          const char *confdir)
+{
+    const char *v = get_string(e, g, key, required);
+
+    return v && *v ? join_path(confdir, v) : NULL;
+}
+
+/* A list (or array) of strings, NULL-terminated. */
+static char **string_list(errlist *e, const config_setting_t *g, const char *key, size_t *count)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+    char **out;
+    int n;
+
+    *count = 0;
+    if (!v)
+        return NULL;
+    if (config_setting_type(v) != CONFIG_TYPE_LIST && config_setting_type(v) != CONFIG_TYPE_ARRAY) {
+        bad(e, v, "expected a list of strings like [\"a\", \"b\"]");
+        return NULL;
+    }
+    n = config_setting_length(v);
+    out = calloc((size_t)n + 1, sizeof *out);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *el = config_setting_get_elem(v, (unsigned)i);
+        if (config_setting_type(el) != CONFIG_TYPE_STRING || !*config_setting_get_string(el)) {
+            bad(e, el, "expected a non-empty string");
+            continue;
+        }
+        out[(*count)++] = xstrdup(config_setting_get_string(el));
+    }
+    return out;
+}
+
+static void free_strings(char **list)
+{
+    for (char **p = list; p && *p; p++)
+        free(*p);
+    free(list);
+}
+
+static void read_cert(errlist *e, const config_setting_t *g, const char *confdir, evsd_tls_cert *c)
+{
+    c->certificate = path_setting(e, g, "certificate", true, confdir);
+    c->key = path_setting(e, g, "key", true, confdir);
+    c->password_file = path_setting(e, g, "password_file", false, confdir);
+}
+
+static evsd_tls_conf *read_tls(errlist *e, const config_setting_t *g, const evsd_config *c)
+{
+    static const char *const keys[] = {
+        "certificate", "key", "password_file", "sni", "min_protocol", "max_protocol", "ciphers",
+        "ciphersuites", "groups", "alpn", "alpn_required", "client_certificates", "ca_file",
+        "verify_depth", "session_tickets", "ticket_rotation", NULL};
+    static const char *const sni_keys[] = {"names", "certificate", "key", "password_file", NULL};
+    evsd_tls_conf *t;
+    const config_setting_t *v;
+    const char *s;
+    char *confdir = dir_of(c->path);
+
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+        bad(e, g, "expected a group { certificate = ...; key = ...; }");
+        free(confdir);
+        return NULL;
+    }
+    check_keys(e, g, keys);
+    t = calloc(1, sizeof *t);
+    v = config_setting_get_member(g, "sni");
+    size_t nsni = v && config_setting_type(v) == CONFIG_TYPE_LIST ? (size_t)config_setting_length(v) : 0;
+    t->certs = calloc(nsni + 1, sizeof *t->certs);
+    t->ncerts = 1;
+    read_cert(e, g, confdir, &t->certs[0]);
+    if (v && config_setting_type(v) != CONFIG_TYPE_LIST)
+        bad(e, v, "expected a list ( { names = [...]; certificate = ...; key = ...; }, ... )");
+    for (size_t i = 0; i < nsni; i++) {
+        const config_setting_t *el = config_setting_get_elem(v, (unsigned)i);
+        evsd_tls_cert *cert = &t->certs[t->ncerts++];
+        size_t n;
+        if (config_setting_type(el) != CONFIG_TYPE_GROUP) {
+            bad(e, el, "expected a group { names = [...]; certificate = ...; key = ...; }");
+            continue;
+        }
+        check_keys(e, el, sni_keys);
+        read_cert(e, el, confdir, cert);
+        cert->names = string_list(e, el, "names", &n);
+        if (n == 0)
+            bad(e, el, "an SNI certificate needs names = [\"host.example\", \"*.example.org\"]");
+    }
+    t->min_protocol = xstrdup(get_string(e, g, "min_protocol", false));
+    t->max_protocol = xstrdup(get_string(e, g, "max_protocol", false));
+    for (int k = 0; k < 2; k++) {
+        const char *p = k ? t->max_protocol : t->min_protocol;
+        if (p && strcmp(p, "TLSv1.2") != 0 && strcmp(p, "TLSv1.3") != 0)
+            bad(e, config_setting_get_member(g, k ? "max_protocol" : "min_protocol"),
+                "expected \"TLSv1.2\" or \"TLSv1.3\"");
+    }
+    t->ciphers = xstrdup(get_string(e, g, "ciphers", false));
+    t->ciphersuites = xstrdup(get_string(e, g, "ciphersuites", false));
+    t->groups = xstrdup(get_string(e, g, "groups", false));
+    t->alpn = string_list(e, g, "alpn", &t->nalpn);
+    get_bool(e, g, "alpn_required", &t->alpn_required);
+    if ((s = get_string(e, g, "client_certificates", false))) {
+        if (strcmp(s, "none") == 0)
+            t->verify_client = EVS_TLS_CLIENT_CERT_NONE;
+        else if (strcmp(s, "optional") == 0)
+            t->verify_client = EVS_TLS_CLIENT_CERT_OPTIONAL;
+        else if (strcmp(s, "require") == 0)
+            t->verify_client = EVS_TLS_CLIENT_CERT_REQUIRE;
+        else
+            bad(e, config_setting_get_member(g, "client_certificates"),
+                "expected \"none\", \"optional\" or \"require\"");
+    }
+    t->ca_file = path_setting(e, g, "ca_file", false, confdir);
+    if (t->verify_client != EVS_TLS_CLIENT_CERT_NONE && !t->ca_file)
+        bad(e, g, "client_certificates needs ca_file (the CAs that sign client certificates)");
+    get_int(e, g, "verify_depth", 1, 100, &t->verify_depth);
+    t->session_tickets = true;
+    get_bool(e, g, "session_tickets", &t->session_tickets);
+    get_duration(e, g, "ticket_rotation", MAX_SECONDS, &t->ticket_rotation);
+    free(confdir);
+    return t;
+}
+
+static void free_tls(evsd_tls_conf *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->ncerts; i++) {
+        free(t->certs[i].certificate);
+        free(t->certs[i].key);
+        free(t->certs[i].password_file);
+        free_strings(t->certs[i].names);
+    }
+    free(t->certs);
+    free(t->min_protocol);
+    free(t->max_protocol);
+    free(t->ciphers);
+    free(t->ciphersuites);
+    free(t->groups);
+    free_strings(t->alpn);
+    free(t->ca_file);
+    free(t);
+}
+
 static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
                           evsd_listener_conf *l)
 {
@@ -578,7 +737,7 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
     const config_setting_t *v;
     bool found = false;
 
-    l->file = xstrdup(config_setting_source_file(g));
+    l->file = source_path(e, g);
     l->line = (int)config_setting_source_line(g);
     l->limits = c->limits;
     l->backlog = 511;
@@ -615,7 +774,7 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
             l->settings = v;
     }
     if ((v = config_setting_get_member(g, "tls")))
-        bad(e, v, "TLS is not available in this version of evstreamd (the tls group is reserved)");
+        l->tls = read_tls(e, v, c);
 }
 
 static void read_listeners(errlist *e, const config_setting_t *list, evsd_config *c)
@@ -719,20 +878,24 @@ int evsd_config_load(const char *path, evsd_config **out, char **errors)
     c->path = xstrdup(path);
     set_defaults(c);
     confdir = dir_of(path);
+    e.dir = confdir;
     config_set_include_dir(&c->cfg, confdir);
-    free(confdir);
     if (!config_read_file(&c->cfg, path)) {
-        if (config_error_type(&c->cfg) == CONFIG_ERR_FILE_IO)
+        if (config_error_type(&c->cfg) == CONFIG_ERR_FILE_IO) {
             add_error(&e, "%s: cannot read: %s", path, strerror(errno ? errno : ENOENT));
-        else
-            add_error(&e, "%s:%d: syntax error: %s",
-                      config_error_file(&c->cfg) ? config_error_file(&c->cfg) : path,
-                      config_error_line(&c->cfg), config_error_text(&c->cfg));
+        } else {
+            char *file = join_path(confdir, config_error_file(&c->cfg) ? config_error_file(&c->cfg)
+                                                                      : path);
+            add_error(&e, "%s:%d: syntax error: %s", file, config_error_line(&c->cfg),
+                      config_error_text(&c->cfg));
+            free(file);
+        }
     } else {
         expand_all(&e, config_root_setting(&c->cfg));
         if (e.count == 0)
             read_top(&e, c);
     }
+    free(confdir);
     if (e.count > 0) {
         *errors = e.buf;
         evsd_config_free(c);
@@ -760,6 +923,7 @@ void evsd_config_free(evsd_config *c)
         free(l->path);
         free(l->plugin);
         free(l->file);
+        free_tls(l->tls);
     }
     free(c->plugins);
     free(c->listeners);

@@ -31,6 +31,31 @@ typedef struct evsd_plugin_conf {
     int line;
 } evsd_plugin_conf;
 
+typedef struct evsd_tls_cert {
+    char *certificate;
+    char *key;
+    char *password_file;
+    char **names; /* NULL-terminated; NULL for the default certificate */
+} evsd_tls_cert;
+
+typedef struct evsd_tls_conf {
+    evsd_tls_cert *certs; /* [0] is the default */
+    size_t ncerts;
+    char *min_protocol;
+    char *max_protocol;
+    char *ciphers;
+    char *ciphersuites;
+    char *groups;
+    char **alpn;
+    size_t nalpn;
+    bool alpn_required;
+    evs_tls_verify_client verify_client;
+    char *ca_file;
+    int verify_depth;
+    bool session_tickets;
+    double ticket_rotation;
+} evsd_tls_conf;
+
 typedef enum evsd_family { EVSD_TCP, EVSD_UNIX } evsd_family;
 
 typedef struct evsd_listener_conf {
@@ -52,6 +77,7 @@ typedef struct evsd_listener_conf {
     evsd_limits limits;                /* the globals with this listener's overrides */
     bool own_max_connections;          /* limits.max_connections set for this listener */
     const config_setting_t *settings;  /* the plugin's settings group, or NULL */
+    evsd_tls_conf *tls;                /* NULL: plaintext */
     char *file;
     int line;
 } evsd_listener_conf;

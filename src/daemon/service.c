@@ -170,9 +170,15 @@ static instance *instance_new(const evsd_config *cfg, const evsd_listener_conf *
         rc = settings ? in->desc->init(settings, &in->state) : -ENOMEM;
         if (rc < 0) {
             const char *why = settings ? evs_settings_error(settings) : NULL;
-            if (why)
+            static const char nowhere[] = "(settings):0: ";
+            if (why && l->settings)
                 snprintf(err, errlen, "%s: init failed for listener '%s': %s", pc->path, l->name,
                          why);
+            else if (why) /* no settings group to point at: name the listener's line */
+                snprintf(err, errlen, "%s: init failed for listener '%s' (%s:%d): %s", pc->path,
+                         l->name, l->file, l->line,
+                         strncmp(why, nowhere, sizeof nowhere - 1) == 0 ? why + sizeof nowhere - 1
+                                                                        : why);
             else
                 snprintf(err, errlen, "%s: init failed for listener '%s' (%s:%d): %s", pc->path,
                          l->name, l->file, l->line, evs_strerror(rc));
@@ -196,6 +202,50 @@ static void instance_free(instance *in)
     free(in);
 }
 
+/* Build the listener's TLS context; NULL (and 0) for a plaintext one. */
+static int make_tls(const evsd_listener_conf *l, evs_tls_context **out, char *err, size_t errlen)
+{
+    const evsd_tls_conf *c = l->tls;
+    evs_tls_certificate *certs;
+    evs_tls_server_options o;
+    char why[512];
+    int rc;
+
+    *out = NULL;
+    if (!c)
+        return 0;
+    certs = calloc(c->ncerts, sizeof *certs);
+    if (!certs)
+        return -ENOMEM;
+    for (size_t i = 0; i < c->ncerts; i++) {
+        certs[i].certificate = c->certs[i].certificate;
+        certs[i].key = c->certs[i].key;
+        certs[i].password_file = c->certs[i].password_file;
+        certs[i].names = (const char *const *)c->certs[i].names;
+    }
+    memset(&o, 0, sizeof o);
+    o.certificates = certs;
+    o.ncertificates = c->ncerts;
+    o.min_protocol = c->min_protocol;
+    o.max_protocol = c->max_protocol;
+    o.ciphers = c->ciphers;
+    o.ciphersuites = c->ciphersuites;
+    o.groups = c->groups;
+    o.alpn = (const char *const *)c->alpn;
+    o.nalpn = c->nalpn;
+    o.alpn_required = c->alpn_required;
+    o.verify_client = c->verify_client;
+    o.ca_file = c->ca_file;
+    o.verify_depth = c->verify_depth;
+    o.no_tickets = !c->session_tickets;
+    o.ticket_rotation = c->ticket_rotation;
+    rc = evs_tls_server_context_new(&o, out, why, sizeof why);
+    free(certs);
+    if (rc < 0)
+        snprintf(err, errlen, "%s:%d: listener '%s': tls: %s", l->file, l->line, l->name, why);
+    return rc;
+}
+
 int evsd_check_plugins(const evsd_config *cfg, FILE *errors)
 {
     char err[1024];
@@ -203,11 +253,18 @@ int evsd_check_plugins(const evsd_config *cfg, FILE *errors)
     instance **made = calloc(cfg->nlisteners + 1, sizeof *made);
 
     for (size_t i = 0; i < cfg->nlisteners; i++) {
+        evs_tls_context *tls;
+
         made[i] = instance_new(cfg, &cfg->listeners[i], err, sizeof err);
         if (!made[i]) {
             fprintf(errors, "%s\n", err);
             failures++;
         }
+        if (make_tls(&cfg->listeners[i], &tls, err, sizeof err) < 0) {
+            fprintf(errors, "%s\n", err);
+            failures++;
+        }
+        evs_tls_context_unref(tls);
     }
     for (size_t i = 0; i < cfg->nlisteners; i++)
         instance_free(made[i]);
@@ -292,9 +349,12 @@ static int call_worker_stop(evs_worker *w, instance *in)
 typedef struct listener {
     const evsd_listener_conf *conf;
     instance *inst;
+    evs_tls_context *tls;
     evs_server *server;
     char *key;
     char address[160];
+    struct listener *prev; /* reload: the old listener whose socket this one takes */
+    bool claimed;          /* reload: a new listener takes this one's socket */
 } listener;
 
 /* A configuration and its listeners; kept until its last instance ends. */
@@ -366,6 +426,7 @@ static void generation_free(evsd_service *svc, generation *g)
         return;
     for (size_t i = 0; i < g->n; i++) {
         retire_instance(svc, g->listeners[i].inst);
+        evs_tls_context_unref(g->listeners[i].tls);
         free(g->listeners[i].key);
     }
     free(g->listeners);
@@ -393,6 +454,10 @@ static generation *generation_new(evsd_service *svc, evsd_config *cfg)
         l->key = evsd_listener_key(l->conf);
         l->inst = instance_new(cfg, l->conf, err, sizeof err);
         if (!l->inst) {
+            evs_log(EVS_LOG_ERROR, "%s", err);
+            failures++;
+        }
+        if (make_tls(l->conf, &l->tls, err, sizeof err) < 0) {
             evs_log(EVS_LOG_ERROR, "%s", err);
             failures++;
         }
@@ -450,6 +515,9 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     o.write_low_water = c->limits.write_low_water;
     o.idle_timeout = c->limits.idle_timeout;
     o.max_connections = c->own_max_connections ? c->limits.max_connections : 0;
+    o.tls = l->tls;
+    o.tls_handshake_timeout = c->limits.handshake_timeout;
+    o.tls_shutdown_timeout = c->limits.shutdown_timeout;
     o.defer_serving = true;
     o.fds = fds;
     o.nfds = nfds;
@@ -481,6 +549,8 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
 static void serve_all(generation *g)
 {
     for (size_t i = 0; i < g->n; i++) {
+        if (!g->listeners[i].server)
+            continue; /* its hand-over failed (logged) */
         evs_server_start_serving(g->listeners[i].server);
         evs_log(EVS_LOG_INFO, "listening on %s (listener '%s', plugin '%s')",
                 g->listeners[i].address, g->listeners[i].conf->name, g->listeners[i].conf->plugin);
@@ -526,12 +596,25 @@ fail:
     return NULL;
 }
 
-static listener *find_by_key(generation *g, const char *key)
+/* Pair each new listener with an old one of the same socket key, each old
+ * one at most once, the same name first: several listeners can share a key
+ * (two on "127.0.0.1:0"), and each must keep its own socket. */
+static void match_listeners(generation *old, generation *g)
 {
-    for (size_t i = 0; g && i < g->n; i++)
-        if (g->listeners[i].server && strcmp(g->listeners[i].key, key) == 0)
-            return &g->listeners[i];
-    return NULL;
+    for (int same_name = 1; same_name >= 0; same_name--) {
+        for (size_t i = 0; i < g->n; i++) {
+            listener *l = &g->listeners[i];
+
+            for (size_t j = 0; !l->prev && j < old->n; j++) {
+                listener *o = &old->listeners[j];
+                if (o->claimed || !o->server || strcmp(o->key, l->key) != 0 ||
+                    (same_name && strcmp(o->conf->name, l->conf->name) != 0))
+                    continue;
+                o->claimed = true;
+                l->prev = o;
+            }
+        }
+    }
 }
 
 int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
@@ -542,11 +625,12 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
     g = generation_new(svc, cfg);
     if (!g)
         return -1;
+    match_listeners(old, g);
     /* First the listeners with new sockets: a bind error leaves the old
      * configuration untouched. */
     for (i = 0; i < g->n; i++) {
         listener *l = &g->listeners[i];
-        if (find_by_key(old, l->key))
+        if (l->prev)
             continue;
         if (start_listener(svc, l, NULL, 0) < 0)
             goto undo;
@@ -554,11 +638,11 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
     /* Then hand the unchanged sockets over; nothing is dropped from their
      * accept queues. */
     for (i = 0; i < g->n; i++) {
-        listener *l = &g->listeners[i], *prev;
+        listener *l = &g->listeners[i], *prev = l->prev;
         int fds[16];
         size_t n;
 
-        if (l->server || !(prev = find_by_key(old, l->key)))
+        if (l->server || !prev)
             continue;
         n = evs_server_take_sockets(prev->server, fds, 16);
         if (n > 16)
@@ -580,6 +664,8 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
     return 0;
 
 undo:
+    for (i = 0; i < old->n; i++)
+        old->listeners[i].claimed = false;
     for (i = 0; i < g->n; i++) {
         if (g->listeners[i].server)
             evs_server_close(g->listeners[i].server);

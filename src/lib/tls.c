@@ -297,7 +297,7 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
 {
     server_extra *x = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), extra_index);
     struct ticket_key key;
-    OSSL_PARAM params[2];
+    OSSL_PARAM params[3];
     int rc = 1;
 
     pthread_mutex_lock(&x->ticket_lock);
@@ -318,8 +318,9 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
     pthread_mutex_unlock(&x->ticket_lock);
     if (rc == 0)
         return 0;
-    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof key.hmac);
-    params[1] = OSSL_PARAM_construct_end();
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof key.hmac);
+    params[2] = OSSL_PARAM_construct_end();
     if (enc) {
         memcpy(name, key.name, 16);
         if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) <= 0 ||
@@ -328,11 +329,8 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
     } else if (!EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, key.aes, iv)) {
         rc = -1;
     }
-    if (rc > 0) {
-        EVP_MAC_CTX_set_params(hctx, params);
-        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0);
-        EVP_MAC_CTX_set_params(hctx, params);
-    }
+    if (rc > 0 && !EVP_MAC_CTX_set_params(hctx, params))
+        rc = -1;
     OPENSSL_cleanse(&key, sizeof key);
     return rc;
 }
