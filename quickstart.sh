@@ -14,7 +14,7 @@ SRC=$(pwd)
 BUILD=${EVS_BUILD_DIR:-$SRC/build}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
-PACKAGES="build-essential autoconf automake libtool pkg-config libevent-dev libssl-dev
+PACKAGES="build-essential autoconf automake libtool pkg-config libevent-dev libssl-dev openssl
 libconfig-dev libgtest-dev valgrind"
 
 install_missing() {

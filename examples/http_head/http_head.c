@@ -7,14 +7,18 @@
   "HEAD <path> HTTP/1.0" and prints each header line, read with
   evs_readline(), until the empty line that ends the headers.
 
+  For https:// URLs the connection is TLS: the server's certificate is
+  verified against the system's CAs (or CAFILE) and the host name, and the
+  handshake is done before evs_open_connection() returns.
+
   Run:   ./http_head http://example.com/path/page.html
-         ./http_head http://127.0.0.1:8080/
-  Only http:// URLs work for now: https:// comes with evstream's TLS support.
+         ./http_head https://127.0.0.1:8443/ ca.pem
 
   Output: one "HTTP header> ..." line per header line, status line first.
   The exit status is 0 when a complete header block was read, 1 otherwise.
 */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +29,8 @@ struct url {
     char host[256];
     uint16_t port;
     const char *path;
+    bool https;
+    const char *cafile; /* NULL: the system store */
 };
 
 /* Split "http://host[:port][/path]" (host may be an [IPv6] literal). */
@@ -33,15 +39,12 @@ static int parse_url(const char *s, struct url *u)
     const char *host, *end, *colon;
     size_t hlen;
 
-    if (strncmp(s, "https://", 8) == 0) {
-        fprintf(stderr, "https:// needs TLS, which evstream does not support yet\n");
+    u->https = strncmp(s, "https://", 8) == 0;
+    if (!u->https && strncmp(s, "http://", 7) != 0) {
+        fprintf(stderr, "not an http:// or https:// URL: %s\n", s);
         return -1;
     }
-    if (strncmp(s, "http://", 7) != 0) {
-        fprintf(stderr, "not an http:// URL: %s\n", s);
-        return -1;
-    }
-    host = s + 7;
+    host = s + (u->https ? 8 : 7);
     u->path = strchr(host, '/');
     end = u->path ? u->path : host + strlen(host);
     if (!u->path)
@@ -63,7 +66,7 @@ static int parse_url(const char *s, struct url *u)
         goto bad;
     memcpy(u->host, host, hlen);
     u->host[hlen] = '\0';
-    u->port = 80;
+    u->port = u->https ? 443 : 80;
     if (colon) {
         char *pend;
         long v;
@@ -83,7 +86,10 @@ bad:
 static int print_http_headers(void *arg)
 {
     const struct url *u = arg;
-    evs_connect_options copts = {.timeout = 10};
+    char tls_error[256] = "";
+    evs_connect_options copts = {.timeout = 10, .tls_error = tls_error,
+                                 .tls_error_len = sizeof tls_error};
+    evs_tls_client_options topts = {.ca_file = u->cafile};
     evs_reader *r;
     evs_writer *w;
     char query[1024];
@@ -93,14 +99,22 @@ static int print_http_headers(void *arg)
      * run instead of hanging it. */
     evs_task_set_timeout(evs_task_current(), 30);
 
-    if ((err = evs_open_connection(u->host, u->port, &copts, &r, &w)) < 0) {
-        fprintf(stderr, "cannot connect to %s port %u: %s\n", u->host, (unsigned)u->port,
-                evs_strerror(err));
+    if (u->https &&
+        (err = evs_tls_client_context_new(&topts, &copts.tls, tls_error, sizeof tls_error)) < 0) {
+        fprintf(stderr, "TLS set-up: %s\n", tls_error);
+        return 1;
+    }
+    err = evs_open_connection(u->host, u->port, &copts, &r, &w);
+    if (copts.tls)
+        evs_tls_context_unref(copts.tls); /* the connection keeps its own reference */
+    if (err < 0) {
+        fprintf(stderr, "cannot connect to %s port %u: %s%s%s\n", u->host, (unsigned)u->port,
+                evs_strerror(err), *tls_error ? ": " : "", tls_error);
         return 1;
     }
 
     /* Host carries the port when it is not the default (RFC 7230 5.4). */
-    if (u->port == 80)
+    if (u->port == (u->https ? 443 : 80))
         qlen = snprintf(query, sizeof query, "HEAD %s HTTP/1.0\r\nHost: %s\r\n\r\n", u->path,
                         u->host);
     else
@@ -155,12 +169,13 @@ int main(int argc, char **argv)
     struct url u;
     int err, result = 1;
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s http://HOST[:PORT][/PATH]\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: %s http[s]://HOST[:PORT][/PATH] [CAFILE]\n", argv[0]);
         return 2;
     }
     if (parse_url(argv[1], &u) < 0)
         return 1;
+    u.cafile = argc == 3 ? argv[2] : NULL;
     if ((err = evs_run(print_http_headers, &u, &result)) < 0) {
         fprintf(stderr, "evs_run: %s\n", evs_strerror(err));
         return 1;
