@@ -839,7 +839,13 @@ static void read_top(errlist *e, evsd_config *c)
     if ((v = config_setting_get_member(root, "limits")))
         read_limits(e, v, &c->limits, true);
     s = get_string(e, root, "plugin_dir", false);
-    c->plugin_dir = s ? join_path(confdir, s) : xstrdup(EVSD_PLUGIN_DIR);
+    /* Without plugin_dir: $EVSTREAMD_PLUGIN_DIR, else the install location. */
+    if (s)
+        c->plugin_dir = join_path(confdir, s);
+    else if (getenv("EVSTREAMD_PLUGIN_DIR") && *getenv("EVSTREAMD_PLUGIN_DIR"))
+        c->plugin_dir = xstrdup(getenv("EVSTREAMD_PLUGIN_DIR"));
+    else
+        c->plugin_dir = xstrdup(EVSD_PLUGIN_DIR);
     free(confdir);
     if ((v = config_setting_get_member(root, "plugins")))
         read_plugins(e, v, c);
