@@ -25,6 +25,21 @@ extern "C" {
  */
 typedef void (*evs_client_connected_cb)(evs_reader *r, evs_writer *w, void *arg);
 
+/** A finished connection, for access logs (see connection_closed). Valid
+ *  during the callback only. */
+typedef struct evs_connection_info {
+    const struct sockaddr *peer; /**< the client's address (may be NULL if unknown) */
+    socklen_t peerlen;
+    double duration;             /**< seconds from accept to close */
+    uint64_t bytes_in;           /**< bytes read from the socket (ciphertext under TLS) */
+    uint64_t bytes_out;          /**< bytes written to the socket */
+    int error;                   /**< what connection_lost reports: 0 or a negative errno */
+    const char *tls_version;     /**< NULL: plaintext, or no completed handshake */
+    const char *tls_cipher;
+    const char *tls_error;       /**< why a handshake failed, or NULL */
+    int worker;                  /**< the worker's id */
+} evs_connection_info;
+
 /** Server options. Zero-initialise, then set the handler and the address. */
 typedef struct evs_server_options {
     /* Handler: exactly one of client_connected and protocol. */
@@ -67,7 +82,24 @@ typedef struct evs_server_options {
     evs_tls_context *tls;
     double tls_handshake_timeout; /**< 0 = 60 s */
     double tls_shutdown_timeout;  /**< 0 = 30 s */
+    /** Called on the worker when a connection of this server ends (for
+     *  access logs); may be NULL. */
+    void (*connection_closed)(const evs_connection_info *info, void *arg);
+    void *connection_closed_arg;
 } evs_server_options;
+
+/** A server's counters (a snapshot). Bytes are counted when a connection
+ *  ends. */
+typedef struct evs_server_stats {
+    uint64_t accepted;
+    uint64_t active;
+    uint64_t closed;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t tls_handshakes; /**< completed */
+    uint64_t tls_failed;     /**< failed or timed out */
+    uint64_t tls_resumed;
+} evs_server_stats;
 
 /**
  * Bind and listen on TCP addresses (every address @p host resolves to) and
@@ -121,6 +153,9 @@ EVS_EXTERN size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n);
 EVS_EXTERN size_t evs_server_sockets(const evs_server *s, int *fds, size_t n);
 /** The bound TCP port of the first socket (0 for Unix). Any thread. */
 EVS_EXTERN uint16_t evs_server_port(const evs_server *s);
+/** The server's counters. Any thread. */
+EVS_EXTERN void evs_server_stats_get(const evs_server *s, evs_server_stats *out);
+
 /** Live connections of this server. Any thread. */
 EVS_EXTERN size_t evs_server_connections(const evs_server *s);
 

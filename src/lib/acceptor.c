@@ -95,6 +95,7 @@ static void dispatch(evs_server *s, int fd, const struct sockaddr_storage *peer,
      * connections still in flight to a worker. */
     atomic_fetch_add(&rt->conns, 1);
     atomic_fetch_add(&s->conns, 1);
+    atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
     evs__counter_add(&w->accepted, 1);
     if (evs__worker_push(w, m) < 0) {
@@ -290,6 +291,7 @@ void evs__connection_closed(evs_server *s, evs_worker *w)
 {
     evs_runtime *rt = s->rt;
 
+    atomic_fetch_add_explicit(&s->closed_count, 1, memory_order_relaxed);
     atomic_fetch_sub(&s->conns, 1);
     atomic_fetch_sub_explicit(&w->active, 1, memory_order_relaxed);
     evs__counter_add(&w->closed, 1);

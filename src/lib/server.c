@@ -460,9 +460,62 @@ size_t evs_server_connections(const evs_server *s)
 
 /* --- on the worker ----------------------------------------------------- */
 
+/* A connection of @s ended: its counters, the access-log callback. */
 static void connection_closed(evs_transport *t, void *arg)
 {
-    evs__connection_closed(arg, t->worker);
+    evs_server *s = arg;
+    const char *version = NULL;
+    const char *cipher = evs_transport_tls_cipher(t, &version, NULL);
+
+    atomic_fetch_add_explicit(&s->bytes_in, t->bytes_in, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->bytes_out, t->bytes_out, memory_order_relaxed);
+    if (evs_transport_is_tls(t)) {
+        if (cipher)
+            atomic_fetch_add_explicit(&s->tls_handshakes, 1, memory_order_relaxed);
+        else
+            atomic_fetch_add_explicit(&s->tls_failed, 1, memory_order_relaxed);
+        if (evs_transport_tls_resumed(t))
+            atomic_fetch_add_explicit(&s->tls_resumed, 1, memory_order_relaxed);
+    }
+    if (s->opts.connection_closed) {
+        evs_connection_info info;
+        struct sockaddr_storage peer;
+        socklen_t plen;
+        struct timeval now, d;
+
+        memset(&info, 0, sizeof info);
+        if (t->peer) {
+            info.peer = (struct sockaddr *)t->peer;
+            info.peerlen = t->peerlen;
+        } else if (evs_transport_get_peername(t, &peer, &plen) == 0) {
+            info.peer = (struct sockaddr *)&peer;
+            info.peerlen = plen;
+        }
+        event_base_gettimeofday_cached(t->worker->base, &now);
+        timersub(&now, &t->started, &d);
+        info.duration = (double)d.tv_sec + (double)d.tv_usec / 1e6;
+        info.bytes_in = t->bytes_in;
+        info.bytes_out = t->bytes_out;
+        info.error = t->error;
+        info.tls_version = version;
+        info.tls_cipher = cipher;
+        info.tls_error = evs_transport_tls_error(t);
+        info.worker = evs_worker_id(t->worker);
+        s->opts.connection_closed(&info, s->opts.connection_closed_arg);
+    }
+    evs__connection_closed(s, t->worker);
+}
+
+void evs_server_stats_get(const evs_server *s, evs_server_stats *out)
+{
+    out->accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed);
+    out->active = atomic_load(&s->conns);
+    out->closed = atomic_load_explicit(&s->closed_count, memory_order_relaxed);
+    out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
+    out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+    out->tls_handshakes = atomic_load_explicit(&s->tls_handshakes, memory_order_relaxed);
+    out->tls_failed = atomic_load_explicit(&s->tls_failed, memory_order_relaxed);
+    out->tls_resumed = atomic_load_explicit(&s->tls_resumed, memory_order_relaxed);
 }
 
 static int run_handler(void *arg)
@@ -517,9 +570,15 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
     evs_server *s = m->server;
     evs_transport *t;
     int fd = m->fd, err;
+    struct sockaddr_storage *peer = NULL;
+    socklen_t peerlen = m->peerlen;
 
+    /* The accepted address outlives a reset only if we keep it. */
+    if (s->opts.connection_closed && (peer = malloc(sizeof *peer)))
+        memcpy(peer, &m->peer, m->peerlen);
     free(m);
     if (w->stopping) {
+        free(peer);
         close(fd);
         evs__connection_closed(s, w);
         return;
@@ -527,6 +586,9 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
     if (s->opts.protocol) {
         err = evs__transport_create(w, fd, s->opts.protocol, s->opts.arg, &t);
         if (err == 0) {
+            t->peer = peer;
+            t->peerlen = peerlen;
+            peer = NULL;
             t->closed_hook = connection_closed;
             t->closed_hook_arg = s;
             set_limits(s, t);
@@ -541,6 +603,9 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
 
         err = evs__stream_create(w, fd, s->opts.limit, &r, &wr, &t);
         if (err == 0) {
+            t->peer = peer;
+            t->peerlen = peerlen;
+            peer = NULL;
             t->closed_hook = connection_closed;
             t->closed_hook_arg = s;
             set_limits(s, t);
@@ -554,6 +619,7 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
             }
         }
     }
+    free(peer);
     if (err) {
         evs__warn("cannot take a connection: %s", evs_strerror(err));
         evs__connection_closed(s, w);

@@ -38,6 +38,13 @@ struct evs_server {
     _Atomic bool closed;
     _Atomic size_t conns;
     _Atomic bool limit_paused; /* at opts.max_connections */
+    _Atomic uint64_t accepted;
+    _Atomic uint64_t closed_count;
+    _Atomic uint64_t bytes_in;
+    _Atomic uint64_t bytes_out;
+    _Atomic uint64_t tls_handshakes;
+    _Atomic uint64_t tls_failed;
+    _Atomic uint64_t tls_resumed;
     bool keep_path;            /* sockets handed over: leave the file */
 
     evs_server *next; /* the runtime's list, under rt->lock */

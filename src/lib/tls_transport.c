@@ -363,9 +363,7 @@ void evs__tls_readable(evs_transport *t)
             event_del(&t->rd_ev);
             break;
         }
-        evs__counter_add(&w->bytes_in, (uint64_t)n);
-        if (t->idle_timeout > 0)
-            event_base_gettimeofday_cached(w->base, &t->last_io);
+        evs__transport_count_in(t, (size_t)n);
         BIO_write(s->rbio, w->rbuf, (int)n);
         if ((size_t)n < w->rbuf_size)
             break;

@@ -40,6 +40,13 @@ static inline void mark_progress(evs_transport *t)
 static void write_cb(evutil_socket_t fd, short what, void *arg);
 static void lost_cb(evutil_socket_t fd, short what, void *arg);
 
+void evs__transport_count_in(evs_transport *t, size_t n)
+{
+    evs__counter_add(&t->worker->bytes_in, (uint64_t)n);
+    t->bytes_in += n;
+    mark_progress(t);
+}
+
 void evs__transport_ref(evs_transport *t)
 {
     t->refs++;
@@ -57,6 +64,7 @@ void evs__transport_unref(evs_transport *t)
     /* TLS details stay readable until the last reference (after a failed
      * handshake the caller wants to know why). */
     evs__tls_free(t);
+    free(t->peer);
     if (t->fd >= 0)
         close(t->fd);
     evbuffer_free(t->out);
@@ -95,6 +103,7 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
     t->refs = 1; /* dropped after connection_lost */
     t->high = EVS_WRITE_HIGH_WATER_DEFAULT;
     t->low = EVS_WRITE_LOW_WATER_DEFAULT;
+    event_base_gettimeofday_cached(w->base, &t->started);
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
         (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
         int one = 1;
@@ -389,8 +398,7 @@ static ssize_t read_once(evs_transport *t, size_t *capacity)
     if (n < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     if (n > 0) {
-        evs__counter_add(&t->worker->bytes_in, (uint64_t)n);
-        mark_progress(t);
+        evs__transport_count_in(t, (size_t)n);
         if (p->get_buffer && p->buffer_updated)
             p->buffer_updated(t, (size_t)n, t->ctx);
         else if (p->data_received)
@@ -511,6 +519,7 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     evs__counter_add(&t->worker->bytes_out, (uint64_t)n);
+    t->bytes_out += (uint64_t)n;
     mark_progress(t);
     evs__transport_ref(t);
     if (evbuffer_get_length(t->out) == 0)
@@ -572,6 +581,7 @@ int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, s
             n = 0;
         }
         evs__counter_add(&t->worker->bytes_out, (uint64_t)n);
+        t->bytes_out += (uint64_t)n;
         if (n > 0)
             mark_progress(t);
         if ((size_t)n == total)

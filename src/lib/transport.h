@@ -44,6 +44,12 @@ struct evs_transport {
     bool dropped;        /* buffered bytes were thrown away (abort, error) */
     bool is_tcp;
 
+    uint64_t bytes_in;   /* socket bytes (ciphertext under TLS) */
+    uint64_t bytes_out;
+    struct timeval started;
+    struct sockaddr_storage *peer; /* kept from accept for access logs, or NULL */
+    socklen_t peerlen;
+
     /* Called once when the connection ends, before connection_lost. */
     evs__transport_hook closed_hook;
     void *closed_hook_arg;
@@ -73,6 +79,8 @@ void evs__transport_fatal(evs_transport *t, int err);
 void evs__transport_eof(evs_transport *t);
 /* Send bytes as they are (after TLS): try the socket, queue the rest. */
 int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, size_t total);
+/* Count bytes read from the socket (worker and connection counters). */
+void evs__transport_count_in(evs_transport *t, size_t n);
 /* Call pause_writing if the buffer went above the high watermark. */
 void evs__transport_maybe_pause(evs_transport *t);
 /* Abort every transport of @w (shutdown). */

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 
 #include <atomic>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -462,4 +463,58 @@ TEST(Server, TakeSocketsHandsQueuedConnectionsToASuccessor) {
     for (int i = 0; i < 500 && stat(path.c_str(), &st) == 0; i++) usleep(2000);
     EXPECT_NE(0, stat(path.c_str(), &st));  // the successor removes it
     remove_dir(dir);
+}
+
+TEST(Server, StatsAndConnectionClosedCallbackReportEachConnection) {
+    Runtime r(1);
+    struct Log {
+        std::mutex m;
+        std::vector<evs_connection_info> infos;
+        std::vector<std::string> peers;
+    };
+    static Log log;
+    log.infos.clear();
+    log.peers.clear();
+    evs_server_options o{};
+    o.client_connected = echo_handler;
+    o.host = "127.0.0.1";
+    o.connection_closed = [](const evs_connection_info *info, void *) {
+        char peer[128];
+        std::lock_guard<std::mutex> g(log.m);
+        log.infos.push_back(*info);
+        log.peers.push_back(info->peer ? evs_format_address(info->peer, info->peerlen, peer, sizeof peer)
+                                       : "");
+    };
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    for (int i = 0; i < 3; i++) {
+        int fd = connect_tcp(evs_server_port(s));
+        expect_echo(fd, 1000 * (i + 1));
+        close(fd);
+    }
+    evs_server_stats st;
+    for (int i = 0; i < 2000; i++) {
+        evs_server_stats_get(s, &st);
+        if (st.closed == 3) break;
+        usleep(1000);
+    }
+    EXPECT_EQ(3u, st.accepted);
+    EXPECT_EQ(3u, st.closed);
+    EXPECT_EQ(0u, st.active);
+    EXPECT_EQ(6000u, st.bytes_in);
+    EXPECT_EQ(6000u, st.bytes_out);
+    EXPECT_EQ(0u, st.tls_handshakes);
+    std::lock_guard<std::mutex> g(log.m);
+    ASSERT_EQ(3u, log.infos.size());
+    uint64_t total = 0;
+    for (size_t i = 0; i < 3; i++) {
+        total += log.infos[i].bytes_in;
+        EXPECT_EQ(log.infos[i].bytes_in, log.infos[i].bytes_out);
+        EXPECT_EQ(0, log.infos[i].error);
+        EXPECT_EQ(nullptr, log.infos[i].tls_version);
+        EXPECT_GE(log.infos[i].duration, 0.0);
+        EXPECT_EQ(0u, log.peers[i].rfind("127.0.0.1:", 0));
+        EXPECT_EQ(0, log.infos[i].worker);
+    }
+    EXPECT_EQ(6000u, total);
 }
