@@ -368,7 +368,7 @@ TEST(Server, HandlerReturningClosesTheConnectionAfterFlushing) {
 TEST(Server, IdleTimeoutClosesSilentConnectionsAndParkedReadsGetETIMEDOUT) {
     Runtime r;
     static std::atomic<int> read_rc;
-    read_rc = 0;
+    read_rc = 1;  // not set yet
     evs_server_options o{};
     o.client_connected = [](evs_reader *rd, evs_writer *w, void *) {
         char buf[64];
@@ -393,7 +393,7 @@ TEST(Server, IdleTimeoutClosesSilentConnectionsAndParkedReadsGetETIMEDOUT) {
     close(fd);
     ASSERT_EQ(0, evs_server_wait_closed([&] { evs_server_close(s); return s; }()));
     // The handler runs after the connection is gone: give it a moment.
-    for (int i = 0; i < 5000 && read_rc.load() == 0; i++) usleep(1000);
+    for (int i = 0; i < 5000 && read_rc.load() == 1; i++) usleep(1000);
     EXPECT_EQ(-ETIMEDOUT, read_rc.load());
 }
 
