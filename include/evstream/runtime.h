@@ -56,6 +56,8 @@ typedef struct evs_worker_stats {
     uint64_t tls_handshakes; /**< TLS handshakes completed */
     uint64_t tls_failed;     /**< TLS handshakes that failed or timed out */
     uint64_t tls_resumed;    /**< completed handshakes that resumed a session */
+    uint64_t loop_lag_us;    /**< how late the worker's last 100 ms probe timer fired
+                                  (microseconds): a busy or blocked loop shows here */
 } evs_worker_stats;
 
 /** A function run on a worker thread by evs_worker_post(). */

@@ -156,6 +156,8 @@ void evs_runtime_stats(evs_runtime *rt, evs_worker_stats *out)
         out->tls_handshakes += s.tls_handshakes;
         out->tls_failed += s.tls_failed;
         out->tls_resumed += s.tls_resumed;
+        if (s.loop_lag_us > out->loop_lag_us)
+            out->loop_lag_us = s.loop_lag_us; /* the worst worker */
     }
 }
 

@@ -223,6 +223,23 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return x->alpn_required ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_NOACK;
 }
 
+/* A client that offers no ALPN at all never reaches alpn_select: with
+ * ALPN required, refuse its hello here, with the no_application_protocol
+ * alert. Otherwise its handshake would complete on its side and the
+ * connection would only be dropped afterwards, without a reason. */
+static int require_alpn_hello(SSL *ssl, int *alert, void *arg)
+{
+    const unsigned char *ext;
+    size_t len;
+
+    EVS_UNUSED(arg);
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext,
+                                  &len) == 1)
+        return SSL_CLIENT_HELLO_SUCCESS;
+    *alert = SSL_AD_NO_APPLICATION_PROTOCOL;
+    return SSL_CLIENT_HELLO_ERROR;
+}
+
 static int alpn_wire(const char *const *list, size_t n, unsigned char **out, size_t *outlen)
 {
     size_t len = 0, off = 0;
@@ -420,6 +437,8 @@ int evs_tls_server_context_new(const evs_tls_server_options *o, evs_tls_context 
         }
         x->alpn_required = o->alpn_required;
         SSL_CTX_set_alpn_select_cb(ctx, alpn_select, x);
+        if (o->alpn_required)
+            SSL_CTX_set_client_hello_cb(ctx, require_alpn_hello, NULL);
     }
     if (o->verify_client != EVS_TLS_CLIENT_CERT_NONE) {
         STACK_OF(X509_NAME) *names;

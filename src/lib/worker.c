@@ -57,6 +57,7 @@ void evs_worker_stats_get(const evs_worker *w, evs_worker_stats *out)
     out->tls_handshakes = atomic_load_explicit(&w->tls_handshakes, memory_order_relaxed);
     out->tls_failed = atomic_load_explicit(&w->tls_failed, memory_order_relaxed);
     out->tls_resumed = atomic_load_explicit(&w->tls_resumed, memory_order_relaxed);
+    out->loop_lag_us = atomic_load_explicit(&w->loop_lag_us, memory_order_relaxed);
 }
 
 char *evs__worker_tls_stage(evs_worker *w)
@@ -93,6 +94,37 @@ static void inbox_cb(evutil_socket_t fd, short what, void *arg)
         next = m->next;
         run_message(w, m);
     }
+}
+
+#define LAG_PROBE_US 100000
+
+static void arm_lag_probe(evs_worker *w)
+{
+    struct timeval tv = {0, LAG_PROBE_US};
+
+    clock_gettime(CLOCK_MONOTONIC, &w->lag_due);
+    w->lag_due.tv_nsec += LAG_PROBE_US * 1000L;
+    if (w->lag_due.tv_nsec >= 1000000000L) {
+        w->lag_due.tv_sec++;
+        w->lag_due.tv_nsec -= 1000000000L;
+    }
+    evtimer_add(&w->lag_ev, &tv);
+}
+
+/* How late a timer fires is how long the loop was busy elsewhere. */
+static void lag_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_worker *w = arg;
+    struct timespec now;
+    int64_t late;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    late = (int64_t)(now.tv_sec - w->lag_due.tv_sec) * 1000000 +
+           (now.tv_nsec - w->lag_due.tv_nsec) / 1000;
+    atomic_store_explicit(&w->loop_lag_us, late > 0 ? (uint64_t)late : 0, memory_order_relaxed);
+    arm_lag_probe(w);
 }
 
 static void run_cb(evutil_socket_t fd, short what, void *arg)
@@ -132,6 +164,10 @@ int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size)
     event_assign(&w->wake_ev, w->base, w->wake_fd, EV_READ | EV_PERSIST, inbox_cb, w);
     event_add(&w->wake_ev, NULL);
     event_assign(&w->run_ev, w->base, -1, 0, run_cb, w);
+    if (rt) {
+        evtimer_assign(&w->lag_ev, w->base, lag_cb, w);
+        arm_lag_probe(w);
+    }
 
     w->stacks = evs__stack_pool_new(stack_size, 64);
     if (!w->stacks) {
@@ -171,6 +207,8 @@ void evs__worker_fini(evs_worker *w)
         if (w->wake_fd >= 0)
             event_del(&w->wake_ev);
         event_del(&w->run_ev);
+        if (event_initialized(&w->lag_ev))
+            event_del(&w->lag_ev);
         event_base_free(w->base);
         w->base = NULL;
     }

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -63,6 +64,8 @@ struct evs_worker {
     evs_task *ready_head;
     evs_task *ready_tail;
     struct event run_ev;
+    struct event lag_ev;     /* a periodic probe of the loop's latency */
+    struct timespec lag_due;
     evs_task *tasks; /* every live task, for cancelling at shutdown */
 
     /* Connections. */
@@ -87,6 +90,7 @@ struct evs_worker {
     _Atomic uint64_t tls_handshakes;
     _Atomic uint64_t tls_failed;
     _Atomic uint64_t tls_resumed;
+    _Atomic uint64_t loop_lag_us;
 };
 
 /* The worker's 16 KiB TLS staging buffer, made on first use. */
