@@ -18,7 +18,8 @@ extern "C" {
 typedef struct evs_connect_options {
     double timeout;           /**< seconds for each address tried; 0 = 60 */
     size_t limit;             /**< reader limit; 0 = 64 KiB */
-    const char *local_host;   /**< bind to this local address first (TCP) */
+    const char *local_host;   /**< bind to this numeric local address first (TCP);
+                                   a name gives -EADDRNOTAVAIL */
     uint16_t local_port;      /**< with local_host; 0 = any */
     /** TLS: a client context (evs_tls_client_context_new). The call returns
      *  once the handshake is done; a failed verification returns -EPROTO

@@ -33,12 +33,19 @@ extern "C" {
  *  reader and can be read again. */
 #define EVS_ELIMIT (-20002)
 
+/** Worker threads plus an acceptor (runtime.h). */
 typedef struct evs_runtime evs_runtime;
+/** One worker thread and its event base (runtime.h). */
 typedef struct evs_worker evs_worker;
+/** A connection's transport (transport.h). */
 typedef struct evs_transport evs_transport;
+/** StreamReader (stream.h). */
 typedef struct evs_reader evs_reader;
+/** StreamWriter (stream.h). */
 typedef struct evs_writer evs_writer;
+/** A task: a coroutine on a worker (task.h). */
 typedef struct evs_task evs_task;
+/** A listening server (server.h). */
 typedef struct evs_server evs_server;
 
 /**

@@ -35,8 +35,9 @@ typedef struct evs_protocol {
     void (*data_received)(evs_transport *t, const void *data, size_t len, void *ctx);
 
     /** The peer will send no more. Return true to keep the (half-open)
-     *  connection; false (or a NULL callback) closes the transport. Called at
-     *  most once; no data callback follows it. */
+     *  connection; false (or a NULL callback) closes the transport. Over TLS
+     *  the transport closes either way (no half-close). Called at most once;
+     *  no data callback follows it. */
     bool (*eof_received)(evs_transport *t, void *ctx);
 
     /** The connection is closed: @p err is 0 for a regular EOF, a close or an

@@ -27,7 +27,7 @@ typedef enum evs_dispatch {
 
 /** Runtime options. Zero-initialise, then set what you need. */
 typedef struct evs_runtime_options {
-    /** Worker threads; 0 = the number of online CPUs. */
+    /** Worker threads; 0 = the number of online CPUs; at most 4096. */
     int workers;
     /** Dispatch policy (default least-connections). */
     evs_dispatch dispatch;
@@ -76,7 +76,8 @@ EVS_EXTERN int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **ou
  * Stop a runtime and free it: close every server (stop accepting), let
  * handlers finish for up to @p timeout seconds, then abort the connections
  * and cancel the tasks that remain, join every thread and free everything,
- * including the servers. @p rt is invalid afterwards.
+ * including the servers. @p rt is invalid afterwards. A negative @p timeout
+ * waits for the handlers as long as they take.
  * @return 0, or -ETIMEDOUT when connections had to be aborted.
  * Thread: the thread that created the runtime (never a worker).
  */

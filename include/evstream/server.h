@@ -70,8 +70,11 @@ typedef struct evs_server_options {
     bool defer_serving; /**< the seed's start_serving=False: listen but do not
                              accept until evs_server_start_serving() */
     size_t limit;       /**< reader limit; 0 = 64 KiB */
-    size_t write_high_water; /**< 0 = 64 KiB */
-    size_t write_low_water;  /**< 0 = high / 4 */
+    /** Write watermarks with evs_transport_set_write_buffer_limits()'s rules:
+     *  both 0 = 64 KiB / 16 KiB; only high = low is high / 4; only low =
+     *  high is 4 x low. */
+    size_t write_high_water;
+    size_t write_low_water; /**< see write_high_water */
     size_t max_connections;  /**< this server's live connections; 0 = no limit of its own.
                                   At the limit it stops accepting until one closes. */
     double idle_timeout;     /**< abort a connection with no progress either way for this
@@ -121,7 +124,8 @@ EVS_EXTERN int evs_start_server(evs_runtime *rt, const evs_server_options *opts,
 EVS_EXTERN int evs_start_unix_server(evs_runtime *rt, const evs_server_options *opts,
                                      evs_server **out);
 
-/** Start accepting (after defer_serving). Idempotent. Any thread. */
+/** Start accepting (after defer_serving). Idempotent. Any thread.
+ *  @return 0, or -EBADF once the server is closed. */
 EVS_EXTERN int evs_server_start_serving(evs_server *s);
 /** True while accepting. Any thread. */
 EVS_EXTERN bool evs_server_is_serving(const evs_server *s);

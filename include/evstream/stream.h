@@ -126,8 +126,9 @@ EVS_EXTERN int evs_writelines(evs_writer *w, const struct iovec *iov, int iovcnt
  * drain(): wait while the write buffer is above the high watermark, until
  * it is at or below the low one. Several tasks may wait; all wake together.
  * Parks.
- * @return 0; the connection's error (or -EPIPE) once it is lost with data
- *         dropped; 0 for waiters whose data was all flushed before a close;
+ * @return 0; for tasks waiting when the connection goes: 0 if all their
+ *         data was flushed before a close, else the error (-EPIPE for an
+ *         abort); called on a connection already lost: its error, or -EPIPE;
  *         -ECANCELED / -ETIMEDOUT.
  */
 EVS_EXTERN int evs_drain(evs_writer *w);

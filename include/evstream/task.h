@@ -76,7 +76,8 @@ EVS_EXTERN int evs_yield(void);
  * it returns (asyncio.run), then cancel the tasks it left, wait for them and
  * free the loop. For client programs and tests.
  * @param result receives fn's return value (may be NULL).
- * @return 0, or a negative errno when the loop could not be set up.
+ * @return 0, -EBUSY when called from a worker or another evs_run() loop,
+ *         or a negative errno when the loop could not be set up.
  * Thread: any thread that is not running a loop of evstream already.
  */
 EVS_EXTERN int evs_run(evs_task_fn fn, void *arg, int *result);

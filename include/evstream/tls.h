@@ -124,7 +124,8 @@ EVS_EXTERN int evs_transport_start_tls(evs_transport *t, evs_tls_context *ctx, b
  * StreamWriter.start_tls: upgrade the (reader, writer) pair and park until
  * the handshake is done. Bytes the reader had buffered go to TLS, never to
  * the caller. @return 0, or -EPROTO (handshake failed: see
- * evs_transport_tls_error), -ETIMEDOUT, -ECANCELED, -EALREADY, -EPIPE.
+ * evs_transport_tls_error), -ETIMEDOUT, -ECANCELED, -EALREADY, -EPIPE,
+ * -EBUSY (a read is parked on the reader), -EINVAL (not in a task).
  */
 EVS_EXTERN int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server,
                              const evs_tls_options *opts);

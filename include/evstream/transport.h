@@ -23,8 +23,9 @@
 extern "C" {
 #endif
 
-/** Default write watermarks (asyncio's). */
+/** Default high write watermark (asyncio's). */
 #define EVS_WRITE_HIGH_WATER_DEFAULT (64u * 1024u)
+/** Default low write watermark (asyncio's). */
 #define EVS_WRITE_LOW_WATER_DEFAULT (16u * 1024u)
 
 /**
@@ -49,9 +50,10 @@ EVS_EXTERN int evs_transport_write(evs_transport *t, const void *data, size_t le
 /** write() of several buffers in order, with one writev() when possible. */
 EVS_EXTERN int evs_transport_writelines(evs_transport *t, const struct iovec *iov, int iovcnt);
 /** Close the write side after the buffered bytes are flushed. Reading goes on.
- *  @return 0 (idempotent), or -EPIPE after close(). */
+ *  @return 0 (idempotent), -EPIPE after close(), -ENOTSUP on TLS (no
+ *  half-close over TLS, as in asyncio). */
 EVS_EXTERN int evs_transport_write_eof(evs_transport *t);
-/** True: socket transports support write_eof. */
+/** True for plain socket transports; false once TLS is on. */
 EVS_EXTERN bool evs_transport_can_write_eof(const evs_transport *t);
 /** Stop reading, flush the buffered bytes, then call connection_lost(0)
  *  (never from inside this call). Idempotent. */

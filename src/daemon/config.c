@@ -33,6 +33,7 @@ typedef struct errlist {
 
 static char *xstrdup(const char *s);
 static char *join_path(const char *dir, const char *path);
+static char *dir_of(const char *path);
 
 /* The file a setting comes from, as a path that stands on its own: libconfig
  * names an @included file as written, relative to the include directory. */
@@ -301,6 +302,26 @@ static void get_size(errlist *e, const config_setting_t *g, const char *key, uin
     *out = n;
 }
 
+static void get_count(errlist *e, const config_setting_t *g, const char *key, long long min,
+                      long long max, uint64_t *out)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+    long long n;
+
+    if (!v)
+        return;
+    if (!is_int(v)) {
+        bad(e, v, "expected an integer");
+        return;
+    }
+    n = config_setting_get_int64(v);
+    if (n < min || n > max) {
+        bad(e, v, "%lld is out of range (%lld to %lld)", n, min, max);
+        return;
+    }
+    *out = (uint64_t)n;
+}
+
 static void get_duration(errlist *e, const config_setting_t *g, const char *key, double max,
                          double *out)
 {
@@ -374,12 +395,15 @@ static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, b
         return;
     }
     check_keys(e, g, limit_keys);
-    get_size(e, g, "max_connections", 0, 10000000, &l->max_connections);
+    get_count(e, g, "max_connections", 0, 10000000, &l->max_connections);
     get_size(e, g, "stream_limit", 1, MAX_BYTES, &l->stream_limit);
-    get_size(e, g, "write_high_water", 0, MAX_BYTES, &l->write_high_water);
+    get_size(e, g, "write_high_water", 1, MAX_BYTES, &l->write_high_water);
     get_size(e, g, "write_low_water", 0, MAX_BYTES, &l->write_low_water);
     get_duration(e, g, "idle_timeout", MAX_SECONDS, &l->idle_timeout);
     get_duration(e, g, "handshake_timeout", MAX_SECONDS, &l->handshake_timeout);
+    if (config_setting_get_member(g, "handshake_timeout") && l->handshake_timeout <= 0)
+        bad(e, config_setting_get_member(g, "handshake_timeout"),
+            "must be more than 0 (a TLS handshake needs time)");
     if (global) {
         get_duration(e, g, "shutdown_timeout", MAX_SECONDS, &l->shutdown_timeout);
         get_size(e, g, "stack_size", 16 * 1024, 64 * 1024 * 1024, &l->stack_size);
@@ -391,6 +415,10 @@ static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, b
                 bad(e, v, "only valid in the global limits group");
         }
     }
+    /* As asyncio: a high mark alone brings its low mark (a quarter). */
+    if (config_setting_get_member(g, "write_high_water") &&
+        !config_setting_get_member(g, "write_low_water"))
+        l->write_low_water = l->write_high_water / 4;
     if (l->write_low_water > l->write_high_water) {
         bad(e, g, "write_low_water (%llu) must not exceed write_high_water (%llu)",
             (unsigned long long)l->write_low_water, (unsigned long long)l->write_high_water);
@@ -417,8 +445,14 @@ static void read_log(errlist *e, const config_setting_t *g, evsd_config *c)
             bad(e, config_setting_get_member(g, "file"),
                 "expected \"stderr\", \"syslog\" or a file path");
         else {
+            char *confdir = dir_of(c->path);
             free(c->log_file);
-            c->log_file = xstrdup(file);
+            /* Like every path in the file: relative to its directory. */
+            if (strcmp(file, "stderr") == 0 || strcmp(file, "syslog") == 0)
+                c->log_file = xstrdup(file);
+            else
+                c->log_file = join_path(confdir, file);
+            free(confdir);
         }
     }
 }
@@ -501,9 +535,8 @@ static bool parse_listen(errlist *e, const config_setting_t *v, const char *text
 
     if (strncmp(text, "unix:", 5) == 0) {
         const char *path = text + 5;
-        size_t max = path[0] == '@' ? 107 : 107;
         l->family = EVSD_UNIX;
-        if (!*path || strcmp(path, "@") == 0 || strlen(path) > max) {
+        if (!*path || strcmp(path, "@") == 0 || strlen(path) > 107) {
             bad(e, v, "expected \"unix:/path/to.sock\" or \"unix:@name\" (at most 107 bytes)");
             return false;
         }
@@ -849,10 +882,13 @@ static void read_top(errlist *e, evsd_config *c)
     free(confdir);
     if ((v = config_setting_get_member(root, "plugins")))
         read_plugins(e, v, c);
-    if ((v = config_setting_get_member(root, "listeners")))
+    if ((v = config_setting_get_member(root, "listeners"))) {
         read_listeners(e, v, c);
-    else
+        if (config_setting_type(v) == CONFIG_TYPE_LIST && c->nlisteners == 0)
+            bad(e, v, "no listeners: add at least one { listen = ...; plugin = ...; }");
+    } else {
         add_error(e, "%s: no listeners: add a listeners = ( ... ); list", c->path);
+    }
 }
 
 static void set_defaults(evsd_config *c)
@@ -944,12 +980,11 @@ char *evsd_listener_key(const evsd_listener_conf *l)
 {
     char buf[512];
 
+    /* The address alone: backlog, reuseport and a Unix socket's mode and
+     * owner are applied again to a socket that is handed over. */
     if (l->family == EVSD_UNIX)
-        snprintf(buf, sizeof buf, "unix:%s|%d|%o|%d|%d", l->path, l->backlog,
-                 l->has_mode ? l->mode : 0, l->has_owner ? (int)l->owner : -1,
-                 l->has_group ? (int)l->group : -1);
+        snprintf(buf, sizeof buf, "unix:%s", l->path);
     else
-        snprintf(buf, sizeof buf, "tcp:%s:%u|%d|%d", l->host ? l->host : "*", l->port, l->backlog,
-                 l->reuseport);
+        snprintf(buf, sizeof buf, "tcp:%s:%u", l->host ? l->host : "*", l->port);
     return xstrdup(buf);
 }

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -517,15 +518,27 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     o.max_connections = c->own_max_connections ? c->limits.max_connections : 0;
     o.tls = l->tls;
     o.tls_handshake_timeout = c->limits.handshake_timeout;
-    o.tls_shutdown_timeout = c->limits.shutdown_timeout;
+    /* 0 means "do not wait" for the daemon; the library's 0 is its default. */
+    o.tls_shutdown_timeout = c->limits.shutdown_timeout > 0 ? c->limits.shutdown_timeout : 0.001;
     o.defer_serving = true;
     o.fds = fds;
     o.nfds = nfds;
+    /* A socket handed over on a reload takes this listener's settings. */
+    for (size_t i = 0; i < nfds; i++) {
+        int one = 1;
+        if (listen(fds[i], c->backlog) < 0)
+            evs_log(EVS_LOG_WARN, "listener '%s': backlog: %s", c->name, strerror(errno));
+        if (c->reuseport)
+            setsockopt(fds[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    }
+    if (nfds > 0 && c->family == EVSD_UNIX && c->path[0] != '@' && c->has_mode &&
+        chmod(c->path, c->mode) < 0)
+        evs_log(EVS_LOG_WARN, "listener '%s': mode of %s: %s", c->name, c->path, strerror(errno));
     if (c->family == EVSD_UNIX) {
         o.path = c->path;
         o.mode = c->has_mode ? c->mode : 0;
         rc = evs_start_unix_server(svc->rt, &o, &l->server);
-        if (rc == 0 && nfds == 0 && c->path[0] != '@' && (c->has_owner || c->has_group) &&
+        if (rc == 0 && c->path[0] != '@' && (c->has_owner || c->has_group) &&
             chown(c->path, c->has_owner ? c->owner : (uid_t)-1,
                   c->has_group ? c->group : (gid_t)-1) < 0) {
             rc = -errno;
