@@ -761,11 +761,52 @@ static void free_tls(evsd_tls_conf *t)
     free(t);
 }
 
+/* access_log = { file = "..."; format = "$time $peer ..."; }; */
+static void read_access_log(errlist *e, const config_setting_t *g, const evsd_config *c,
+                            evsd_listener_conf *l)
+{
+    static const char *const keys[] = {"file", "format", NULL};
+    char *confdir;
+    const char *format;
+
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+        bad(e, g, "expected a group { file = \"access.log\"; format = \"...\"; }");
+        return;
+    }
+    check_keys(e, g, keys);
+    confdir = dir_of(c->path);
+    l->access_log = path_setting(e, g, "file", true, confdir);
+    free(confdir);
+    format = get_string(e, g, "format", false);
+    if (format) {
+        static const char *const vars[] = {"time", "peer", "listener", "duration", "bytes_in",
+                                           "bytes_out", "tls_version", "tls_cipher", "reason",
+                                           "worker", NULL};
+        for (const char *p = strchr(format, '$'); p; p = strchr(p + 1, '$')) {
+            bool known = false;
+            for (const char *const *v = vars; *v && !known; v++) {
+                size_t n = strlen(*v);
+                known = strncmp(p + 1, *v, n) == 0 &&
+                        !(isalnum((unsigned char)p[1 + n]) || p[1 + n] == '_');
+            }
+            if (!known) {
+                bad(e, config_setting_get_member(g, "format"),
+                    "unknown variable at \"%.20s\" (expected $time, $peer, $listener, $duration, "
+                    "$bytes_in, $bytes_out, $tls_version, $tls_cipher, $reason, $worker)",
+                    p);
+                break;
+            }
+        }
+        l->access_log_format = xstrdup(format);
+    }
+}
+
 static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
                           evsd_listener_conf *l)
 {
     static const char *const keys[] = {"name", "listen", "plugin", "backlog", "mode", "owner",
-                                       "group", "reuseport", "limits", "settings", "tls", NULL};
+                                       "group", "reuseport", "limits", "settings", "tls",
+                                       "access_log", NULL};
     const char *listen, *plugin, *name;
     const config_setting_t *v;
     bool found = false;
@@ -808,6 +849,8 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
     }
     if ((v = config_setting_get_member(g, "tls")))
         l->tls = read_tls(e, v, c);
+    if ((v = config_setting_get_member(g, "access_log")))
+        read_access_log(e, v, c, l);
 }
 
 static void read_listeners(errlist *e, const config_setting_t *list, evsd_config *c)
@@ -838,10 +881,39 @@ static void read_listeners(errlist *e, const config_setting_t *list, evsd_config
     }
 }
 
+/* admin = { listen = "127.0.0.1:9100"; mode = "0600"; }: /metrics, /status. */
+static void read_admin(errlist *e, const config_setting_t *g, evsd_config *c)
+{
+    static const char *const keys[] = {"listen", "mode", "owner", "group", NULL};
+    evsd_listener_conf *l;
+    const char *listen;
+
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+        bad(e, g, "expected a group { listen = \"127.0.0.1:9100\"; }");
+        return;
+    }
+    check_keys(e, g, keys);
+    listen = get_string(e, g, "listen", true);
+    if (!listen)
+        return;
+    l = calloc(1, sizeof *l);
+    if (!l)
+        abort();
+    c->admin = l;
+    l->file = xstrdup(config_setting_source_file(g));
+    l->line = (int)config_setting_source_line(g);
+    l->name = xstrdup("admin");
+    l->listen = xstrdup(listen);
+    l->backlog = 64;
+    l->limits = c->limits;
+    parse_listen(e, config_setting_get_member(g, "listen"), listen, l);
+    read_unix_owner(e, g, l);
+}
+
 static void read_top(errlist *e, evsd_config *c)
 {
     static const char *const keys[] = {"workers", "dispatch", "log", "limits", "plugin_dir",
-                                       "plugins", "listeners", NULL};
+                                       "plugins", "listeners", "admin", NULL};
     const config_setting_t *root = config_root_setting(&c->cfg);
     const config_setting_t *v;
     const char *s;
@@ -882,6 +954,8 @@ static void read_top(errlist *e, evsd_config *c)
     free(confdir);
     if ((v = config_setting_get_member(root, "plugins")))
         read_plugins(e, v, c);
+    if ((v = config_setting_get_member(root, "admin")))
+        read_admin(e, v, c);
     if ((v = config_setting_get_member(root, "listeners"))) {
         read_listeners(e, v, c);
         if (config_setting_type(v) == CONFIG_TYPE_LIST && c->nlisteners == 0)
@@ -966,6 +1040,16 @@ void evsd_config_free(evsd_config *c)
         free(l->plugin);
         free(l->file);
         free_tls(l->tls);
+        free(l->access_log);
+        free(l->access_log_format);
+    }
+    if (c->admin) {
+        free(c->admin->name);
+        free(c->admin->listen);
+        free(c->admin->host);
+        free(c->admin->path);
+        free(c->admin->file);
+        free(c->admin);
     }
     free(c->plugins);
     free(c->listeners);

@@ -78,6 +78,8 @@ typedef struct evsd_listener_conf {
     bool own_max_connections;          /* limits.max_connections set for this listener */
     const config_setting_t *settings;  /* the plugin's settings group, or NULL */
     evsd_tls_conf *tls;                /* NULL: plaintext */
+    char *access_log;                  /* a file, or NULL */
+    char *access_log_format;           /* NULL: the default */
     char *file;
     int line;
 } evsd_listener_conf;
@@ -95,6 +97,7 @@ typedef struct evsd_config {
     size_t nplugins;
     evsd_listener_conf *listeners;
     size_t nlisteners;
+    evsd_listener_conf *admin;         /* the metrics listener, or NULL */
 } evsd_config;
 
 /*

@@ -6,6 +6,8 @@
  * log file. The one-second timeout finishes plugin instances retired by a
  * reload once their last connection has ended.
  */
+#include "accesslog.h"
+#include "admin.h"
 #include "config.h"
 #include "logging.h"
 #include "service.h"
@@ -320,6 +322,9 @@ static int serve(evsd_service *svc, const char *config_path, const options *o)
             reload(svc, config_path, o);
         else if (sig == SIGUSR1) {
             int rc = evsd_log_reopen();
+            int arc = evsd_access_log_reopen_all();
+            if (arc < 0)
+                evs_log(EVS_LOG_ERROR, "SIGUSR1: cannot reopen an access log: %s", evs_strerror(arc));
             if (rc < 0)
                 evs_log(EVS_LOG_ERROR, "SIGUSR1: cannot reopen the log: %s", evs_strerror(rc));
             else
@@ -374,11 +379,21 @@ int main(int argc, char **argv)
     if (o.pidfile && pidfile_write(o.pidfile) < 0) {
         report_ready(&ready_fd, 1);
         evsd_config_free(cfg);
+        free(config_path);
         return 1;
     }
     svc = evsd_service_start(cfg, o.workers);
     if (!svc) {
         evs_log(EVS_LOG_ERROR, "not started");
+        if (o.pidfile)
+            pidfile_remove(o.pidfile);
+        report_ready(&ready_fd, 1);
+        free(config_path);
+        return 1;
+    }
+    if (evsd_service_config(svc)->admin &&
+        evsd_admin_start(svc, evsd_service_config(svc)->admin) < 0) {
+        evsd_service_stop(svc);
         if (o.pidfile)
             pidfile_remove(o.pidfile);
         report_ready(&ready_fd, 1);

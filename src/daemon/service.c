@@ -12,6 +12,8 @@
  */
 #include "service.h"
 
+#include "accesslog.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -351,6 +353,7 @@ typedef struct listener {
     const evsd_listener_conf *conf;
     instance *inst;
     evs_tls_context *tls;
+    evsd_access_log *access_log;
     evs_server *server;
     char *key;
     char address[160];
@@ -373,6 +376,9 @@ struct evsd_service {
     generation *retired; /* older generations with live connections */
     pthread_mutex_t lock; /* the list below, read by the worker exit hook */
     instance *on_workers;
+    pthread_mutex_t view_lock; /* `current` as the admin listener reads it */
+    char admin_address[160];
+    time_t started;
 };
 
 /* Runtime hook: the worker's connections are all gone; say goodbye to
@@ -428,6 +434,7 @@ static void generation_free(evsd_service *svc, generation *g)
     for (size_t i = 0; i < g->n; i++) {
         retire_instance(svc, g->listeners[i].inst);
         evs_tls_context_unref(g->listeners[i].tls);
+        evsd_access_log_close(g->listeners[i].access_log);
         free(g->listeners[i].key);
     }
     free(g->listeners);
@@ -523,6 +530,16 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     o.defer_serving = true;
     o.fds = fds;
     o.nfds = nfds;
+    if (c->access_log) {
+        l->access_log = evsd_access_log_open(c->access_log, c->name, c->access_log_format);
+        if (!l->access_log) {
+            evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': access log %s: %s", c->file, c->line,
+                    c->name, c->access_log, strerror(errno));
+            return -errno;
+        }
+        o.connection_closed = evsd_access_log_write;
+        o.connection_closed_arg = l->access_log;
+    }
     /* A socket handed over on a reload takes this listener's settings. */
     for (size_t i = 0; i < nfds; i++) {
         int one = 1;
@@ -581,6 +598,8 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
         return NULL;
     }
     pthread_mutex_init(&svc->lock, NULL);
+    pthread_mutex_init(&svc->view_lock, NULL);
+    svc->started = time(NULL);
     memset(&ro, 0, sizeof ro);
     ro.workers = workers ? workers : cfg->workers;
     ro.dispatch = cfg->dispatch;
@@ -672,7 +691,9 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
         evs_server_close(old->listeners[i].server);
     old->next = svc->retired;
     svc->retired = old;
+    pthread_mutex_lock(&svc->view_lock);
     svc->current = g;
+    pthread_mutex_unlock(&svc->view_lock);
     evsd_service_reap(svc);
     return 0;
 
@@ -722,6 +743,185 @@ void evsd_service_print_addresses(evsd_service *svc, FILE *f, bool human)
         else
             fprintf(f, "%s %s\n", l->conf->name, l->address);
     }
+    if (svc->admin_address[0] && !human)
+        fprintf(f, "admin %s\n", svc->admin_address);
+}
+
+/* --- metrics and status ---------------------------------------------------- */
+
+/* A Prometheus label value: backslash, quote and newline escaped. */
+static void label(FILE *f, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            fprintf(f, "\\%c", *v);
+        else if (*v == '\n')
+            fputs("\\n", f);
+        else
+            fputc(*v, f);
+    }
+}
+
+static void family(FILE *f, const char *name, const char *type, const char *help)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+typedef uint64_t (*stat_fn)(const evs_server_stats *st);
+#define STAT(field) static uint64_t stat_##field(const evs_server_stats *st) { return st->field; }
+STAT(accepted)
+STAT(active)
+STAT(closed)
+STAT(bytes_in)
+STAT(bytes_out)
+STAT(tls_handshakes)
+STAT(tls_failed)
+STAT(tls_resumed)
+#undef STAT
+
+static void listener_family(FILE *f, generation *g, const char *name, const char *type,
+                            const char *help, const char *extra, stat_fn get)
+{
+    family(f, name, type, help);
+    for (size_t i = 0; i < g->n; i++) {
+        evs_server_stats st;
+        if (!g->listeners[i].server)
+            continue;
+        evs_server_stats_get(g->listeners[i].server, &st);
+        fprintf(f, "%s{listener=\"", name);
+        label(f, g->listeners[i].conf->name);
+        fprintf(f, "\"%s} %llu\n", extra, (unsigned long long)get(&st));
+    }
+}
+
+void evsd_service_metrics(evsd_service *svc, FILE *f)
+{
+    int workers = evs_runtime_worker_count(svc->rt);
+
+    family(f, "evstream_build_info", "gauge", "Version of the running evstreamd.");
+    fprintf(f, "evstream_build_info{version=\"");
+    label(f, evs_version());
+    fprintf(f, "\"} 1\n");
+    family(f, "evstream_uptime_seconds", "gauge", "Seconds since evstreamd started.");
+    fprintf(f, "evstream_uptime_seconds %.0f\n", difftime(time(NULL), svc->started));
+
+    pthread_mutex_lock(&svc->view_lock);
+    generation *g = svc->current;
+    listener_family(f, g, "evstream_listener_connections_accepted_total", "counter",
+                    "Connections accepted (since the listener's last reload).", "", stat_accepted);
+    listener_family(f, g, "evstream_listener_connections_active", "gauge", "Connections open now.",
+                    "", stat_active);
+    listener_family(f, g, "evstream_listener_connections_closed_total", "counter",
+                    "Connections closed.", "", stat_closed);
+    listener_family(f, g, "evstream_listener_connections_rejected_total", "counter",
+                    "Connections ended before the handler ran, by reason.",
+                    ",reason=\"tls_handshake\"", stat_tls_failed);
+    listener_family(f, g, "evstream_listener_received_bytes_total", "counter",
+                    "Bytes received by closed connections.", "", stat_bytes_in);
+    listener_family(f, g, "evstream_listener_sent_bytes_total", "counter",
+                    "Bytes sent by closed connections.", "", stat_bytes_out);
+    listener_family(f, g, "evstream_listener_tls_handshakes_total", "counter",
+                    "TLS handshakes that completed.", "", stat_tls_handshakes);
+    listener_family(f, g, "evstream_listener_tls_handshake_failures_total", "counter",
+                    "TLS handshakes that failed or timed out.", "", stat_tls_failed);
+    listener_family(f, g, "evstream_listener_tls_resumed_total", "counter",
+                    "TLS handshakes that resumed a session.", "", stat_tls_resumed);
+    pthread_mutex_unlock(&svc->view_lock);
+
+    family(f, "evstream_worker_connections_active", "gauge", "Connections open on the worker.");
+    for (int i = 0; i < workers; i++) {
+        evs_worker_stats ws;
+        evs_worker_stats_get(evs_runtime_worker(svc->rt, i), &ws);
+        fprintf(f, "evstream_worker_connections_active{worker=\"%d\"} %llu\n", i,
+                (unsigned long long)ws.active);
+    }
+    family(f, "evstream_worker_loop_lag_seconds", "gauge",
+           "How late the worker's last 100 ms timer fired.");
+    for (int i = 0; i < workers; i++) {
+        evs_worker_stats ws;
+        evs_worker_stats_get(evs_runtime_worker(svc->rt, i), &ws);
+        fprintf(f, "evstream_worker_loop_lag_seconds{worker=\"%d\"} %.6f\n", i,
+                (double)ws.loop_lag_us / 1e6);
+    }
+    family(f, "evstream_worker_tasks", "gauge", "Tasks alive on the worker.");
+    for (int i = 0; i < workers; i++) {
+        evs_worker_stats ws;
+        evs_worker_stats_get(evs_runtime_worker(svc->rt, i), &ws);
+        fprintf(f, "evstream_worker_tasks{worker=\"%d\"} %llu\n", i, (unsigned long long)ws.tasks);
+    }
+}
+
+static void json_string(FILE *f, const char *v)
+{
+    fputc('"', f);
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+void evsd_service_status(evsd_service *svc, FILE *f)
+{
+    int workers = evs_runtime_worker_count(svc->rt);
+
+    fprintf(f, "{\"version\":");
+    json_string(f, evs_version());
+    fprintf(f, ",\"uptime_seconds\":%.0f,\"pid\":%ld,\"workers\":[",
+            difftime(time(NULL), svc->started), (long)getpid());
+    for (int i = 0; i < workers; i++) {
+        evs_worker_stats ws;
+        evs_worker_stats_get(evs_runtime_worker(svc->rt, i), &ws);
+        fprintf(f,
+                "%s{\"id\":%d,\"active\":%llu,\"accepted\":%llu,\"closed\":%llu,"
+                "\"bytes_in\":%llu,\"bytes_out\":%llu,\"tasks\":%llu,\"loop_lag_ms\":%.3f}",
+                i ? "," : "", i, (unsigned long long)ws.active, (unsigned long long)ws.accepted,
+                (unsigned long long)ws.closed, (unsigned long long)ws.bytes_in,
+                (unsigned long long)ws.bytes_out, (unsigned long long)ws.tasks,
+                (double)ws.loop_lag_us / 1e3);
+    }
+    fprintf(f, "],\"listeners\":[");
+    pthread_mutex_lock(&svc->view_lock);
+    generation *g = svc->current;
+    for (size_t i = 0; i < g->n; i++) {
+        const listener *l = &g->listeners[i];
+        evs_server_stats st;
+        memset(&st, 0, sizeof st);
+        if (l->server)
+            evs_server_stats_get(l->server, &st);
+        fprintf(f, "%s{\"name\":", i ? "," : "");
+        json_string(f, l->conf->name);
+        fprintf(f, ",\"address\":");
+        json_string(f, l->address);
+        fprintf(f, ",\"plugin\":");
+        json_string(f, l->conf->plugin);
+        fprintf(f,
+                ",\"tls\":%s,\"accepted\":%llu,\"active\":%llu,\"closed\":%llu,"
+                "\"bytes_in\":%llu,\"bytes_out\":%llu,\"tls_handshakes\":%llu,"
+                "\"tls_failed\":%llu,\"tls_resumed\":%llu}",
+                l->tls ? "true" : "false", (unsigned long long)st.accepted,
+                (unsigned long long)st.active, (unsigned long long)st.closed,
+                (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
+                (unsigned long long)st.tls_handshakes, (unsigned long long)st.tls_failed,
+                (unsigned long long)st.tls_resumed);
+    }
+    pthread_mutex_unlock(&svc->view_lock);
+    fprintf(f, "]}\n");
+}
+
+void evsd_service_set_admin(evsd_service *svc, const char *address)
+{
+    snprintf(svc->admin_address, sizeof svc->admin_address, "%s", address);
+}
+
+evs_runtime *evsd_service_runtime(evsd_service *svc)
+{
+    return svc->rt;
 }
 
 const evsd_config *evsd_service_config(const evsd_service *svc)
@@ -773,6 +973,7 @@ int evsd_service_stop(evsd_service *svc)
     }
     generation_free(svc, svc->current);
     pthread_mutex_destroy(&svc->lock);
+    pthread_mutex_destroy(&svc->view_lock);
     free(svc);
     return 0;
 }

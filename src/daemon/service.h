@@ -40,6 +40,14 @@ void evsd_service_print_addresses(evsd_service *svc, FILE *f, bool human);
  * abort the rest, and free everything. @return 0. */
 int evsd_service_stop(evsd_service *svc);
 
+/* Prometheus text (/metrics) and JSON (/status) of the running service.
+ * Any thread. */
+void evsd_service_metrics(evsd_service *svc, FILE *f);
+void evsd_service_status(evsd_service *svc, FILE *f);
+evs_runtime *evsd_service_runtime(evsd_service *svc);
+/* Record the admin listener's address (listed as "admin ADDRESS"). */
+void evsd_service_set_admin(evsd_service *svc, const char *address);
+
 /* The log settings of the current configuration. */
 const evsd_config *evsd_service_config(const evsd_service *svc);
 

@@ -1,0 +1,183 @@
+/*
+ * accesslog.c - access logs. A line is formatted on the worker that closes
+ * the connection and written with one write() on an O_APPEND file, so lines
+ * from workers never mix. The file is reopened under a read-write lock:
+ * writers hold it shared, SIGUSR1's reopen holds it exclusively.
+ */
+#include "accesslog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct evsd_access_log {
+    char *path;
+    char *listener;
+    char *format;
+    int fd;
+    pthread_rwlock_t lock;
+    evsd_access_log *next; /* every open log, for the reopen */
+};
+
+static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
+static evsd_access_log *all;
+
+evsd_access_log *evsd_access_log_open(const char *path, const char *listener, const char *format)
+{
+    evsd_access_log *log = calloc(1, sizeof *log);
+
+    if (!log)
+        return NULL;
+    log->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (log->fd < 0) {
+        int e = errno;
+        free(log);
+        errno = e;
+        return NULL;
+    }
+    log->path = strdup(path);
+    log->listener = strdup(listener);
+    log->format = strdup(format ? format : EVSD_ACCESS_LOG_FORMAT);
+    pthread_rwlock_init(&log->lock, NULL);
+    pthread_mutex_lock(&all_lock);
+    log->next = all;
+    all = log;
+    pthread_mutex_unlock(&all_lock);
+    return log;
+}
+
+int evsd_access_log_reopen_all(void)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&all_lock);
+    for (evsd_access_log *log = all; log; log = log->next) {
+        int fd = open(log->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            rc = -errno;
+            continue;
+        }
+        pthread_rwlock_wrlock(&log->lock);
+        close(log->fd);
+        log->fd = fd;
+        pthread_rwlock_unlock(&log->lock);
+    }
+    pthread_mutex_unlock(&all_lock);
+    return rc;
+}
+
+void evsd_access_log_close(evsd_access_log *log)
+{
+    if (!log)
+        return;
+    pthread_mutex_lock(&all_lock);
+    for (evsd_access_log **pp = &all; *pp; pp = &(*pp)->next) {
+        if (*pp == log) {
+            *pp = log->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&all_lock);
+    close(log->fd);
+    pthread_rwlock_destroy(&log->lock);
+    free(log->path);
+    free(log->listener);
+    free(log->format);
+    free(log);
+}
+
+/* Why the connection ended, in one word or two. */
+static const char *reason(const evs_connection_info *info, char *buf, size_t len)
+{
+    if (info->tls_error) {
+        snprintf(buf, len, "tls:%s", info->tls_error);
+        for (char *p = buf; *p; p++)
+            if (*p == ' ')
+                *p = '_';
+        return buf;
+    }
+    switch (info->error) {
+    case 0:
+        return "closed";
+    case -ETIMEDOUT:
+        return "timeout";
+    case -ECONNRESET:
+        return "reset";
+    case -EPIPE:
+        return "broken_pipe";
+    default:
+        snprintf(buf, len, "error:%d", -info->error);
+        return buf;
+    }
+}
+
+static size_t append(char *line, size_t off, size_t cap, const char *s)
+{
+    size_t n = strlen(s);
+
+    if (off + n >= cap)
+        n = cap - off - 1;
+    memcpy(line + off, s, n);
+    return off + n;
+}
+
+void evsd_access_log_write(const evs_connection_info *info, void *arg)
+{
+    evsd_access_log *log = arg;
+    char line[1024], value[256], peer[128];
+    size_t off = 0, cap = sizeof line - 1;
+
+    for (const char *p = log->format; *p && off < cap - 1;) {
+        const char *v = NULL;
+        size_t n;
+
+        if (*p != '$') {
+            line[off++] = *p++;
+            continue;
+        }
+        p++;
+        n = strspn(p, "abcdefghijklmnopqrstuvwxyz_");
+        if (n == 4 && !strncmp(p, "time", n)) {
+            struct timespec ts;
+            struct tm tm;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            localtime_r(&ts.tv_sec, &tm);
+            strftime(value, sizeof value, "%Y-%m-%dT%H:%M:%S%z", &tm);
+            v = value;
+        } else if (n == 4 && !strncmp(p, "peer", n)) {
+            v = info->peer ? evs_format_address(info->peer, info->peerlen, peer, sizeof peer) : "-";
+        } else if (n == 8 && !strncmp(p, "listener", n)) {
+            v = log->listener;
+        } else if (n == 8 && !strncmp(p, "duration", n)) {
+            snprintf(value, sizeof value, "%.3f", info->duration);
+            v = value;
+        } else if (n == 8 && !strncmp(p, "bytes_in", n)) {
+            snprintf(value, sizeof value, "%llu", (unsigned long long)info->bytes_in);
+            v = value;
+        } else if (n == 9 && !strncmp(p, "bytes_out", n)) {
+            snprintf(value, sizeof value, "%llu", (unsigned long long)info->bytes_out);
+            v = value;
+        } else if (n == 11 && !strncmp(p, "tls_version", n)) {
+            v = info->tls_version ? info->tls_version : "-";
+        } else if (n == 10 && !strncmp(p, "tls_cipher", n)) {
+            v = info->tls_cipher ? info->tls_cipher : "-";
+        } else if (n == 6 && !strncmp(p, "reason", n)) {
+            v = reason(info, value, sizeof value);
+        } else if (n == 6 && !strncmp(p, "worker", n)) {
+            snprintf(value, sizeof value, "%d", info->worker);
+            v = value;
+        }
+        off = append(line, off, cap, v ? v : "$");
+        p += v ? n : 0;
+    }
+    line[off++] = '\n';
+    pthread_rwlock_rdlock(&log->lock);
+    if (write(log->fd, line, off) < 0)
+        evs_log(EVS_LOG_DEBUG, "access log %s: %s", log->path, strerror(errno));
+    pthread_rwlock_unlock(&log->lock);
+}

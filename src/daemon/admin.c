@@ -1,0 +1,142 @@
+/*
+ * admin.c - a tiny HTTP/1.1 server for /metrics and /status. One request
+ * per connection (Connection: close), GET and HEAD only, request head
+ * bounded to 8 KiB; anything else gets the proper status code.
+ */
+#include "admin.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define HEAD_LIMIT 8192
+
+static void respond(evs_writer *w, int code, const char *reason, const char *type,
+                    const char *body, size_t len, bool head)
+{
+    char hdr[256];
+    int n = snprintf(hdr, sizeof hdr,
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     code, reason, type, len);
+    struct iovec iov[2] = {{hdr, (size_t)n}, {(void *)body, head ? 0 : len}};
+
+    evs_writelines(w, iov, 2);
+}
+
+static void admin_client(evs_reader *r, evs_writer *w, void *arg)
+{
+    evsd_service *svc = arg;
+    const void *view;
+    char method[16], target[256], version[16];
+    char *body = NULL;
+    size_t len = 0;
+    ssize_t n;
+    FILE *f;
+    bool head;
+
+    evs_task_set_timeout(evs_task_current(), 10); /* slow clients do not linger */
+    evs_reader_set_limit(r, HEAD_LIMIT);
+    n = evs_readline(r, &view);
+    if (n <= 0) {
+        if (n == EVS_ELIMIT)
+            respond(w, 414, "URI Too Long", "text/plain", "request line too long\n", 22, false);
+        return;
+    }
+    {
+        char line[512];
+        size_t l = (size_t)n < sizeof line - 1 ? (size_t)n : sizeof line - 1;
+        memcpy(line, view, l);
+        line[l] = '\0';
+        if (sscanf(line, "%15s %255s %15s", method, target, version) != 3 ||
+            strncmp(version, "HTTP/1.", 7) != 0) {
+            respond(w, 400, "Bad Request", "text/plain", "bad request\n", 12, false);
+            return;
+        }
+    }
+    /* Skip the headers up to the empty line. */
+    for (;;) {
+        n = evs_readline(r, &view);
+        if (n == EVS_ELIMIT) {
+            respond(w, 431, "Request Header Fields Too Large", "text/plain", "headers too large\n",
+                    18, false);
+            return;
+        }
+        if (n <= 0)
+            return;
+        if (n <= 2 && ((const char *)view)[0] != ' ')
+            break;
+    }
+    head = strcmp(method, "HEAD") == 0;
+    if (!head && strcmp(method, "GET") != 0) {
+        respond(w, 405, "Method Not Allowed", "text/plain", "GET or HEAD\n", 12, false);
+        return;
+    }
+    f = open_memstream(&body, &len);
+    if (!f) {
+        respond(w, 500, "Internal Server Error", "text/plain", "out of memory\n", 14, head);
+        return;
+    }
+    if (strcmp(target, "/metrics") == 0) {
+        evsd_service_metrics(svc, f);
+        fclose(f);
+        respond(w, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body, len, head);
+    } else if (strcmp(target, "/status") == 0) {
+        evsd_service_status(svc, f);
+        fclose(f);
+        respond(w, 200, "OK", "application/json", body, len, head);
+    } else {
+        fclose(f);
+        respond(w, 404, "Not Found", "text/plain", "try /metrics or /status\n", 24, head);
+    }
+    free(body);
+}
+
+int evsd_admin_start(evsd_service *svc, const evsd_listener_conf *c)
+{
+    evs_server_options o;
+    evs_server *s;
+    int rc;
+
+    memset(&o, 0, sizeof o);
+    o.client_connected = admin_client;
+    o.arg = svc;
+    o.backlog = c->backlog;
+    o.max_connections = 64;
+    o.idle_timeout = 10;
+    if (c->family == EVSD_UNIX) {
+        o.path = c->path;
+        o.mode = c->has_mode ? c->mode : 0600;
+        rc = evs_start_unix_server(evsd_service_runtime(svc), &o, &s);
+        if (rc == 0 && c->path[0] != '@' && (c->has_owner || c->has_group) &&
+            chown(c->path, c->has_owner ? c->owner : (uid_t)-1, c->has_group ? c->group : (gid_t)-1) <
+                0)
+            evs_log(EVS_LOG_WARN, "admin: owner of %s: %s", c->path, strerror(errno));
+    } else {
+        o.host = c->host;
+        o.port = c->port;
+        rc = evs_start_server(evsd_service_runtime(svc), &o, &s);
+    }
+    if (rc < 0) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: admin: cannot listen on %s: %s", c->file, c->line,
+                c->listen, evs_strerror(rc));
+        return -1;
+    }
+    char addr[160];
+    if (c->family == EVSD_TCP) {
+        int fd;
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        snprintf(addr, sizeof addr, "%s", c->listen);
+        if (evs_server_sockets(s, &fd, 1) > 0 && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+            evs_format_address((struct sockaddr *)&ss, sl, addr, sizeof addr);
+    } else {
+        snprintf(addr, sizeof addr, "unix:%s", c->path);
+    }
+    evs_log(EVS_LOG_INFO, "admin: /metrics and /status on %s", addr);
+    evsd_service_set_admin(svc, addr);
+    return 0;
+}
