@@ -11,6 +11,7 @@
 #include "config.h"
 #include "logging.h"
 #include "service.h"
+#include "systemd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -280,16 +281,20 @@ static void reload(evsd_service *svc, const char *path, const options *o)
     evsd_config *cfg;
 
     evs_log(EVS_LOG_INFO, "SIGHUP: reloading %s", path);
+    evsd_notify_reloading();
     cfg = load_config(path, true);
     if (!cfg) {
         evs_log(EVS_LOG_ERROR, "reload failed: keeping the running configuration");
+        evsd_notify("READY=1\nSTATUS=reload failed: running the previous configuration");
         return;
     }
     char *log_file = strdup(cfg->log_file);
     evs_log_level level = cfg->log_level;
     if (evsd_service_reload(svc, cfg) < 0) {
         evs_log(EVS_LOG_ERROR, "reload failed: keeping the running configuration");
+        evsd_notify("READY=1\nSTATUS=reload failed: running the previous configuration");
     } else {
+        evsd_notify("READY=1\nSTATUS=serving (reloaded)");
         evsd_config tmp;
         memset(&tmp, 0, sizeof tmp);
         tmp.log_file = log_file;
@@ -316,6 +321,7 @@ static int serve(evsd_service *svc, const char *config_path, const options *o)
 
         if (sig == SIGTERM || sig == SIGINT) {
             evs_log(EVS_LOG_INFO, "%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            evsd_notify("STOPPING=1\nSTATUS=stopping");
             return evsd_service_stop(svc);
         }
         if (sig == SIGHUP)
@@ -404,6 +410,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     write_ports(svc, o.ports_file);
     report_ready(&ready_fd, 0);
+    evsd_notify("READY=1\nSTATUS=serving");
 
     rc = serve(svc, config_path, &o);
     if (o.pidfile)

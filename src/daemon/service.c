@@ -13,6 +13,7 @@
 #include "service.h"
 
 #include "accesslog.h"
+#include "systemd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -617,9 +618,16 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
     svc->current = generation_new(svc, cfg);
     if (!svc->current)
         goto fail;
-    for (size_t i = 0; i < svc->current->n; i++)
-        if (start_listener(svc, &svc->current->listeners[i], NULL, 0) < 0)
+    /* Sockets from the service manager (socket activation) go to the
+     * listeners they match; the others are bound here. */
+    evsd_activation_take();
+    for (size_t i = 0; i < svc->current->n; i++) {
+        listener *l = &svc->current->listeners[i];
+        int fd = evsd_activation_claim(l->conf);
+        if (start_listener(svc, l, fd >= 0 ? &fd : NULL, fd >= 0) < 0)
             goto fail;
+    }
+    evsd_activation_close_unclaimed();
     serve_all(svc->current);
     return svc;
 

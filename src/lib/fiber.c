@@ -15,7 +15,7 @@
  * whole fiber structures (with their stacks) for reuse.
  */
 #ifdef HAVE_CONFIG_H
-#include "config.h"  /* HAVE_VALGRIND_VALGRIND_H, EVS_FIBER_UCONTEXT */
+#include "build-config.h"  /* HAVE_VALGRIND_VALGRIND_H, EVS_FIBER_UCONTEXT */
 #endif
 
 #include "fiber.h"

@@ -21,7 +21,7 @@
  * is defined (the ucontext fallback is used then).
  */
 #ifdef HAVE_CONFIG_H
-#include "config.h"  /* EVS_FIBER_UCONTEXT */
+#include "build-config.h"  /* EVS_FIBER_UCONTEXT */
 #endif
 
 #if defined(__x86_64__) && !defined(EVS_FIBER_UCONTEXT)

@@ -4,7 +4,7 @@
 #ifndef EVS_INTERNAL_H
 #define EVS_INTERNAL_H
 
-#include "config.h"
+#include "build-config.h"
 
 #include <stdatomic.h>
 #include <stddef.h>

@@ -1,0 +1,165 @@
+/*
+ * systemd.c - sd_notify (through libsystemd when it was found at build
+ * time) and socket activation, which needs no library: the protocol is a
+ * few environment variables and fds from 3 on.
+ */
+#include "build-config.h"
+
+#include "config.h"
+
+#include "systemd.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#define FIRST_FD 3
+#define MAX_FDS 64
+
+void evsd_notify(const char *state)
+{
+#ifdef HAVE_LIBSYSTEMD
+    sd_notify(0, state);
+#else
+    (void)state;
+#endif
+}
+
+void evsd_notify_reloading(void)
+{
+    char buf[96];
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(buf, sizeof buf, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    evsd_notify(buf);
+}
+
+static struct inherited {
+    int fd;
+    char name[256];
+    bool claimed;
+} fds[MAX_FDS];
+static size_t nfds;
+
+size_t evsd_activation_take(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *count = getenv("LISTEN_FDS");
+    const char *names = getenv("LISTEN_FDNAMES");
+    char *end;
+    long n;
+
+    if (!pid || !count || strtol(pid, &end, 10) != (long)getpid())
+        return 0;
+    n = strtol(count, &end, 10);
+    if (*end || n <= 0)
+        n = 0;
+    if (n > MAX_FDS) {
+        evs_log(EVS_LOG_WARN, "socket activation: %ld sockets, using the first %d", n, MAX_FDS);
+        n = MAX_FDS;
+    }
+    for (long i = 0; i < n; i++) {
+        fds[i].fd = FIRST_FD + (int)i;
+        fds[i].claimed = false;
+        fds[i].name[0] = '\0';
+    }
+    /* Names are colon-separated, in fd order. */
+    for (long i = 0; names && i < n; i++) {
+        const char *colon = strchr(names, ':');
+        size_t len = colon ? (size_t)(colon - names) : strlen(names);
+        snprintf(fds[i].name, sizeof fds[i].name, "%.*s", (int)len, names);
+        names = colon ? colon + 1 : NULL;
+    }
+    nfds = (size_t)n;
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    if (nfds)
+        evs_log(EVS_LOG_INFO, "socket activation: %zu socket(s) from the service manager", nfds);
+    return nfds;
+}
+
+/* Is @fd a listening socket bound to @l's address? */
+static bool same_address(int fd, const evsd_listener_conf *l)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return false;
+    if (l->family == EVSD_UNIX) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&ss;
+        size_t plen = len > offsetof(struct sockaddr_un, sun_path)
+                          ? len - offsetof(struct sockaddr_un, sun_path)
+                          : 0;
+        if (ss.ss_family != AF_UNIX || plen == 0)
+            return false;
+        if (l->path[0] == '@')
+            return un->sun_path[0] == '\0' && plen - 1 == strlen(l->path + 1) &&
+                   memcmp(un->sun_path + 1, l->path + 1, plen - 1) == 0;
+        return strncmp(un->sun_path, l->path, plen) == 0;
+    }
+    if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)
+        return false;
+    uint16_t port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                  : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    if (l->port != 0 && port != l->port)
+        return false;
+    if (!l->host)
+        return true; /* every interface: any bound address of that port */
+    struct addrinfo hints, *res, *ai;
+    bool match = false;
+    char service[8];
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_family = ss.ss_family;
+    snprintf(service, sizeof service, "%u", port);
+    if (getaddrinfo(l->host, service, &hints, &res) != 0)
+        return false;
+    for (ai = res; ai && !match; ai = ai->ai_next)
+        match = ai->ai_addrlen <= len && memcmp(ai->ai_addr, &ss, ai->ai_addrlen) == 0;
+    freeaddrinfo(res);
+    return match;
+}
+
+int evsd_activation_claim(const evsd_listener_conf *l)
+{
+    /* A FileDescriptorName= equal to the listener's name wins. */
+    for (size_t i = 0; i < nfds; i++) {
+        if (!fds[i].claimed && fds[i].name[0] && strcmp(fds[i].name, l->name) == 0) {
+            fds[i].claimed = true;
+            return fds[i].fd;
+        }
+    }
+    for (size_t i = 0; i < nfds; i++) {
+        if (!fds[i].claimed && same_address(fds[i].fd, l)) {
+            fds[i].claimed = true;
+            return fds[i].fd;
+        }
+    }
+    return -1;
+}
+
+void evsd_activation_close_unclaimed(void)
+{
+    for (size_t i = 0; i < nfds; i++) {
+        if (fds[i].claimed)
+            continue;
+        evs_log(EVS_LOG_WARN, "socket activation: no listener for fd %d%s%s; closing it", fds[i].fd,
+                fds[i].name[0] ? " named " : "", fds[i].name);
+        close(fds[i].fd);
+        fds[i].claimed = true;
+    }
+}
