@@ -115,7 +115,8 @@ static bool same_address(int fd, const evsd_listener_conf *l)
         return false;
     uint16_t port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
                                                   : ((struct sockaddr_in6 *)&ss)->sin6_port);
-    if (l->port != 0 && port != l->port)
+    /* Port 0 asks for a fresh port: such a listener matches by name only. */
+    if (l->port == 0 || port != l->port)
         return false;
     if (!l->host)
         return true; /* every interface: any bound address of that port */

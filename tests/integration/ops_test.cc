@@ -1,0 +1,426 @@
+// Operations: the admin listener (/metrics in Prometheus text format, checked
+// strictly, and /status as JSON, scraped with curl), access logs and their
+// reopening, sd_notify messages and socket activation, all against the real
+// evstreamd started as a process (ended by its PID).
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "build-config.h"
+#include "helpers.h"
+
+using namespace evs_test;
+
+namespace {
+
+std::string builddir() {
+    const char *d = getenv("EVS_TEST_BUILDDIR");
+    return d ? d : ".";
+}
+
+void write_file(const std::string &path, const std::string &text) {
+    std::ofstream(path) << text;
+}
+
+std::string read_file(const std::string &path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+bool eventually(double seconds, const std::function<bool()> &pred) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds((long)(seconds * 1000));
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        usleep(10 * 1000);
+    }
+    return true;
+}
+
+// The daemon as a child process, with its output in a file.
+struct Daemon {
+    pid_t pid = -1;
+    std::string dir, ports, log;
+    std::map<std::string, std::string> addresses;
+
+    // @inherit: a socket to pass as fd 3 with LISTEN_FDS (socket activation).
+    Daemon(const std::string &dir_, const std::string &conf, std::vector<std::string> env = {},
+           int inherit = -1, const std::string &fdname = "")
+        : dir(dir_), ports(dir_ + "/ports"), log(dir_ + "/daemon.out") {
+        std::string confpath = dir + "/evstreamd.conf";
+        write_file(confpath, conf);
+        unlink(ports.c_str());
+        std::string bin = builddir() + "/src/daemon/evstreamd";
+        pid = fork();
+        if (pid == 0) {
+            int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            dup2(out, 1);
+            dup2(out, 2);
+            for (auto &e : env) putenv(strdup(e.c_str()));
+            setenv("EVSTREAMD_PLUGIN_DIR", (builddir() + "/plugins").c_str(), 1);
+            if (inherit >= 0) {
+                dup2(inherit, 3);
+                setenv("LISTEN_FDS", "1", 1);
+                setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+                if (!fdname.empty()) setenv("LISTEN_FDNAMES", fdname.c_str(), 1);
+            }
+            execl(bin.c_str(), bin.c_str(), "-c", confpath.c_str(), "--ports-file", ports.c_str(),
+                  "-l", "info", (char *)nullptr);
+            _exit(127);
+        }
+    }
+    bool ready() {
+        bool ok = eventually(20, [&] { return access(ports.c_str(), R_OK) == 0; });
+        std::istringstream in(read_file(ports));
+        std::string name, addr;
+        while (in >> name >> addr) addresses[name] = addr;
+        return ok;
+    }
+    uint16_t port(const std::string &name) {
+        auto a = addresses[name];
+        return (uint16_t)atoi(a.substr(a.rfind(':') + 1).c_str());
+    }
+    void signal(int sig) { kill(pid, sig); }
+    int stop() {
+        int st = -1;
+        if (pid <= 0) return st;
+        kill(pid, SIGTERM);
+        for (int i = 0; i < 3000; i++) {
+            if (waitpid(pid, &st, WNOHANG) == pid) {
+                pid = -1;
+                return st;
+            }
+            usleep(10 * 1000);
+        }
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        pid = -1;
+        return -1;
+    }
+    ~Daemon() { stop(); }
+};
+
+std::string base_conf(const std::string &listeners, const std::string &extra = "") {
+    return "workers = 2;\n" + extra +
+           "plugins = ( { name = \"echo\"; path = \"echo.so\"; } );\n"
+           "listeners = (\n" +
+           listeners + "\n);\n";
+}
+
+// curl's output for a URL (empty when curl is missing or fails).
+std::string curl(const std::string &url, int *code = nullptr) {
+    std::string cmd = "timeout 20 curl -s -w '\\n%{http_code}' '" + url + "' 2>/dev/null";
+    FILE *p = popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while (p && (n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    if (p) pclose(p);
+    size_t nl = out.rfind('\n');
+    if (code) *code = nl == std::string::npos ? 0 : atoi(out.c_str() + nl + 1);
+    return nl == std::string::npos ? out : out.substr(0, nl);
+}
+
+bool have_curl() { return system("command -v curl >/dev/null 2>&1") == 0; }
+
+void echo_once(uint16_t port, const std::string &msg) {
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(write_all(fd, msg.data(), msg.size()));
+    std::string back(msg.size(), '\0');
+    ASSERT_TRUE(read_exact(fd, &back[0], back.size()));
+    EXPECT_EQ(msg, back);
+    close(fd);
+}
+
+// Strict checks of the Prometheus text exposition format (version 0.0.4):
+// every sample belongs to a family declared by HELP and TYPE before it,
+// names and labels are well formed, values are numbers, counters end in
+// _total, no family is declared twice.
+std::string prometheus_errors(const std::string &text, std::map<std::string, double> *samples) {
+    static const std::regex help(R"(^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) .+$)");
+    static const std::regex type(R"(^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$)");
+    static const std::regex sample(
+        R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*")(,[a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*")*\})? (-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?)$)");
+    std::map<std::string, std::string> types;
+    std::set<std::string> helped, seen;
+    std::istringstream in(text);
+    std::string line, errors;
+    int n = 0;
+    if (text.empty() || text.back() != '\n') errors += "does not end with a newline\n";
+    while (std::getline(in, line)) {
+        n++;
+        std::smatch m;
+        if (std::regex_match(line, m, help)) {
+            if (!helped.insert(m[1]).second) errors += "line " + std::to_string(n) + ": HELP twice\n";
+        } else if (std::regex_match(line, m, type)) {
+            if (types.count(m[1])) errors += "line " + std::to_string(n) + ": TYPE twice\n";
+            types[m[1]] = m[2];
+            if (m[2] == "counter" && !std::regex_search(std::string(m[1]), std::regex("_total$")))
+                errors += "line " + std::to_string(n) + ": counter without _total\n";
+        } else if (std::regex_match(line, m, sample)) {
+            std::string name = m[1];
+            if (!types.count(name) || !helped.count(name))
+                errors += "line " + std::to_string(n) + ": sample before its HELP/TYPE: " + name + "\n";
+            std::string key = name + std::string(m[2]);
+            if (!seen.insert(key).second) errors += "line " + std::to_string(n) + ": duplicate sample\n";
+            (*samples)[key] = atof(std::string(m[7]).c_str());
+        } else {
+            errors += "line " + std::to_string(n) + ": not valid: " + line + "\n";
+        }
+    }
+    return errors;
+}
+
+// A small strict JSON validator (RFC 8259 grammar).
+struct Json {
+    const char *p;
+    void ws() { while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++; }
+    bool lit(const char *s) {
+        size_t n = strlen(s);
+        if (strncmp(p, s, n)) return false;
+        p += n;
+        return true;
+    }
+    bool str() {
+        if (*p++ != '"') return false;
+        while (*p && *p != '"') {
+            if ((unsigned char)*p < 0x20) return false;
+            if (*p == '\\') {
+                p++;
+                if (*p == 'u') {
+                    for (int i = 1; i <= 4; i++) if (!isxdigit((unsigned char)p[i])) return false;
+                    p += 5;
+                    continue;
+                }
+                if (!strchr("\"\\/bfnrt", *p)) return false;
+            }
+            p++;
+        }
+        return *p++ == '"';
+    }
+    bool num() {
+        const char *s = p;
+        if (*p == '-') p++;
+        if (*p == '0') p++;
+        else if (isdigit((unsigned char)*p)) while (isdigit((unsigned char)*p)) p++;
+        else return false;
+        if (*p == '.') { p++; if (!isdigit((unsigned char)*p)) return false; while (isdigit((unsigned char)*p)) p++; }
+        if (*p == 'e' || *p == 'E') { p++; if (*p == '+' || *p == '-') p++; if (!isdigit((unsigned char)*p)) return false; while (isdigit((unsigned char)*p)) p++; }
+        return p > s;
+    }
+    bool value() {
+        ws();
+        bool ok;
+        if (*p == '{') {
+            p++; ws();
+            if (*p == '}') { p++; return true; }
+            do { ws(); if (!str()) return false; ws(); if (*p++ != ':') return false; if (!value()) return false; ws(); } while (*p == ',' && p++);
+            ok = *p++ == '}';
+        } else if (*p == '[') {
+            p++; ws();
+            if (*p == ']') { p++; return true; }
+            do { if (!value()) return false; ws(); } while (*p == ',' && p++);
+            ok = *p++ == ']';
+        } else if (*p == '"') ok = str();
+        else ok = lit("true") || lit("false") || lit("null") || num();
+        ws();
+        return ok;
+    }
+    static bool valid(const std::string &s) {
+        Json j{s.c_str()};
+        return j.value() && *j.p == '\0';
+    }
+};
+
+}  // namespace
+
+TEST(Ops, MetricsArePrometheusTextAndCountConnections) {
+    if (!have_curl()) GTEST_SKIP() << "curl is not installed";
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    for (int i = 0; i < 3; i++) echo_once(d.port("plain"), "hello " + std::to_string(i));
+    std::string base = "http://127.0.0.1:" + std::to_string(d.port("admin"));
+    std::map<std::string, double> samples;
+    ASSERT_TRUE(eventually(10, [&] {
+        samples.clear();
+        std::string text = curl(base + "/metrics");
+        std::string errors = prometheus_errors(text, &samples);
+        EXPECT_EQ("", errors) << text;
+        return samples["evstream_listener_connections_closed_total{listener=\"plain\"}"] == 3;
+    }));
+    EXPECT_EQ(3, samples["evstream_listener_connections_accepted_total{listener=\"plain\"}"]);
+    EXPECT_EQ(0, samples["evstream_listener_connections_active{listener=\"plain\"}"]);
+    EXPECT_EQ(3 * 7, samples["evstream_listener_received_bytes_total{listener=\"plain\"}"]);
+    EXPECT_EQ(3 * 7, samples["evstream_listener_sent_bytes_total{listener=\"plain\"}"]);
+    EXPECT_EQ(1, samples["evstream_build_info{version=\"" + std::string(evs_version()) + "\"}"]);
+    EXPECT_TRUE(samples.count("evstream_worker_loop_lag_seconds{worker=\"1\"}"));
+    EXPECT_TRUE(samples.count("evstream_worker_connections_active{worker=\"0\"}"));
+
+    int code = 0;
+    std::string status = curl(base + "/status", &code);
+    EXPECT_EQ(200, code);
+    EXPECT_TRUE(Json::valid(status)) << status;
+    EXPECT_NE(std::string::npos, status.find("\"name\":\"plain\"")) << status;
+    EXPECT_NE(std::string::npos, status.find("\"accepted\":3")) << status;
+    curl(base + "/nope", &code);
+    EXPECT_EQ(404, code);
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
+TEST(Ops, AccessLogHasALinePerConnectionAndReopensOnSIGUSR1) {
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"logged\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
+                            "  access_log = { file = \"access.log\";\n"
+                            "    format = \"$peer $listener $bytes_in/$bytes_out $tls_version $reason w$worker\"; }; }"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    std::string logfile = dir + "/access.log";
+    echo_once(d.port("logged"), "12345");
+    ASSERT_TRUE(eventually(10, [&] { return read_file(logfile).find('\n') != std::string::npos; }));
+    std::string first = read_file(logfile);
+    EXPECT_TRUE(std::regex_match(first, std::regex(R"(127\.0\.0\.1:[0-9]+ logged 5/5 - closed w[01]\n)"))) << first;
+
+    // Rotation: move the file away, SIGUSR1, and the next line goes to a new file.
+    ASSERT_EQ(0, rename(logfile.c_str(), (logfile + ".1").c_str()));
+    d.signal(SIGUSR1);
+    ASSERT_TRUE(eventually(10, [&] { return access(logfile.c_str(), F_OK) == 0; }));
+    echo_once(d.port("logged"), "abc");
+    ASSERT_TRUE(eventually(10, [&] { return read_file(logfile).find(" 3/3 ") != std::string::npos; }));
+    EXPECT_EQ(first, read_file(logfile + ".1"));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
+TEST(Ops, AccessLogFormatErrorsNameTheLine) {
+    std::string dir = make_temp_dir();
+    std::string conf = dir + "/bad.conf";
+    write_file(conf, base_conf("{ listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
+                               "  access_log = { file = \"a.log\"; format = \"$peer $bogus\"; }; }"));
+    std::string cmd = "EVSTREAMD_PLUGIN_DIR=" + builddir() + "/plugins " + builddir() +
+                      "/src/daemon/evstreamd -t -c " + conf + " 2>&1";
+    FILE *p = popen(cmd.c_str(), "r");
+    char buf[4096];
+    std::string out;
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int st = pclose(p);
+    EXPECT_EQ(1, WEXITSTATUS(st));
+    EXPECT_NE(std::string::npos, out.find(conf + ":5: listeners[0].access_log.format")) << out;
+    EXPECT_NE(std::string::npos, out.find("unknown variable")) << out;
+    remove_dir(dir);
+}
+
+#ifdef HAVE_LIBSYSTEMD
+TEST(Ops, NotifiesReadyReloadingAndStopping) {
+    std::string dir = make_temp_dir();
+    std::string sockpath = dir + "/notify";
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", sockpath.c_str());
+    ASSERT_EQ(0, bind(fd, (struct sockaddr *)&sun, sizeof sun));
+    set_timeouts(fd, 20);
+    auto next = [&]() {
+        char buf[512];
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        return n > 0 ? std::string(buf, (size_t)n) : std::string();
+    };
+    Daemon d(dir, base_conf("{ listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"),
+             {"NOTIFY_SOCKET=" + sockpath});
+    std::string m = next();
+    EXPECT_NE(std::string::npos, m.find("READY=1")) << m;
+    EXPECT_NE(std::string::npos, m.find("STATUS=serving")) << m;
+    ASSERT_TRUE(d.ready());
+    d.signal(SIGHUP);
+    m = next();
+    EXPECT_NE(std::string::npos, m.find("RELOADING=1")) << m;
+    EXPECT_NE(std::string::npos, m.find("MONOTONIC_USEC=")) << m;
+    m = next();
+    EXPECT_NE(std::string::npos, m.find("READY=1")) << m;
+    d.signal(SIGTERM);
+    m = next();
+    EXPECT_NE(std::string::npos, m.find("STOPPING=1")) << m;
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    close(fd);
+    remove_dir(dir);
+}
+#endif
+
+namespace {
+
+int listening_socket(uint16_t *port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, (struct sockaddr *)&sin, sizeof sin);
+    listen(fd, 16);
+    socklen_t len = sizeof sin;
+    getsockname(fd, (struct sockaddr *)&sin, &len);
+    *port = ntohs(sin.sin_port);
+    return fd;
+}
+
+}  // namespace
+
+TEST(Ops, SocketActivationMatchesByName) {
+    std::string dir = make_temp_dir();
+    uint16_t port;
+    int lfd = listening_socket(&port);
+    // The configured address differs: the name decides.
+    Daemon d(dir, base_conf("{ name = \"activated\"; listen = \"127.0.0.1:1\"; plugin = \"echo\"; }"),
+             {}, lfd, "activated");
+    close(lfd);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    EXPECT_EQ(port, d.port("activated"));
+    echo_once(port, "through systemd's socket");
+    EXPECT_NE(std::string::npos, read_file(d.log).find("socket activation: 1 socket")) << read_file(d.log);
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
+TEST(Ops, SocketActivationMatchesByAddressAndClosesUnclaimed) {
+    std::string dir = make_temp_dir();
+    uint16_t port;
+    int lfd = listening_socket(&port);
+    Daemon d(dir, base_conf("{ name = \"by-address\"; listen = \"127.0.0.1:" + std::to_string(port) +
+                            "\"; plugin = \"echo\"; }"),
+             {}, lfd, "some-other-name");
+    close(lfd);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    echo_once(port, "matched by address");
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+
+    // A socket no listener wants is closed with a warning, not leaked.
+    uint16_t other;
+    int ofd = listening_socket(&other);
+    Daemon e(dir, base_conf("{ name = \"x\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), {}, ofd,
+             "unwanted");
+    close(ofd);
+    ASSERT_TRUE(e.ready()) << read_file(e.log);
+    EXPECT_NE(std::string::npos, read_file(e.log).find("no listener for fd 3")) << read_file(e.log);
+    EXPECT_EQ(-1, connect_tcp(other));  // nobody listens there any more
+    EXPECT_EQ(0, WEXITSTATUS(e.stop()));
+    remove_dir(dir);
+}
