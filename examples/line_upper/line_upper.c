@@ -69,27 +69,18 @@ static void fini(void *state)
     free(lu);
 }
 
-/* Throw away the rest of an overlong line, up to and including its newline. */
+/* Throw away the rest of an overlong line, up to and including its
+ * newline, and nothing after it. Buffered bytes are read one at a time:
+ * evs_read returns them without a context switch. */
 static int skip_line(evs_reader *r)
 {
-    char buf[4096];
+    char c;
+    ssize_t n;
 
-    for (;;) {
-        const void *line;
-        ssize_t n = evs_readline(r, &line);
-        if (n >= 0)
-            return n > 0 ? 0 : -1;
-        if (n != EVS_ELIMIT)
-            return (int)n;
-        /* Still too long: drop what is buffered and look again. */
-        size_t have = evs_reader_buffered(r);
-        while (have > 0) {
-            ssize_t got = evs_read(r, buf, have < sizeof buf ? have : sizeof buf);
-            if (got <= 0)
-                return -1;
-            have -= (size_t)got;
-        }
-    }
+    while ((n = evs_read(r, &c, 1)) == 1)
+        if (c == '\n')
+            return 0;
+    return -1;
 }
 
 static void client_connected(evs_reader *r, evs_writer *w, void *state)

@@ -276,11 +276,23 @@ int evs_worker_post(evs_worker *worker, evs_worker_fn fn, void *arg)
     return err;
 }
 
+static bool inbox_empty(evs_worker *w)
+{
+    bool empty;
+
+    pthread_mutex_lock(&w->inbox_lock);
+    empty = w->inbox_head == NULL;
+    pthread_mutex_unlock(&w->inbox_lock);
+    return empty;
+}
+
 void evs__worker_loop(evs_worker *w)
 {
     /* After exit is asked, keep going until the aborted transports have
-     * delivered connection_lost and the cancelled tasks have returned. */
-    while (!w->exit_loop || w->transports.head || w->tasks) {
+     * delivered connection_lost, the cancelled tasks have returned and
+     * every message accepted into the inbox has run (a posted function
+     * owns its argument: it must not be dropped). */
+    while (!w->exit_loop || w->transports.head || w->tasks || !inbox_empty(w)) {
         if (event_base_loop(w->base, EVLOOP_ONCE) < 0) {
             evs__error("worker %d: event loop failed", w->id);
             break;

@@ -1,0 +1,350 @@
+/*
+ * chat - a line chat: every line a client sends reaches every other client
+ * connected to the listener, whichever worker serves it. It is the pattern
+ * for cross-worker broadcast, and for protecting everyone from a client
+ * that does not read.
+ *
+ * Every worker keeps the list of its own clients (touched only by that
+ * worker's thread: no lock). A client's task reads lines; for each one it
+ * makes an immutable, reference-counted message, delivers it to the other
+ * clients of its worker, and posts it with evs_worker_post to every other
+ * worker, where a function delivers it to that worker's clients and drops
+ * its reference. Delivering is evs_write, which never parks: one client's
+ * delivery cannot hold up another's.
+ *
+ * Slow clients. What a client has not read yet waits in its connection's
+ * write buffer (after the kernel's socket buffer is full). That buffer is
+ * the client's queue, bounded by max_queue: a message that would take it
+ * past the bound is not queued, and the slow_client policy decides what
+ * happens to the client:
+ *   "drop"        the message is dropped for this client only; when it has
+ *                 room again it first gets "* N messages dropped" (default);
+ *   "disconnect"  the connection is aborted (the queue thrown away).
+ * Either way the sender and the other clients go on at full speed.
+ *
+ * Commands: "/nick NAME" renames you (letters, digits, '_' and '-', at
+ * most 20), "/quit" leaves. A line longer than max_line is refused with a
+ * notice and skipped. EOF from a client means it left (the chat cannot
+ * tell a half-closed listener from a client that went away until a write
+ * fails, and would keep the room and the daemon's shutdown waiting).
+ *
+ * Settings (the listener's settings group):
+ *   max_line    = "1k";     longest accepted line (default 1k)
+ *   max_queue   = "64k";    bytes waiting for one client (default 64k)
+ *   slow_client = "drop";   "drop" or "disconnect" (default "drop")
+ *
+ * Try it (with the listener in conf/evstreamd.conf uncommented), in two or
+ * more terminals:
+ *   nc 127.0.0.1 8892
+ */
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <evstream.h>
+
+#define MAX_WORKERS 4096 /* the runtime's own maximum */
+#define NAME_MAX_LEN 20
+
+typedef struct client {
+    struct client *next, *prev;
+    uint64_t id;
+    evs_writer *w;
+    char name[NAME_MAX_LEN + 1];
+    uint64_t dropped; /* messages dropped since the last one delivered */
+} client;
+
+/* One worker's clients. */
+typedef struct room {
+    client *head;
+} room;
+
+typedef struct chat {
+    size_t max_line;
+    size_t max_queue;
+    bool disconnect; /* slow_client = "disconnect" */
+    atomic_uint_fast64_t next_id;
+    /* rooms[i] is created, used and freed on worker i only. */
+    room *rooms[MAX_WORKERS];
+} chat;
+
+/* A line on its way to every worker; immutable once made. */
+typedef struct message {
+    atomic_int refs;
+    chat *chat;
+    uint64_t sender; /* client id, not delivered to */
+    size_t len;
+    char text[];
+} message;
+
+static void message_unref(message *m)
+{
+    if (atomic_fetch_sub(&m->refs, 1) == 1)
+        free(m);
+}
+
+/* Queue @m for one client, or apply the slow-client policy. */
+static void deliver_one(chat *ch, client *cl, const message *m)
+{
+    evs_transport *t = evs_writer_transport(cl->w);
+    size_t queued;
+
+    if (!t || evs_is_closing(cl->w))
+        return; /* going away: its task will notice */
+    queued = evs_transport_get_write_buffer_size(t);
+    if (queued + m->len > ch->max_queue) {
+        if (ch->disconnect) {
+            evs_log(EVS_LOG_INFO, "chat: %s does not read, disconnecting it", cl->name);
+            evs_transport_abort(t); /* its task's read fails and it leaves */
+        } else {
+            cl->dropped++;
+        }
+        return;
+    }
+    if (cl->dropped) {
+        char note[64];
+        int n = snprintf(note, sizeof note, "* %llu messages dropped\n",
+                         (unsigned long long)cl->dropped);
+        cl->dropped = 0;
+        evs_write(cl->w, note, (size_t)n);
+    }
+    evs_write(cl->w, m->text, m->len);
+}
+
+static void deliver_here(chat *ch, int worker, const message *m)
+{
+    room *rm = ch->rooms[worker];
+
+    for (client *cl = rm ? rm->head : NULL; cl; cl = cl->next)
+        if (cl->id != m->sender)
+            deliver_one(ch, cl, m);
+}
+
+/* On another worker: deliver, then drop that worker's reference. */
+static void deliver_posted(evs_worker *w, void *arg)
+{
+    message *m = arg;
+
+    deliver_here(m->chat, evs_worker_id(w), m);
+    message_unref(m);
+}
+
+/* Send text (the caller's line, newline included) to every other client. */
+static void broadcast(chat *ch, uint64_t sender, const char *text, size_t len)
+{
+    evs_worker *self = evs_worker_current();
+    evs_runtime *rt = evs_worker_runtime(self);
+    int me = evs_worker_id(self);
+    int n = evs_runtime_worker_count(rt);
+    message *m = malloc(sizeof *m + len);
+
+    if (!m)
+        return;
+    atomic_init(&m->refs, 1);
+    m->chat = ch;
+    m->sender = sender;
+    m->len = len;
+    memcpy(m->text, text, len);
+    for (int i = 0; i < n; i++) {
+        if (i == me)
+            continue;
+        atomic_fetch_add(&m->refs, 1);
+        if (evs_worker_post(evs_runtime_worker(rt, i), deliver_posted, m) < 0)
+            message_unref(m); /* that worker is stopping */
+    }
+    deliver_here(ch, me, m);
+    message_unref(m);
+}
+
+static void broadcastf(chat *ch, uint64_t sender, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void broadcastf(chat *ch, uint64_t sender, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        broadcast(ch, sender, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
+}
+
+static bool valid_name(const char *s, size_t n)
+{
+    if (n == 0 || n > NAME_MAX_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* Throw away the rest of an overlong line, up to and including its
+ * newline, and nothing after it. EVS_ELIMIT means the first newline is
+ * beyond the limit, so the first limit bytes are all part of the long line:
+ * drop that much and look again. @return 0, or < 0 to end the connection. */
+static int skip_line(evs_reader *r)
+{
+    char buf[4096];
+
+    for (;;) {
+        const void *line;
+        ssize_t n = evs_readline(r, &line);
+        if (n >= 0)
+            return n > 0 ? 0 : -1; /* the tail of the line (0: EOF) */
+        if (n != EVS_ELIMIT)
+            return (int)n;
+        size_t drop = evs_reader_buffered(r);
+        if (drop > evs_reader_limit(r))
+            drop = evs_reader_limit(r);
+        while (drop > 0) {
+            ssize_t got = evs_read(r, buf, drop < sizeof buf ? drop : sizeof buf);
+            if (got <= 0)
+                return -1;
+            drop -= (size_t)got;
+        }
+    }
+}
+
+static void client_connected(evs_reader *r, evs_writer *w, void *state)
+{
+    chat *ch = state;
+    room *rm = ch->rooms[evs_worker_id(evs_worker_current())];
+    client cl = {.w = w};
+    char text[2048];
+
+    cl.id = atomic_fetch_add(&ch->next_id, 1) + 1;
+    snprintf(cl.name, sizeof cl.name, "guest%llu", (unsigned long long)cl.id);
+    /* The client is on this worker's list for as long as the task runs:
+     * the list and the client are only touched on this thread. */
+    cl.next = rm->head;
+    if (rm->head)
+        rm->head->prev = &cl;
+    rm->head = &cl;
+
+    int n = snprintf(text, sizeof text, "* welcome %s; /nick NAME to rename, /quit to leave\n",
+                     cl.name);
+    evs_write(w, text, (size_t)n);
+    broadcastf(ch, cl.id, "* %s joined\n", cl.name);
+
+    evs_reader_set_limit(r, ch->max_line);
+    for (;;) {
+        const void *view;
+        ssize_t len = evs_readline(r, &view);
+        const char *line = view;
+
+        if (len == EVS_ELIMIT) {
+            evs_write(w, "* line too long\n", 16);
+            if (skip_line(r) < 0)
+                break;
+            continue;
+        }
+        if (len <= 0)
+            break; /* EOF (the client left) or the connection is gone */
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            len--;
+        if (len == 0)
+            continue;
+        if (len == 5 && memcmp(line, "/quit", 5) == 0)
+            break;
+        if (len > 6 && memcmp(line, "/nick ", 6) == 0) {
+            char old[sizeof cl.name];
+            if (!valid_name(line + 6, (size_t)len - 6)) {
+                evs_write(w, "* names are 1 to 20 letters, digits, _ or -\n", 44);
+                continue;
+            }
+            memcpy(old, cl.name, sizeof old);
+            memcpy(cl.name, line + 6, (size_t)len - 6);
+            cl.name[len - 6] = '\0';
+            broadcastf(ch, cl.id, "* %s is now %s\n", old, cl.name);
+            n = snprintf(text, sizeof text, "* you are now %s\n", cl.name);
+            evs_write(w, text, (size_t)n);
+            continue;
+        }
+        n = snprintf(text, sizeof text, "%s: %.*s\n", cl.name, (int)len, line);
+        broadcast(ch, cl.id, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
+    }
+
+    if (cl.prev)
+        cl.prev->next = cl.next;
+    else
+        rm->head = cl.next;
+    if (cl.next)
+        cl.next->prev = cl.prev;
+    broadcastf(ch, cl.id, "* %s left\n", cl.name);
+}
+
+/* --- life cycle ----------------------------------------------------------------- */
+
+static int init(evs_settings *s, void **state)
+{
+    uint64_t max_line = 1024, max_queue = 64 * 1024;
+    const char *policy = "drop";
+    chat *ch;
+    int rc;
+
+    for (size_t i = 0; i < evs_settings_count(s); i++) {
+        const char *key = evs_settings_key(s, i);
+        if (strcmp(key, "max_line") != 0 && strcmp(key, "max_queue") != 0 &&
+            strcmp(key, "slow_client") != 0)
+            return evs_settings_fail(s, "unknown setting '%s' (expected max_line, max_queue, "
+                                        "slow_client)", key);
+    }
+    if ((rc = evs_settings_get_size(s, "max_line", &max_line)) < 0 && rc != -ENOENT)
+        return rc;
+    if ((rc = evs_settings_get_size(s, "max_queue", &max_queue)) < 0 && rc != -ENOENT)
+        return rc;
+    if ((rc = evs_settings_get_string(s, "slow_client", &policy)) < 0 && rc != -ENOENT)
+        return rc;
+    if (max_line < 16 || max_line > 1024 * 1024)
+        return evs_settings_fail(s, "max_line must be between 16 and 1M");
+    /* A message is at most a name and a line: the queue must hold one. */
+    if (max_queue < max_line + 64)
+        return evs_settings_fail(s, "max_queue must be at least max_line + 64");
+    if (strcmp(policy, "drop") != 0 && strcmp(policy, "disconnect") != 0)
+        return evs_settings_fail(s, "slow_client must be \"drop\" or \"disconnect\"");
+    ch = calloc(1, sizeof *ch);
+    if (!ch)
+        return -ENOMEM;
+    ch->max_line = (size_t)max_line;
+    ch->max_queue = (size_t)max_queue;
+    ch->disconnect = strcmp(policy, "disconnect") == 0;
+    *state = ch;
+    return 0;
+}
+
+static int worker_start(evs_worker *w, void *state)
+{
+    chat *ch = state;
+    int id = evs_worker_id(w);
+
+    if (id < 0 || id >= MAX_WORKERS)
+        return -EINVAL;
+    ch->rooms[id] = calloc(1, sizeof(room));
+    return ch->rooms[id] ? 0 : -ENOMEM;
+}
+
+static void worker_stop(evs_worker *w, void *state)
+{
+    chat *ch = state;
+    int id = evs_worker_id(w);
+
+    free(ch->rooms[id]); /* empty: every client's task has ended */
+    ch->rooms[id] = NULL;
+}
+
+static void fini(void *state)
+{
+    free(state);
+}
+
+EVS_PLUGIN_DEFINE(.name = "chat", .mode = EVS_PLUGIN_STREAM, .client_connected = client_connected,
+                  .init = init, .fini = fini, .worker_start = worker_start,
+                  .worker_stop = worker_stop);

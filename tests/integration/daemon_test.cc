@@ -1,0 +1,1385 @@
+// evstreamd as a process: the real binary, started with generated configs
+// (TCP on 127.0.0.1 port 0, Unix sockets in a temp dir), driven through
+// sockets and signals, and always ended by its pid (SIGTERM, a bounded
+// wait, SIGKILL only as a last resort).
+//
+// Paths: the daemon is $EVS_TEST_BUILDDIR/src/daemon/evstreamd, the example
+// plugins are in $EVS_TEST_BUILDDIR/plugins and the test plugins in
+// $EVS_TEST_BUILDDIR/tests/plugins/.libs (make check sets the variable;
+// without it the build dir is found from this program's own path).
+#include <gtest/gtest.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <netinet/in.h>
+
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "helpers.h"
+
+extern char **environ;
+
+using namespace evs_test;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Env = std::vector<std::pair<std::string, std::string>>;
+
+// --- paths ------------------------------------------------------------------
+
+std::string dirname_of(const std::string &p) {
+    size_t slash = p.rfind('/');
+    return slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
+}
+
+std::string builddir() {
+    const char *env = getenv("EVS_TEST_BUILDDIR");
+    if (env && *env) return env;
+    // <builddir>/tests/integration/daemon_test
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return ".";
+    exe[n] = '\0';
+    std::string dir = dirname_of(exe);
+    if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, "/.libs") == 0) dir = dirname_of(dir);
+    return dirname_of(dirname_of(dir));
+}
+
+std::string daemon_path() { return builddir() + "/src/daemon/evstreamd"; }
+std::string plugin_dir() { return builddir() + "/plugins"; }
+std::string test_plugin(const std::string &name) {
+    return builddir() + "/tests/plugins/.libs/" + name + ".so";
+}
+
+// --- small utilities -------------------------------------------------------
+
+std::string read_file(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+void write_file(const std::string &path, const std::string &text) {
+    std::string tmp = path + ".writing";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        out << text;
+    }
+    // Atomic, so a daemon reloading it never sees half a file.
+    ASSERT_EQ(0, rename(tmp.c_str(), path.c_str())) << strerror(errno);
+}
+
+bool file_exists(const std::string &path) {
+    struct stat st;
+    return lstat(path.c_str(), &st) == 0;
+}
+
+bool contains(const std::string &hay, const std::string &needle) {
+    return hay.find(needle) != std::string::npos;
+}
+
+size_t count_of(const std::string &hay, const std::string &needle) {
+    size_t n = 0;
+    for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1)) n++;
+    return n;
+}
+
+// 1-based number of the first line of @text containing @marker (0 if none).
+int line_of(const std::string &text, const std::string &marker) {
+    size_t at = text.find(marker);
+    if (at == std::string::npos) return 0;
+    int line = 1;
+    for (size_t i = 0; i < at; i++)
+        if (text[i] == '\n') line++;
+    return line;
+}
+
+void nap_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+// Poll @pred every 10 ms for at most @seconds.
+bool eventually(double seconds, const std::function<bool()> &pred) {
+    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+    for (;;) {
+        if (pred()) return true;
+        if (Clock::now() >= deadline) return false;
+        nap_ms(10);
+    }
+}
+
+// A TCP port that was free a moment ago (bound to port 0, then closed).
+uint16_t free_port() {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sin;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof sin) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sin, &len) < 0) {
+        if (fd >= 0) close(fd);
+        return 0;
+    }
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+// Bind (and listen on) 127.0.0.1:port; -1 on failure.
+int bind_tcp(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0) return -1;
+    if (bind(fd, (struct sockaddr *)&sin, sizeof sin) < 0 || listen(fd, 8) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+// Read one '\n'-terminated line (without the newline); "<eof>"/"<error>" otherwise.
+std::string read_line(int fd) {
+    std::string line;
+    for (;;) {
+        char c;
+        ssize_t n = recv(fd, &c, 1, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0) return line + "<eof>";
+        if (n < 0) return line + "<error: " + strerror(errno) + ">";
+        if (c == '\n') return line;
+        line += c;
+        if (line.size() > 65536) return line + "<too long>";
+    }
+}
+
+// Write "text\n" and read the answer line.
+std::string ask(int fd, const std::string &text) {
+    std::string msg = text + "\n";
+    if (!write_all(fd, msg.data(), msg.size())) return std::string("<write error: ") + strerror(errno) + ">";
+    return read_line(fd);
+}
+
+// Read and discard until EOF or an error, for at most @seconds.
+// @return 0 on EOF, else -errno (-ETIMEDOUT when nothing ended it in time).
+int wait_eof(int fd, int seconds) {
+    set_timeouts(fd, seconds);
+    char buf[65536];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0) return 0;
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+    }
+}
+
+// Send @n pattern bytes from a writer thread while reading them back here
+// (so neither side can block the other), and compare byte for byte.
+void expect_echo(int fd, size_t n, uint32_t seed) {
+    ASSERT_GE(fd, 0);
+    std::string data = pattern(n, seed);
+    bool wrote = false;
+    std::thread writer([&] { wrote = write_all(fd, data.data(), data.size()); });
+    std::string back(n, '\0');
+    bool read_ok = read_exact(fd, &back[0], n);
+    writer.join();
+    EXPECT_TRUE(wrote);
+    ASSERT_TRUE(read_ok);
+    EXPECT_TRUE(back == data) << "echoed bytes differ";
+}
+
+uint16_t port_of(const std::string &address) {
+    size_t colon = address.rfind(':');
+    if (colon == std::string::npos) return 0;
+    return (uint16_t)atoi(address.c_str() + colon + 1);
+}
+
+// "name address" lines of a --ports-file.
+std::map<std::string, std::string> parse_ports(const std::string &text) {
+    std::map<std::string, std::string> out;
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+        size_t sp = line.find(' ');
+        if (sp != std::string::npos) out[line.substr(0, sp)] = line.substr(sp + 1);
+    }
+    return out;
+}
+
+// --- processes -----------------------------------------------------------------
+
+// fork + execve with stdin from /dev/null and stdout/stderr to files; @env
+// entries override the environment ("<unset>" removes the variable).
+// Everything the child needs is prepared before fork (only async-signal-safe
+// calls after it: this process may have threads).
+pid_t spawn(const std::vector<std::string> &args, const Env &env, const std::string &out_path,
+            const std::string &err_path) {
+    std::vector<std::string> envs;
+    for (char **e = environ; *e; e++) {
+        std::string kv = *e;
+        bool overridden = false;
+        for (auto &p : env)
+            if (kv.compare(0, p.first.size() + 1, p.first + "=") == 0) overridden = true;
+        if (!overridden) envs.push_back(kv);
+    }
+    for (auto &p : env)
+        if (p.second != "<unset>") envs.push_back(p.first + "=" + p.second);
+    std::vector<char *> argv, envp;
+    for (auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
+    argv.push_back(nullptr);
+    for (auto &e : envs) envp.push_back(const_cast<char *>(e.c_str()));
+    envp.push_back(nullptr);
+    long maxfd = sysconf(_SC_OPEN_MAX);
+    if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
+
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (in < 0 || out < 0 || err < 0) _exit(126);
+    dup2(in, 0);
+    dup2(out, 1);
+    dup2(err, 2);
+    for (long fd = 3; fd < maxfd; fd++) close((int)fd);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    signal(SIGPIPE, SIG_DFL);
+    execve(argv[0], argv.data(), envp.data());
+    _exit(127);
+}
+
+// waitpid for at most @seconds. @return true and the status once it exited.
+// A process that is not our child (the -d daemon) is polled with kill(pid, 0)
+// and reported as a plain exit 0 when gone.
+bool wait_exit(pid_t pid, double seconds, int *status) {
+    return eventually(seconds, [&] {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) {
+            *status = st;
+            return true;
+        }
+        if (r < 0 && errno == ECHILD && kill(pid, 0) < 0 && errno == ESRCH) {
+            *status = 0;
+            return true;
+        }
+        return false;
+    });
+}
+
+std::string describe_status(int st) {
+    if (WIFEXITED(st)) return "exit " + std::to_string(WEXITSTATUS(st));
+    if (WIFSIGNALED(st)) return "signal " + std::to_string(WTERMSIG(st));
+    return "status " + std::to_string(st);
+}
+
+struct Result {
+    int status = -1;  // exit status, or -1 (killed by a signal / did not finish)
+    std::string out, err;
+};
+
+// One evstreamd process. The destructor makes sure it is gone.
+struct Daemon {
+    pid_t pid = -1;
+    std::string out_path, err_path, ports_path;
+    int raw_status = 0;
+    bool reaped = false;
+
+    ~Daemon() { kill_hard(); }
+
+    std::string out() const { return read_file(out_path); }
+    std::string err() const { return read_file(err_path); }
+    std::string ports_text() const { return read_file(ports_path); }
+    std::map<std::string, std::string> ports() const { return parse_ports(ports_text()); }
+    uint16_t port(const std::string &listener) const { return port_of(ports()[listener]); }
+
+    bool running() {
+        if (reaped || pid <= 0) return false;
+        if (wait_exit(pid, 0, &raw_status)) {
+            reaped = true;
+            return false;
+        }
+        return true;
+    }
+
+    void signal(int sig) {
+        ASSERT_FALSE(reaped) << "the daemon already exited";
+        ASSERT_EQ(0, kill(pid, sig));
+    }
+
+    // Wait for the exit; @return its exit status, -1 after a signal or a timeout.
+    int wait(double seconds) {
+        if (!reaped) {
+            if (!wait_exit(pid, seconds, &raw_status)) return -1;
+            reaped = true;
+        }
+        return WIFEXITED(raw_status) ? WEXITSTATUS(raw_status) : -1;
+    }
+
+    // SIGTERM and a bounded wait; @return the exit status (-1: it had to be killed).
+    int stop(double seconds = 15) {
+        if (reaped) return WIFEXITED(raw_status) ? WEXITSTATUS(raw_status) : -1;
+        kill(pid, SIGTERM);
+        int rc = wait(seconds);
+        if (!reaped) kill_hard();
+        return rc;
+    }
+
+    void kill_hard() {
+        if (reaped || pid <= 0) return;
+        if (kill(pid, SIGTERM) == 0 && wait_exit(pid, 10, &raw_status)) {
+            reaped = true;
+            return;
+        }
+        kill(pid, SIGKILL);
+        if (wait_exit(pid, 10, &raw_status)) reaped = true;
+    }
+};
+
+// A config: @top settings, plugin_dir, the good plugins (+ @extra_plugins
+// entries, see plugin_entry), and the listeners list. Unless @top sets them:
+// two workers, and a short shutdown_timeout so that a failed test's leftover
+// connections cannot hold the daemon up for the default 30 s.
+std::string config(const std::string &listeners, const std::string &top = "",
+                   const std::string &extra_plugins = "") {
+    std::string c;
+    if (!contains(top, "workers")) c += "workers = 2;\n";
+    if (!contains(top, "limits")) c += "limits = { shutdown_timeout = \"3s\"; };\n";
+    c += top;
+    c += "plugin_dir = \"" + plugin_dir() + "\";\n";
+    c += "plugins = (\n";
+    c += "  { name = \"echo\"; path = \"echo.so\"; },\n";
+    c += "  { name = \"echo_protocol\"; path = \"echo_protocol.so\"; },\n";
+    c += "  { name = \"line_upper\"; path = \"line_upper.so\"; },\n";
+    c += "  { name = \"settings_echo\"; path = \"" + test_plugin("settings_echo") + "\"; }";
+    c += extra_plugins;
+    c += "\n);\n";
+    c += "listeners = (\n" + listeners + "\n);\n";
+    return c;
+}
+
+// ",\n  { name = NAME; path = <test plugin NAME> }" (+ @tail on its line).
+std::string plugin_entry(const std::string &name, const std::string &tail = "") {
+    return ",\n  { name = \"" + name + "\"; path = \"" + test_plugin(name) + "\"; }" + tail;
+}
+
+class DaemonTest : public ::testing::Test {
+  protected:
+    std::string dir;
+    std::vector<std::unique_ptr<Daemon>> daemons;
+    int serial = 0;
+
+    void SetUp() override {
+        dir = make_temp_dir();
+        ASSERT_FALSE(dir.empty());
+        // The daemon reports files by their real path.
+        char *real = realpath(dir.c_str(), nullptr);
+        ASSERT_NE(nullptr, real);
+        dir = real;
+        free(real);
+        ASSERT_EQ(0, access(daemon_path().c_str(), X_OK))
+            << daemon_path() << " is missing: build it first (or set EVS_TEST_BUILDDIR)";
+    }
+
+    void TearDown() override {
+        for (auto &d : daemons) {
+            if (d->running()) {
+                int rc = d->stop();
+                EXPECT_EQ(0, rc) << "evstreamd did not stop cleanly; its log:\n" << d->err();
+            }
+        }
+        daemons.clear();
+        if (HasFailure()) {
+            // Keep the evidence when something went wrong.
+            fprintf(stderr, "[daemon_test] files of the failed test kept in %s\n", dir.c_str());
+        } else {
+            remove_dir(dir);
+        }
+    }
+
+    std::string path(const std::string &name) const { return dir + "/" + name; }
+
+    std::string write(const std::string &name, const std::string &text) {
+        std::string p = path(name);
+        write_file(p, text);
+        return p;
+    }
+
+    // Start evstreamd with @args (plus --ports-file); no waiting.
+    Daemon &launch(const std::vector<std::string> &args, const Env &env = {}) {
+        auto d = std::make_unique<Daemon>();
+        int n = serial++;
+        d->out_path = path("stdout." + std::to_string(n));
+        d->err_path = path("stderr." + std::to_string(n));
+        d->ports_path = path("ports." + std::to_string(n));
+        std::vector<std::string> argv = {daemon_path()};
+        argv.insert(argv.end(), args.begin(), args.end());
+        argv.push_back("--ports-file");
+        argv.push_back(d->ports_path);
+        d->pid = spawn(argv, env, d->out_path, d->err_path);
+        EXPECT_GT(d->pid, 0);
+        daemons.push_back(std::move(d));
+        return *daemons.back();
+    }
+
+    // Start evstreamd on @conf_path and wait until it lists its listeners
+    // in the ports file; fails the test if it exits instead.
+    Daemon &start(const std::string &conf_path, const std::vector<std::string> &more = {},
+                  const Env &env = {}) {
+        std::vector<std::string> args = {"-c", conf_path};
+        args.insert(args.end(), more.begin(), more.end());
+        Daemon &d = launch(args, env);
+        bool up = eventually(30, [&] { return file_exists(d.ports_path) || !d.running(); });
+        EXPECT_TRUE(up) << "evstreamd did not start within 30 s";
+        EXPECT_TRUE(d.running()) << "evstreamd exited (" << describe_status(d.raw_status)
+                                 << "); stderr:\n"
+                                 << d.err();
+        return d;
+    }
+
+    // Run evstreamd to completion (at most @seconds) and collect its output.
+    Result run(const std::vector<std::string> &args, const Env &env = {}, double seconds = 30) {
+        Result r;
+        int n = serial++;
+        std::string out = path("run-out." + std::to_string(n));
+        std::string err = path("run-err." + std::to_string(n));
+        std::vector<std::string> argv = {daemon_path()};
+        argv.insert(argv.end(), args.begin(), args.end());
+        pid_t pid = spawn(argv, env, out, err);
+        int st = 0;
+        if (!wait_exit(pid, seconds, &st)) {
+            kill(pid, SIGTERM);
+            if (!wait_exit(pid, 10, &st)) {
+                kill(pid, SIGKILL);
+                wait_exit(pid, 10, &st);
+            }
+            ADD_FAILURE() << "evstreamd did not finish within " << seconds << " s";
+        } else if (WIFEXITED(st)) {
+            r.status = WEXITSTATUS(st);
+        } else {
+            ADD_FAILURE() << "evstreamd ended by " << describe_status(st);
+        }
+        r.out = read_file(out);
+        r.err = read_file(err);
+        return r;
+    }
+};
+
+// --- echo, both plugin modes, TCP and Unix -----------------------------------
+
+class EchoTest : public DaemonTest {
+  protected:
+    void echo_16mib(const std::string &plugin, bool unix_socket) {
+        std::string sock = path("echo.sock");
+        std::string listen = unix_socket ? "unix:" + sock : "127.0.0.1:0";
+        std::string conf = write("evstreamd.conf",
+                                 config("  { name = \"e\"; listen = \"" + listen +
+                                        "\"; plugin = \"" + plugin + "\"; }"));
+        Daemon &d = start(conf);
+        ASSERT_TRUE(d.running());
+        int fd = unix_socket ? connect_unix(sock) : connect_tcp(d.port("e"));
+        ASSERT_GE(fd, 0) << strerror(errno);
+        expect_echo(fd, 16u << 20, 7);
+        // The connection still works after the big transfer, then closes cleanly.
+        EXPECT_EQ("after", ask(fd, "after"));
+        shutdown(fd, SHUT_WR);
+        EXPECT_EQ(0, wait_eof(fd, 10));
+        close(fd);
+        EXPECT_EQ(0, d.stop());
+    }
+};
+
+TEST_F(EchoTest, StreamPluginTcp16MiB) { echo_16mib("echo", false); }
+TEST_F(EchoTest, StreamPluginUnix16MiB) { echo_16mib("echo", true); }
+TEST_F(EchoTest, ProtocolPluginTcp16MiB) { echo_16mib("echo_protocol", false); }
+TEST_F(EchoTest, ProtocolPluginUnix16MiB) { echo_16mib("echo_protocol", true); }
+
+// --- settings reach the plugin ------------------------------------------------
+
+TEST_F(DaemonTest, ListenersOfOnePluginGetTheirOwnSettings) {
+    std::string conf = write(
+        "evstreamd.conf",
+        config("  { name = \"one\"; listen = \"127.0.0.1:0\"; plugin = \"line_upper\";\n"
+               "    settings = { prefix = \"one> \"; }; },\n"
+               "  { name = \"two\"; listen = \"127.0.0.1:0\"; plugin = \"line_upper\";\n"
+               "    settings = { prefix = \"two> \"; max_line = 8; }; }"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    ASSERT_NE(d.port("one"), d.port("two"));
+    int a = connect_tcp(d.port("one"));
+    int b = connect_tcp(d.port("two"));
+    ASSERT_GE(a, 0);
+    ASSERT_GE(b, 0);
+    EXPECT_EQ("one> HELLO", ask(a, "hello"));
+    EXPECT_EQ("two> HELLO", ask(b, "hello"));
+    // max_line only applies to "two".
+    EXPECT_EQ("one> A LONGER LINE", ask(a, "a longer line"));
+    EXPECT_EQ("ERR line too long", ask(b, "a longer line"));
+    // (A new connection: line_upper's skip_line() also throws away the line
+    // that follows an overlong one when both are buffered.)
+    close(b);
+    b = connect_tcp(d.port("two"));
+    ASSERT_GE(b, 0);
+    EXPECT_EQ("two> OK", ask(b, "ok"));
+    close(a);
+    close(b);
+}
+
+TEST_F(DaemonTest, EveryTypedSettingReachesThePlugin) {
+    std::string conf = write(
+        "evstreamd.conf",
+        config("  { name = \"s\"; listen = \"127.0.0.1:0\"; plugin = \"settings_echo\";\n"
+               "    settings = { str = \"text\"; int = 42; float = 2.5; bool = true;\n"
+               "                 size = \"64k\"; duration = \"250ms\";\n"
+               "                 list = [ \"a\", \"b\", \"c\" ]; }; },\n"
+               "  { name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"settings_echo\";\n"
+               "    settings = { size = 4096; duration = 2; list = ( \"x\" ); }; },\n"
+               "  { name = \"none\"; listen = \"127.0.0.1:0\"; plugin = \"settings_echo\"; }"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("s"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("str=text int=42 float=2.5 bool=true size=65536 duration_ms=250 list=a,b,c count=7",
+              read_line(fd));
+    EXPECT_EQ("ping", ask(fd, "ping"));  // then it echoes
+    close(fd);
+    fd = connect_tcp(d.port("plain"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("str=- int=- float=- bool=- size=4096 duration_ms=2000 list=x count=3", read_line(fd));
+    close(fd);
+    fd = connect_tcp(d.port("none"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("str=- int=- float=- bool=- size=- duration_ms=- list=- count=0", read_line(fd));
+    close(fd);
+}
+
+// --- configuration errors -------------------------------------------------------
+//
+// Each case is a config with one mistake; "#@" marks the line the message
+// must name (in include.conf for the @include cases). Both `-t` and a normal
+// start must exit 1 with a line naming the file, that line, and the setting.
+
+struct ConfigError {
+    std::string main;                 // evstreamd.conf
+    std::string include;              // include.conf ("" = none)
+    std::vector<std::string> expect;  // text the same message line must contain
+    Env env;
+};
+
+// A listener "l" whose @extra settings are on a line of their own; with
+// @mark_head the first line (listen, plugin) carries the "#@" marker.
+std::string listener(const std::string &extra, const std::string &listen = "127.0.0.1:0",
+                     const std::string &plugin = "echo", bool mark_head = false) {
+    return "  { name = \"l\"; listen = \"" + listen + "\"; plugin = \"" + plugin + "\";" +
+           (mark_head ? " #@" : "") + "\n    " + extra + "\n  }";
+}
+
+ConfigError config_error_case(const std::string &name) {
+    const std::string ok = listener("");
+    if (name == "SyntaxError")
+        return {config(ok, "workers = 2;\nlog = { level = = \"info\"; }; #@\n"), "", {"syntax error"}};
+    if (name == "UnknownTopLevelKey")
+        return {config(ok, "workers = 2;\ncolour = \"blue\"; #@\n"), "",
+                {"colour: unknown setting", "listeners"}};
+    if (name == "UnknownKeyInLimits")
+        return {config(ok, "limits = {\n  stream_limit = \"64k\";\n  bogus = 1; #@\n};\n"), "",
+                {"limits.bogus: unknown setting", "idle_timeout"}};
+    if (name == "UnknownKeyInListener")
+        return {config(listener("colour = 1; #@")), "", {"listeners[0].colour: unknown setting"}};
+    if (name == "WorkersOfWrongType")
+        return {config(ok, "workers = true; #@\n"), "", {"workers: expected"}};
+    if (name == "BacklogOfWrongType")
+        return {config(listener("backlog = \"x\"; #@")), "",
+                {"listeners[0].backlog: expected an integer"}};
+    if (name == "PortOutOfRange")
+        return {config(listener("", "127.0.0.1:99999", "echo", true)), "",
+                {"listeners[0].listen: expected", "port from 0 to 65535"}};
+    if (name == "AddressWithoutPort")
+        return {config(listener("", "nohostport", "echo", true)), "", {"listeners[0].listen: expected"}};
+    if (name == "EmptyUnixPath")
+        return {config(listener("", "unix:", "echo", true)), "", {"listeners[0].listen: expected"}};
+    if (name == "UnsetVariable")
+        return {config(listener("", "${EVS_TEST_SURELY_UNSET}:0", "echo", true)),
+                "",
+                {"listeners[0].listen: environment variable EVS_TEST_SURELY_UNSET is not set"},
+                {{"EVS_TEST_SURELY_UNSET", "<unset>"}}};
+    if (name == "SizeWithBadUnit")
+        return {config(ok, "limits = {\n  stream_limit = \"64q\"; #@\n};\n"), "",
+                {"limits.stream_limit: expected a size"}};
+    if (name == "DurationWithBadUnit")
+        return {config(ok, "limits = {\n  idle_timeout = \"3x\"; #@\n};\n"), "",
+                {"limits.idle_timeout: expected a duration"}};
+    if (name == "ListenerDurationWithBadUnit")
+        return {config(listener("limits = { handshake_timeout = \"10 parsecs\"; }; #@")), "",
+                {"listeners[0].limits.handshake_timeout: expected a duration"}};
+    if (name == "UndeclaredPlugin")
+        return {config(listener("", "127.0.0.1:0", "nope", true)), "",
+                {"listeners[0].plugin: no plugin named 'nope'"}};
+    if (name == "MissingPluginFile")
+        return {config(listener("", "127.0.0.1:0", "ghost"), "workers = 2;\n",
+                       ",\n  { name = \"ghost\"; path = \"does_not_exist.so\"; } #@"),
+                "",
+                {plugin_dir() + "/does_not_exist.so", "plugin 'ghost' declared at"}};
+    if (name == "PluginAbiMismatch")
+        return {config(listener("", "127.0.0.1:0", "abi_mismatch"), "workers = 2;\n",
+                       plugin_entry("abi_mismatch", " #@")),
+                "",
+                {test_plugin("abi_mismatch"), "ABI version 999"}};
+    if (name == "PluginWithoutDescriptor")
+        return {config(listener("", "127.0.0.1:0", "no_descriptor"), "workers = 2;\n",
+                       plugin_entry("no_descriptor", " #@")),
+                "",
+                {test_plugin("no_descriptor"), "evs_plugin_descriptor"}};
+    if (name == "PluginWithUndefinedSymbol")
+        return {config(listener("", "127.0.0.1:0", "undefined_symbol"), "workers = 2;\n",
+                       plugin_entry("undefined_symbol", " #@")),
+                "",
+                {test_plugin("undefined_symbol"), "evs_test_function_that_does_not_exist"}};
+    if (name == "PluginInitFails")
+        return {config(listener("", "127.0.0.1:0", "failing_init", true), "workers = 2;\n",
+                       plugin_entry("failing_init")),
+                "",
+                {test_plugin("failing_init"), "listener 'l'",
+                 "failing_init refuses to start (test plugin)"}};
+    if (name == "PluginInitFailsWithSettings")
+        return {config(listener("settings = { anything = 1; }; #@", "127.0.0.1:0", "failing_init"),
+                       "workers = 2;\n", plugin_entry("failing_init")),
+                "",
+                {"listener 'l'", "failing_init refuses to start (test plugin)"}};
+    if (name == "PluginRejectsSettingType")
+        return {config(listener("settings = {\n      str = \"ok\";\n      int = \"x\"; #@\n    };",
+                                "127.0.0.1:0", "settings_echo")),
+                "",
+                {"listener 'l'", "settings.int: expected an integer"}};
+    if (name == "ErrorInIncludedFile")
+        return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
+                "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
+                {"limits.stream_limit: expected a size"}};
+    if (name == "SyntaxErrorInIncludedFile")
+        return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
+                "limits = { shutdown_timeout = \"3s\"; };\nlog = { level = = \"info\"; }; #@\n",
+                {"syntax error"}};
+    ADD_FAILURE() << "no case " << name;
+    return {};
+}
+
+// The first line of @text naming @file:@line (followed by ':' or ')').
+std::string line_naming(const std::string &text, const std::string &file, int line) {
+    std::string where = file + ":" + std::to_string(line);
+    std::istringstream in(text);
+    std::string l;
+    while (std::getline(in, l)) {
+        size_t at = l.find(where);
+        if (at == std::string::npos) continue;
+        char next = at + where.size() < l.size() ? l[at + where.size()] : '\0';
+        if (next == ':' || next == ')') return l;
+    }
+    return "";
+}
+
+class ConfigErrorTest : public DaemonTest, public ::testing::WithParamInterface<const char *> {};
+
+TEST_P(ConfigErrorTest, NamesFileLineAndSettingAndExits1) {
+    ConfigError c = config_error_case(GetParam());
+    std::string conf = write("evstreamd.conf", c.main);
+    std::string file = conf;
+    int line = line_of(c.main, "#@");
+    if (!c.include.empty()) {
+        file = write("include.conf", c.include);
+        line = line_of(c.include, "#@");
+    }
+    ASSERT_GT(line, 0) << "the case has no #@ marker";
+
+    // evstreamd -t
+    Result t = run({"-t", "-c", conf}, c.env);
+    EXPECT_EQ(1, t.status);
+    EXPECT_FALSE(contains(t.out, "OK")) << t.out;
+    std::string msg = line_naming(t.err, file, line);
+    EXPECT_NE("", msg) << "no message names " << file << ":" << line << "; stderr:\n" << t.err;
+    for (auto &e : c.expect) EXPECT_TRUE(contains(msg, e)) << "'" << e << "' missing in: " << msg;
+    EXPECT_TRUE(contains(t.err, "configuration " + conf + " has errors")) << t.err;
+
+    // A normal start fails the same way and never gets to listen.
+    std::string ports = path("ports");
+    Result s = run({"-c", conf, "--ports-file", ports}, c.env);
+    EXPECT_EQ(1, s.status);
+    msg = line_naming(s.err, file, line);
+    EXPECT_NE("", msg) << "no message names " << file << ":" << line << "; stderr:\n" << s.err;
+    for (auto &e : c.expect) EXPECT_TRUE(contains(msg, e)) << "'" << e << "' missing in: " << msg;
+    EXPECT_FALSE(file_exists(ports));
+    EXPECT_FALSE(contains(s.out, "listening on")) << s.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Daemon, ConfigErrorTest,
+    ::testing::Values("SyntaxError", "UnknownTopLevelKey", "UnknownKeyInLimits",
+                      "UnknownKeyInListener", "WorkersOfWrongType", "BacklogOfWrongType",
+                      "PortOutOfRange", "AddressWithoutPort", "EmptyUnixPath", "UnsetVariable",
+                      "SizeWithBadUnit", "DurationWithBadUnit", "ListenerDurationWithBadUnit",
+                      "UndeclaredPlugin", "MissingPluginFile", "PluginAbiMismatch",
+                      "PluginWithoutDescriptor", "PluginWithUndefinedSymbol", "PluginInitFails",
+                      "PluginInitFailsWithSettings", "PluginRejectsSettingType",
+                      "ErrorInIncludedFile", "SyntaxErrorInIncludedFile"),
+    [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
+
+TEST_F(DaemonTest, EveryConfigErrorIsReportedAtOnce) {
+    std::string text = config(listener("backlog = 0; #2\n    reuseport = \"yes\"; #3"),
+                              "workers = 0; #1\n");
+    std::string conf = write("evstreamd.conf", text);
+    Result t = run({"-t", "-c", conf});
+    EXPECT_EQ(1, t.status);
+    EXPECT_TRUE(contains(line_naming(t.err, conf, line_of(text, "#1")), "workers")) << t.err;
+    EXPECT_TRUE(contains(line_naming(t.err, conf, line_of(text, "#2")), "listeners[0].backlog"))
+        << t.err;
+    EXPECT_TRUE(contains(line_naming(t.err, conf, line_of(text, "#3")), "listeners[0].reuseport"))
+        << t.err;
+}
+
+TEST_F(DaemonTest, MissingConfigFileExits1) {
+    Result t = run({"-t", "-c", path("nowhere.conf")});
+    EXPECT_EQ(1, t.status);
+    EXPECT_TRUE(contains(t.err, path("nowhere.conf"))) << t.err;
+    Result s = run({"-c", path("nowhere.conf")});
+    EXPECT_EQ(1, s.status);
+    EXPECT_TRUE(contains(s.err, path("nowhere.conf"))) << s.err;
+}
+
+// --- ${VAR} and @include ----------------------------------------------------------
+
+TEST_F(DaemonTest, EnvironmentVariablesAreExpanded) {
+    std::string conf = write(
+        "evstreamd.conf",
+        config("  { name = \"${EVS_TEST_NAME:-fallback}\"; listen = \"${EVS_TEST_HOST}:${EVS_TEST_PORT:-0}\";\n"
+               "    plugin = \"line_upper\"; settings = { prefix = \"${EVS_TEST_EMPTY:-dflt}$$ \"; }; }"));
+    Daemon &d = start(conf, {},
+                      {{"EVS_TEST_HOST", "127.0.0.1"},
+                       {"EVS_TEST_PORT", "<unset>"},
+                       {"EVS_TEST_EMPTY", ""},
+                       {"EVS_TEST_NAME", "from-env"}});
+    ASSERT_TRUE(d.running());
+    auto ports = d.ports();
+    ASSERT_EQ(1u, ports.size()) << d.ports_text();
+    ASSERT_EQ(1u, ports.count("from-env")) << d.ports_text();
+    EXPECT_EQ(0u, ports["from-env"].find("127.0.0.1:")) << ports["from-env"];
+    int fd = connect_tcp(port_of(ports["from-env"]));
+    ASSERT_GE(fd, 0);
+    // An empty variable takes the default; "$$" is a literal "$".
+    EXPECT_EQ("dflt$ HI", ask(fd, "hi"));
+    close(fd);
+}
+
+TEST_F(DaemonTest, IncludedFileIsRead) {
+    write("listeners.conf",
+          "listeners = (\n"
+          "  { name = \"inc\"; listen = \"127.0.0.1:0\"; plugin = \"line_upper\";\n"
+          "    settings = { prefix = \"inc: \"; }; }\n"
+          ");\n");
+    std::string main_text = config("", "workers = 2;\n");
+    // Replace the (empty) listeners list by the include.
+    main_text = main_text.substr(0, main_text.find("listeners = (")) + "@include \"listeners.conf\"\n";
+    std::string conf = write("evstreamd.conf", main_text);
+    Result t = run({"-t", "-c", conf});
+    EXPECT_EQ(0, t.status) << t.err;
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("inc"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("inc: ABC", ask(fd, "abc"));
+    close(fd);
+}
+
+// --- command line -------------------------------------------------------------------
+
+TEST_F(DaemonTest, TestModeSaysOkAndBindsNothing) {
+    uint16_t port = free_port();
+    ASSERT_NE(0, port);
+    std::string sock = path("t.sock");
+    std::string conf = write(
+        "evstreamd.conf",
+        config("  { name = \"tcp\"; listen = \"127.0.0.1:" + std::to_string(port) +
+                   "\"; plugin = \"line_upper\"; settings = { prefix = \"x\"; }; },\n"
+                   "  { name = \"unix\"; listen = \"unix:" + sock + "\"; plugin = \"echo\"; }"));
+    std::string pidfile = path("t.pid");
+    Result t = run({"-t", "-c", conf, "-p", pidfile});
+    EXPECT_EQ(0, t.status) << t.err;
+    EXPECT_TRUE(contains(t.out, "configuration " + conf + " OK")) << t.out;
+    // Nothing was bound or created: the port is ours to take.
+    int fd = bind_tcp(port);
+    EXPECT_GE(fd, 0) << "port " << port << " is not free after -t: " << strerror(errno);
+    if (fd >= 0) close(fd);
+    EXPECT_FALSE(file_exists(sock));
+    EXPECT_FALSE(file_exists(pidfile));
+}
+
+TEST_F(DaemonTest, VersionHelpAndBadOptions) {
+    Result v = run({"-V"});
+    EXPECT_EQ(0, v.status);
+    EXPECT_EQ(std::string("evstreamd ") + evs_version() + "\n", v.out);
+    Result v2 = run({"--version"});
+    EXPECT_EQ(v.out, v2.out);
+
+    Result h = run({"-h"});
+    EXPECT_EQ(0, h.status);
+    EXPECT_EQ(0u, h.out.find("usage: evstreamd")) << h.out;
+    EXPECT_TRUE(contains(h.out, "--config")) << h.out;
+    EXPECT_TRUE(contains(h.out, "--ports-file")) << h.out;
+
+    Result bad = run({"--no-such-option"});
+    EXPECT_EQ(2, bad.status);
+    EXPECT_TRUE(contains(bad.err, "usage: evstreamd")) << bad.err;
+    EXPECT_EQ("", bad.out);
+
+    Result extra = run({"-c", "x.conf", "stray"});
+    EXPECT_EQ(2, extra.status);
+    EXPECT_TRUE(contains(extra.err, "stray")) << extra.err;
+
+    Result workers = run({"-w", "0", "-t"});
+    EXPECT_EQ(2, workers.status);
+    Result level = run({"-l", "loud", "-t"});
+    EXPECT_EQ(2, level.status);
+}
+
+// --- signals -------------------------------------------------------------------------
+
+TEST_F(DaemonTest, SigtermLetsHandlersFinishThenAbortsTheRest) {
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "workers = 2;\nlimits = { shutdown_timeout = \"2s\"; };\n"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("e");
+
+    // idle: a complete exchange, then nothing.
+    int idle = connect_tcp(port);
+    ASSERT_GE(idle, 0);
+    expect_echo(idle, 256 * 1024, 1);
+    // pending: its data is sent before SIGTERM, read back only after it.
+    int pending = connect_tcp(port);
+    ASSERT_GE(pending, 0);
+    std::string sent = pattern(64 * 1024, 2);
+    ASSERT_TRUE(write_all(pending, sent.data(), sent.size()));
+    // stuck: writes 1 MiB and never reads; its handler waits in drain().
+    int stuck = connect_tcp(port);
+    ASSERT_GE(stuck, 0);
+    std::string big = pattern(1 << 20, 3);
+    std::thread stuck_writer([&] { write_all(stuck, big.data(), big.size()); });
+    nap_ms(300);  // let the echo handlers run into their waits
+
+    auto t0 = Clock::now();
+    d.signal(SIGTERM);
+
+    // Handlers keep running in the grace period: everything sent before
+    // SIGTERM comes back, and the connection still answers.
+    std::string back(sent.size(), '\0');
+    ASSERT_TRUE(read_exact(pending, &back[0], back.size()));
+    EXPECT_TRUE(back == sent);
+    EXPECT_EQ("still here", ask(pending, "still here"));
+    shutdown(pending, SHUT_WR);
+    EXPECT_EQ(0, wait_eof(pending, 10)) << "the finished handler's connection was not closed";
+
+    // The daemon exits 0, bounded by shutdown_timeout (2 s) plus slack.
+    int rc = d.wait(20);
+    double took = std::chrono::duration<double>(Clock::now() - t0).count();
+    EXPECT_EQ(0, rc) << describe_status(d.raw_status) << "\n" << d.err();
+    EXPECT_LT(took, 12.0) << "shutdown_timeout was not applied";
+    // ... and not before: the idle and stuck handlers had their 2 s.
+    EXPECT_GE(took, 1.5) << "live handlers were not given shutdown_timeout";
+    EXPECT_TRUE(contains(d.err(), "SIGTERM: stopping")) << d.err();
+    EXPECT_TRUE(contains(d.err(), "aborting")) << d.err();
+
+    // The idle client sees the end of the stream.
+    EXPECT_EQ(0, wait_eof(idle, 10));
+    stuck_writer.join();
+    close(idle);
+    close(pending);
+    close(stuck);
+    // Nothing listens any more.
+    int late = connect_tcp(port);
+    EXPECT_LT(late, 0);
+    if (late >= 0) close(late);
+}
+
+TEST_F(DaemonTest, SigintStopsToo) {
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    d.signal(SIGINT);
+    EXPECT_EQ(0, d.wait(20));
+    EXPECT_TRUE(contains(d.err(), "SIGINT: stopping")) << d.err();
+}
+
+std::string upper_listener(const std::string &name, const std::string &prefix,
+                           const std::string &listen = "127.0.0.1:0") {
+    return "  { name = \"" + name + "\"; listen = \"" + listen +
+           "\"; plugin = \"line_upper\"; settings = { prefix = \"" + prefix + "\"; }; }";
+}
+
+TEST_F(DaemonTest, SighupAddsListenerAndNewSettingsWhileConnectionsStay) {
+    std::string conf = write("evstreamd.conf", config(upper_listener("up", "a:")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("up");
+    ASSERT_NE(0, port);
+
+    const int kConns = 100;
+    std::vector<int> fds;
+    for (int i = 0; i < kConns; i++) {
+        int fd = connect_tcp(port);
+        ASSERT_GE(fd, 0) << "connection " << i << ": " << strerror(errno);
+        fds.push_back(fd);
+        ASSERT_EQ("a:X" + std::to_string(i), ask(fd, "x" + std::to_string(i)));
+    }
+
+    write_file(conf, config(upper_listener("up", "b:") + ",\n" + upper_listener("more", "c:")));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return d.ports().size() == 2; }))
+        << "the reload did not list two listeners:\n" << d.ports_text() << d.err();
+    EXPECT_EQ(port, d.port("up")) << "the unchanged listener lost its socket";
+    uint16_t more = d.port("more");
+    ASSERT_NE(0, more);
+    EXPECT_NE(port, more);
+
+    // Live connections keep their instance (and its settings).
+    for (int i = 0; i < kConns; i++)
+        EXPECT_EQ("a:Y" + std::to_string(i), ask(fds[i], "y" + std::to_string(i))) << "connection " << i;
+    // New connections get the new configuration.
+    int fresh = connect_tcp(port);
+    ASSERT_GE(fresh, 0);
+    EXPECT_EQ("b:NEW", ask(fresh, "new"));
+    int extra = connect_tcp(more);
+    ASSERT_GE(extra, 0);
+    EXPECT_EQ("c:MORE", ask(extra, "more"));
+    EXPECT_TRUE(contains(d.err(), "reloaded " + conf)) << d.err();
+
+    // The old connections end normally; their instance is finished later.
+    for (int i = 0; i < kConns; i++) {
+        shutdown(fds[i], SHUT_WR);
+        EXPECT_EQ(0, wait_eof(fds[i], 10));
+        close(fds[i]);
+    }
+    EXPECT_EQ("b:AGAIN", ask(fresh, "again"));
+    close(fresh);
+    close(extra);
+    EXPECT_EQ(0, d.stop());
+}
+
+TEST_F(DaemonTest, SighupWithBadConfigKeepsTheOldOne) {
+    std::string good = config(upper_listener("up", "a:"));
+    std::string conf = write("evstreamd.conf", good);
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("up");
+    int live = connect_tcp(port);
+    ASSERT_GE(live, 0);
+    EXPECT_EQ("a:ONE", ask(live, "one"));
+    std::string ports_before = d.ports_text();
+    struct stat st_before;
+    ASSERT_EQ(0, stat(d.ports_path.c_str(), &st_before));
+
+    int blocker = bind_tcp(0);
+    ASSERT_GE(blocker, 0);
+    struct sockaddr_in sin{};
+    socklen_t len = sizeof sin;
+    ASSERT_EQ(0, getsockname(blocker, (struct sockaddr *)&sin, &len));
+    std::string taken = "127.0.0.1:" + std::to_string(ntohs(sin.sin_port));
+
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {"unknown setting", config(upper_listener("up", "b:"), "workers = 2;\nbogus = 1;\n")},
+        {"failing init", config(upper_listener("up", "b:") + ",\n" +
+                                    listener("", "127.0.0.1:0", "failing_init"),
+                                "workers = 2;\n", plugin_entry("failing_init"))},
+        {"port in use", config(upper_listener("up", "b:") + ",\n" + upper_listener("busy", "c:", taken))},
+    };
+    size_t failures = 0;
+    for (auto &b : bad) {
+        SCOPED_TRACE(b.first);
+        write_file(conf, b.second);
+        d.signal(SIGHUP);
+        failures++;
+        ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reload failed") >= failures; }))
+            << d.err();
+        ASSERT_TRUE(d.running());
+        // The old configuration still serves, old and new connections alike.
+        EXPECT_EQ("a:TWO", ask(live, "two"));
+        int fd = connect_tcp(port);
+        ASSERT_GE(fd, 0);
+        EXPECT_EQ("a:THREE", ask(fd, "three"));
+        close(fd);
+        struct stat st;
+        ASSERT_EQ(0, stat(d.ports_path.c_str(), &st));
+        EXPECT_EQ(st_before.st_ino, st.st_ino) << "the ports file was rewritten";
+        EXPECT_EQ(ports_before, d.ports_text());
+    }
+    EXPECT_TRUE(contains(d.err(), "bogus: unknown setting")) << d.err();
+    EXPECT_TRUE(contains(d.err(), "failing_init refuses to start")) << d.err();
+    EXPECT_TRUE(contains(d.err(), "cannot listen on " + taken)) << d.err();
+    close(blocker);
+
+    // And a good config is still accepted afterwards.
+    write_file(conf, good);
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    EXPECT_EQ("a:FOUR", ask(live, "four"));
+    close(live);
+}
+
+TEST_F(DaemonTest, SighupRemovingListenerStopsItsPortButNotItsConnections) {
+    // Both on port 0: each must keep its own socket across the reload.
+    std::string conf = write("evstreamd.conf",
+                             config(upper_listener("first", "1:") + ",\n" +
+                                    upper_listener("second", "2:") + ",\n" +
+                                    upper_listener("third", "3:")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t p1 = d.port("first"), p2 = d.port("second"), p3 = d.port("third");
+    int c1 = connect_tcp(p1), c2 = connect_tcp(p2);
+    ASSERT_GE(c1, 0);
+    ASSERT_GE(c2, 0);
+    EXPECT_EQ("1:A", ask(c1, "a"));
+    EXPECT_EQ("2:A", ask(c2, "a"));
+
+    // Remove "first"; "second" and "third" stay, unchanged.
+    write_file(conf, config(upper_listener("second", "2:") + ",\n" + upper_listener("third", "3:")));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return d.ports().size() == 2; })) << d.err();
+    EXPECT_EQ(p2, d.port("second")) << d.ports_text();
+    EXPECT_EQ(p3, d.port("third")) << d.ports_text();
+
+    // Its port stops accepting (bounded poll: the acceptor closes it).
+    EXPECT_TRUE(eventually(10, [&] {
+        int fd = connect_tcp(p1);
+        if (fd < 0) return true;
+        close(fd);
+        return false;
+    })) << "port " << p1 << " of the removed listener still accepts";
+    // Its live connection goes on, and so does everything else.
+    EXPECT_EQ("1:B", ask(c1, "b"));
+    EXPECT_EQ("2:B", ask(c2, "b"));
+    int n2 = connect_tcp(p2), n3 = connect_tcp(p3);
+    ASSERT_GE(n2, 0);
+    ASSERT_GE(n3, 0);
+    EXPECT_EQ("2:C", ask(n2, "c"));
+    EXPECT_EQ("3:C", ask(n3, "c"));
+    close(c1);
+    close(c2);
+    close(n2);
+    close(n3);
+}
+
+TEST_F(DaemonTest, Sigusr1ReopensTheLogFile) {
+    std::string log = path("evstreamd.log");
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "workers = 2;\nlog = { file = \"" + log + "\"; level = \"info\"; };\n"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    ASSERT_TRUE(eventually(10, [&] { return contains(read_file(log), "listening on"); }))
+        << read_file(log);
+    EXPECT_FALSE(contains(d.err(), "listening on")) << "the log went to stderr";
+
+    std::string rotated = path("evstreamd.log.1");
+    ASSERT_EQ(0, rename(log.c_str(), rotated.c_str()));
+    d.signal(SIGUSR1);
+    ASSERT_TRUE(eventually(10, [&] { return contains(read_file(log), "log file reopened"); }))
+        << "no new log file after SIGUSR1";
+    d.signal(SIGHUP);  // something that logs
+    ASSERT_TRUE(eventually(10, [&] { return contains(read_file(log), "reloaded"); }))
+        << read_file(log);
+    std::string old_text = read_file(rotated);
+    EXPECT_TRUE(contains(old_text, "listening on"));
+    EXPECT_FALSE(contains(old_text, "reloaded")) << "lines still go to the renamed file";
+    EXPECT_EQ(0, d.stop());
+    EXPECT_TRUE(contains(read_file(log), "stopped"));
+}
+
+// --- pidfile, daemon mode --------------------------------------------------------------
+
+TEST_F(DaemonTest, PidfileLocksOutASecondDaemon) {
+    std::string pidfile = path("evstreamd.pid");
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    Daemon &d = start(conf, {"-p", pidfile});
+    ASSERT_TRUE(d.running());
+    EXPECT_EQ(std::to_string(d.pid) + "\n", read_file(pidfile));
+
+    Daemon &second = launch({"-c", conf, "-p", pidfile});
+    EXPECT_EQ(1, second.wait(20));
+    EXPECT_TRUE(contains(second.err(), "another evstreamd is running (pid " + std::to_string(d.pid)))
+        << second.err();
+    EXPECT_FALSE(file_exists(second.ports_path));
+    // The first one is untouched.
+    EXPECT_EQ(std::to_string(d.pid) + "\n", read_file(pidfile));
+    int fd = connect_tcp(d.port("e"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("alive", ask(fd, "alive"));
+    close(fd);
+
+    EXPECT_EQ(0, d.stop());
+    EXPECT_FALSE(file_exists(pidfile));
+}
+
+TEST_F(DaemonTest, StalePidfileIsReused) {
+    std::string pidfile = path("evstreamd.pid");
+    write_file(pidfile, "999999\n");  // left by a crash: nobody holds the lock
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    Daemon &d = start(conf, {"-p", pidfile});
+    ASSERT_TRUE(d.running());
+    EXPECT_EQ(std::to_string(d.pid) + "\n", read_file(pidfile));
+    EXPECT_EQ(0, d.stop());
+    EXPECT_FALSE(file_exists(pidfile));
+}
+
+TEST_F(DaemonTest, DaemonModeBackgroundsAndStopsByPidfile) {
+    std::string pidfile = path("evstreamd.pid");
+    std::string log = path("evstreamd.log");
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "workers = 2;\nlog = { file = \"" + log + "\"; };\n"));
+    // The background process is a grandchild: become its reaper so its exit
+    // status can be read (and no zombie is left whatever PID 1 does).
+    ASSERT_EQ(0, prctl(PR_SET_CHILD_SUBREAPER, 1));
+    struct Unreaper {
+        ~Unreaper() { prctl(PR_SET_CHILD_SUBREAPER, 0); }
+    } unreaper;
+
+    Daemon &parent = launch({"-d", "-c", conf, "-p", pidfile});
+    // The parent exits 0 once the daemon serves, and not before.
+    ASSERT_EQ(0, parent.wait(30)) << parent.err();
+    ASSERT_TRUE(file_exists(parent.ports_path));
+    std::string text = read_file(pidfile);
+    pid_t bg = (pid_t)atol(text.c_str());
+    ASSERT_GT(bg, 1) << text;
+    EXPECT_NE(parent.pid, bg);
+    // From here on the background daemon is ours to end.
+    auto bgd = std::make_unique<Daemon>();
+    bgd->pid = bg;
+    bgd->err_path = log;
+    Daemon &b = *bgd;
+    daemons.push_back(std::move(bgd));
+
+    EXPECT_EQ(0, kill(bg, 0));
+    int fd = connect_tcp(parent.port("e"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("backgrounded", ask(fd, "backgrounded"));
+    close(fd);
+
+    ASSERT_EQ(0, kill(bg, SIGTERM));
+    // The intermediate process of the double fork ends up here too; reap
+    // it along with the daemon.
+    bool gone = eventually(20, [&] {
+        int st;
+        pid_t r;
+        while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
+            if (r == bg) {
+                b.raw_status = st;
+                b.reaped = true;
+            }
+        }
+        return b.reaped || (kill(bg, 0) < 0 && errno == ESRCH);
+    });
+    ASSERT_TRUE(gone) << "the background daemon did not stop";
+    if (b.reaped) {
+        EXPECT_EQ(0, b.wait(0)) << describe_status(b.raw_status);
+    }
+    b.reaped = true;
+    EXPECT_FALSE(file_exists(pidfile));
+    EXPECT_TRUE(contains(read_file(log), "stopped")) << read_file(log);
+}
+
+TEST_F(DaemonTest, DaemonModeReportsStartFailure) {
+    std::string conf = write("evstreamd.conf",
+                             config(listener("", "127.0.0.1:0", "failing_init"), "workers = 2;\n",
+                                    plugin_entry("failing_init")));
+    ASSERT_EQ(0, prctl(PR_SET_CHILD_SUBREAPER, 1));
+    Daemon &parent = launch({"-d", "-c", conf});
+    EXPECT_EQ(1, parent.wait(30));
+    EXPECT_TRUE(contains(parent.err(), "failing_init refuses to start")) << parent.err();
+    // Reap the background processes, which exit by themselves.
+    eventually(10, [&] {
+        while (waitpid(-1, nullptr, WNOHANG) > 0) {
+        }
+        return waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD;
+    });
+    prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+// --- Unix socket files ------------------------------------------------------------------
+
+TEST_F(DaemonTest, StaleUnixSocketIsReplaced) {
+    std::string sock = path("stale.sock");
+    {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sun{};
+        sun.sun_family = AF_UNIX;
+        snprintf(sun.sun_path, sizeof sun.sun_path, "%s", sock.c_str());
+        ASSERT_EQ(0, bind(fd, (struct sockaddr *)&sun, sizeof sun));
+        close(fd);  // the file stays, nobody listens: stale
+    }
+    ASSERT_TRUE(file_exists(sock));
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"u\"; listen = \"unix:" + sock +
+                                    "\"; mode = \"0600\"; plugin = \"echo\"; }"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    EXPECT_EQ("u unix:" + sock + "\n", d.ports_text());
+    int fd = connect_unix(sock);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    EXPECT_EQ("fresh", ask(fd, "fresh"));
+    close(fd);
+    struct stat st;
+    ASSERT_EQ(0, stat(sock.c_str(), &st));
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(0600u, st.st_mode & 07777);
+}
+
+TEST_F(DaemonTest, LiveUnixSocketIsNotStolen) {
+    std::string sock = path("live.sock");
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"u\"; listen = \"unix:" + sock + "\"; plugin = \"echo\"; }"));
+    Daemon &first = start(conf);
+    ASSERT_TRUE(first.running());
+    Daemon &second = launch({"-c", conf});
+    EXPECT_EQ(1, second.wait(20)) << second.err();
+    EXPECT_TRUE(contains(second.err(), sock)) << second.err();
+    // The first daemon still owns and serves the socket.
+    int fd = connect_unix(sock);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("first", ask(fd, "first"));
+    close(fd);
+    EXPECT_EQ(0, first.stop());
+}
+
+TEST_F(DaemonTest, RegularFileAtSocketPathIsRefusedAndKept) {
+    std::string sock = path("not-a-socket");
+    write_file(sock, "precious data\n");
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"u\"; listen = \"unix:" + sock + "\"; plugin = \"echo\"; }"));
+    Daemon &d = launch({"-c", conf});
+    EXPECT_EQ(1, d.wait(20)) << d.err();
+    EXPECT_TRUE(contains(d.err(), sock)) << d.err();
+    EXPECT_EQ("precious data\n", read_file(sock));
+}
+
+// --- limits, logging --------------------------------------------------------------------------
+
+TEST_F(DaemonTest, IdleTimeoutClosesIdleConnections) {
+    std::string conf = write(
+        "evstreamd.conf",
+        config("  { name = \"idle\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
+               "    limits = { idle_timeout = \"300ms\"; }; },\n"
+               "  { name = \"patient\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("idle"));
+    int other = connect_tcp(d.port("patient"));
+    ASSERT_GE(fd, 0);
+    ASSERT_GE(other, 0);
+    EXPECT_EQ("hello", ask(fd, "hello"));
+    EXPECT_EQ("hello", ask(other, "hello"));
+    auto t0 = Clock::now();
+    EXPECT_EQ(0, wait_eof(fd, 10)) << "an idle connection was not closed within 10 s";
+    double took = std::chrono::duration<double>(Clock::now() - t0).count();
+    EXPECT_GE(took, 0.2) << "closed before it was idle for 300 ms";
+    // The listener without the override keeps its connection (default 5m).
+    EXPECT_EQ("still", ask(other, "still"));
+    close(fd);
+    close(other);
+}
+
+TEST_F(DaemonTest, LogsAndPortsFileGiveRealAddresses) {
+    std::string sock = path("a.sock");
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"tcp\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; },\n"
+                                    "  { listen = \"unix:" + sock + "\"; plugin = \"echo_protocol\"; }"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    auto ports = d.ports();
+    ASSERT_EQ(2u, ports.size()) << d.ports_text();
+    std::string tcp = ports["tcp"];
+    uint16_t port = port_of(tcp);
+    EXPECT_EQ("127.0.0.1:" + std::to_string(port), tcp);
+    EXPECT_NE(0, port);
+    // An unnamed listener is named by its address.
+    EXPECT_EQ("unix:" + sock, ports["unix:" + sock]) << d.ports_text();
+    EXPECT_TRUE(contains(d.out(), "listening on " + tcp + " (listener 'tcp', plugin 'echo')"))
+        << d.out();
+    EXPECT_TRUE(contains(d.err(), "listening on " + tcp + " (listener 'tcp', plugin 'echo')"))
+        << d.err();
+    EXPECT_TRUE(contains(d.err(), "listening on unix:" + sock)) << d.err();
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("real", ask(fd, "real"));
+    close(fd);
+    fd = connect_unix(sock);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("real", ask(fd, "real"));
+    close(fd);
+    EXPECT_EQ(0, d.stop());
+    EXPECT_TRUE(contains(d.err(), "stopped")) << d.err();
+}
+
+size_t thread_count(pid_t pid) {
+    std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    size_t n = 0;
+    if (DIR *d = opendir(dir.c_str())) {
+        while (struct dirent *e = readdir(d))
+            if (e->d_name[0] != '.') n++;
+        closedir(d);
+    }
+    return n;
+}
+
+TEST_F(DaemonTest, WorkersAndLogLevelOptionsOverrideConfig) {
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "workers = 4;\n"));
+    Daemon &four = start(conf);
+    ASSERT_TRUE(four.running());
+    Daemon &one = start(conf, {"-w", "1", "-l", "error"});
+    ASSERT_TRUE(one.running());
+    // Same process otherwise: the difference is three worker threads.
+    size_t t4 = thread_count(four.pid), t1 = thread_count(one.pid);
+    EXPECT_GT(t1, 1u);
+    EXPECT_EQ(t4, t1 + 3) << "threads with workers = 4: " << t4 << ", with -w 1: " << t1;
+    int fd = connect_tcp(one.port("e"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("w", ask(fd, "w"));
+    close(fd);
+    EXPECT_EQ(0, one.stop());
+    EXPECT_EQ(0, four.stop());
+    // -l error: no info lines in the log (the listening lines still go to stdout).
+    EXPECT_TRUE(contains(four.err(), "listening on")) << four.err();
+    EXPECT_FALSE(contains(one.err(), "listening on")) << one.err();
+    EXPECT_FALSE(contains(one.err(), "stopped")) << one.err();
+    EXPECT_TRUE(contains(one.out(), "listening on")) << one.out();
+}
+
+}  // namespace
