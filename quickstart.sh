@@ -15,7 +15,7 @@ BUILD=${EVS_BUILD_DIR:-$SRC/build}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 PACKAGES="build-essential autoconf automake libtool pkg-config libevent-dev libssl-dev openssl
-libconfig-dev libgtest-dev libsystemd-dev valgrind curl wrk redis-tools netcat-openbsd"
+libconfig-dev libgtest-dev libsystemd-dev valgrind curl wrk redis-tools netcat-openbsd haproxy"
 
 install_missing() {
     local missing=()

@@ -85,6 +85,17 @@ typedef struct evs_server_options {
     evs_tls_context *tls;
     double tls_handshake_timeout; /**< 0 = 60 s */
     double tls_shutdown_timeout;  /**< 0 = 30 s */
+    /** PROXY protocol (v1 and v2): every connection must start with a
+     *  PROXY header, accepted only from a peer in proxy_trusted (CIDRs such
+     *  as "127.0.0.1/32", "10.0.0.0/8", "::1/128"; required for TCP; on Unix
+     *  sockets every peer is trusted). Untrusted peers, malformed headers and
+     *  headers not complete within proxy_timeout are closed. Then
+     *  evs_transport_get_peername() gives the real client and
+     *  evs_transport_get_proxy_peername() the proxy. */
+    bool proxy_protocol;
+    const char *const *proxy_trusted;
+    size_t nproxy_trusted; /**< entries in proxy_trusted */
+    double proxy_timeout;  /**< seconds for the header; 0 = 5 */
     /** Called on the worker when a connection of this server ends (for
      *  access logs); may be NULL. */
     void (*connection_closed)(const evs_connection_info *info, void *arg);
@@ -102,6 +113,7 @@ typedef struct evs_server_stats {
     uint64_t tls_handshakes; /**< completed */
     uint64_t tls_failed;     /**< failed or timed out */
     uint64_t tls_resumed;
+    uint64_t proxy_rejected; /**< untrusted peer, bad or late PROXY header */
 } evs_server_stats;
 
 /**

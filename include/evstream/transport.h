@@ -112,6 +112,16 @@ EVS_EXTERN int evs_transport_get_peername(const evs_transport *t, struct sockadd
 /** Extra info "sockname": copies the local address. @return 0 or a negative errno. */
 EVS_EXTERN int evs_transport_get_sockname(const evs_transport *t, struct sockaddr_storage *addr,
                                           socklen_t *len);
+/** With the PROXY protocol: the proxy's own address (the socket's peer).
+ *  @return 0, or -ENOENT when the connection did not come through a proxy. */
+EVS_EXTERN int evs_transport_get_proxy_peername(const evs_transport *t,
+                                                struct sockaddr_storage *addr, socklen_t *len);
+/** With PROXY protocol v2: the value of TLV @p type (e.g. 0x01 ALPN, 0x02
+ *  authority, 0x05 unique id) as a pointer valid for the transport's life.
+ *  @return its length, or -ENOENT. */
+EVS_EXTERN int evs_transport_get_proxy_tlv(const evs_transport *t, uint8_t type,
+                                           const void **value);
+
 /** The worker that owns the transport. */
 EVS_EXTERN evs_worker *evs_transport_worker(const evs_transport *t);
 

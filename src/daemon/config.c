@@ -9,6 +9,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -761,6 +762,38 @@ static void free_tls(evsd_tls_conf *t)
     free(t);
 }
 
+/* proxy_protocol = { trusted = ["127.0.0.1/32"]; timeout = "5s"; }; */
+static void read_proxy_protocol(errlist *e, const config_setting_t *g, evsd_listener_conf *l)
+{
+    static const char *const keys[] = {"trusted", "timeout", NULL};
+
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+        bad(e, g, "expected a group { trusted = [\"127.0.0.1/32\"]; timeout = \"5s\"; }");
+        return;
+    }
+    check_keys(e, g, keys);
+    l->proxy_protocol = true;
+    l->proxy_timeout = 5;
+    l->proxy_trusted = string_list(e, g, "trusted", &l->nproxy_trusted);
+    for (size_t i = 0; i < l->nproxy_trusted; i++) {
+        char buf[64];
+        const char *slash = strchr(l->proxy_trusted[i], '/');
+        size_t n = slash ? (size_t)(slash - l->proxy_trusted[i]) : strlen(l->proxy_trusted[i]);
+        unsigned char addr[16];
+        char *end;
+        long bits = slash ? strtol(slash + 1, &end, 10) : 0;
+        snprintf(buf, sizeof buf, "%.*s", (int)(n < 63 ? n : 63), l->proxy_trusted[i]);
+        bool v4 = inet_pton(AF_INET, buf, addr) == 1, v6 = inet_pton(AF_INET6, buf, addr) == 1;
+        if ((!v4 && !v6) || (slash && (!slash[1] || *end || bits < 0 || bits > (v4 ? 32 : 128))))
+            bad(e, config_setting_get_member(g, "trusted"),
+                "'%s' is not an address or a network like \"10.0.0.0/8\"", l->proxy_trusted[i]);
+    }
+    if (l->nproxy_trusted == 0 && l->family == EVSD_TCP)
+        bad(e, g, "trusted = [ ... ] is required: the networks of the proxies allowed to "
+                  "send PROXY headers");
+    get_duration(e, g, "timeout", MAX_SECONDS, &l->proxy_timeout);
+}
+
 /* access_log = { file = "..."; format = "$time $peer ..."; }; */
 static void read_access_log(errlist *e, const config_setting_t *g, const evsd_config *c,
                             evsd_listener_conf *l)
@@ -806,7 +839,7 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
 {
     static const char *const keys[] = {"name", "listen", "plugin", "backlog", "mode", "owner",
                                        "group", "reuseport", "limits", "settings", "tls",
-                                       "access_log", NULL};
+                                       "access_log", "proxy_protocol", NULL};
     const char *listen, *plugin, *name;
     const config_setting_t *v;
     bool found = false;
@@ -851,6 +884,8 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
         l->tls = read_tls(e, v, c);
     if ((v = config_setting_get_member(g, "access_log")))
         read_access_log(e, v, c, l);
+    if ((v = config_setting_get_member(g, "proxy_protocol")))
+        read_proxy_protocol(e, v, l);
 }
 
 static void read_listeners(errlist *e, const config_setting_t *list, evsd_config *c)
@@ -1042,6 +1077,7 @@ void evsd_config_free(evsd_config *c)
         free_tls(l->tls);
         free(l->access_log);
         free(l->access_log_format);
+        free_strings(l->proxy_trusted);
     }
     if (c->admin) {
         free(c->admin->name);

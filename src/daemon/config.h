@@ -79,6 +79,10 @@ typedef struct evsd_listener_conf {
     const config_setting_t *settings;  /* the plugin's settings group, or NULL */
     evsd_tls_conf *tls;                /* NULL: plaintext */
     char *access_log;                  /* a file, or NULL */
+    bool proxy_protocol;               /* PROXY v1/v2 headers from trusted peers */
+    char **proxy_trusted;              /* CIDRs, NULL-terminated */
+    size_t nproxy_trusted;
+    double proxy_timeout;
     char *access_log_format;           /* NULL: the default */
     char *file;
     int line;

@@ -531,6 +531,10 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     o.defer_serving = true;
     o.fds = fds;
     o.nfds = nfds;
+    o.proxy_protocol = c->proxy_protocol;
+    o.proxy_trusted = (const char *const *)c->proxy_trusted;
+    o.nproxy_trusted = c->nproxy_trusted;
+    o.proxy_timeout = c->proxy_timeout;
     if (c->access_log) {
         l->access_log = evsd_access_log_open(c->access_log, c->name, c->access_log_format);
         if (!l->access_log) {

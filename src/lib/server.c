@@ -45,6 +45,7 @@ static void close_listeners(evs_server *s)
 
 void evs__server_free(evs_server *s)
 {
+    free(s->trusted);
     if (s->opts.tls)
         evs_tls_context_unref(s->opts.tls);
     close_listeners(s);
@@ -248,6 +249,8 @@ static int check_options(const evs_server_options *o)
         return -EINVAL; /* exactly one handler */
     if (o->tls && !o->tls->server)
         return -EINVAL; /* a client context cannot serve */
+    if (o->nproxy_trusted > 0 && !o->proxy_trusted)
+        return -EINVAL;
     if (o->backlog < 0 || (o->write_low_water && o->write_low_water > o->write_high_water &&
                            o->write_high_water))
         return -EINVAL;
@@ -281,6 +284,28 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         free(s);
         return -ENOMEM;
     }
+    if (o->proxy_protocol) {
+        s->trusted = calloc(o->nproxy_trusted + 1, sizeof *s->trusted);
+        if (!s->trusted) {
+            evs__server_free(s);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < o->nproxy_trusted; i++) {
+            if (evs__cidr_parse(o->proxy_trusted[i], &s->trusted[i]) < 0) {
+                evs__debug("proxy_trusted: '%s' is not an address or CIDR", o->proxy_trusted[i]);
+                evs__server_free(s);
+                return -EINVAL;
+            }
+        }
+        s->ntrusted = o->nproxy_trusted;
+        if (s->ntrusted == 0 && !unix_socket) {
+            evs__debug("proxy_protocol needs proxy_trusted networks");
+            evs__server_free(s);
+            return -EINVAL;
+        }
+    }
+    s->opts.proxy_trusted = NULL;
+    s->opts.nproxy_trusted = 0;
 
     if (o->nfds > 0) {
         for (size_t i = 0; i < o->nfds && !err; i++)
@@ -516,6 +541,7 @@ void evs_server_stats_get(const evs_server *s, evs_server_stats *out)
     out->tls_handshakes = atomic_load_explicit(&s->tls_handshakes, memory_order_relaxed);
     out->tls_failed = atomic_load_explicit(&s->tls_failed, memory_order_relaxed);
     out->tls_resumed = atomic_load_explicit(&s->tls_resumed, memory_order_relaxed);
+    out->proxy_rejected = atomic_load_explicit(&s->proxy_rejected, memory_order_relaxed);
 }
 
 static int run_handler(void *arg)
@@ -528,10 +554,13 @@ static int run_handler(void *arg)
     return 0;
 }
 
+/* TLS comes now, or after the PROXY header (which is plaintext). */
 static int attach_tls(evs_server *s, evs_transport *t)
 {
     evs_tls_options to;
 
+    if (s->opts.proxy_protocol)
+        return evs__proxy_stage_install(s, t);
     if (!s->opts.tls)
         return 0;
     memset(&to, 0, sizeof to);
@@ -574,6 +603,16 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
     socklen_t peerlen = m->peerlen;
 
     /* The accepted address outlives a reset only if we keep it. */
+    if (s->opts.proxy_protocol && !evs__proxy_trusted(s, &m->peer)) {
+        char who[128];
+        atomic_fetch_add_explicit(&s->proxy_rejected, 1, memory_order_relaxed);
+        evs__debug("PROXY protocol from an untrusted peer %s; closing",
+                   evs_format_address((struct sockaddr *)&m->peer, m->peerlen, who, sizeof who));
+        free(m);
+        close(fd);
+        evs__connection_closed(s, w);
+        return;
+    }
     if (s->opts.connection_closed && (peer = malloc(sizeof *peer)))
         memcpy(peer, &m->peer, m->peerlen);
     free(m);

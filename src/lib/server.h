@@ -15,6 +15,13 @@
 
 #include "worker.h"
 
+/* A trusted network for the PROXY protocol. */
+typedef struct evs__cidr {
+    int family;
+    int bits;
+    uint8_t addr[16];
+} evs__cidr;
+
 /* One listening socket; its event lives on the acceptor's base. */
 typedef struct evs__listener {
     struct evs_server *server;
@@ -45,6 +52,9 @@ struct evs_server {
     _Atomic uint64_t tls_handshakes;
     _Atomic uint64_t tls_failed;
     _Atomic uint64_t tls_resumed;
+    _Atomic uint64_t proxy_rejected;
+    evs__cidr *trusted; /* PROXY protocol peers */
+    size_t ntrusted;
     bool keep_path;            /* sockets handed over: leave the file */
 
     evs_server *next; /* the runtime's list, under rt->lock */
@@ -71,6 +81,12 @@ struct evs_runtime {
 };
 
 int evs__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len);
+
+/* PROXY protocol (proxy_stage.c). */
+int evs__cidr_parse(const char *text, evs__cidr *out);
+bool evs__proxy_trusted(const evs_server *s, const struct sockaddr_storage *peer);
+/* Put the header-reading stage in front of the transport's protocol. */
+int evs__proxy_stage_install(evs_server *s, evs_transport *t);
 
 /* Acceptor thread (acceptor.c). */
 void evs__acceptor_add(evs_worker *acceptor, void *server);

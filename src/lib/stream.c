@@ -156,7 +156,9 @@ static void sp_connection_lost(evs_transport *t, int err, void *ctx)
     evs__task_wake_all(&r->waiter, 0);
     evs__task_wake_all(&w->drainers, w->lost_err);
     evs__task_wake_all(&w->closers, 0);
-    if (s->released)
+    /* A server's pair whose handler never started (a failed TLS handshake
+     * or PROXY header) belongs to nobody else: free it here. */
+    if (s->released || (s->on_made && !s->made))
         stream_free(s);
 }
 

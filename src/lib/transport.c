@@ -65,6 +65,7 @@ void evs__transport_unref(evs_transport *t)
      * handshake the caller wants to know why). */
     evs__tls_free(t);
     free(t->peer);
+    free(t->proxied);
     if (t->fd >= 0)
         close(t->fd);
     evbuffer_free(t->out);
@@ -436,7 +437,9 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
             break;
         }
         /* A short read means the socket is empty for now. */
-        if ((size_t)n < capacity || t->closing || t->paused)
+        /* A short read means the socket is empty for now; a TLS layer set
+         * up by the last callback (PROXY header, then TLS) reads from now. */
+        if ((size_t)n < capacity || t->closing || t->paused || t->tls)
             break;
     }
     evs__transport_unref(t);
@@ -663,9 +666,70 @@ evs_worker *evs_transport_worker(const evs_transport *t)
     return t->worker;
 }
 
+void evs__transport_deliver(evs_transport *t, const void *data, size_t len)
+{
+    const evs_protocol *p = t->proto;
+    const char *in = data;
+
+    while (len > 0 && !t->closing) {
+        if (p->get_buffer && p->buffer_updated) {
+            size_t room = 0;
+            void *buf = p->get_buffer(t, len, &room, t->ctx);
+            if (!buf || room == 0) {
+                evs__transport_fatal(t, -ENOBUFS);
+                return;
+            }
+            if (room > len)
+                room = len;
+            memcpy(buf, in, room);
+            p->buffer_updated(t, room, t->ctx);
+            in += room;
+            len -= room;
+        } else {
+            if (p->data_received)
+                p->data_received(t, in, len, t->ctx);
+            return;
+        }
+    }
+}
+
+int evs_transport_get_proxy_peername(const evs_transport *t, struct sockaddr_storage *addr,
+                                     socklen_t *len)
+{
+    *len = sizeof *addr;
+    if (!t->proxied)
+        return -ENOENT;
+    if (t->fd < 0)
+        return -ENOTCONN;
+    return getpeername(t->fd, (struct sockaddr *)addr, len) < 0 ? -errno : 0;
+}
+
+int evs_transport_get_proxy_tlv(const evs_transport *t, uint8_t type, const void **value)
+{
+    const uint8_t *p = t->proxied ? t->proxied->tlv : NULL;
+    size_t n = t->proxied ? t->proxied->tlvlen : 0;
+
+    for (size_t off = 0; p && off + 3 <= n;) {
+        size_t vlen = (size_t)p[off + 1] << 8 | p[off + 2];
+        if (p[off] == type) {
+            if (value)
+                *value = p + off + 3;
+            return (int)vlen;
+        }
+        off += 3 + vlen;
+    }
+    return -ENOENT;
+}
+
 int evs_transport_get_peername(const evs_transport *t, struct sockaddr_storage *addr,
                                socklen_t *len)
 {
+    if (t->proxied) {
+        /* The real client, as the proxy said. */
+        memcpy(addr, &t->proxied->src, t->proxied->srclen);
+        *len = t->proxied->srclen;
+        return 0;
+    }
     *len = sizeof *addr;
     if (t->fd < 0)
         return -ENOTCONN;

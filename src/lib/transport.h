@@ -49,6 +49,7 @@ struct evs_transport {
     struct timeval started;
     struct sockaddr_storage *peer; /* kept from accept for access logs, or NULL */
     socklen_t peerlen;
+    struct evs__proxied *proxied;   /* what a PROXY header said, or NULL */
 
     /* Called once when the connection ends, before connection_lost. */
     evs__transport_hook closed_hook;
@@ -79,6 +80,17 @@ void evs__transport_fatal(evs_transport *t, int err);
 void evs__transport_eof(evs_transport *t);
 /* Send bytes as they are (after TLS): try the socket, queue the rest. */
 int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, size_t total);
+/* What a PROXY header told about a connection. */
+struct evs__proxied {
+    struct sockaddr_storage src;
+    socklen_t srclen;
+    size_t tlvlen;
+    uint8_t tlv[]; /* v2 TLVs */
+};
+
+/* Hand @len bytes to the protocol as if just read (get_buffer or
+ * data_received). */
+void evs__transport_deliver(evs_transport *t, const void *data, size_t len);
 /* Count bytes read from the socket (worker and connection counters). */
 void evs__transport_count_in(evs_transport *t, size_t n);
 /* Call pause_writing if the buffer went above the high watermark. */
