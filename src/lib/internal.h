@@ -32,14 +32,20 @@ extern _Atomic int evs__log_level;
 #define evs__info(...) evs__log(EVS_LOG_INFO, __VA_ARGS__)
 #define evs__debug(...) evs__log(EVS_LOG_DEBUG, __VA_ARGS__)
 
-/* Seconds (double, as in the public API) to a timeval. */
+/* Seconds (double, as in the public API) to a timeval, rounded up to the
+ * microsecond: a sleep of 0.05 s must never wake at 49.999 ms. */
 static inline struct timeval evs__tv(double seconds)
 {
     struct timeval tv;
+    long long us;
+
     if (seconds < 0)
         seconds = 0;
-    tv.tv_sec = (time_t)seconds;
-    tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+    us = (long long)(seconds * 1e6);
+    if ((double)us < seconds * 1e6)
+        us++;
+    tv.tv_sec = (time_t)(us / 1000000);
+    tv.tv_usec = (suseconds_t)(us % 1000000);
     return tv;
 }
 

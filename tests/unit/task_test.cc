@@ -206,7 +206,7 @@ TEST(Task, RunCancelsTasksTheMainTaskLeftBehind) {
 TEST(Task, ManyTasksReuseStacks) {
     EXPECT_EQ(0, run_task(
                      [](void *) -> int {
-                         for (int round = 0; round < 20; round++) {
+                         for (int round = 0; round < 6; round++) {
                              std::vector<evs_task *> tasks(500);
                              for (auto &t : tasks)
                                  if (evs_task_spawn(
