@@ -137,6 +137,9 @@ int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry)
     if (bound >= 0) {
         struct timeval tv = evs__tv(bound);
         t->timer_result = result;
+        /* The loop's cached time is from before this task ran: refresh it,
+         * or the timer would count from the past and fire early. */
+        event_base_update_cache_time(t->worker->base);
         evtimer_add(&t->timer_ev, &tv);
     }
     evs__fiber_yield();
