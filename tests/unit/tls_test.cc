@@ -1,0 +1,1256 @@
+// TLS: contexts (SNI certificates, ALPN, versions, client certificates,
+// keys), the TLS layer of the transport (handshake, close_notify, dirty
+// close, timeouts, flow control), start_tls on both sides, reloads and
+// session resumption. Certificates are made at test time (tls_certs.cc);
+// servers run on a runtime, library clients in evs_run() tasks, raw
+// OpenSSL clients and `openssl s_client` where the peer must be foreign.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.h"
+#include "tls_certs.h"
+
+using namespace evs_test;
+
+namespace {
+
+TlsCerts certs;
+
+// --- small tools -------------------------------------------------------
+
+struct Runtime {
+    evs_runtime *rt = nullptr;
+    explicit Runtime(int workers = 2) {
+        evs_runtime_options o{};
+        o.workers = workers;
+        EXPECT_EQ(0, evs_runtime_new(&o, &rt));
+    }
+    ~Runtime() {
+        if (rt) evs_runtime_stop(rt, 5);
+    }
+    evs_worker_stats stats() const {
+        evs_worker_stats s{};
+        evs_runtime_stats(rt, &s);
+        return s;
+    }
+};
+
+// Wait (bounded) until pred() holds.
+bool eventually(const std::function<bool()> &pred, double seconds = 5) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds((int)(seconds * 1000));
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+}
+
+// What a server handler saw, published to the test thread.
+struct Seen {
+    std::mutex m;
+    std::condition_variable cv;
+    std::map<std::string, std::string> kv;
+    void set(const std::string &k, const std::string &v) {
+        std::lock_guard<std::mutex> g(m);
+        kv[k] = v;
+        cv.notify_all();
+    }
+    // The value of @k once set (bounded wait); "<unset>" on timeout.
+    std::string get(const std::string &k, double seconds = 5) {
+        std::unique_lock<std::mutex> g(m);
+        bool ok = cv.wait_for(g, std::chrono::milliseconds((int)(seconds * 1000)),
+                              [&] { return kv.count(k) > 0; });
+        return ok ? kv[k] : std::string("<unset>");
+    }
+    bool has(const std::string &k) {
+        std::lock_guard<std::mutex> g(m);
+        return kv.count(k) > 0;
+    }
+};
+
+std::string subject_of(evs_transport *t) {
+    char buf[512];
+    return evs_transport_tls_peer_subject(t, buf, sizeof buf) == 0 ? buf : "<none>";
+}
+
+// Runs f in an evs_run() task whose parked calls are bounded by 15 s.
+int run(const std::function<int()> &f) {
+    struct Box {
+        const std::function<int()> *f;
+    } box{&f};
+    return run_task(
+        [](void *a) -> int {
+            evs_task_set_timeout(evs_task_current(), 15);
+            return (*static_cast<Box *>(a)->f)();
+        },
+        &box);
+}
+
+// Contexts that unref themselves.
+struct Ctx {
+    evs_tls_context *c = nullptr;
+    std::string err;
+    Ctx() = default;
+    Ctx(const Ctx &) = delete;
+    ~Ctx() { evs_tls_context_unref(c); }
+};
+
+struct Cert {
+    std::string cert, key;
+    std::vector<std::string> names;
+};
+
+// A server context from certificates (the first is the default) and extra
+// options set by @tweak.
+bool server_ctx(Ctx *out, const std::vector<Cert> &list,
+                const std::function<void(evs_tls_server_options *)> &tweak = nullptr) {
+    std::vector<evs_tls_certificate> cs(list.size());
+    std::vector<std::vector<const char *>> names(list.size());
+    for (size_t i = 0; i < list.size(); i++) {
+        for (auto &n : list[i].names) names[i].push_back(n.c_str());
+        names[i].push_back(nullptr);
+        cs[i] = evs_tls_certificate{};
+        cs[i].certificate = list[i].cert.c_str();
+        cs[i].key = list[i].key.c_str();
+        cs[i].names = list[i].names.empty() ? nullptr : names[i].data();
+    }
+    evs_tls_server_options o{};
+    o.certificates = cs.data();
+    o.ncertificates = cs.size();
+    if (tweak) tweak(&o);
+    char err[512];
+    int rc = evs_tls_server_context_new(&o, &out->c, err, sizeof err);
+    out->err = err;
+    EXPECT_EQ(0, rc) << err;
+    return rc == 0;
+}
+
+bool default_server_ctx(Ctx *out,
+                        const std::function<void(evs_tls_server_options *)> &tweak = nullptr) {
+    return server_ctx(out, {{certs.server, certs.server_key, {}}}, tweak);
+}
+
+bool client_ctx(Ctx *out, const std::function<void(evs_tls_client_options *)> &tweak = nullptr) {
+    evs_tls_client_options o{};
+    o.ca_file = certs.ca.c_str();
+    if (tweak) tweak(&o);
+    char err[512];
+    int rc = evs_tls_client_context_new(&o, &out->c, err, sizeof err);
+    out->err = err;
+    EXPECT_EQ(0, rc) << err;
+    return rc == 0;
+}
+
+evs_server *start(Runtime &r, evs_client_connected_cb cb, void *arg, evs_tls_context *tls,
+                  const std::function<void(evs_server_options *)> &tweak = nullptr) {
+    evs_server_options o{};
+    o.client_connected = cb;
+    o.arg = arg;
+    o.host = "127.0.0.1";
+    o.tls = tls;
+    if (tweak) tweak(&o);
+    evs_server *s = nullptr;
+    EXPECT_EQ(0, evs_start_server(r.rt, &o, &s));
+    return s;
+}
+
+// Connect a library client (from a task) with TLS.
+int tls_connect(const char *host, uint16_t port, evs_tls_context *ctx, evs_reader **r,
+                evs_writer **w, const char *server_hostname = nullptr, std::string *why = nullptr,
+                size_t limit = 0) {
+    char err[256] = "";
+    evs_connect_options o{};
+    o.tls = ctx;
+    o.server_hostname = server_hostname;
+    o.tls_error = err;
+    o.tls_error_len = sizeof err;
+    o.tls_handshake_timeout = 10;
+    o.limit = limit;
+    int rc = evs_open_connection(host, port, &o, r, w);
+    if (why) *why = err;
+    return rc;
+}
+
+std::string readline_str(evs_reader *r) {
+    const void *p;
+    ssize_t n = evs_readline(r, &p);
+    if (n < 0) return "<error " + std::to_string(n) + ">";
+    return std::string(static_cast<const char *>(p), (size_t)n);
+}
+
+int write_str(evs_writer *w, const std::string &s) {
+    int rc = evs_write(w, s.data(), s.size());
+    return rc < 0 ? rc : evs_drain(w);
+}
+
+// Run a shell command (bounded by timeout(1) inside @cmd); its output and status.
+std::string shell(const std::string &cmd, int *status) {
+    FILE *p = popen(cmd.c_str(), "r");
+    std::string out;
+    if (!p) {
+        *status = -1;
+        return out;
+    }
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    *status = pclose(p);
+    return out;
+}
+
+std::string s_client(uint16_t port, const std::string &input, const std::string &extra,
+                     int *status) {
+    std::string cmd = "printf '" + input + "' | timeout -k 2 10 openssl s_client -connect 127.0.0.1:" +
+                      std::to_string(port) + " -CAfile " + certs.ca + " -ign_eof " + extra +
+                      " 2>&1";
+    return shell(cmd, status);
+}
+
+// A raw OpenSSL client over a blocking socket (socket BIO), for peers that
+// must do what the library never does.
+struct RawTls {
+    SSL_CTX *ctx = nullptr;
+    SSL *ssl = nullptr;
+    int fd = -1;
+    explicit RawTls(uint16_t port, const char *sni = "localhost") {
+        fd = connect_tcp(port);
+        set_timeouts(fd, 5);
+        ctx = SSL_CTX_new(TLS_client_method());
+        SSL_CTX_load_verify_locations(ctx, certs.ca.c_str(), nullptr);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+        ssl = SSL_new(ctx);
+        BIO *b = BIO_new_socket(fd, BIO_NOCLOSE);
+        SSL_set_bio(ssl, b, b);
+        if (sni) {
+            SSL_set_tlsext_host_name(ssl, sni);
+            SSL_set1_host(ssl, sni);
+        }
+    }
+    ~RawTls() {
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+        if (fd >= 0) close(fd);
+        ERR_clear_error();
+    }
+    bool handshake() { return SSL_connect(ssl) == 1; }
+    bool write(const std::string &s) { return SSL_write(ssl, s.data(), (int)s.size()) == (int)s.size(); }
+    std::string readline() {
+        std::string s;
+        char c;
+        while (SSL_read(ssl, &c, 1) == 1) {
+            s += c;
+            if (c == '\n') break;
+        }
+        return s;
+    }
+};
+
+// --- server handlers ------------------------------------------------------
+
+// Echo everything; note the SNI name and the client's certificate subject.
+void echo_handler(evs_reader *r, evs_writer *w, void *arg) {
+    Seen *seen = static_cast<Seen *>(arg);
+    evs_transport *t = evs_writer_transport(w);
+    const char *sni = evs_transport_tls_sni(t);
+    seen->set("sni", sni ? sni : "<none>");
+    seen->set("client_subject", subject_of(t));
+    std::vector<char> buf(16384);
+    ssize_t n;
+    while ((n = evs_read(r, buf.data(), buf.size())) > 0) {
+        if (evs_write(w, buf.data(), (size_t)n) < 0 || evs_drain(w) < 0) break;
+    }
+    seen->set("end", std::to_string(n));
+}
+
+// Answer one line ("echo: <line>") and close.
+void one_line_handler(evs_reader *r, evs_writer *w, void *arg) {
+    Seen *seen = static_cast<Seen *>(arg);
+    std::string line = readline_str(r);
+    seen->set("line", line);
+    write_str(w, "echo: " + line);
+}
+
+}  // namespace
+
+class Tls : public ::testing::Test {
+  protected:
+    static void SetUpTestSuite() {
+        signal(SIGPIPE, SIG_IGN);  // raw OpenSSL clients write() to sockets the server closed
+        ASSERT_TRUE(make_tls_certs(&certs));
+    }
+    static void TearDownTestSuite() { remove_tls_certs(&certs); }
+};
+
+// --- echo ------------------------------------------------------------------
+
+TEST_F(Tls, EchoThroughLibraryClient) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, echo_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    const std::string data = pattern(1 << 20, 7);
+    std::string back;
+    std::string cipher, version, subject, issuer, san;
+    int bits = 0;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w);
+        if (rc < 0) return rc;
+        evs_transport *t = evs_writer_transport(w);
+        const char *v = nullptr;
+        const char *c = evs_transport_tls_cipher(t, &v, &bits);
+        cipher = c ? c : "";
+        version = v ? v : "";
+        char buf[512];
+        if (evs_transport_tls_peer_subject(t, buf, sizeof buf) == 0) subject = buf;
+        if (evs_transport_tls_peer_issuer(t, buf, sizeof buf) == 0) issuer = buf;
+        if (evs_transport_tls_peer_san(t, buf, sizeof buf) == 0) san = buf;
+        EXPECT_TRUE(evs_transport_is_tls(t));
+        EXPECT_NE(nullptr, evs_transport_tls_peer_certificate(t));
+        EXPECT_STREQ("localhost", evs_transport_tls_sni(t));
+        EXPECT_FALSE(evs_transport_tls_resumed(t));
+        // A writer task, so the echo can flow back while we write.
+        struct W {
+            evs_writer *w;
+            const std::string *d;
+        } wa{w, &data};
+        evs_task *wt;
+        evs_task_spawn(
+            [](void *a) -> int {
+                W *x = static_cast<W *>(a);
+                for (size_t off = 0; off < x->d->size(); off += 50000) {
+                    size_t n = std::min<size_t>(50000, x->d->size() - off);
+                    int rc = evs_write(x->w, x->d->data() + off, n);
+                    if (rc == 0) rc = evs_drain(x->w);
+                    if (rc < 0) return rc;
+                }
+                return 0;
+            },
+            &wa, &wt);
+        back.assign(data.size(), '\0');
+        ssize_t n = evs_readexactly(r, &back[0], back.size());
+        int wres = -1;
+        evs_task_join(wt, &wres);
+        EXPECT_EQ(0, wres);
+        evs_writer_free(w);
+        return n == (ssize_t)data.size() ? 0 : (int)n;
+    });
+    EXPECT_EQ(0, rc);
+    EXPECT_TRUE(back == data) << "echoed bytes differ";
+    EXPECT_EQ("TLSv1.3", version);
+    EXPECT_FALSE(cipher.empty());
+    EXPECT_GE(bits, 128);
+    EXPECT_NE(std::string::npos, subject.find("CN=localhost")) << subject;
+    EXPECT_NE(std::string::npos, issuer.find("CN=evstream test CA")) << issuer;
+    EXPECT_EQ("DNS:localhost, IP:127.0.0.1", san);
+    EXPECT_EQ("localhost", seen.get("sni"));
+    EXPECT_EQ("<none>", seen.get("client_subject"));  // no client certificate asked for
+    EXPECT_EQ("0", seen.get("end"));                  // our close was a clean EOF
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_handshakes >= 1; }));
+    EXPECT_EQ(0u, rt.stats().tls_failed);
+}
+
+TEST_F(Tls, EchoThroughOpensslSClient) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, one_line_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    int status;
+    std::string out = s_client(evs_server_port(s), "hello s_client\\n",
+                               "-servername localhost -verify_return_error -brief", &status);
+    EXPECT_EQ(0, WEXITSTATUS(status)) << out;
+    EXPECT_NE(std::string::npos, out.find("echo: hello s_client")) << out;
+    EXPECT_NE(std::string::npos, out.find("Protocol version: TLSv1.3")) << out;
+    EXPECT_NE(std::string::npos, out.find("Verification: OK")) << out;
+    EXPECT_EQ("hello s_client\n", seen.get("line"));
+}
+
+// --- SNI ------------------------------------------------------------------
+
+TEST_F(Tls, CertificateChosenBySni) {
+    Ctx sctx, verifying, trusting;
+    ASSERT_TRUE(server_ctx(&sctx, {{certs.server, certs.server_key, {}},
+                                   {certs.other, certs.other_key, {"other.test"}},
+                                   {certs.wild, certs.wild_key, {"*.wild.test"}}}));
+    ASSERT_TRUE(client_ctx(&verifying));
+    // For names no certificate covers, the default comes back and would
+    // fail verification: look at it without verifying.
+    ASSERT_TRUE(client_ctx(&trusting, [](evs_tls_client_options *o) { o->no_verify = true; }));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, echo_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    struct Case {
+        const char *name;
+        evs_tls_context *ctx;
+        const char *expect_cn;
+    } cases[] = {
+        {"other.test", verifying.c, "CN=other.test"},
+        {"OTHER.test", verifying.c, "CN=other.test"},     // names are case-insensitive
+        {"a.wild.test", verifying.c, "CN=*.wild.test"},   // one label deep
+        {"x.y.wild.test", trusting.c, "CN=localhost"},    // two labels: no match -> default
+        {"wild.test", trusting.c, "CN=localhost"},        // the bare domain is not covered
+        {"unknown.test", trusting.c, "CN=localhost"},     // unknown -> default
+        {"localhost", verifying.c, "CN=localhost"},
+    };
+    for (const Case &c : cases) {
+        std::string subject, why;
+        int rc = run([&]() -> int {
+            evs_reader *r;
+            evs_writer *w;
+            int rc = tls_connect("127.0.0.1", port, c.ctx, &r, &w, c.name, &why);
+            if (rc < 0) return rc;
+            subject = subject_of(evs_writer_transport(w));
+            // One round trip so the server has recorded the SNI name.
+            char b[2];
+            if (write_str(w, "x") == 0) evs_readexactly(r, b, 1);
+            evs_writer_free(w);
+            return 0;
+        });
+        EXPECT_EQ(0, rc) << c.name << ": " << why;
+        EXPECT_NE(std::string::npos, subject.find(c.expect_cn)) << c.name << ": " << subject;
+        EXPECT_EQ(c.name, seen.get("sni")) << c.name;
+        seen.get("end");
+        std::lock_guard<std::mutex> g(seen.m);
+        seen.kv.clear();
+    }
+}
+
+// --- ALPN -----------------------------------------------------------------
+
+namespace {
+
+void alpn_handler(evs_reader *r, evs_writer *w, void *arg) {
+    Seen *seen = static_cast<Seen *>(arg);
+    const char *p = evs_transport_tls_alpn(evs_writer_transport(w));
+    seen->set("alpn", p ? p : "<none>");
+    write_str(w, "up\n");
+    char c;
+    evs_read(r, &c, 1);
+}
+
+// Connect with ALPN @offer; returns the rc and the protocol the client sees.
+int alpn_connect(uint16_t port, std::vector<const char *> offer, std::string *proto,
+                 std::string *why) {
+    Ctx cctx;
+    if (!client_ctx(&cctx, [&](evs_tls_client_options *o) {
+            o->alpn = offer.data();
+            o->nalpn = offer.size();
+        }))
+        return -1;
+    return run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, why);
+        if (rc < 0) return rc;
+        const char *p = evs_transport_tls_alpn(evs_writer_transport(w));
+        *proto = p ? p : "<none>";
+        // The connection really is up: the server's handler answers.
+        std::string up = readline_str(r);
+        if (up != "up\n") rc = -EPIPE;
+        evs_writer_free(w);
+        return rc;
+    });
+}
+
+}  // namespace
+
+TEST_F(Tls, AlpnServerPreferenceWins) {
+    Ctx sctx;
+    const char *server_alpn[] = {"h2", "http/1.1"};
+    ASSERT_TRUE(default_server_ctx(&sctx, [&](evs_tls_server_options *o) {
+        o->alpn = server_alpn;
+        o->nalpn = 2;
+    }));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, alpn_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    std::string proto, why;
+    EXPECT_EQ(0, alpn_connect(evs_server_port(s), {"http/1.1", "h2"}, &proto, &why)) << why;
+    EXPECT_EQ("h2", proto);
+    EXPECT_EQ("h2", seen.get("alpn"));
+}
+
+TEST_F(Tls, AlpnMismatchRequiredFailsOptionalGivesNone) {
+    const char *server_alpn[] = {"h2", "http/1.1"};
+    Ctx required, optional;
+    ASSERT_TRUE(default_server_ctx(&required, [&](evs_tls_server_options *o) {
+        o->alpn = server_alpn;
+        o->nalpn = 2;
+        o->alpn_required = true;
+    }));
+    ASSERT_TRUE(default_server_ctx(&optional, [&](evs_tls_server_options *o) {
+        o->alpn = server_alpn;
+        o->nalpn = 2;
+    }));
+    Seen seen_req, seen_opt;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *sr = start(rt, alpn_handler, &seen_req, required.c);
+    evs_server *so = start(rt, alpn_handler, &seen_opt, optional.c);
+    ASSERT_TRUE(sr && so);
+
+    std::string proto, why;
+    EXPECT_EQ(-EPROTO, alpn_connect(evs_server_port(sr), {"spdy/3"}, &proto, &why));
+    EXPECT_NE(std::string::npos, why.find("application protocol")) << why;
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed >= 1; }));
+    EXPECT_FALSE(seen_req.has("alpn"));  // the handler never ran
+
+    // A client that offers no ALPN at all is refused too, with an alert
+    // (not a silent close after its handshake completed).
+    why.clear();
+    EXPECT_EQ(-EPROTO, alpn_connect(evs_server_port(sr), {}, &proto, &why));
+    EXPECT_NE(std::string::npos, why.find("application protocol")) << why;
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed >= 2; }));
+    EXPECT_FALSE(seen_req.has("alpn"));
+
+    proto.clear();
+    EXPECT_EQ(0, alpn_connect(evs_server_port(so), {"spdy/3"}, &proto, &why)) << why;
+    EXPECT_EQ("<none>", proto);
+    EXPECT_EQ("<none>", seen_opt.get("alpn"));
+}
+
+// --- client certificates ----------------------------------------------------
+
+namespace {
+
+// The server tells the client whom it sees.
+void whoami_handler(evs_reader *r, evs_writer *w, void *arg) {
+    Seen *seen = static_cast<Seen *>(arg);
+    std::string subject = subject_of(evs_writer_transport(w));
+    seen->set("client_subject", subject);
+    write_str(w, subject + "\n");
+    char c;
+    evs_read(r, &c, 1);
+}
+
+// Connect with an optional client certificate; rc of the connect or of the
+// first read, and what the server said.
+int client_cert_connect(uint16_t port, const std::string &cert, const std::string &key,
+                        std::string *answer, std::string *why = nullptr) {
+    std::string ignored;
+    if (!why) why = &ignored;
+    Ctx cctx;
+    if (!client_ctx(&cctx, [&](evs_tls_client_options *o) {
+            if (!cert.empty()) {
+                o->certificate = cert.c_str();
+                o->key = key.c_str();
+            }
+        }))
+        return -1;
+    return run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, why);
+        if (rc < 0) return rc;
+        // TLS 1.3: the server checks our certificate after our handshake is
+        // done; a refusal arrives as an alert on the first read.
+        const void *p;
+        ssize_t n = evs_readline(r, &p);
+        if (n > 0) *answer = std::string(static_cast<const char *>(p), (size_t)n);
+        const char *e = evs_transport_tls_error(evs_writer_transport(w));
+        if (e) *why = e;
+        evs_writer_free(w);
+        return n > 0 ? 0 : n == 0 ? -ECONNRESET : (int)n;
+    });
+}
+
+}  // namespace
+
+TEST_F(Tls, ClientCertificates) {
+    Ctx required, optional;
+    ASSERT_TRUE(default_server_ctx(&required, [](evs_tls_server_options *o) {
+        o->verify_client = EVS_TLS_CLIENT_CERT_REQUIRE;
+        o->ca_file = certs.ca.c_str();
+    }));
+    ASSERT_TRUE(default_server_ctx(&optional, [](evs_tls_server_options *o) {
+        o->verify_client = EVS_TLS_CLIENT_CERT_OPTIONAL;
+        o->ca_file = certs.ca.c_str();
+    }));
+    Seen seen_req, seen_opt;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *sr = start(rt, whoami_handler, &seen_req, required.c);
+    evs_server *so = start(rt, whoami_handler, &seen_opt, optional.c);
+    ASSERT_TRUE(sr && so);
+    uint16_t preq = evs_server_port(sr), popt = evs_server_port(so);
+
+    // required + a good certificate: the server sees its subject.
+    std::string answer;
+    EXPECT_EQ(0, client_cert_connect(preq, certs.client, certs.client_key, &answer));
+    EXPECT_NE(std::string::npos, answer.find("CN=client-good")) << answer;
+    EXPECT_NE(std::string::npos, seen_req.get("client_subject").find("CN=client-good"));
+    EXPECT_EQ(0u, rt.stats().tls_failed);
+
+    // required + none: refused, counted on the server.
+    answer.clear();
+    std::string why;
+    EXPECT_EQ(-EPROTO, client_cert_connect(preq, "", "", &answer, &why));
+    EXPECT_NE(std::string::npos, why.find("certificate required")) << why;
+    EXPECT_EQ("", answer);
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 1; }))
+        << rt.stats().tls_failed;
+
+    // required + a certificate from another CA: refused, counted.
+    answer.clear();
+    why.clear();
+    EXPECT_EQ(-EPROTO,
+              client_cert_connect(preq, certs.wrong_client, certs.wrong_client_key, &answer, &why));
+    EXPECT_NE(std::string::npos, why.find("unknown ca")) << why;
+    EXPECT_EQ("", answer);
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 2; }))
+        << rt.stats().tls_failed;
+
+    // optional + none: fine, no peer certificate.
+    answer.clear();
+    EXPECT_EQ(0, client_cert_connect(popt, "", "", &answer));
+    EXPECT_EQ("<none>\n", answer);
+    EXPECT_EQ(2u, rt.stats().tls_failed);
+}
+
+// --- verification of the server -------------------------------------------
+
+TEST_F(Tls, HostnameAndIpVerification) {
+    Ctx sctx, noip, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(server_ctx(&noip, {{certs.server_noip, certs.server_noip_key, {}}}));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Seen seen1, seen2;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, echo_handler, &seen1, sctx.c);
+    evs_server *sn = start(rt, echo_handler, &seen2, noip.c);
+    ASSERT_TRUE(s && sn);
+    auto attempt = [&](const char *host, uint16_t port, const char *name, std::string *why) {
+        return run([&]() -> int {
+            evs_reader *r;
+            evs_writer *w;
+            int rc = tls_connect(host, port, cctx.c, &r, &w, name, why);
+            if (rc == 0) evs_writer_free(w);
+            return rc;
+        });
+    };
+    std::string why;
+    EXPECT_EQ(-EPROTO, attempt("127.0.0.1", evs_server_port(s), "wrong.test", &why));
+    EXPECT_NE(std::string::npos, why.find("hostname mismatch")) << why;
+
+    why.clear();
+    EXPECT_EQ(0, attempt("127.0.0.1", evs_server_port(s), nullptr, &why)) << why;  // IP SAN
+    EXPECT_EQ("<none>", seen1.get("sni"));  // an IP literal is never sent as SNI
+    seen1.get("end");
+    {
+        std::lock_guard<std::mutex> g(seen1.m);
+        seen1.kv.clear();
+    }
+    EXPECT_EQ(0, attempt("localhost", evs_server_port(s), nullptr, &why)) << why;  // DNS SAN
+    EXPECT_EQ("localhost", seen1.get("sni"));
+
+    why.clear();
+    EXPECT_EQ(-EPROTO, attempt("127.0.0.1", evs_server_port(sn), nullptr, &why));
+    EXPECT_NE(std::string::npos, why.find("IP address mismatch")) << why;
+    // ... while the same certificate is fine by name.
+    EXPECT_EQ(0, attempt("127.0.0.1", evs_server_port(sn), "localhost", &why)) << why;
+
+    // An unknown CA: the chain check names the problem.
+    Ctx other;
+    ASSERT_TRUE(client_ctx(&other, [](evs_tls_client_options *o) { o->ca_file = certs.wrong_ca.c_str(); }));
+    why.clear();
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", evs_server_port(s), other.c, &r, &w, nullptr, &why);
+        if (rc == 0) evs_writer_free(w);
+        return rc;
+    });
+    EXPECT_EQ(-EPROTO, rc);
+    EXPECT_NE(std::string::npos, why.find("certificate verify failed")) << why;
+}
+
+// --- protocol versions --------------------------------------------------------
+
+TEST_F(Tls, OldProtocolVersionsRefused) {
+    Ctx sctx, old;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    // A client that really offers TLS 1.1 (security level 0 allows it), so
+    // that it is the server that refuses.
+    ASSERT_TRUE(client_ctx(&old, [](evs_tls_client_options *o) {
+        o->min_protocol = "TLSv1";
+        o->max_protocol = "TLSv1.1";
+        o->no_verify = true;
+    }));
+    SSL_CTX_set_security_level(static_cast<SSL_CTX *>(evs_tls_context_ssl_ctx(old.c)), 0);
+    SSL_CTX_set_cipher_list(static_cast<SSL_CTX *>(evs_tls_context_ssl_ctx(old.c)),
+                            "DEFAULT:@SECLEVEL=0");
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, echo_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string why;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, old.c, &r, &w, nullptr, &why);
+        if (rc == 0) evs_writer_free(w);
+        return rc;
+    });
+    EXPECT_EQ(-EPROTO, rc);
+    EXPECT_NE(std::string::npos, why.find("protocol version")) << why;
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 1; }));
+
+    int status;
+    std::string out = s_client(port, "x\\n", "-tls1_1 -cipher DEFAULT@SECLEVEL=0", &status);
+    EXPECT_NE(0, WEXITSTATUS(status)) << out;
+    EXPECT_NE(std::string::npos, out.find("alert protocol version")) << out;
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 2; }));
+    EXPECT_FALSE(seen.has("sni"));  // no handler ever ran
+    EXPECT_EQ(0u, rt.stats().tls_handshakes);
+}
+
+// --- timeouts and closing -------------------------------------------------------
+
+TEST_F(Tls, SilentClientCutByHandshakeTimeout) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, echo_handler, &seen, sctx.c,
+                          [](evs_server_options *o) { o->tls_handshake_timeout = 0.2; });
+    ASSERT_NE(nullptr, s);
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    auto t0 = std::chrono::steady_clock::now();
+    char c;
+    ssize_t n = recv(fd, &c, 1, 0);
+    double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(0, n) << "expected EOF, errno " << errno;
+    EXPECT_LT(waited, 4.5);  // the 5 s socket timeout did not expire first
+    close(fd);
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 1; }));
+    EXPECT_TRUE(eventually([&] { return evs_server_connections(s) == 0; }));
+    EXPECT_FALSE(seen.has("sni"));
+}
+
+namespace {
+
+// Read a line, answer, then read to EOF and report how the peer ended.
+void close_watch_handler(evs_reader *r, evs_writer *w, void *arg) {
+    Seen *seen = static_cast<Seen *>(arg);
+    std::string line = readline_str(r);
+    write_str(w, "got " + line);
+    char buf[64];
+    ssize_t n = evs_read(r, buf, sizeof buf);
+    seen->set("read", std::to_string(n));
+    seen->set("clean",
+              evs_transport_tls_peer_closed_cleanly(evs_writer_transport(w)) ? "true" : "false");
+}
+
+}  // namespace
+
+TEST_F(Tls, DirtyAndCleanCloseAreToldApart) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Runtime rt;
+    uint16_t port;
+    for (int mode = 0; mode < 3; mode++) {
+        // Outlives the handler: its last set() ("clean") is waited for below.
+        Seen seen;
+        evs_server *s = start(rt, close_watch_handler, &seen, sctx.c);
+        ASSERT_NE(nullptr, s);
+        port = evs_server_port(s);
+        if (mode < 2) {
+            // The library client: 0 = abort (no close_notify), 1 = close.
+            int rc = run([&]() -> int {
+                evs_reader *r;
+                evs_writer *w;
+                int rc = tls_connect("localhost", port, cctx.c, &r, &w);
+                if (rc < 0) return rc;
+                write_str(w, "hi\n");
+                EXPECT_EQ("got hi\n", readline_str(r));  // also consumes the tickets
+                if (mode == 0) evs_transport_abort(evs_writer_transport(w));
+                evs_writer_free(w);
+                return 0;
+            });
+            EXPECT_EQ(0, rc);
+        } else {
+            // A raw client that closes TCP after the handshake.
+            RawTls c(port);
+            ASSERT_TRUE(c.handshake());
+            ASSERT_TRUE(c.write("hi\n"));
+            EXPECT_EQ("got hi\n", c.readline());
+            close(c.fd);
+            c.fd = -1;
+        }
+        EXPECT_EQ("0", seen.get("read")) << "mode " << mode;  // an EOF, not an error
+        EXPECT_EQ(mode == 1 ? "true" : "false", seen.get("clean")) << "mode " << mode;
+        evs_server_close(s);
+    }
+    EXPECT_EQ(0u, rt.stats().tls_failed);
+}
+
+namespace {
+
+void bye_handler(evs_reader *, evs_writer *w, void *) { evs_write(w, "bye", 3); }
+
+}  // namespace
+
+TEST_F(Tls, CloseNotifySentOnClose) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, bye_handler, nullptr, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string got;
+    bool clean = false;
+    ssize_t last = -1;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w);
+        if (rc < 0) return rc;
+        char buf[16];
+        ssize_t n;
+        while ((n = evs_read(r, buf, sizeof buf)) > 0) got.append(buf, (size_t)n);
+        last = n;
+        clean = evs_transport_tls_peer_closed_cleanly(evs_writer_transport(w));
+        evs_writer_free(w);
+        return 0;
+    });
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ("bye", got);
+    EXPECT_EQ(0, last);
+    EXPECT_TRUE(clean);
+
+    // And seen by a foreign client: SSL_read reports a clean shutdown.
+    RawTls c(port);
+    ASSERT_TRUE(c.handshake());
+    char buf[16];
+    int n = SSL_read(c.ssl, buf, sizeof buf);
+    ASSERT_EQ(3, n);
+    EXPECT_EQ(0, SSL_read(c.ssl, buf, sizeof buf));
+    EXPECT_EQ(SSL_ERROR_ZERO_RETURN, SSL_get_error(c.ssl, 0));
+}
+
+// --- start_tls ------------------------------------------------------------------
+
+namespace {
+
+struct StartTlsServer {
+    Seen seen;
+    evs_tls_context *ctx;
+    double handshake_timeout = 0;
+};
+
+// Read one plaintext line, upgrade, then report every line read over TLS.
+void upgrade_handler(evs_reader *r, evs_writer *w, void *arg) {
+    StartTlsServer *st = static_cast<StartTlsServer *>(arg);
+    std::string first = readline_str(r);
+    st->seen.set("first", first);
+    if (first == "STARTTLS\n") write_str(w, "GO\n");  // the library client waits for it
+    evs_tls_options o{};
+    o.handshake_timeout = st->handshake_timeout;
+    int rc = evs_start_tls(w, st->ctx, true, &o);
+    st->seen.set("start_tls", std::to_string(rc));
+    evs_transport *t = evs_writer_transport(w);
+    if (rc == 0) {
+        const char *v = nullptr;
+        evs_transport_tls_cipher(t, &v, nullptr);
+        st->seen.set("version", v ? v : "<none>");
+        std::string line = readline_str(r);
+        st->seen.set("tls_line", line);
+        write_str(w, "ok " + line);
+    } else {
+        const char *e = evs_transport_tls_error(t);
+        st->seen.set("error", e ? e : "<none>");
+        // Whatever follows must not be plaintext the handler can read.
+        std::string rest = readline_str(r);
+        st->seen.set("after", rest);
+    }
+}
+
+}  // namespace
+
+TEST_F(Tls, StartTlsWithClientHelloInTheSameSegment) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    StartTlsServer st;
+    st.ctx = sctx.c;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, upgrade_handler, &st, nullptr);
+    ASSERT_NE(nullptr, s);
+    RawTls c(evs_server_port(s));
+    const char proxy[] = "PROXY TCP4 192.0.2.1 192.0.2.2 5000 443\r\n";
+    // MSG_MORE holds the line back so that the ClientHello leaves with it.
+    ASSERT_EQ((ssize_t)strlen(proxy), send(c.fd, proxy, strlen(proxy), MSG_MORE));
+    ASSERT_TRUE(c.handshake());
+    ASSERT_TRUE(c.write("over tls\n"));
+    EXPECT_EQ("ok over tls\n", c.readline());
+    EXPECT_EQ(proxy, st.seen.get("first"));  // the line alone, no hello bytes
+    EXPECT_EQ("0", st.seen.get("start_tls"));
+    EXPECT_EQ("TLSv1.3", st.seen.get("version"));
+    EXPECT_EQ("over tls\n", st.seen.get("tls_line"));
+}
+
+TEST_F(Tls, StartTlsRefusesInjectedPlaintext) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    StartTlsServer st;
+    st.ctx = sctx.c;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, upgrade_handler, &st, nullptr);
+    ASSERT_NE(nullptr, s);
+    RawTls c(evs_server_port(s));
+    const char inject[] = "STARTTLS\r\nINJECTED\r\n";
+    ASSERT_TRUE(write_all(c.fd, inject, strlen(inject)));
+    // The server may already have failed and closed; either way the
+    // handshake cannot succeed.
+    EXPECT_FALSE(c.handshake());
+    EXPECT_EQ("STARTTLS\r\n", st.seen.get("first"));
+    EXPECT_EQ(std::to_string(-EPROTO), st.seen.get("start_tls"));
+    EXPECT_NE("<none>", st.seen.get("error"));
+    std::string after = st.seen.get("after");
+    EXPECT_EQ(std::string::npos, after.find("INJECTED")) << after;
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 1; }));
+}
+
+TEST_F(Tls, StartTlsHandshakeTimeout) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    StartTlsServer st;
+    st.ctx = sctx.c;
+    st.handshake_timeout = 0.2;
+    Runtime rt;
+    evs_server *s = start(rt, upgrade_handler, &st, nullptr);
+    ASSERT_NE(nullptr, s);
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    ASSERT_TRUE(write_all(fd, "HELLO\n", 6));  // then never a ClientHello
+    EXPECT_EQ(std::to_string(-ETIMEDOUT), st.seen.get("start_tls"));
+    EXPECT_EQ("handshake timed out", st.seen.get("error"));
+    char c;
+    EXPECT_EQ(0, recv(fd, &c, 1, 0));  // the connection is closed
+    close(fd);
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 1; }));
+}
+
+TEST_F(Tls, StartTlsFromTheLibraryClient) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    StartTlsServer st;
+    st.ctx = sctx.c;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, upgrade_handler, &st, nullptr);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string answer, version, subject;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = evs_open_connection("127.0.0.1", port, nullptr, &r, &w);
+        if (rc < 0) return rc;
+        evs_transport *t = evs_writer_transport(w);
+        EXPECT_FALSE(evs_transport_is_tls(t));
+        write_str(w, "STARTTLS\n");
+        EXPECT_EQ("GO\n", readline_str(r));
+        evs_tls_options o{};
+        o.server_hostname = "localhost";
+        o.handshake_timeout = 10;
+        rc = evs_start_tls(w, cctx.c, false, &o);
+        if (rc == 0) {
+            EXPECT_TRUE(evs_transport_is_tls(t));
+            const char *v = nullptr;
+            evs_transport_tls_cipher(t, &v, nullptr);
+            version = v ? v : "";
+            subject = subject_of(t);
+            EXPECT_EQ(-EALREADY, evs_start_tls(w, cctx.c, false, &o));
+            write_str(w, "secret\n");
+            answer = readline_str(r);
+        }
+        evs_writer_free(w);
+        return rc;
+    });
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ("ok secret\n", answer);
+    EXPECT_EQ("TLSv1.3", version);
+    EXPECT_NE(std::string::npos, subject.find("CN=localhost"));
+    EXPECT_EQ("secret\n", st.seen.get("tls_line"));
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_handshakes == 1; }));
+}
+
+// --- protocol mode ------------------------------------------------------------------
+
+namespace {
+
+struct ProtoSeen {
+    std::atomic<int> made{0};
+    std::atomic<bool> was_done{false};
+    std::atomic<int> lost{1};
+};
+
+void pm_made(evs_transport *t, void *ctx) {
+    ProtoSeen *p = static_cast<ProtoSeen *>(ctx);
+    // connection_made comes after the handshake: the cipher is known.
+    p->was_done = evs_transport_tls_cipher(t, nullptr, nullptr) != nullptr;
+    p->made++;
+}
+void pm_data(evs_transport *t, const void *d, size_t n, void *) { evs_transport_write(t, d, n); }
+void pm_lost(evs_transport *, int err, void *ctx) { static_cast<ProtoSeen *>(ctx)->lost = err; }
+const evs_protocol tls_echo_protocol = {
+    .connection_made = pm_made,
+    .data_received = pm_data,
+    .eof_received = nullptr,
+    .connection_lost = pm_lost,
+    .pause_writing = nullptr,
+    .resume_writing = nullptr,
+    .get_buffer = nullptr,
+    .buffer_updated = nullptr,
+};
+
+}  // namespace
+
+TEST_F(Tls, ProtocolModeEcho) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    ProtoSeen ps;
+    Runtime rt;
+    evs_server_options o{};
+    o.protocol = &tls_echo_protocol;
+    o.arg = &ps;
+    o.host = "127.0.0.1";
+    o.tls = sctx.c;
+    evs_server *s = nullptr;
+    ASSERT_EQ(0, evs_start_server(rt.rt, &o, &s));
+    uint16_t port = evs_server_port(s);
+    const std::string data = pattern(300000, 3);
+    std::string back(data.size(), '\0');
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w);
+        if (rc < 0) return rc;
+        // evs_write never parks: the loop sends the rest while we read.
+        rc = evs_write(w, data.data(), data.size());
+        ssize_t n = rc < 0 ? rc : evs_readexactly(r, &back[0], back.size());
+        evs_writer_free(w);
+        return n == (ssize_t)data.size() ? 0 : (int)n;
+    });
+    EXPECT_EQ(0, rc);
+    EXPECT_TRUE(back == data);
+    EXPECT_TRUE(eventually([&] { return ps.lost.load() == 0; }));
+    EXPECT_EQ(1, ps.made.load());
+    EXPECT_TRUE(ps.was_done.load());
+}
+
+// --- flow control ---------------------------------------------------------------
+
+namespace {
+
+const size_t kBig = 16u << 20;
+
+void big_writer_handler(evs_reader *, evs_writer *w, void *arg) {
+    Seen *seen = static_cast<Seen *>(arg);
+    evs_transport_set_write_buffer_limits(evs_writer_transport(w), 4096, 1024);
+    const std::string data = pattern(kBig, 16);
+    int rc = 0;
+    for (size_t off = 0; off < kBig && rc == 0; off += 20000) {
+        size_t n = std::min<size_t>(20000, kBig - off);
+        rc = evs_write(w, data.data() + off, n);
+        if (rc == 0) rc = evs_drain(w);
+    }
+    seen->set("write", std::to_string(rc));
+}
+
+}  // namespace
+
+TEST_F(Tls, SixteenMiBToASlowReaderWithSmallWatermarks) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, big_writer_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string got;
+    got.reserve(kBig);
+    ssize_t last = -1;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, nullptr, 1024);
+        if (rc < 0) return rc;
+        std::vector<char> buf(1024);
+        ssize_t n;
+        size_t reads = 0;
+        while ((n = evs_read(r, buf.data(), buf.size())) > 0) {
+            got.append(buf.data(), (size_t)n);
+            // Slow: let the loop run (and the reader fill and pause) often,
+            // and really sleep now and then.
+            if (++reads % 1024 == 0) evs_sleep(0.002);
+            else if (reads % 8 == 0) evs_yield();
+        }
+        last = n;
+        evs_writer_free(w);
+        return 0;
+    });
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ(0, last);
+    EXPECT_EQ(kBig, got.size());
+    EXPECT_TRUE(got == pattern(kBig, 16)) << "bytes differ";
+    EXPECT_EQ("0", seen.get("write"));
+}
+
+// --- reload --------------------------------------------------------------------
+
+TEST_F(Tls, ReloadSwapsTheCertificateForNewConnectionsOnly) {
+    Ctx ctx1, ctx2, cctx;
+    ASSERT_TRUE(default_server_ctx(&ctx1));
+    ASSERT_TRUE(server_ctx(&ctx2, {{certs.reload, certs.reload_key, {}}}));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Seen seen_a, seen_b;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *a = start(rt, echo_handler, &seen_a, ctx1.c);
+    ASSERT_NE(nullptr, a);
+    uint16_t port = evs_server_port(a);
+    std::string old_before, old_after, fresh, old_echo, fresh_echo;
+    evs_server *b = nullptr;
+    int rc = run([&]() -> int {
+        evs_reader *r1, *r2;
+        evs_writer *w1, *w2;
+        int rc = tls_connect("localhost", port, cctx.c, &r1, &w1);
+        if (rc < 0) return rc;
+        old_before = subject_of(evs_writer_transport(w1));
+        write_str(w1, "one\n");
+        EXPECT_EQ("one\n", readline_str(r1));
+
+        // The reload: the listening socket moves to a server with context 2.
+        int fds[4];
+        size_t nfds = evs_server_take_sockets(a, fds, 4);
+        EXPECT_EQ(1u, nfds);
+        evs_server_options o{};
+        o.client_connected = echo_handler;
+        o.arg = &seen_b;
+        o.fds = fds;
+        o.nfds = nfds;
+        o.tls = ctx2.c;
+        rc = evs_start_server(rt.rt, &o, &b);
+        EXPECT_EQ(0, rc);
+
+        write_str(w1, "still there\n");
+        old_echo = readline_str(r1);
+        old_after = subject_of(evs_writer_transport(w1));
+
+        rc = tls_connect("localhost", port, cctx.c, &r2, &w2);
+        if (rc == 0) {
+            fresh = subject_of(evs_writer_transport(w2));
+            write_str(w2, "two\n");
+            fresh_echo = readline_str(r2);
+            evs_writer_free(w2);
+        }
+        evs_writer_free(w1);
+        return rc;
+    });
+    EXPECT_EQ(0, rc);
+    EXPECT_NE(std::string::npos, old_before.find("CN=localhost")) << old_before;
+    EXPECT_EQ(old_before, old_after);
+    EXPECT_EQ("still there\n", old_echo);
+    EXPECT_NE(std::string::npos, fresh.find("CN=reloaded")) << fresh;
+    EXPECT_EQ("two\n", fresh_echo);
+}
+
+// --- session resumption -------------------------------------------------------------
+
+TEST_F(Tls, SessionResumptionWithTickets) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, one_line_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string sess = certs.dir + "/session.pem";
+    int status;
+    std::string out = s_client(port, "first\\n", "-servername localhost -sess_out " + sess, &status);
+    EXPECT_EQ(0, WEXITSTATUS(status)) << out;
+    EXPECT_NE(std::string::npos, out.find("echo: first")) << out;
+    EXPECT_EQ(0u, rt.stats().tls_resumed);
+    out = s_client(port, "second\\n", "-servername localhost -sess_in " + sess, &status);
+    EXPECT_EQ(0, WEXITSTATUS(status)) << out;
+    EXPECT_NE(std::string::npos, out.find("echo: second")) << out;
+    EXPECT_NE(std::string::npos, out.find("Reused, TLSv1.3")) << out;
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_resumed == 1; }));
+    EXPECT_EQ(2u, rt.stats().tls_handshakes);
+}
+
+// --- keys ------------------------------------------------------------------------------
+
+TEST_F(Tls, KeysPasswordsAndMismatches) {
+    auto make = [](const std::string &cert, const std::string &key, const char *password_file,
+                   std::string *err) {
+        evs_tls_certificate c{};
+        c.certificate = cert.c_str();
+        c.key = key.c_str();
+        c.password_file = password_file;
+        evs_tls_server_options o{};
+        o.certificates = &c;
+        o.ncertificates = 1;
+        evs_tls_context *ctx = nullptr;
+        char buf[512] = "";
+        int rc = evs_tls_server_context_new(&o, &ctx, buf, sizeof buf);
+        *err = buf;
+        evs_tls_context_unref(ctx);
+        if (rc < 0) {
+            EXPECT_EQ(nullptr, ctx);
+        }
+        return rc;
+    };
+    std::string err;
+    EXPECT_EQ(0, make(certs.server, certs.enc_key, certs.password.c_str(), &err)) << err;
+
+    EXPECT_EQ(-EINVAL, make(certs.server, certs.enc_key, certs.bad_password.c_str(), &err));
+    EXPECT_NE(std::string::npos, err.find(certs.enc_key)) << err;
+    EXPECT_NE(std::string::npos, err.find("password")) << err;
+
+    EXPECT_EQ(-EINVAL, make(certs.server, certs.enc_key, nullptr, &err));
+    EXPECT_NE(std::string::npos, err.find(certs.enc_key)) << err;
+
+    EXPECT_EQ(-EINVAL, make(certs.server, certs.other_key, nullptr, &err));
+    EXPECT_NE(std::string::npos, err.find("does not match")) << err;
+    EXPECT_NE(std::string::npos, err.find(certs.other_key)) << err;
+
+    EXPECT_EQ(-EINVAL, make(certs.dir + "/missing.pem", certs.server_key, nullptr, &err));
+    EXPECT_NE(std::string::npos, err.find("missing.pem")) << err;
+}
