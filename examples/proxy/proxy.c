@@ -1,7 +1,8 @@
 /*
  * proxy - a TCP proxy: every client connection is joined to a new
  * connection to the upstream named in the listener's settings. It is the
- * pattern for a handler that is also a client (evs_open_connection), and
+ * pattern for a handler that is also a client (evs_open_connection, with TLS
+ * when upstream_tls is set), and
  * for moving bytes between two connections with backpressure.
  *
  * Two tasks pump the two directions: the handler's own task copies client
@@ -40,6 +41,8 @@ typedef struct proxy {
     char *host;
     uint16_t port;
     double connect_timeout;
+    evs_tls_context *tls; /* TLS to the upstream, or NULL */
+    char *server_name;    /* what the upstream's certificate must name */
 } proxy;
 
 /* One proxied connection; shared by the handler and the spawned pump
@@ -110,7 +113,12 @@ static int downstream(void *arg)
 static void client_connected(evs_reader *r, evs_writer *w, void *state)
 {
     proxy *px = state;
-    evs_connect_options opts = {.timeout = px->connect_timeout};
+    char tls_error[256] = "";
+    evs_connect_options opts = {.timeout = px->connect_timeout,
+                                .tls = px->tls,
+                                .server_hostname = px->server_name,
+                                .tls_error = tls_error,
+                                .tls_error_len = sizeof tls_error};
     evs_transport *ct = evs_writer_transport(w);
     evs_reader *ur;
     evs_writer *uw;
@@ -124,8 +132,8 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
     rc = evs_open_connection(px->host, px->port, &opts, &ur, &uw);
     if (rc < 0) {
         if (rc != -ECANCELED)
-            evs_log(EVS_LOG_WARN, "proxy: cannot reach upstream %s:%u: %s", px->host,
-                    (unsigned)px->port, evs_strerror(rc));
+            evs_log(EVS_LOG_WARN, "proxy: cannot reach upstream %s:%u: %s%s%s", px->host,
+                    (unsigned)px->port, evs_strerror(rc), *tls_error ? ": " : "", tls_error);
         return;
     }
     /* The listener's limits govern the upstream side too. */
@@ -178,9 +186,12 @@ static int init(evs_settings *s, void **state)
 
     for (size_t i = 0; i < evs_settings_count(s); i++) {
         const char *key = evs_settings_key(s, i);
-        if (strcmp(key, "upstream") != 0 && strcmp(key, "connect_timeout") != 0)
+        if (strcmp(key, "upstream") != 0 && strcmp(key, "connect_timeout") != 0 &&
+            strcmp(key, "upstream_tls") != 0 && strcmp(key, "ca_file") != 0 &&
+            strcmp(key, "server_name") != 0)
             return evs_settings_fail(s, "unknown setting '%s' (expected upstream, "
-                                        "connect_timeout)", key);
+                                        "connect_timeout, upstream_tls, ca_file, server_name)",
+                                     key);
     }
     rc = evs_settings_get_string(s, "upstream", &upstream);
     if (rc == -ENOENT)
@@ -212,14 +223,44 @@ static int init(evs_settings *s, void **state)
     }
     px->port = (uint16_t)port;
     px->connect_timeout = timeout;
+
+    /* TLS to the upstream: verified against ca_file (or the system's CAs)
+     * and server_name (or the upstream's host). */
+    bool upstream_tls = false;
+    const char *ca_file = NULL, *server_name = NULL;
+    if ((rc = evs_settings_get_bool(s, "upstream_tls", &upstream_tls)) < 0 && rc != -ENOENT)
+        goto fail;
+    if ((rc = evs_settings_get_string(s, "ca_file", &ca_file)) < 0 && rc != -ENOENT)
+        goto fail;
+    if ((rc = evs_settings_get_string(s, "server_name", &server_name)) < 0 && rc != -ENOENT)
+        goto fail;
+    if (upstream_tls) {
+        evs_tls_client_options to = {.ca_file = ca_file};
+        char why[256];
+        if (evs_tls_client_context_new(&to, &px->tls, why, sizeof why) < 0) {
+            rc = evs_settings_fail(s, "upstream TLS: %s", why);
+            goto fail;
+        }
+        px->server_name = strdup(server_name ? server_name : px->host);
+    } else if (ca_file || server_name) {
+        rc = evs_settings_fail(s, "ca_file and server_name need upstream_tls = true");
+        goto fail;
+    }
     *state = px;
     return 0;
+
+fail:
+    free(px->host);
+    free(px);
+    return rc;
 }
 
 static void fini(void *state)
 {
     proxy *px = state;
 
+    evs_tls_context_unref(px->tls);
+    free(px->server_name);
     free(px->host);
     free(px);
 }

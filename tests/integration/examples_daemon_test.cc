@@ -1298,3 +1298,35 @@ TEST_F(ProxyTest, UnreachableUpstreamClosesTheClient) {
 }
 
 }  // namespace
+
+TEST_F(ProxyTest, TlsTerminationAndTlsToTheUpstream) {
+    REQUIRE_TOOL(curl, "curl", "curl");
+    std::string cert = path("cert.pem"), key = path("key.pem");
+    std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+                      "-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 "
+                      "-keyout " + key + " -out " + cert + " >/dev/null 2>&1";
+    if (system(cmd.c_str()) != 0) GTEST_SKIP() << "the openssl command is not installed";
+    // The upstream speaks HTTPS only.
+    Daemon &up = start("  { name = \"https\"; listen = \"127.0.0.1:0\"; plugin = \"http_hello\";"
+                       " tls = { certificate = \"cert.pem\"; key = \"key.pem\"; }; }");
+    ASSERT_TRUE(up.running());
+    std::string upstream = "127.0.0.1:" + std::to_string(up.port("https"));
+    // The proxy terminates TLS from clients and opens verified TLS upstream.
+    Daemon &px = start(
+        "  { name = \"good\"; listen = \"127.0.0.1:0\"; plugin = \"proxy\";"
+        "    tls = { certificate = \"cert.pem\"; key = \"key.pem\"; };"
+        "    settings = { upstream = \"" + upstream + "\"; upstream_tls = true;"
+        "                 ca_file = \"" + cert + "\"; server_name = \"localhost\"; }; },\n"
+        "  { name = \"wrong-name\"; listen = \"127.0.0.1:0\"; plugin = \"proxy\";"
+        "    settings = { upstream = \"" + upstream + "\"; upstream_tls = true;"
+        "                 ca_file = \"" + cert + "\"; server_name = \"other.example\"; }; }");
+    ASSERT_TRUE(px.running());
+    Result r = run({curl, "-sS", "--cacert", cert,
+                    "https://127.0.0.1:" + std::to_string(px.port("good")) + "/"});
+    EXPECT_EQ(0, r.status) << r.err;
+    EXPECT_EQ("Hello, World!", r.out);
+    // An upstream certificate that does not name server_name is refused.
+    r = run({curl, "-sS", "http://127.0.0.1:" + std::to_string(px.port("wrong-name")) + "/"});
+    EXPECT_NE(0, r.status);
+    EXPECT_TRUE(eventually(10, [&] { return contains(px.err(), "hostname mismatch"); })) << px.err();
+}
