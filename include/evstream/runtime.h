@@ -43,6 +43,10 @@ typedef struct evs_runtime_options {
     void (*worker_stopping)(evs_worker *worker, void *arg);
     /** Argument of the two hooks. */
     void *hook_arg;
+    /** Process-wide budget for bytes queued in write buffers, all
+     *  connections together; 0 = none. A write that would go past it fails
+     *  with -ENOBUFS and aborts that connection. */
+    size_t write_budget;
 } evs_runtime_options;
 
 /** Per-worker counters (a snapshot; each field is read atomically). */
@@ -58,6 +62,7 @@ typedef struct evs_worker_stats {
     uint64_t tls_resumed;    /**< completed handshakes that resumed a session */
     uint64_t loop_lag_us;    /**< how late the worker's last 100 ms probe timer fired
                                   (microseconds): a busy or blocked loop shows here */
+    uint64_t buffered;       /**< bytes queued in write buffers now */
 } evs_worker_stats;
 
 /** A function run on a worker thread by evs_worker_post(). */

@@ -88,14 +88,34 @@ EVS_EXTERN int evs_transport_set_write_buffer_limits(evs_transport *t, ssize_t h
                                                      ssize_t low);
 
 /**
- * Abort the connection with connection_lost(-ETIMEDOUT) once no byte has
- * moved in either direction for @p seconds (0 removes the timeout).
- * Parked stream calls then return -ETIMEDOUT.
- * @return 0, -EINVAL for a negative value, -EPIPE once the transport is gone.
+ * Timeouts of a connection, in seconds; 0 = none. A connection that runs
+ * into one is aborted with connection_lost(-ETIMEDOUT) (parked stream calls
+ * return -ETIMEDOUT).
  */
+typedef struct evs_timeouts {
+    double idle;       /**< no byte moved in either direction */
+    double first_byte; /**< no byte received since the connection started */
+    double read;       /**< no byte received while reading (not paused) */
+    double write;      /**< bytes queued but none taken by the peer (it stopped reading) */
+    double lifetime;   /**< total time since the connection started */
+} evs_timeouts;
+
+/** Set every timeout at once (a plugin may override its listener's per
+ *  connection). @return 0, -EINVAL for a negative value, -EPIPE once gone. */
+EVS_EXTERN int evs_transport_set_timeouts(evs_transport *t, const evs_timeouts *to);
+/** The connection's timeouts. */
+EVS_EXTERN void evs_transport_get_timeouts(const evs_transport *t, evs_timeouts *out);
+/** Shorthand: change only the idle timeout. */
 EVS_EXTERN int evs_transport_set_idle_timeout(evs_transport *t, double seconds);
 /** The idle timeout in seconds (0: none). */
 EVS_EXTERN double evs_transport_get_idle_timeout(const evs_transport *t);
+
+/**
+ * Cap the bytes this connection may have queued (0: no cap). A write that
+ * would go past it returns -ENOBUFS and aborts the connection: a handler
+ * that writes without draining cannot exhaust memory.
+ */
+EVS_EXTERN void evs_transport_set_max_write_buffer(evs_transport *t, size_t bytes);
 
 /** Switch to another protocol (and context) from now on. */
 EVS_EXTERN void evs_transport_set_protocol(evs_transport *t, const evs_protocol *proto,

@@ -129,6 +129,20 @@ fail_acceptor:
     return err;
 }
 
+uint64_t evs__runtime_write_budget(const evs_runtime *rt)
+{
+    return rt->opts.write_budget;
+}
+
+uint64_t evs__runtime_buffered(const evs_runtime *rt)
+{
+    uint64_t sum = 0;
+
+    for (int i = 0; i < rt->nworkers; i++)
+        sum += atomic_load_explicit(&rt->workers[i].buffered, memory_order_relaxed);
+    return sum;
+}
+
 int evs_runtime_worker_count(const evs_runtime *rt)
 {
     return rt->nworkers;
@@ -156,6 +170,7 @@ void evs_runtime_stats(evs_runtime *rt, evs_worker_stats *out)
         out->tls_handshakes += s.tls_handshakes;
         out->tls_failed += s.tls_failed;
         out->tls_resumed += s.tls_resumed;
+        out->buffered += s.buffered;
         if (s.loop_lag_us > out->loop_lag_us)
             out->loop_lag_us = s.loop_lag_us; /* the worst worker */
     }

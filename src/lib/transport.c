@@ -28,23 +28,29 @@
 #define READS_PER_EVENT 4
 
 static void read_cb(evutil_socket_t fd, short what, void *arg);
-static void idle_cb(evutil_socket_t fd, short what, void *arg);
 
-/* Bytes moved: the idle timer measures from here. The loop's cached time
- * costs no system call. */
-static inline void mark_progress(evs_transport *t)
+/* Bytes moved: the timeouts measure from here. The loop's cached time
+ * costs no system call, and nothing is done without timeouts. */
+static inline void mark_read(evs_transport *t)
 {
-    if (t->idle_timeout > 0)
-        event_base_gettimeofday_cached(t->worker->base, &t->last_io);
+    if (t->timeouts_on)
+        evs__timeouts_read(t);
+}
+
+static inline void mark_write(evs_transport *t)
+{
+    if (t->timeouts_on)
+        evs__timeouts_write(t);
 }
 static void write_cb(evutil_socket_t fd, short what, void *arg);
+static void account(evs_transport *t, size_t before, size_t after);
 static void lost_cb(evutil_socket_t fd, short what, void *arg);
 
 void evs__transport_count_in(evs_transport *t, size_t n)
 {
     evs__counter_add(&t->worker->bytes_in, (uint64_t)n);
     t->bytes_in += n;
-    mark_progress(t);
+    mark_read(t);
 }
 
 void evs__transport_ref(evs_transport *t)
@@ -59,8 +65,8 @@ void evs__transport_unref(evs_transport *t)
     event_del(&t->rd_ev);
     event_del(&t->wr_ev);
     event_del(&t->lost_ev);
-    if (event_initialized(&t->idle_ev))
-        event_del(&t->idle_ev);
+    if (event_initialized(&t->timeout_ev))
+        event_del(&t->timeout_ev);
     /* TLS details stay readable until the last reference (after a failed
      * handshake the caller wants to know why). */
     evs__tls_free(t);
@@ -167,8 +173,8 @@ static void schedule_lost(evs_transport *t)
     t->lost_scheduled = true;
     event_del(&t->rd_ev);
     event_del(&t->wr_ev);
-    if (event_initialized(&t->idle_ev))
-        event_del(&t->idle_ev);
+    if (event_initialized(&t->timeout_ev))
+        event_del(&t->timeout_ev);
     event_active(&t->lost_ev, EV_TIMEOUT, 0);
 }
 
@@ -208,6 +214,7 @@ void evs__transport_fatal(evs_transport *t, int err)
     t->error = err;
     if (evbuffer_get_length(t->out) > 0) {
         t->dropped = true;
+        account(t, evbuffer_get_length(t->out), 0);
         evbuffer_drain(t->out, evbuffer_get_length(t->out));
     }
     schedule_lost(t);
@@ -233,62 +240,10 @@ void evs_transport_abort(evs_transport *t)
     t->closing = true;
     if (evbuffer_get_length(t->out) > 0) {
         t->dropped = true;
+        account(t, evbuffer_get_length(t->out), 0);
         evbuffer_drain(t->out, evbuffer_get_length(t->out));
     }
     schedule_lost(t);
-}
-
-/* --- idle timeout ------------------------------------------------------ */
-
-static void arm_idle(evs_transport *t, double seconds)
-{
-    struct timeval tv = evs__tv(seconds);
-
-    evtimer_add(&t->idle_ev, &tv);
-}
-
-static void idle_cb(evutil_socket_t fd, short what, void *arg)
-{
-    evs_transport *t = arg;
-    struct timeval now, idle;
-    double elapsed;
-
-    EVS_UNUSED(fd);
-    EVS_UNUSED(what);
-    event_base_gettimeofday_cached(t->worker->base, &now);
-    timersub(&now, &t->last_io, &idle);
-    elapsed = (double)idle.tv_sec + (double)idle.tv_usec / 1e6;
-    if (elapsed + 0.001 >= t->idle_timeout) {
-        evs__debug("connection idle for %.1fs: closing", elapsed);
-        evs__transport_ref(t);
-        evs__transport_fatal(t, -ETIMEDOUT);
-        evs__transport_unref(t);
-        return;
-    }
-    arm_idle(t, t->idle_timeout - elapsed);
-}
-
-int evs_transport_set_idle_timeout(evs_transport *t, double seconds)
-{
-    if (seconds < 0)
-        return -EINVAL;
-    if (t->lost_scheduled)
-        return -EPIPE;
-    if (!event_initialized(&t->idle_ev))
-        evtimer_assign(&t->idle_ev, t->worker->base, idle_cb, t);
-    t->idle_timeout = seconds;
-    if (seconds == 0) {
-        event_del(&t->idle_ev);
-        return 0;
-    }
-    event_base_gettimeofday_cached(t->worker->base, &t->last_io);
-    arm_idle(t, seconds);
-    return 0;
-}
-
-double evs_transport_get_idle_timeout(const evs_transport *t)
-{
-    return t->idle_timeout;
 }
 
 bool evs_transport_is_closing(const evs_transport *t)
@@ -502,8 +457,10 @@ static ssize_t flush_queue(evs_transport *t)
     do
         sent = sendmsg(t->fd, &msg, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
-    if (sent > 0)
+    if (sent > 0) {
         evbuffer_drain(t->out, (size_t)sent);
+        account(t, (size_t)sent, 0);
+    }
     return sent;
 }
 
@@ -523,7 +480,7 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
     }
     evs__counter_add(&t->worker->bytes_out, (uint64_t)n);
     t->bytes_out += (uint64_t)n;
-    mark_progress(t);
+    mark_write(t);
     evs__transport_ref(t);
     if (evbuffer_get_length(t->out) == 0)
         flushed(t);
@@ -540,9 +497,24 @@ static int write_check(const evs_transport *t)
     return 0;
 }
 
+/* Bytes queued on this worker, for the runtime's write budget. */
+static void account(evs_transport *t, size_t before, size_t after)
+{
+    _Atomic uint64_t *b = &t->worker->buffered;
+    uint64_t v = atomic_load_explicit(b, memory_order_relaxed);
+
+    v = after >= before ? v + (after - before) : v - (before - after);
+    atomic_store_explicit(b, v, memory_order_relaxed);
+}
+
 /* The socket took @n of @total bytes directly; queue what is left. */
 static int queue_rest(evs_transport *t, const struct iovec *iov, int iovcnt, size_t skip)
 {
+    size_t before = evbuffer_get_length(t->out);
+
+    /* The write timeout measures from when bytes start waiting. */
+    if (before == 0)
+        mark_write(t);
     for (int i = 0; i < iovcnt; i++) {
         size_t len = iov[i].iov_len;
 
@@ -554,8 +526,35 @@ static int queue_rest(evs_transport *t, const struct iovec *iov, int iovcnt, siz
             return -ENOMEM;
         skip = 0;
     }
+    account(t, before, evbuffer_get_length(t->out));
     event_add(&t->wr_ev, NULL);
     return 0;
+}
+
+/* Refuse to buffer past the connection's cap or the runtime's budget. */
+static int check_memory(evs_transport *t)
+{
+    size_t size = evs_transport_get_write_buffer_size(t);
+    uint64_t budget = t->worker->rt ? evs__runtime_write_budget(t->worker->rt) : 0;
+
+    if (t->max_write_buffer && size > t->max_write_buffer) {
+        evs__warn("connection aborted: %zu bytes queued, over its cap of %zu (the handler "
+                  "writes without draining)", size, t->max_write_buffer);
+        evs__transport_fatal(t, -ENOBUFS);
+        return -ENOBUFS;
+    }
+    if (budget && size > 0 && evs__runtime_buffered(t->worker->rt) > budget) {
+        evs__warn("connection aborted: the process-wide write budget (%llu bytes) is used up",
+                  (unsigned long long)budget);
+        evs__transport_fatal(t, -ENOBUFS);
+        return -ENOBUFS;
+    }
+    return 0;
+}
+
+void evs_transport_set_max_write_buffer(evs_transport *t, size_t bytes)
+{
+    t->max_write_buffer = bytes;
 }
 
 int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, size_t total)
@@ -586,7 +585,7 @@ int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, s
         evs__counter_add(&t->worker->bytes_out, (uint64_t)n);
         t->bytes_out += (uint64_t)n;
         if (n > 0)
-            mark_progress(t);
+            mark_write(t);
         if ((size_t)n == total)
             return 0;
     }
@@ -608,6 +607,8 @@ int evs_transport_writelines(evs_transport *t, const struct iovec *iov, int iovc
         return 0;
     err = t->tls ? evs__tls_write(t, iov, iovcnt) : evs__transport_send(t, iov, iovcnt, total);
     if (err)
+        return err;
+    if (evs_transport_get_write_buffer_size(t) > 0 && (err = check_memory(t)) < 0)
         return err;
     evs__transport_maybe_pause(t);
     return 0;

@@ -24,9 +24,13 @@ struct evs_transport {
     struct event rd_ev;
     struct event wr_ev;
     struct event lost_ev; /* runs connection_lost outside the caller's stack */
-    struct event idle_ev; /* assigned when an idle timeout is first set */
-    double idle_timeout;  /* seconds; 0 = none */
-    struct timeval last_io;
+    /* Timeouts (timeouts.c): one timer for the nearest deadline. */
+    struct event timeout_ev;
+    bool timeouts_on;
+    evs_timeouts to;
+    struct timeval last_read;
+    struct timeval last_write;
+    size_t max_write_buffer; /* 0: no cap */
     struct evbuffer *out;
     size_t high;
     size_t low;
@@ -91,6 +95,11 @@ struct evs__proxied {
 /* Hand @len bytes to the protocol as if just read (get_buffer or
  * data_received). */
 void evs__transport_deliver(evs_transport *t, const void *data, size_t len);
+/* Timeouts (timeouts.c): bytes were read / written or the write queue
+ * went from empty to non-empty. */
+void evs__timeouts_read(evs_transport *t);
+void evs__timeouts_write(evs_transport *t);
+
 /* Count bytes read from the socket (worker and connection counters). */
 void evs__transport_count_in(evs_transport *t, size_t n);
 /* Call pause_writing if the buffer went above the high watermark. */

@@ -58,6 +58,7 @@ void evs_worker_stats_get(const evs_worker *w, evs_worker_stats *out)
     out->tls_failed = atomic_load_explicit(&w->tls_failed, memory_order_relaxed);
     out->tls_resumed = atomic_load_explicit(&w->tls_resumed, memory_order_relaxed);
     out->loop_lag_us = atomic_load_explicit(&w->loop_lag_us, memory_order_relaxed);
+    out->buffered = atomic_load_explicit(&w->buffered, memory_order_relaxed);
 }
 
 char *evs__worker_tls_stage(evs_worker *w)

@@ -91,7 +91,13 @@ struct evs_worker {
     _Atomic uint64_t tls_failed;
     _Atomic uint64_t tls_resumed;
     _Atomic uint64_t loop_lag_us;
+    _Atomic uint64_t buffered; /* bytes queued in this worker's transports */
 };
+
+/* The runtime's process-wide write budget (0: none) and the bytes queued
+ * now across its workers (runtime.c). */
+uint64_t evs__runtime_write_budget(const evs_runtime *rt);
+uint64_t evs__runtime_buffered(const evs_runtime *rt);
 
 /* The worker's 16 KiB TLS staging buffer, made on first use. */
 char *evs__worker_tls_stage(evs_worker *w);

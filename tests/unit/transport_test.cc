@@ -1946,3 +1946,108 @@ TEST(Transport, IdleTimeoutZeroRemovesIt) {
     });
     EXPECT_EQ(0, r.lost_err);
 }
+
+// ===========================================================================
+// More timeouts, write caps
+
+TEST(Transport, FirstByteTimeoutOnlyUntilTheFirstByte) {
+    Rec silent, talker;
+    in_loop([&] {
+        Pair a, b;
+        evs_transport *ta = wrap(a.mine(), silent);
+        evs_transport *tb = wrap(b.mine(), talker);
+        evs_timeouts to{};
+        to.first_byte = 0.1;
+        ASSERT_EQ(0, evs_transport_set_timeouts(ta, &to));
+        ASSERT_EQ(0, evs_transport_set_timeouts(tb, &to));
+        ASSERT_TRUE(peer_send(b.peer(), "hi"));
+        ASSERT_TRUE(lost_once(silent));
+        evs_sleep(0.2);  // well past the first-byte bound
+        EXPECT_EQ(0, talker.lost);
+        evs_transport_close(tb);
+        ASSERT_TRUE(lost_once(talker));
+    });
+    EXPECT_EQ(-ETIMEDOUT, silent.lost_err);
+    EXPECT_EQ(0, talker.lost_err);
+}
+
+TEST(Transport, ReadTimeoutWhileReadingButNotWhilePaused) {
+    Rec paused, reading;
+    in_loop([&] {
+        Pair a, b;
+        evs_transport *ta = wrap(a.mine(), paused);
+        evs_transport *tb = wrap(b.mine(), reading);
+        evs_timeouts to{};
+        to.read = 0.1;
+        ASSERT_TRUE(peer_send(a.peer(), "x"));
+        ASSERT_TRUE(peer_send(b.peer(), "x"));
+        ASSERT_TRUE(wait_for([&] { return paused.data.size() == 1 && reading.data.size() == 1; }));
+        ASSERT_EQ(0, evs_transport_set_timeouts(ta, &to));
+        ASSERT_EQ(0, evs_transport_set_timeouts(tb, &to));
+        evs_transport_pause_reading(ta);  // not waiting for data: no read timeout
+        ASSERT_TRUE(lost_once(reading));
+        EXPECT_EQ(0, paused.lost);
+        evs_transport_close(ta);
+        ASSERT_TRUE(lost_once(paused));
+    });
+    EXPECT_EQ(-ETIMEDOUT, reading.lost_err);
+    EXPECT_EQ(0, paused.lost_err);
+}
+
+TEST(Transport, WriteTimeoutWhenThePeerStopsReading) {
+    Rec r;
+    in_loop([&] {
+        Pair p;
+        small_bufs(p.peer());
+        evs_transport *t = wrap(p.mine(), r);
+        evs_timeouts to{};
+        to.write = 0.15;
+        ASSERT_EQ(0, evs_transport_set_timeouts(t, &to));
+        evs_sleep(0.3);  // nothing queued: no write timeout
+        EXPECT_EQ(0, r.lost);
+        ASSERT_GT(fill_until_queued(t), 0u);  // the peer never reads
+        ASSERT_TRUE(lost_once(r));
+    });
+    EXPECT_EQ(-ETIMEDOUT, r.lost_err);
+}
+
+TEST(Transport, LifetimeBoundsEvenABusyConnection) {
+    Rec r;
+    in_loop([&] {
+        Pair p;
+        evs_transport *t = wrap(p.mine(), r);
+        evs_timeouts to{};
+        to.lifetime = 0.2;
+        to.idle = 10;
+        ASSERT_EQ(0, evs_transport_set_timeouts(t, &to));
+        evs_timeouts back;
+        evs_transport_get_timeouts(t, &back);
+        EXPECT_EQ(0.2, back.lifetime);
+        for (int i = 0; i < 100 && !r.lost; i++) {
+            peer_send(p.peer(), "x");
+            evs_sleep(0.01);
+        }
+        ASSERT_TRUE(lost_once(r));
+        evs_timeouts bad{};
+        bad.read = -1;
+        EXPECT_EQ(-EINVAL, evs_transport_set_timeouts(t, &bad));
+        EXPECT_EQ(-EPIPE, evs_transport_set_timeouts(t, &to));  // gone
+    });
+    EXPECT_EQ(-ETIMEDOUT, r.lost_err);
+}
+
+TEST(Transport, WriteBufferCapFailsWithENOBUFSAndAborts) {
+    Rec r;
+    int rc = 0;
+    in_loop([&] {
+        Pair p;
+        small_bufs(p.peer());
+        evs_transport *t = wrap(p.mine(), r);
+        evs_transport_set_max_write_buffer(t, 256 * 1024);
+        std::string chunk = pattern(64 * 1024, 3);
+        for (int i = 0; i < 100 && rc == 0; i++) rc = evs_transport_write(t, chunk.data(), chunk.size());
+        ASSERT_TRUE(lost_once(r));
+    });
+    EXPECT_EQ(-ENOBUFS, rc);
+    EXPECT_EQ(-ENOBUFS, r.lost_err);
+}
