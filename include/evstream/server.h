@@ -12,6 +12,7 @@
 
 #include <evstream/common.h>
 #include <evstream/tls.h>
+#include <evstream/transport.h>
 #include <evstream/protocol.h>
 
 #ifdef __cplusplus
@@ -79,6 +80,22 @@ typedef struct evs_server_options {
                                   At the limit it stops accepting until one closes. */
     double idle_timeout;     /**< abort a connection with no progress either way for this
                                   many seconds (connection_lost(-ETIMEDOUT)); 0 = never */
+    /** Every connection's timeouts (see evs_timeouts; idle_timeout above
+     *  is used when timeouts.idle is 0). A plugin may change a connection's
+     *  own with evs_transport_set_timeouts(). */
+    evs_timeouts timeouts;
+    /** Cap on a connection's queued bytes (-ENOBUFS and abort past it); 0 = none. */
+    size_t max_write_buffer;
+    /** Live connections per client address (an IPv4 address or an IPv6
+     *  /64); 0 = no limit. Over it, a connection is closed at once. */
+    size_t max_connections_per_ip;
+    /** New connections per second per client address (token bucket);
+     *  0 = no limit. */
+    double connection_rate_per_ip;
+    double connection_burst_per_ip; /**< bucket size; 0 = max(1, rate) */
+    /** Sent (best effort) to a connection refused by a per-address limit
+     *  before it is closed, e.g. "-ERR too many connections\r\n"; NULL = nothing. */
+    const char *reject_message;
     /** TLS: a server context (evs_tls_server_context_new); the server takes a
      *  reference. The handler runs (connection_made is called) once the
      *  handshake is done; failed handshakes are counted, not handed over. */
@@ -114,6 +131,8 @@ typedef struct evs_server_stats {
     uint64_t tls_failed;     /**< failed or timed out */
     uint64_t tls_resumed;
     uint64_t proxy_rejected; /**< untrusted peer, bad or late PROXY header */
+    uint64_t rejected_per_ip; /**< over max_connections_per_ip */
+    uint64_t rejected_rate;   /**< over connection_rate_per_ip */
 } evs_server_stats;
 
 /**

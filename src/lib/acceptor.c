@@ -78,15 +78,31 @@ static evs_worker *pick_worker(evs_runtime *rt)
 static void dispatch(evs_server *s, int fd, const struct sockaddr_storage *peer, socklen_t plen)
 {
     evs_runtime *rt = s->rt;
-    evs_worker *w = pick_worker(rt);
-    evs__msg *m = malloc(sizeof *m);
+    evs_worker *w;
+    evs__msg *m;
+    uint64_t key = 0;
+    bool counted = false;
 
+    if (evs__iplimit_enabled(s) && evs__ip_key(peer, &key)) {
+        int rc = evs__iplimit_admit(s, key);
+        if (rc < 0) {
+            evs__iplimit_reject(s, fd, rc, peer, plen);
+            return;
+        }
+        counted = true;
+    }
+    w = pick_worker(rt);
+    m = malloc(sizeof *m);
     if (!m) {
         evs__warn("out of memory: dropping a new connection");
+        if (counted)
+            evs__iplimit_release(s, key);
         close(fd);
         return;
     }
     memset(m, 0, offsetof(evs__msg, peer));
+    m->ip_key = key;
+    m->ip_counted = counted;
     m->fd = fd;
     m->server = s;
     m->peerlen = plen;
@@ -101,6 +117,8 @@ static void dispatch(evs_server *s, int fd, const struct sockaddr_storage *peer,
     if (evs__worker_push(w, m) < 0) {
         close(fd);
         free(m);
+        if (counted)
+            evs__iplimit_release(s, key);
         evs__connection_closed(s, w);
     }
 }

@@ -45,7 +45,10 @@ static void close_listeners(evs_server *s)
 
 void evs__server_free(evs_server *s)
 {
+    free(s->reject_message);
     free(s->trusted);
+    evs__iplimit_free(s);
+    pthread_mutex_destroy(&s->ip_lock);
     if (s->opts.tls)
         evs_tls_context_unref(s->opts.tls);
     close_listeners(s);
@@ -275,6 +278,7 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         return -ENOMEM;
     s->rt = rt;
     s->opts = *o;
+    pthread_mutex_init(&s->ip_lock, NULL);
     s->opts.host = NULL;
     s->opts.hosts = NULL;
     s->opts.path = NULL;
@@ -306,6 +310,12 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
     }
     s->opts.proxy_trusted = NULL;
     s->opts.nproxy_trusted = 0;
+    s->opts.reject_message = NULL;
+    if (o->reject_message && !(s->reject_message = strdup(o->reject_message))) {
+        evs__server_free(s);
+        return -ENOMEM;
+    }
+    s->opts.reject_message = s->reject_message;
 
     if (o->nfds > 0) {
         for (size_t i = 0; i < o->nfds && !err; i++)
@@ -492,6 +502,8 @@ static void connection_closed(evs_transport *t, void *arg)
     const char *version = NULL;
     const char *cipher = evs_transport_tls_cipher(t, &version, NULL);
 
+    if (t->ip_counted)
+        evs__iplimit_release(s, t->ip_key);
     atomic_fetch_add_explicit(&s->bytes_in, t->bytes_in, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->bytes_out, t->bytes_out, memory_order_relaxed);
     if (evs_transport_is_tls(t)) {
@@ -542,6 +554,8 @@ void evs_server_stats_get(const evs_server *s, evs_server_stats *out)
     out->tls_failed = atomic_load_explicit(&s->tls_failed, memory_order_relaxed);
     out->tls_resumed = atomic_load_explicit(&s->tls_resumed, memory_order_relaxed);
     out->proxy_rejected = atomic_load_explicit(&s->proxy_rejected, memory_order_relaxed);
+    out->rejected_per_ip = atomic_load_explicit(&s->rejected_per_ip, memory_order_relaxed);
+    out->rejected_rate = atomic_load_explicit(&s->rejected_rate, memory_order_relaxed);
 }
 
 static int run_handler(void *arg)
@@ -586,8 +600,14 @@ static void start_handler(evs_writer *wr, void *arg)
 
 static void set_limits(evs_server *s, evs_transport *t)
 {
-    if (s->opts.idle_timeout > 0)
-        evs_transport_set_idle_timeout(t, s->opts.idle_timeout);
+    evs_timeouts to = s->opts.timeouts;
+
+    if (to.idle == 0)
+        to.idle = s->opts.idle_timeout;
+    if (to.idle > 0 || to.first_byte > 0 || to.read > 0 || to.write > 0 || to.lifetime > 0)
+        evs_transport_set_timeouts(t, &to);
+    if (s->opts.max_write_buffer)
+        evs_transport_set_max_write_buffer(t, s->opts.max_write_buffer);
     if (s->opts.write_high_water || s->opts.write_low_water)
         evs_transport_set_write_buffer_limits(
             t, s->opts.write_high_water ? (ssize_t)s->opts.write_high_water : -1,
@@ -601,6 +621,8 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
     int fd = m->fd, err;
     struct sockaddr_storage *peer = NULL;
     socklen_t peerlen = m->peerlen;
+    uint64_t ip_key = m->ip_key;
+    bool ip_counted = m->ip_counted;
 
     /* The accepted address outlives a reset only if we keep it. */
     if (s->opts.proxy_protocol && !evs__proxy_trusted(s, &m->peer)) {
@@ -610,6 +632,8 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
                    evs_format_address((struct sockaddr *)&m->peer, m->peerlen, who, sizeof who));
         free(m);
         close(fd);
+        if (ip_counted)
+            evs__iplimit_release(s, ip_key);
         evs__connection_closed(s, w);
         return;
     }
@@ -619,6 +643,8 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
     if (w->stopping) {
         free(peer);
         close(fd);
+        if (ip_counted)
+            evs__iplimit_release(s, ip_key);
         evs__connection_closed(s, w);
         return;
     }
@@ -627,6 +653,9 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
         if (err == 0) {
             t->peer = peer;
             t->peerlen = peerlen;
+            t->ip_key = ip_key;
+            t->ip_counted = ip_counted;
+            ip_counted = false; /* the transport releases it */
             peer = NULL;
             t->closed_hook = connection_closed;
             t->closed_hook_arg = s;
@@ -644,6 +673,9 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
         if (err == 0) {
             t->peer = peer;
             t->peerlen = peerlen;
+            t->ip_key = ip_key;
+            t->ip_counted = ip_counted;
+            ip_counted = false; /* the transport releases it */
             peer = NULL;
             t->closed_hook = connection_closed;
             t->closed_hook_arg = s;
@@ -661,6 +693,8 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
     free(peer);
     if (err) {
         evs__warn("cannot take a connection: %s", evs_strerror(err));
+        if (ip_counted)
+            evs__iplimit_release(s, ip_key);
         evs__connection_closed(s, w);
     }
 }

@@ -53,8 +53,16 @@ struct evs_server {
     _Atomic uint64_t tls_failed;
     _Atomic uint64_t tls_resumed;
     _Atomic uint64_t proxy_rejected;
+    char *reject_message; /* the server's copy */
     evs__cidr *trusted; /* PROXY protocol peers */
     size_t ntrusted;
+    /* Per-address limits (iplimit.c). */
+    pthread_mutex_t ip_lock;
+    struct ip_entry **ip_table;
+    _Atomic uint64_t rejected_per_ip;
+    _Atomic uint64_t rejected_rate;
+    unsigned long rejects_unlogged; /* acceptor thread */
+    double last_reject_log;
     bool keep_path;            /* sockets handed over: leave the file */
 
     evs_server *next; /* the runtime's list, under rt->lock */
@@ -81,6 +89,16 @@ struct evs_runtime {
 };
 
 int evs__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len);
+
+/* Per-address limits (iplimit.c). */
+bool evs__iplimit_enabled(const evs_server *s);
+bool evs__ip_key(const struct sockaddr_storage *peer, uint64_t *key);
+/* @return 0 (admitted, counted), -EMFILE (too many from it) or -EAGAIN (rate). */
+int evs__iplimit_admit(evs_server *s, uint64_t key);
+void evs__iplimit_release(evs_server *s, uint64_t key);
+void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_storage *peer,
+                         socklen_t plen);
+void evs__iplimit_free(evs_server *s);
 
 /* PROXY protocol (proxy_stage.c). */
 int evs__cidr_parse(const char *text, evs__cidr *out);

@@ -54,6 +54,8 @@ struct evs_transport {
     struct sockaddr_storage *peer; /* kept from accept for access logs, or NULL */
     socklen_t peerlen;
     struct evs__proxied *proxied;   /* what a PROXY header said, or NULL */
+    uint64_t ip_key;                /* its server's per-address count, if ip_counted */
+    bool ip_counted;
 
     /* Called once when the connection ends, before connection_lost. */
     evs__transport_hook closed_hook;

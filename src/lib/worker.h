@@ -28,6 +28,8 @@ typedef struct evs__msg {
     void *arg;
     int fd;
     struct evs_server *server;
+    uint64_t ip_key; /* per-address accounting, when ip_counted */
+    bool ip_counted;
     socklen_t peerlen;
     struct sockaddr_storage peer;
 } evs__msg;

@@ -2,6 +2,7 @@
 // many concurrent connections through a runtime, and stopping.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -519,4 +520,89 @@ TEST(Server, StatsAndConnectionClosedCallbackReportEachConnection) {
         EXPECT_EQ(0, log.infos[i].worker);
     }
     EXPECT_EQ(6000u, total);
+}
+
+namespace {
+int connect_from(const char *local_ip, uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    set_timeouts(fd);
+    struct sockaddr_in l{};
+    l.sin_family = AF_INET;
+    inet_pton(AF_INET, local_ip, &l.sin_addr);
+    bind(fd, (struct sockaddr *)&l, sizeof l);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sin, sizeof sin) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+}  // namespace
+
+TEST(Server, MaxConnectionsPerAddressRefusesTheExtraOnesWithTheMessage) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.max_connections_per_ip = 2;
+    o.reject_message = "busy\n";
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    uint16_t port = evs_server_port(s);
+    int a = connect_from("127.0.0.1", port), b = connect_from("127.0.0.1", port);
+    EXPECT_EQ(0u, read_line(a).rfind("limit=", 0));
+    EXPECT_EQ(0u, read_line(b).rfind("limit=", 0));
+    int c = connect_from("127.0.0.1", port);
+    EXPECT_EQ("busy\n", read_to_eof(c));  // refused at once, with the line
+    close(c);
+    int d = connect_from("127.0.0.2", port);  // another address is fine
+    EXPECT_EQ(0u, read_line(d).rfind("limit=", 0));
+    close(a);  // a slot frees up
+    int e = -1;
+    std::string line;
+    for (int i = 0; i < 200; i++) {
+        e = connect_from("127.0.0.1", port);
+        line = read_line(e);
+        if (line.rfind("limit=", 0) == 0) break;
+        close(e);
+        e = -1;
+        usleep(5000);
+    }
+    EXPECT_GE(e, 0) << "the freed slot was never given out";
+    evs_server_stats st;
+    evs_server_stats_get(s, &st);
+    EXPECT_GE(st.rejected_per_ip, 1u);
+    EXPECT_EQ(0u, st.rejected_rate);
+    close(b);
+    close(d);
+    if (e >= 0) close(e);
+}
+
+TEST(Server, ConnectionRatePerAddressIsATokenBucket) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.connection_rate_per_ip = 0.01;  // one every 100 seconds ...
+    o.connection_burst_per_ip = 3;   // ... after a burst of three
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    uint16_t port = evs_server_port(s);
+    for (int i = 0; i < 3; i++) {
+        int fd = connect_from("127.0.0.3", port);
+        EXPECT_EQ(0u, read_line(fd).rfind("limit=", 0)) << i;
+        close(fd);
+    }
+    int over = connect_from("127.0.0.3", port);
+    EXPECT_EQ("", read_to_eof(over));  // the bucket is empty: closed at once
+    close(over);
+    int other = connect_from("127.0.0.4", port);  // each address has its own bucket
+    EXPECT_EQ(0u, read_line(other).rfind("limit=", 0));
+    close(other);
+    evs_server_stats st;
+    evs_server_stats_get(s, &st);
+    EXPECT_EQ(1u, st.rejected_rate);
 }

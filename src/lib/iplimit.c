@@ -1,0 +1,195 @@
+/*
+ * iplimit.c - per-client-address limits of a server: live connections per
+ * address (an IPv4 address, or an IPv6 /64, which one host usually owns)
+ * and a token bucket for the rate of new connections.
+ *
+ * The acceptor admits under the server's lock; the worker that closes the
+ * connection releases under it. That is one lock per connection, never per
+ * read or write, and only on servers that set a limit.
+ */
+#include "server.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct ip_entry {
+    uint64_t key;
+    uint32_t count;
+    double tokens;
+    double last; /* when tokens were last refilled */
+    struct ip_entry *next;
+} ip_entry;
+
+#define BUCKETS 4096
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+bool evs__iplimit_enabled(const evs_server *s)
+{
+    return s->opts.max_connections_per_ip > 0 || s->opts.connection_rate_per_ip > 0;
+}
+
+bool evs__ip_key(const struct sockaddr_storage *peer, uint64_t *key)
+{
+    if (peer->ss_family == AF_INET) {
+        uint32_t a;
+        memcpy(&a, &((const struct sockaddr_in *)peer)->sin_addr, 4);
+        *key = 0xFFFFFFFF00000000ULL | a;
+        return true;
+    }
+    if (peer->ss_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)peer)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            uint32_t a;
+            memcpy(&a, a6->s6_addr + 12, 4);
+            *key = 0xFFFFFFFF00000000ULL | a;
+        } else {
+            memcpy(key, a6->s6_addr, 8); /* the /64 */
+        }
+        return true;
+    }
+    return false; /* Unix peers have no address to limit */
+}
+
+static double burst(const evs_server *s)
+{
+    double b = s->opts.connection_burst_per_ip;
+    double r = s->opts.connection_rate_per_ip;
+    return b >= 1 ? b : (r > 1 ? r : 1);
+}
+
+static void refill(const evs_server *s, ip_entry *e, double now)
+{
+    if (s->opts.connection_rate_per_ip <= 0)
+        return;
+    e->tokens += (now - e->last) * s->opts.connection_rate_per_ip;
+    if (e->tokens > burst(s))
+        e->tokens = burst(s);
+    e->last = now;
+}
+
+static ip_entry **slot(evs_server *s, uint64_t key)
+{
+    ip_entry **pp = &s->ip_table[(key ^ (key >> 29) ^ (key >> 43)) % BUCKETS];
+
+    while (*pp && (*pp)->key != key)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* An entry with no connection and a full bucket says nothing: drop it. */
+static void maybe_forget(evs_server *s, ip_entry **pp)
+{
+    ip_entry *e = *pp;
+
+    if (e->count == 0 && (s->opts.connection_rate_per_ip <= 0 || e->tokens >= burst(s))) {
+        *pp = e->next;
+        free(e);
+    }
+}
+
+int evs__iplimit_admit(evs_server *s, uint64_t key)
+{
+    double now = now_seconds();
+    ip_entry **pp, *e;
+    int rc = 0;
+
+    pthread_mutex_lock(&s->ip_lock);
+    if (!s->ip_table && !(s->ip_table = calloc(BUCKETS, sizeof *s->ip_table))) {
+        pthread_mutex_unlock(&s->ip_lock);
+        return 0; /* no memory for bookkeeping: do not refuse clients for it */
+    }
+    pp = slot(s, key);
+    if (!*pp) {
+        e = calloc(1, sizeof *e);
+        if (!e) {
+            pthread_mutex_unlock(&s->ip_lock);
+            return 0;
+        }
+        e->key = key;
+        e->tokens = burst(s);
+        e->last = now;
+        *pp = e;
+    }
+    e = *pp;
+    refill(s, e, now);
+    if (s->opts.max_connections_per_ip && e->count >= s->opts.max_connections_per_ip)
+        rc = -EMFILE;
+    else if (s->opts.connection_rate_per_ip > 0 && e->tokens < 1)
+        rc = -EAGAIN;
+    else {
+        e->count++;
+        if (s->opts.connection_rate_per_ip > 0)
+            e->tokens -= 1;
+    }
+    pthread_mutex_unlock(&s->ip_lock);
+    return rc;
+}
+
+void evs__iplimit_release(evs_server *s, uint64_t key)
+{
+    ip_entry **pp;
+
+    pthread_mutex_lock(&s->ip_lock);
+    if (s->ip_table && *(pp = slot(s, key))) {
+        if ((*pp)->count > 0)
+            (*pp)->count--;
+        refill(s, *pp, now_seconds());
+        maybe_forget(s, pp);
+    }
+    pthread_mutex_unlock(&s->ip_lock);
+}
+
+void evs__iplimit_free(evs_server *s)
+{
+    if (!s->ip_table)
+        return;
+    for (size_t i = 0; i < BUCKETS; i++) {
+        ip_entry *e = s->ip_table[i], *next;
+        for (; e; e = next) {
+            next = e->next;
+            free(e);
+        }
+    }
+    free(s->ip_table);
+    s->ip_table = NULL;
+}
+
+/* Refused at the door: the optional one-line message, then close. Logged
+ * at most once a second per server, with the count since the last line. */
+void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_storage *peer,
+                         socklen_t plen)
+{
+    double now = now_seconds();
+    char who[128];
+
+    if (why == -EMFILE)
+        atomic_fetch_add_explicit(&s->rejected_per_ip, 1, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&s->rejected_rate, 1, memory_order_relaxed);
+    if (s->opts.reject_message && *s->opts.reject_message) {
+        ssize_t rc = send(fd, s->opts.reject_message, strlen(s->opts.reject_message),
+                          MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)rc; /* best effort: the client may be gone already */
+    }
+    close(fd);
+    s->rejects_unlogged++;
+    if (now - s->last_reject_log >= 1.0) {
+        evs__info("refused %lu connection(s) in the last %.0fs, the latest from %s: %s",
+                  s->rejects_unlogged, s->last_reject_log > 0 ? now - s->last_reject_log : 1.0,
+                  evs_format_address((const struct sockaddr *)peer, plen, who, sizeof who),
+                  why == -EMFILE ? "too many connections from this address"
+                                 : "connection rate per address exceeded");
+        s->rejects_unlogged = 0;
+        s->last_reject_log = now;
+    }
+}
