@@ -33,6 +33,7 @@ cc -O2 -Wall -Werror -shared -fPIC -o "$WORK/plugin/my_echo.so" "$WORK/plugin/my
 
 cat >"$WORK/evstreamd.conf" <<CONF
 workers = 1;
+allow_root = $([ "$(id -u)" -eq 0 ] && echo true || echo false);
 plugin_dir = "$WORK/plugin";
 plugins = ( { name = "mine"; path = "my_echo.so"; } );
 listeners = ( { name = "mine"; listen = "127.0.0.1:0"; plugin = "mine"; } );

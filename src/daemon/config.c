@@ -387,7 +387,31 @@ static void get_int(errlist *e, const config_setting_t *g, const char *key, long
 
 static const char *const limit_keys[] = {
     "max_connections", "stream_limit", "write_high_water", "write_low_water", "idle_timeout",
-    "handshake_timeout", "shutdown_timeout", "stack_size", NULL};
+    "handshake_timeout", "shutdown_timeout", "stack_size", "first_byte_timeout", "read_timeout",
+    "write_timeout", "lifetime", "max_write_buffer", "write_budget", "max_connections_per_ip",
+    "connection_rate_per_ip", "connection_burst_per_ip", "reject_message", NULL};
+
+static void get_rate(errlist *e, const config_setting_t *g, const char *key, double *out)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+    double d;
+
+    if (!v)
+        return;
+    if (is_int(v))
+        d = (double)config_setting_get_int64(v);
+    else if (config_setting_type(v) == CONFIG_TYPE_FLOAT)
+        d = config_setting_get_float(v);
+    else {
+        bad(e, v, "expected a number (connections per second)");
+        return;
+    }
+    if (d < 0 || d > 1e6) {
+        bad(e, v, "%g is out of range (0 to 1000000)", d);
+        return;
+    }
+    *out = d;
+}
 
 static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, bool global)
 {
@@ -405,12 +429,34 @@ static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, b
     if (config_setting_get_member(g, "handshake_timeout") && l->handshake_timeout <= 0)
         bad(e, config_setting_get_member(g, "handshake_timeout"),
             "must be more than 0 (a TLS handshake needs time)");
+    get_duration(e, g, "first_byte_timeout", MAX_SECONDS, &l->first_byte_timeout);
+    get_duration(e, g, "read_timeout", MAX_SECONDS, &l->read_timeout);
+    get_duration(e, g, "write_timeout", MAX_SECONDS, &l->write_timeout);
+    get_duration(e, g, "lifetime", MAX_SECONDS, &l->lifetime);
+    get_size(e, g, "max_write_buffer", 0, MAX_BYTES, &l->max_write_buffer);
+    get_count(e, g, "max_connections_per_ip", 0, 10000000, &l->max_connections_per_ip);
+    get_rate(e, g, "connection_rate_per_ip", &l->connection_rate_per_ip);
+    get_rate(e, g, "connection_burst_per_ip", &l->connection_burst_per_ip);
+    {
+        const char *msg = get_string(e, g, "reject_message", false);
+        if (msg) {
+            if (strlen(msg) > 512)
+                bad(e, config_setting_get_member(g, "reject_message"), "longer than 512 bytes");
+            free(l->reject_message);
+            l->reject_message = xstrdup(msg);
+        }
+    }
+    if (l->max_write_buffer && l->max_write_buffer < l->write_high_water)
+        bad(e, g, "max_write_buffer (%llu) is below write_high_water (%llu): drain() could "
+                  "never return before the cap",
+            (unsigned long long)l->max_write_buffer, (unsigned long long)l->write_high_water);
     if (global) {
         get_duration(e, g, "shutdown_timeout", MAX_SECONDS, &l->shutdown_timeout);
         get_size(e, g, "stack_size", 16 * 1024, 64 * 1024 * 1024, &l->stack_size);
+        get_size(e, g, "write_budget", 0, MAX_BYTES, &l->write_budget);
     } else {
-        const char *only_global[] = {"shutdown_timeout", "stack_size"};
-        for (size_t i = 0; i < 2; i++) {
+        const char *only_global[] = {"shutdown_timeout", "stack_size", "write_budget"};
+        for (size_t i = 0; i < 3; i++) {
             const config_setting_t *v = config_setting_get_member(g, only_global[i]);
             if (v)
                 bad(e, v, "only valid in the global limits group");
@@ -847,6 +893,7 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
     l->file = source_path(e, g);
     l->line = (int)config_setting_source_line(g);
     l->limits = c->limits;
+    l->limits.reject_message = xstrdup(c->limits.reject_message); /* each its own copy */
     l->backlog = 511;
     check_keys(e, g, keys);
     listen = get_string(e, g, "listen", true);
@@ -916,6 +963,38 @@ static void read_listeners(errlist *e, const config_setting_t *list, evsd_config
     }
 }
 
+/* user, group, allow_root, umask: checked now, applied by main.c. */
+static void read_privileges(errlist *e, const config_setting_t *root, evsd_config *c)
+{
+    const char *user = get_string(e, root, "user", false);
+    const char *group = get_string(e, root, "group", false);
+    const char *mask = get_string(e, root, "umask", false);
+
+    if (user) {
+        if (!getpwnam(user))
+            bad(e, config_setting_get_member(root, "user"), "no such user '%s'", user);
+        c->user = xstrdup(user);
+    }
+    if (group) {
+        if (!getgrnam(group))
+            bad(e, config_setting_get_member(root, "group"), "no such group '%s'", group);
+        c->group = xstrdup(group);
+    }
+    if (group && !user)
+        bad(e, config_setting_get_member(root, "group"), "group needs user as well");
+    get_bool(e, root, "allow_root", &c->allow_root);
+    if (mask) {
+        char *end;
+        long m = strtol(mask, &end, 8);
+        if (!*mask || *end || m < 0 || m > 0777)
+            bad(e, config_setting_get_member(root, "umask"), "expected an octal mask like \"0027\"");
+        else {
+            c->has_umask = true;
+            c->umask_value = (unsigned)m;
+        }
+    }
+}
+
 /* admin = { listen = "127.0.0.1:9100"; mode = "0600"; }: /metrics, /status. */
 static void read_admin(errlist *e, const config_setting_t *g, evsd_config *c)
 {
@@ -941,6 +1020,7 @@ static void read_admin(errlist *e, const config_setting_t *g, evsd_config *c)
     l->listen = xstrdup(listen);
     l->backlog = 64;
     l->limits = c->limits;
+    l->limits.reject_message = xstrdup(c->limits.reject_message); /* each its own copy */
     parse_listen(e, config_setting_get_member(g, "listen"), listen, l);
     read_unix_owner(e, g, l);
 }
@@ -948,7 +1028,8 @@ static void read_admin(errlist *e, const config_setting_t *g, evsd_config *c)
 static void read_top(errlist *e, evsd_config *c)
 {
     static const char *const keys[] = {"workers", "dispatch", "log", "limits", "plugin_dir",
-                                       "plugins", "listeners", "admin", NULL};
+                                       "plugins", "listeners", "admin", "user", "group",
+                                       "allow_root", "umask", NULL};
     const config_setting_t *root = config_root_setting(&c->cfg);
     const config_setting_t *v;
     const char *s;
@@ -991,6 +1072,7 @@ static void read_top(errlist *e, evsd_config *c)
         read_plugins(e, v, c);
     if ((v = config_setting_get_member(root, "admin")))
         read_admin(e, v, c);
+    read_privileges(e, root, c);
     if ((v = config_setting_get_member(root, "listeners"))) {
         read_listeners(e, v, c);
         if (config_setting_type(v) == CONFIG_TYPE_LIST && c->nlisteners == 0)
@@ -1077,9 +1159,14 @@ void evsd_config_free(evsd_config *c)
         free_tls(l->tls);
         free(l->access_log);
         free(l->access_log_format);
+        free(l->limits.reject_message);
         free_strings(l->proxy_trusted);
     }
+    free(c->limits.reject_message);
+    free(c->user);
+    free(c->group);
     if (c->admin) {
+        free(c->admin->limits.reject_message);
         free(c->admin->name);
         free(c->admin->listen);
         free(c->admin->host);

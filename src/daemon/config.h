@@ -22,6 +22,16 @@ typedef struct evsd_limits {
     double handshake_timeout;  /* TLS listeners */
     double shutdown_timeout;   /* global only */
     uint64_t stack_size;       /* global only */
+    double first_byte_timeout; /* 0 = none, as the other timeouts */
+    double read_timeout;
+    double write_timeout;
+    double lifetime;
+    uint64_t max_write_buffer;       /* per connection; 0 = no cap */
+    uint64_t write_budget;           /* global only: all connections' queued bytes */
+    uint64_t max_connections_per_ip; /* 0 = no limit */
+    double connection_rate_per_ip;   /* new connections per second; 0 = no limit */
+    double connection_burst_per_ip;
+    char *reject_message;            /* a line for refused connections, or NULL */
 } evsd_limits;
 
 typedef struct evsd_plugin_conf {
@@ -102,6 +112,11 @@ typedef struct evsd_config {
     evsd_listener_conf *listeners;
     size_t nlisteners;
     evsd_listener_conf *admin;         /* the metrics listener, or NULL */
+    char *user;                        /* drop to this user after binding */
+    char *group;
+    bool allow_root;                   /* run as root without user = ... */
+    bool has_umask;
+    unsigned umask_value;
 } evsd_config;
 
 /*

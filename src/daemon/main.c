@@ -10,6 +10,7 @@
 #include "admin.h"
 #include "config.h"
 #include "logging.h"
+#include "privileges.h"
 #include "service.h"
 #include "systemd.h"
 
@@ -382,6 +383,12 @@ int main(int argc, char **argv)
     if (o.daemonize)
         ready_fd = daemonize();
     apply_log(cfg, &o);
+    if (evsd_prepare_process(cfg) < 0) {
+        report_ready(&ready_fd, 1);
+        evsd_config_free(cfg);
+        free(config_path);
+        return 1;
+    }
     if (o.pidfile && pidfile_write(o.pidfile) < 0) {
         report_ready(&ready_fd, 1);
         evsd_config_free(cfg);
@@ -409,6 +416,15 @@ int main(int argc, char **argv)
     evsd_service_print_addresses(svc, stdout, true);
     fflush(stdout);
     write_ports(svc, o.ports_file);
+    /* Last: everything that needs the starting user's rights is done. */
+    if (evsd_drop_privileges(evsd_service_config(svc)) < 0) {
+        evsd_service_stop(svc);
+        if (o.pidfile)
+            pidfile_remove(o.pidfile);
+        report_ready(&ready_fd, 1);
+        free(config_path);
+        return 1;
+    }
     report_ready(&ready_fd, 0);
     evsd_notify("READY=1\nSTATUS=serving");
 

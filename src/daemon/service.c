@@ -523,6 +523,15 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     o.write_high_water = c->limits.write_high_water;
     o.write_low_water = c->limits.write_low_water;
     o.idle_timeout = c->limits.idle_timeout;
+    o.timeouts.first_byte = c->limits.first_byte_timeout;
+    o.timeouts.read = c->limits.read_timeout;
+    o.timeouts.write = c->limits.write_timeout;
+    o.timeouts.lifetime = c->limits.lifetime;
+    o.max_write_buffer = c->limits.max_write_buffer;
+    o.max_connections_per_ip = c->limits.max_connections_per_ip;
+    o.connection_rate_per_ip = c->limits.connection_rate_per_ip;
+    o.connection_burst_per_ip = c->limits.connection_burst_per_ip;
+    o.reject_message = c->limits.reject_message;
     o.max_connections = c->own_max_connections ? c->limits.max_connections : 0;
     o.tls = l->tls;
     o.tls_handshake_timeout = c->limits.handshake_timeout;
@@ -610,6 +619,7 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
     ro.dispatch = cfg->dispatch;
     ro.max_connections = cfg->limits.max_connections;
     ro.stack_size = cfg->limits.stack_size;
+    ro.write_budget = cfg->limits.write_budget;
     ro.worker_stopping = worker_stopping;
     ro.hook_arg = svc;
     rc = evs_runtime_new(&ro, &svc->rt);

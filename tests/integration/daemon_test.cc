@@ -370,6 +370,7 @@ std::string config(const std::string &listeners, const std::string &top = "",
                    const std::string &extra_plugins = "") {
     std::string c;
     if (!contains(top, "workers")) c += "workers = 2;\n";
+    if (geteuid() == 0 && !contains(top, "allow_root")) c += "allow_root = true;\n";
     if (!contains(top, "limits")) c += "limits = { shutdown_timeout = \"3s\"; };\n";
     c += top;
     c += "plugin_dir = \"" + plugin_dir() + "\";\n";

@@ -406,7 +406,8 @@ class ExamplesTest : public ::testing::Test {
         std::string conf = next_name("evstreamd.conf");
         // A short shutdown_timeout: a test that fails with connections
         // open must not wait the default 30 s at its end.
-        write_file(conf, "workers = 2;\ndispatch = \"round-robin\";\n" + top +
+        write_file(conf, "workers = 2;\ndispatch = \"round-robin\";\n" +
+                             std::string(geteuid() == 0 ? "allow_root = true;\n" : "") + top +
                              "limits = { shutdown_timeout = \"3s\"; };\n"
                              "log = { level = \"info\"; };\n"
                              "plugin_dir = \"" + plugin_dir() + "\";\n"

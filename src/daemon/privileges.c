@@ -1,0 +1,132 @@
+/*
+ * privileges.c - process set-up around binding.
+ *
+ * Listening on low ports needs root; serving does not. So evstreamd binds
+ * as root, then becomes the configured user (setgid and initgroups before
+ * setuid, and a check that root cannot be regained). Without a user it
+ * refuses to run as root unless the configuration says allow_root.
+ */
+#include "privileges.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Descriptors besides connections: listeners, logs, eventfds and slack. */
+#define FD_OVERHEAD 256
+
+static bool any_stream_listener(const evsd_config *cfg)
+{
+    /* Plugins decide the mode; a stream plugin needs a task stack per
+     * connection. We cannot know before loading them, so assume the worst
+     * when any listener exists. */
+    return cfg->nlisteners > 0;
+}
+
+static int raise_nofile(const evsd_config *cfg)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)cfg->limits.max_connections + FD_OVERHEAD;
+
+    if (cfg->limits.max_connections == 0 || getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 0;
+    if (rl.rlim_cur >= need)
+        return 0;
+    if (rl.rlim_max < need && geteuid() == 0)
+        rl.rlim_max = need; /* root may raise the hard limit too */
+    if (rl.rlim_max < need) {
+        evs_log(EVS_LOG_ERROR,
+                "max_connections = %llu needs %llu file descriptors, but the hard limit is "
+                "%llu: raise it (LimitNOFILE= in the unit, or ulimit -Hn) or lower "
+                "max_connections",
+                (unsigned long long)cfg->limits.max_connections, (unsigned long long)need,
+                (unsigned long long)rl.rlim_max);
+        return -1;
+    }
+    rl.rlim_cur = need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        evs_log(EVS_LOG_ERROR, "cannot raise RLIMIT_NOFILE to %llu: %s", (unsigned long long)need,
+                strerror(errno));
+        return -1;
+    }
+    evs_log(EVS_LOG_INFO, "raised the open file limit to %llu", (unsigned long long)need);
+    return 0;
+}
+
+/* Every task stack is a mapping plus its guard page: two map entries. */
+static void check_map_count(const evsd_config *cfg)
+{
+    FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+    unsigned long long have = 0, need;
+
+    if (!f)
+        return;
+    if (fscanf(f, "%llu", &have) != 1)
+        have = 0;
+    fclose(f);
+    need = 2 * (unsigned long long)cfg->limits.max_connections + 4096;
+    if (have && any_stream_listener(cfg) && cfg->limits.max_connections && have < need)
+        evs_log(EVS_LOG_WARN,
+                "vm.max_map_count is %llu: stream-mode plugins need two memory maps per "
+                "connection, so max_connections = %llu may fail to create tasks; run "
+                "'sysctl -w vm.max_map_count=%llu' (and set it in /etc/sysctl.d/)",
+                have, (unsigned long long)cfg->limits.max_connections, need);
+}
+
+int evsd_prepare_process(const evsd_config *cfg)
+{
+    if (geteuid() == 0 && !cfg->user && !cfg->allow_root) {
+        evs_log(EVS_LOG_ERROR, "refusing to run as root: set user = \"...\" (evstreamd binds "
+                               "as root, then switches) or allow_root = true");
+        return -1;
+    }
+    if (cfg->has_umask)
+        umask((mode_t)cfg->umask_value);
+    if (raise_nofile(cfg) < 0)
+        return -1;
+    check_map_count(cfg);
+    return 0;
+}
+
+int evsd_drop_privileges(const evsd_config *cfg)
+{
+    struct passwd *pw;
+    struct group *gr = NULL;
+    gid_t gid;
+
+    if (!cfg->user)
+        return 0;
+    pw = getpwnam(cfg->user);
+    if (!pw) {
+        evs_log(EVS_LOG_ERROR, "user '%s' does not exist", cfg->user);
+        return -1;
+    }
+    if (cfg->group && !(gr = getgrnam(cfg->group))) {
+        evs_log(EVS_LOG_ERROR, "group '%s' does not exist", cfg->group);
+        return -1;
+    }
+    gid = gr ? gr->gr_gid : pw->pw_gid;
+    if (geteuid() != 0) {
+        /* As nginx does: only root can switch; anyone else runs as itself. */
+        if (geteuid() != pw->pw_uid)
+            evs_log(EVS_LOG_WARN, "user = \"%s\" is ignored: evstreamd was not started as root",
+                    cfg->user);
+        return 0;
+    }
+    if (setgroups(0, NULL) < 0 || initgroups(pw->pw_name, gid) < 0 || setgid(gid) < 0 ||
+        setuid(pw->pw_uid) < 0) {
+        evs_log(EVS_LOG_ERROR, "cannot switch to user %s: %s", cfg->user, strerror(errno));
+        return -1;
+    }
+    if (pw->pw_uid != 0 && setuid(0) == 0) {
+        evs_log(EVS_LOG_ERROR, "could switch back to root after dropping privileges: stopping");
+        return -1;
+    }
+    evs_log(EVS_LOG_INFO, "running as user %s, group %u", cfg->user, (unsigned)gid);
+    return 0;
+}

@@ -1,0 +1,17 @@
+/*
+ * privileges.h - what evstreamd checks and changes about its process:
+ * root, user/group, umask, the fd limit and vm.max_map_count.
+ */
+#ifndef EVSD_PRIVILEGES_H
+#define EVSD_PRIVILEGES_H
+
+#include "config.h"
+
+/* Before binding: refuse root without user or allow_root, set the umask,
+ * raise RLIMIT_NOFILE to what max_connections needs, warn about
+ * vm.max_map_count. @return 0 or -1 (logged). */
+int evsd_prepare_process(const evsd_config *cfg);
+/* After binding: switch to the configured user and group. @return 0 or -1. */
+int evsd_drop_privileges(const evsd_config *cfg);
+
+#endif
