@@ -1117,7 +1117,11 @@ TEST_F(ChatTest, SlowClientIsDisconnectedUnderThatPolicy) {
     std::vector<std::string> notices;
     ASSERT_TRUE(flood(sender, sender_name, fast, count, &notices));
     // Everyone is told it left, and the slow client finds the end of its
-    // stream (EOF or reset) after part of the messages.
+    // stream (EOF or reset) after part of the messages. Join notices posted
+    // from another worker may arrive late: they are not the point here.
+    notices.erase(std::remove_if(notices.begin(), notices.end(),
+                                 [](const std::string &n) { return contains(n, " joined"); }),
+                  notices.end());
     EXPECT_EQ(std::vector<std::string>({"* " + slow_name + " left"}), notices);
     set_timeouts(slow, 10);
     std::string got = read_to_eof(slow);
