@@ -614,87 +614,76 @@ static void set_limits(evs_server *s, evs_transport *t)
             s->opts.write_low_water ? (ssize_t)s->opts.write_low_water : -1);
 }
 
+/* A connection that will not be served: close it and undo its counts. */
+static void refuse(evs_server *s, evs_worker *w, int fd, const evs__msg *m)
+{
+    close(fd);
+    if (m->ip_counted)
+        evs__iplimit_release(s, m->ip_key);
+    evs__connection_closed(s, w);
+}
+
+/* Hand an accepted socket to a transport, or a stream pair whose handler
+ * starts once the connection is made. */
+static int make_transport(evs_server *s, evs_worker *w, int fd, evs_transport **t)
+{
+    evs_reader *r;
+    evs_writer *wr;
+    int err;
+
+    if (s->opts.protocol)
+        return evs__transport_create(w, fd, s->opts.protocol, s->opts.arg, t);
+    err = evs__stream_create(w, fd, s->opts.limit, &r, &wr, t);
+    if (err == 0) {
+        evs__stream_set_tag(wr, s);
+        evs__stream_on_made(wr, start_handler, s);
+    }
+    return err;
+}
+
 void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
 {
     evs_server *s = m->server;
     evs_transport *t;
     int fd = m->fd, err;
-    struct sockaddr_storage *peer = NULL;
-    socklen_t peerlen = m->peerlen;
-    uint64_t ip_key = m->ip_key;
-    bool ip_counted = m->ip_counted;
 
-    /* The accepted address outlives a reset only if we keep it. */
+    if (w->stopping) {
+        refuse(s, w, fd, m);
+        free(m);
+        return;
+    }
     if (s->opts.proxy_protocol && !evs__proxy_trusted(s, &m->peer)) {
         char who[128];
         atomic_fetch_add_explicit(&s->proxy_rejected, 1, memory_order_relaxed);
         evs__debug("PROXY protocol from an untrusted peer %s; closing",
                    evs_format_address((struct sockaddr *)&m->peer, m->peerlen, who, sizeof who));
+        refuse(s, w, fd, m);
         free(m);
-        close(fd);
-        if (ip_counted)
-            evs__iplimit_release(s, ip_key);
-        evs__connection_closed(s, w);
         return;
     }
-    if (s->opts.connection_closed && (peer = malloc(sizeof *peer)))
-        memcpy(peer, &m->peer, m->peerlen);
-    free(m);
-    if (w->stopping) {
-        free(peer);
-        close(fd);
-        if (ip_counted)
-            evs__iplimit_release(s, ip_key);
-        evs__connection_closed(s, w);
-        return;
-    }
-    if (s->opts.protocol) {
-        err = evs__transport_create(w, fd, s->opts.protocol, s->opts.arg, &t);
-        if (err == 0) {
-            t->peer = peer;
-            t->peerlen = peerlen;
-            t->ip_key = ip_key;
-            t->ip_counted = ip_counted;
-            ip_counted = false; /* the transport releases it */
-            peer = NULL;
-            t->closed_hook = connection_closed;
-            t->closed_hook_arg = s;
-            set_limits(s, t);
-            if (attach_tls(s, t) < 0)
-                evs_transport_abort(t); /* counted through the closed hook */
-            else
-                evs__transport_start(t);
-        }
-    } else {
-        evs_reader *r;
-        evs_writer *wr;
-
-        err = evs__stream_create(w, fd, s->opts.limit, &r, &wr, &t);
-        if (err == 0) {
-            t->peer = peer;
-            t->peerlen = peerlen;
-            t->ip_key = ip_key;
-            t->ip_counted = ip_counted;
-            ip_counted = false; /* the transport releases it */
-            peer = NULL;
-            t->closed_hook = connection_closed;
-            t->closed_hook_arg = s;
-            set_limits(s, t);
-            evs__stream_set_tag(wr, s);
-            evs__stream_on_made(wr, start_handler, s);
-            if (attach_tls(s, t) < 0) {
-                evs_transport_abort(t);
-                evs_writer_free(wr);
-            } else {
-                evs__transport_start(t);
-            }
-        }
-    }
-    free(peer);
+    err = make_transport(s, w, fd, &t); /* closes fd on failure */
     if (err) {
         evs__warn("cannot take a connection: %s", evs_strerror(err));
-        if (ip_counted)
-            evs__iplimit_release(s, ip_key);
+        if (m->ip_counted)
+            evs__iplimit_release(s, m->ip_key);
         evs__connection_closed(s, w);
+        free(m);
+        return;
     }
+    /* From here the transport's closed hook undoes the counts. */
+    t->closed_hook = connection_closed;
+    t->closed_hook_arg = s;
+    t->ip_key = m->ip_key;
+    t->ip_counted = m->ip_counted;
+    /* The accepted address outlives a reset only if we keep it. */
+    if (s->opts.connection_closed && (t->peer = malloc(sizeof *t->peer))) {
+        memcpy(t->peer, &m->peer, m->peerlen);
+        t->peerlen = m->peerlen;
+    }
+    free(m);
+    set_limits(s, t);
+    if (attach_tls(s, t) < 0)
+        evs_transport_abort(t); /* a stream pair is freed with it, unstarted */
+    else
+        evs__transport_start(t);
 }
