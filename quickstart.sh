@@ -15,7 +15,8 @@ BUILD=${EVS_BUILD_DIR:-$SRC/build}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 PACKAGES="build-essential autoconf automake libtool pkg-config libevent-dev libssl-dev openssl
-libconfig-dev libgtest-dev libsystemd-dev valgrind curl wrk redis-tools netcat-openbsd haproxy"
+libconfig-dev libgtest-dev libsystemd-dev valgrind curl wrk redis-tools netcat-openbsd haproxy
+clang libclang-rt-dev"
 
 install_missing() {
     local missing=()

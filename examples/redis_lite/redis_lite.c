@@ -516,6 +516,13 @@ static void call_unref(call *c)
     free(c);
 }
 
+/* now + ttl_ms without overflowing: SET k v PX 9223372036854775807 is
+ * accepted, so the sum must saturate (far beyond any uptime). */
+static int64_t deadline(int64_t now, long long ttl_ms)
+{
+    return ttl_ms > INT64_MAX / 2 - now ? INT64_MAX / 2 : now + ttl_ms;
+}
+
 /* Run one part against its shard, on the shard's worker. */
 static void exec_part(shard *s, call *c, part *p)
 {
@@ -547,7 +554,7 @@ static void exec_part(shard *s, call *c, part *p)
                 add_nil(&p->out);
                 break;
             }
-            if (!store(s, k->p, k->n, h, v->p, v->n, c->ttl_ms ? now + c->ttl_ms : 0,
+            if (!store(s, k->p, k->n, h, v->p, v->n, c->ttl_ms ? deadline(now, c->ttl_ms) : 0,
                        c->keep_ttl, now))
                 add_error(&p->out, "OOM command not allowed when used memory > 'maxmemory'.");
             else
@@ -589,7 +596,7 @@ static void exec_part(shard *s, call *c, part *p)
                 delete_key(s, k->p, k->n, h, now); /* Redis: a past deadline deletes */
                 add_int(&p->out, 1);
             } else {
-                e->expire = now + c->ttl_ms;
+                e->expire = deadline(now, c->ttl_ms);
                 add_int(&p->out, 1);
             }
             break;

@@ -44,7 +44,8 @@ static int v1_address(int family, const char *s, size_t n, struct sockaddr_stora
 {
     char text[INET6_ADDRSTRLEN + 1];
 
-    if (n == 0 || n >= sizeof text)
+    /* inet_pton stops at a NUL: "1.2.3.4\0junk" must not pass as 1.2.3.4. */
+    if (n == 0 || n >= sizeof text || memchr(s, '\0', n))
         return -1;
     memcpy(text, s, n);
     text[n] = '\0';
@@ -75,12 +76,13 @@ static int parse_v1(const uint8_t *buf, size_t len, evs__proxy_header *out)
     int family;
     uint16_t sport, dport;
 
-    /* The whole line must arrive within 107 bytes, ended by CRLF. */
-    end = memchr(s, '\r', len < 107 ? len : 107);
-    if (memchr(s, '\n', end ? (size_t)(end - s) : (len < 107 ? len : 107)))
+    /* The whole line must arrive within 107 bytes, ended by CRLF: the CR
+     * is at most the 106th byte. */
+    end = memchr(s, '\r', len < 106 ? len : 106);
+    if (memchr(s, '\n', end ? (size_t)(end - s) : (len < 106 ? len : 106)))
         return -EPROTO; /* a bare LF */
     if (!end)
-        return len >= 107 ? -EPROTO : 0;
+        return len >= 106 ? -EPROTO : 0;
     if ((size_t)(end - s) + 1 >= len)
         return 0;
     if (end[1] != '\n')
@@ -95,6 +97,9 @@ static int parse_v1(const uint8_t *buf, size_t len, evs__proxy_header *out)
         out->local = 1;
         return (int)(end - s) + 2;
     }
+    /* "PROXY U;\r\n" is shorter than "PROXY TCP4 ": compare within the line. */
+    if ((size_t)(end - s) < 11)
+        return -EPROTO;
     if (memcmp(s + 6, "TCP4 ", 5) == 0)
         family = AF_INET;
     else if (memcmp(s + 6, "TCP6 ", 5) == 0)

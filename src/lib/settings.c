@@ -192,7 +192,9 @@ int evs_settings_get_duration(evs_settings *s, const char *key, double *out)
         *out = (double)config_setting_get_int64(v);
         return 0;
     }
-    if (config_setting_type(v) == CONFIG_TYPE_FLOAT && config_setting_get_float(v) >= 0) {
+    /* libconfig reads 1e400 as infinity: not a duration. */
+    if (config_setting_type(v) == CONFIG_TYPE_FLOAT && isfinite(config_setting_get_float(v)) &&
+        config_setting_get_float(v) >= 0) {
         *out = config_setting_get_float(v);
         return 0;
     }
@@ -322,6 +324,8 @@ int evs_parse_duration(const char *text, double *out)
         v *= 86400.0;
     else
         return -EINVAL;
+    if (!isfinite(v))
+        return -EINVAL; /* "1e308d" overflows to infinity */
     *out = v;
     return 0;
 }
