@@ -454,8 +454,12 @@ TEST(Ops, RootNeedsUserOrAllowRootAndDropsToTheUser) {
                       base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
     ASSERT_TRUE(d.ready()) << read_file(d.log);
     echo_once(d.port("e"), "as nobody");
-    std::string status = read_file("/proc/" + std::to_string(d.pid) + "/status");
-    EXPECT_NE(std::string::npos, status.find("Uid:\t65534\t65534\t65534\t65534")) << status;
+    // The switch comes right after the ports file is written.
+    std::string status;
+    EXPECT_TRUE(eventually(10, [&] {
+        status = read_file("/proc/" + std::to_string(d.pid) + "/status");
+        return status.find("Uid:\t65534\t65534\t65534\t65534") != std::string::npos;
+    })) << status;
     EXPECT_NE(std::string::npos, read_file(d.log).find("running as user nobody")) << read_file(d.log);
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
     remove_dir(dir);
