@@ -668,7 +668,11 @@ static char *path_setting(errlist *e, const config_setting_t *g, const char *key
 {
     const char *v = get_string(e, g, key, required);
 
-    return v && *v ? join_path(confdir, v) : NULL;
+    if (v && !*v) {
+        bad(e, config_setting_get_member(g, key), "expected a file path, not an empty string");
+        return NULL;
+    }
+    return v ? join_path(confdir, v) : NULL;
 }
 
 /* A list (or array) of strings, NULL-terminated. */
