@@ -18,5 +18,9 @@
 #include <evstream/config.h>
 #include <evstream/plugin.h>
 #include <evstream/tls.h>
+#include <evstream/pipe.h>
+#include <evstream/datagram.h>
+#include <evstream/subprocess.h>
+#include <evstream/sendfile.h>
 
 #endif

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Reads per readiness event: enough to empty a busy socket without starving
@@ -74,6 +75,8 @@ void evs__transport_unref(evs_transport *t)
     free(t->proxied);
     if (t->fd >= 0)
         close(t->fd);
+    if (t->wfd >= 0 && t->wfd != t->fd)
+        close(t->wfd);
     evbuffer_free(t->out);
     free(t);
 }
@@ -105,6 +108,11 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
     }
     t->worker = w;
     t->fd = fd;
+    t->wfd = fd;
+    {
+        struct stat st;
+        t->is_pipe = fstat(fd, &st) == 0 && !S_ISSOCK(st.st_mode);
+    }
     t->proto = proto;
     t->ctx = ctx;
     t->refs = 1; /* dropped after connection_lost */
@@ -200,7 +208,9 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
     /* asyncio closes the socket after connection_lost, so peername and
      * friends still work inside it. */
     close(t->fd);
-    t->fd = -1;
+    if (t->wfd >= 0 && t->wfd != t->fd)
+        close(t->wfd);
+    t->fd = t->wfd = -1;
     evs__transport_unref(t);
 }
 
@@ -349,7 +359,7 @@ static ssize_t read_once(evs_transport *t, size_t *capacity)
     }
     *capacity = len;
     do
-        n = recv(t->fd, buf, len, 0);
+        n = t->is_pipe ? read(t->fd, buf, len) : recv(t->fd, buf, len, 0);
     while (n < 0 && errno == EINTR);
     if (n < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
@@ -434,8 +444,17 @@ static void flushed(evs_transport *t)
     event_del(&t->wr_ev);
     if (t->eof_pending && !t->eof_sent) {
         t->eof_sent = true;
-        if (shutdown(t->fd, SHUT_WR) < 0 && errno != ENOTCONN)
+        if (t->is_pipe) {
+            /* A pipe's write end is closed; a write-only pipe is then done. */
+            if (t->wfd != t->fd) {
+                close(t->wfd);
+                t->wfd = -1;
+            } else {
+                t->closing = true;
+            }
+        } else if (shutdown(t->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
             evs__transport_fatal(t, -errno);
+        }
     }
     if (t->closing)
         schedule_lost(t);
@@ -455,7 +474,8 @@ static ssize_t flush_queue(evs_transport *t)
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t)(n > 64 ? 64 : n);
     do
-        sent = sendmsg(t->fd, &msg, MSG_NOSIGNAL);
+        sent = t->is_pipe ? evs__pipe_writev(t->wfd, iov, (int)msg.msg_iovlen)
+                          : sendmsg(t->fd, &msg, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
     if (sent > 0) {
         evbuffer_drain(t->out, (size_t)sent);
@@ -572,7 +592,8 @@ int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, s
         msg.msg_iov = (struct iovec *)iov;
         msg.msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
         do
-            n = sendmsg(t->fd, &msg, MSG_NOSIGNAL);
+            n = t->is_pipe ? evs__pipe_writev(t->wfd, iov, (int)msg.msg_iovlen)
+                           : sendmsg(t->fd, &msg, MSG_NOSIGNAL);
         while (n < 0 && errno == EINTR);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -625,8 +646,9 @@ int evs_transport_write_eof(evs_transport *t)
 {
     if (t->closing)
         return -EPIPE;
-    if (t->tls)
-        return -ENOTSUP; /* TLS has no half-close here (asyncio's neither) */
+    if (!evs_transport_can_write_eof(t))
+        return -ENOTSUP; /* TLS has no half-close here (asyncio's neither);
+                          * nor has one fd used both ways that is no socket */
     if (t->eof_pending)
         return 0;
     t->eof_pending = true;
@@ -637,6 +659,10 @@ int evs_transport_write_eof(evs_transport *t)
 
 bool evs_transport_can_write_eof(const evs_transport *t)
 {
+    /* A pipe can end its writing by closing its write end (or, write-only,
+     * the whole transport); a tty read and written through one fd cannot. */
+    if (t->is_pipe)
+        return t->wfd != t->fd || t->eof_received;
     return t->tls == NULL;
 }
 

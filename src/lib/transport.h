@@ -47,6 +47,10 @@ struct evs_transport {
     bool lost;           /* connection_lost has been called */
     bool dropped;        /* buffered bytes were thrown away (abort, error) */
     bool is_tcp;
+    /* Not a socket (pipe, FIFO, tty): read()/writev() instead of
+     * recv()/sendmsg(), and write_eof closes wfd (pipe.c). */
+    bool is_pipe;
+    int wfd; /* where writes go: fd for sockets; a pipe's write end or -1 */
 
     uint64_t bytes_in;   /* socket bytes (ciphertext under TLS) */
     uint64_t bytes_out;
@@ -101,6 +105,9 @@ void evs__transport_deliver(evs_transport *t, const void *data, size_t len);
  * went from empty to non-empty. */
 void evs__timeouts_read(evs_transport *t);
 void evs__timeouts_write(evs_transport *t);
+
+/* writev() on a pipe without dying of SIGPIPE (pipe.c). */
+ssize_t evs__pipe_writev(int fd, const struct iovec *iov, int iovcnt);
 
 /* Count bytes read from the socket (worker and connection counters). */
 void evs__transport_count_in(evs_transport *t, size_t n);

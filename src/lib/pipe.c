@@ -1,0 +1,159 @@
+/*
+ * pipe.c - pipe transports: the stream transport (transport.c) on fds that
+ * are not sockets. transport.c picks read()/writev() for them; here we set
+ * up a separate write end or a missing side, and write without SIGPIPE.
+ */
+#include "transport.h"
+#include "stream.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <evstream/pipe.h>
+
+/*
+ * writev() raises SIGPIPE when the reader is gone. The library must not
+ * change the process's signal dispositions (the embedding program owns
+ * them), so the signal is blocked in this thread for the call and, when
+ * the write failed with EPIPE, the SIGPIPE it left pending is consumed
+ * with sigtimedwait(). SIGPIPE from a write is sent to the writing thread,
+ * so no other thread can see it. If one was already pending before (raised
+ * elsewhere and blocked), it is left alone: standard signals do not queue,
+ * so ours merged into it. Workers run with every signal blocked already;
+ * the mask calls are then cheap no-ops, and consuming the signal keeps it
+ * from piling up on the thread.
+ */
+ssize_t evs__pipe_writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    sigset_t pipe_set, old, pending;
+    bool was_pending;
+    ssize_t n;
+    int saved;
+
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    sigemptyset(&pending);
+    sigpending(&pending);
+    was_pending = sigismember(&pending, SIGPIPE);
+    n = writev(fd, iov, iovcnt);
+    saved = errno;
+    if (n < 0 && saved == EPIPE && !was_pending) {
+        static const struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return n;
+}
+
+static int set_nonblock(int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -errno;
+    return 0;
+}
+
+static void close_both(int rfd, int wfd)
+{
+    if (rfd >= 0)
+        close(rfd);
+    if (wfd >= 0 && wfd != rfd)
+        close(wfd);
+}
+
+/* A no-op callback for the side a transport does not have: its event has
+ * no fd and no condition, so it never fires. */
+static void never_cb(evutil_socket_t fd, short what, void *arg)
+{
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    EVS_UNUSED(arg);
+}
+
+/* Adjust a transport created on the primary fd for (rfd, wfd). */
+static void setup(evs_transport *t, int rfd, int wfd)
+{
+    struct event_base *base = t->worker->base;
+
+    t->is_pipe = true; /* even for a socket handed in as a "pipe" */
+    if (rfd < 0) {
+        /* Write-only: t->fd is the write end; nothing is ever read. */
+        event_assign(&t->rd_ev, base, -1, 0, never_cb, t);
+        t->eof_received = true;
+        t->wfd = wfd;
+    } else if (wfd < 0) {
+        /* Read-only: writes get -EPIPE as after write_eof. */
+        event_assign(&t->wr_ev, base, -1, 0, never_cb, t);
+        t->wfd = -1;
+        t->eof_pending = true;
+        t->eof_sent = true;
+    } else if (wfd != rfd) {
+        t->wfd = wfd;
+        event_assign(&t->wr_ev, base, wfd, EV_WRITE | EV_PERSIST, event_get_callback(&t->wr_ev),
+                     t);
+    }
+}
+
+/* Check the pair and make a separate write end non-blocking (the primary
+ * fd is made so by the transport). Closes both on failure. */
+static int prepare(int rfd, int wfd, bool ok)
+{
+    int err = 0;
+
+    if ((rfd < 0 && wfd < 0) || !ok)
+        err = -EINVAL;
+    else if (rfd >= 0 && wfd >= 0 && wfd != rfd)
+        err = set_nonblock(wfd);
+    if (err)
+        close_both(rfd, wfd);
+    return err;
+}
+
+int evs_pipe_open(int read_fd, int write_fd, const evs_protocol *proto, void *ctx,
+                  evs_transport **out)
+{
+    evs_worker *w = evs_worker_current();
+    int primary = read_fd >= 0 ? read_fd : write_fd;
+    evs_transport *t;
+    int err = prepare(read_fd, write_fd, w && proto);
+
+    if (err)
+        return err;
+    err = evs__transport_create(w, primary, proto, ctx, &t);
+    if (err) {
+        if (write_fd >= 0 && write_fd != primary)
+            close(write_fd);
+        return err;
+    }
+    setup(t, read_fd, write_fd);
+    if (out)
+        *out = t;
+    evs__transport_start(t);
+    return 0;
+}
+
+int evs_stream_open_pipe(int read_fd, int write_fd, size_t limit, evs_reader **r, evs_writer **w)
+{
+    evs_worker *wk = evs_worker_current();
+    int primary = read_fd >= 0 ? read_fd : write_fd;
+    evs_transport *t;
+    int err = prepare(read_fd, write_fd, wk && r && w);
+
+    if (err)
+        return err;
+    err = evs__stream_create(wk, primary, limit, r, w, &t);
+    if (err) {
+        if (write_fd >= 0 && write_fd != primary)
+            close(write_fd);
+        return err;
+    }
+    setup(t, read_fd, write_fd);
+    evs__transport_start(t);
+    return 0;
+}

@@ -1,0 +1,570 @@
+/*
+ * subprocess.c - child processes: posix_spawn() with pipes, a pidfd (or a
+ * polling timer) on the worker's loop to see the exit, and two front ends:
+ * the seed's SubprocessTransport (pipes as pipe transports) and the
+ * stream-mode Process (pipes as reader/writer pairs).
+ *
+ * Only waitpid(pid) on our own children, never waitpid(-1) nor a SIGCHLD
+ * handler: an embedding program's other children are none of our business.
+ */
+#include "transport.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <evstream/pipe.h>
+#include <evstream/subprocess.h>
+
+extern char **environ;
+
+/* Without pidfd: how often to poll waitpid(pid, WNOHANG). */
+#define POLL_INTERVAL 0.02
+
+/* --- the child and its watcher ---------------------------------------------- */
+
+typedef struct child {
+    evs_worker *worker;
+    pid_t pid;
+    int pidfd;
+    struct event ev;
+    bool watching;
+    bool exited;
+    int returncode;
+    void (*on_exit)(struct child *c, void *arg);
+    void *arg;
+} child;
+
+static void child_reaped(child *c, int status)
+{
+    c->exited = true;
+    c->returncode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+    if (c->watching) {
+        event_del(&c->ev);
+        c->watching = false;
+    }
+    if (c->pidfd >= 0) {
+        close(c->pidfd);
+        c->pidfd = -1;
+    }
+    if (c->on_exit)
+        c->on_exit(c, c->arg);
+}
+
+/* @return true once the child is reaped. */
+static bool child_poll(child *c)
+{
+    int status;
+    pid_t r;
+
+    if (c->exited)
+        return true;
+    do
+        r = waitpid(c->pid, &status, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == c->pid) {
+        child_reaped(c, status);
+        return true;
+    }
+    if (r < 0 && errno == ECHILD) {
+        /* Someone else reaped it (an embedding program's waitpid(-1) or
+         * SIGCHLD set to SIG_IGN): the status is lost; report exit 255. */
+        child_reaped(c, 255 << 8);
+        return true;
+    }
+    return false;
+}
+
+static void child_cb(evutil_socket_t fd, short what, void *arg)
+{
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    child_poll(arg);
+}
+
+static void child_watch(child *c)
+{
+    struct event_base *base = c->worker->base;
+
+#ifdef SYS_pidfd_open
+    c->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+#else
+    c->pidfd = -1;
+#endif
+    if (c->pidfd >= 0) {
+        /* A pidfd becomes readable when the process exits. */
+        fcntl(c->pidfd, F_SETFD, FD_CLOEXEC);
+        event_assign(&c->ev, base, c->pidfd, EV_READ | EV_PERSIST, child_cb, c);
+        event_add(&c->ev, NULL);
+    } else {
+        struct timeval tv = evs__tv(POLL_INTERVAL);
+        event_assign(&c->ev, base, -1, EV_PERSIST, child_cb, c);
+        event_add(&c->ev, &tv);
+    }
+    c->watching = true;
+}
+
+static void child_stop_watching(child *c)
+{
+    if (c->watching) {
+        event_del(&c->ev);
+        c->watching = false;
+    }
+    if (c->pidfd >= 0) {
+        close(c->pidfd);
+        c->pidfd = -1;
+    }
+}
+
+static int child_signal(child *c, int sig)
+{
+    if (c->exited)
+        return -ESRCH;
+    /* Poll first: the pid of a reaped child may belong to someone else. */
+    if (child_poll(c))
+        return -ESRCH;
+    return kill(c->pid, sig) < 0 ? -errno : 0;
+}
+
+/* --- spawning ------------------------------------------------------------------ */
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/*
+ * Start the child. @parent receives our ends of the pipes (-1 where the
+ * stream is not piped): parent[0] writes to the child's stdin, parent[1]
+ * and parent[2] read its stdout and stderr.
+ */
+static int spawn(const evs_process_options *o, pid_t *pid, int parent[3])
+{
+    const evs_stdio modes[3] = {o->stdin_mode, o->stdout_mode, o->stderr_mode};
+    const int given[3] = {o->stdin_fd, o->stdout_fd, o->stderr_fd};
+    int childend[3] = {-1, -1, -1};
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    const char *file;
+    int err = 0;
+
+    parent[0] = parent[1] = parent[2] = -1;
+    if (!o->argv || !o->argv[0])
+        return -EINVAL;
+    for (int i = 0; i < 3; i++) {
+        if (modes[i] > EVS_STDIO_STDOUT || (modes[i] == EVS_STDIO_STDOUT && i != 2) ||
+            (modes[i] == EVS_STDIO_FD && given[i] < 0))
+            return -EINVAL;
+    }
+    for (int i = 0; i < 3 && !err; i++) {
+        int p[2];
+        if (modes[i] != EVS_STDIO_PIPE)
+            continue;
+        if (pipe2(p, O_CLOEXEC) < 0) {
+            err = -errno;
+            break;
+        }
+        /* stdin: the child reads p[0]; stdout/stderr: it writes p[1]. */
+        childend[i] = i == 0 ? p[0] : p[1];
+        parent[i] = i == 0 ? p[1] : p[0];
+    }
+    if (err)
+        goto out_fds;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    /* The child must not inherit a worker's blocked signals or an
+     * embedding program's ignored ones. */
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    for (int i = 0; i < 3; i++) {
+        switch (modes[i]) {
+        case EVS_STDIO_PIPE:
+            posix_spawn_file_actions_adddup2(&fa, childend[i], i);
+            break;
+        case EVS_STDIO_DEVNULL:
+            posix_spawn_file_actions_addopen(&fa, i, "/dev/null", i == 0 ? O_RDONLY : O_WRONLY,
+                                             0);
+            break;
+        case EVS_STDIO_FD:
+            /* dup2 onto itself clears close-on-exec (glibc >= 2.26). */
+            posix_spawn_file_actions_adddup2(&fa, given[i], i);
+            break;
+        case EVS_STDIO_STDOUT:
+            posix_spawn_file_actions_adddup2(&fa, 1, 2);
+            break;
+        default:
+            break;
+        }
+    }
+    /* Like Popen(close_fds=True): nothing but 0-2 reaches the program. */
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    if (o->cwd)
+        posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
+    file = o->file ? o->file : o->argv[0];
+    err = strchr(file, '/')
+              ? posix_spawn(pid, file, &fa, &attr, (char *const *)o->argv,
+                            o->envp ? (char *const *)o->envp : environ)
+              : posix_spawnp(pid, file, &fa, &attr, (char *const *)o->argv,
+                             o->envp ? (char *const *)o->envp : environ);
+    err = -err;
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+out_fds:
+    for (int i = 0; i < 3; i++) {
+        close_fd(&childend[i]);
+        if (err)
+            close_fd(&parent[i]);
+    }
+    return err;
+}
+
+/* --- protocol mode -------------------------------------------------------------- */
+
+typedef struct sp_pipe {
+    evs_subprocess *sp;
+    int fd;
+    evs_transport *t;
+} sp_pipe;
+
+struct evs_subprocess {
+    const evs_subprocess_protocol *proto;
+    void *ctx;
+    child c;
+    sp_pipe pipes[3];
+    int refs;
+    bool closed;
+    bool exited_called;
+    bool finished;
+};
+
+static void sp_unref(evs_subprocess *sp)
+{
+    if (--sp->refs > 0)
+        return;
+    child_stop_watching(&sp->c);
+    free(sp);
+}
+
+/* connection_lost once the child is reaped and every pipe is closed. */
+static void sp_try_finish(evs_subprocess *sp)
+{
+    if (sp->finished || !sp->exited_called)
+        return;
+    for (int i = 0; i < 3; i++)
+        if (sp->pipes[i].t)
+            return;
+    sp->finished = true;
+    if (sp->proto->connection_lost)
+        sp->proto->connection_lost(sp, 0, sp->ctx);
+    sp_unref(sp); /* the reference held until connection_lost */
+}
+
+static void sp_exited(child *c, void *arg)
+{
+    evs_subprocess *sp = arg;
+
+    EVS_UNUSED(c);
+    sp->refs++;
+    sp->exited_called = true;
+    if (sp->proto->process_exited)
+        sp->proto->process_exited(sp, sp->ctx);
+    sp_try_finish(sp);
+    sp_unref(sp);
+}
+
+static void pp_data(evs_transport *t, const void *data, size_t len, void *ctx)
+{
+    sp_pipe *pp = ctx;
+
+    EVS_UNUSED(t);
+    if (pp->sp->proto->pipe_data_received)
+        pp->sp->proto->pipe_data_received(pp->sp, pp->fd, data, len, pp->sp->ctx);
+}
+
+static void pp_lost(evs_transport *t, int err, void *ctx)
+{
+    sp_pipe *pp = ctx;
+    evs_subprocess *sp = pp->sp;
+
+    EVS_UNUSED(t);
+    pp->t = NULL;
+    sp->refs++;
+    if (sp->proto->pipe_connection_lost)
+        sp->proto->pipe_connection_lost(sp, pp->fd, err, sp->ctx);
+    sp_try_finish(sp);
+    sp_unref(sp);
+}
+
+static void pp_pause(evs_transport *t, void *ctx)
+{
+    sp_pipe *pp = ctx;
+
+    EVS_UNUSED(t);
+    if (pp->sp->proto->pause_writing)
+        pp->sp->proto->pause_writing(pp->sp, pp->sp->ctx);
+}
+
+static void pp_resume(evs_transport *t, void *ctx)
+{
+    sp_pipe *pp = ctx;
+
+    EVS_UNUSED(t);
+    if (pp->sp->proto->resume_writing)
+        pp->sp->proto->resume_writing(pp->sp, pp->sp->ctx);
+}
+
+/* Reading ends close at EOF (eof_received returns false by default). */
+static const evs_protocol pipe_protocol = {
+    .data_received = pp_data,
+    .connection_lost = pp_lost,
+    .pause_writing = pp_pause,
+    .resume_writing = pp_resume,
+};
+
+int evs_subprocess_exec(const evs_process_options *o, const evs_subprocess_protocol *proto,
+                        void *ctx, evs_subprocess **out)
+{
+    evs_worker *w = evs_worker_current();
+    evs_subprocess *sp;
+    int parent[3];
+    pid_t pid;
+    int err;
+
+    if (!o || !proto || !w)
+        return -EINVAL;
+    sp = calloc(1, sizeof *sp);
+    if (!sp)
+        return -ENOMEM;
+    if ((err = spawn(o, &pid, parent)) < 0) {
+        free(sp);
+        return err;
+    }
+    sp->proto = proto;
+    sp->ctx = ctx;
+    sp->refs = 2; /* until connection_lost, and for this call */
+    sp->c.worker = w;
+    sp->c.pid = pid;
+    sp->c.pidfd = -1;
+    sp->c.on_exit = sp_exited;
+    sp->c.arg = sp;
+    for (int i = 0; i < 3; i++) {
+        sp->pipes[i].sp = sp;
+        sp->pipes[i].fd = i;
+    }
+    /* Pipes first: their connection_made does nothing, and a pipe that
+     * cannot be set up is simply reported lost. */
+    for (int i = 0; i < 3; i++) {
+        if (parent[i] < 0)
+            continue;
+        err = i == 0 ? evs_pipe_open(-1, parent[0], &pipe_protocol, &sp->pipes[i],
+                                     &sp->pipes[i].t)
+                     : evs_pipe_open(parent[i], -1, &pipe_protocol, &sp->pipes[i],
+                                     &sp->pipes[i].t);
+        if (err)
+            sp->pipes[i].t = NULL;
+    }
+    if (out)
+        *out = sp;
+    if (proto->connection_made)
+        proto->connection_made(sp, ctx);
+    /* Watch after connection_made, and never poll here: the exit is
+     * reported from the loop, not inside this call. */
+    child_watch(&sp->c);
+    sp_unref(sp);
+    return 0;
+}
+
+pid_t evs_subprocess_get_pid(const evs_subprocess *p)
+{
+    return p->c.pid;
+}
+
+evs_transport *evs_subprocess_get_pipe_transport(const evs_subprocess *p, int fd)
+{
+    if (fd < 0 || fd > 2)
+        return NULL;
+    return p->pipes[fd].t;
+}
+
+bool evs_subprocess_get_returncode(const evs_subprocess *p, int *code)
+{
+    if (p->c.exited && code)
+        *code = p->c.returncode;
+    return p->c.exited;
+}
+
+int evs_subprocess_send_signal(evs_subprocess *p, int sig)
+{
+    return child_signal(&p->c, sig);
+}
+
+int evs_subprocess_terminate(evs_subprocess *p)
+{
+    return child_signal(&p->c, SIGTERM);
+}
+
+int evs_subprocess_kill(evs_subprocess *p)
+{
+    return child_signal(&p->c, SIGKILL);
+}
+
+void evs_subprocess_close(evs_subprocess *p)
+{
+    if (p->closed)
+        return;
+    p->closed = true;
+    for (int i = 0; i < 3; i++)
+        if (p->pipes[i].t)
+            evs_transport_close(p->pipes[i].t);
+    if (!p->c.exited)
+        child_signal(&p->c, SIGKILL);
+}
+
+/* --- stream mode ------------------------------------------------------------------ */
+
+struct evs_process {
+    child c;
+    evs_writer *in;   /* stdin's pair */
+    evs_writer *outw; /* stdout's pair (its reader is what users see) */
+    evs_writer *errw;
+    evs__waitq waiters;
+    bool released;
+};
+
+static void proc_exited(child *c, void *arg)
+{
+    evs_process *p = arg;
+
+    EVS_UNUSED(c);
+    evs__task_wake_all(&p->waiters, 0);
+    if (p->released)
+        free(p);
+}
+
+int evs_process_spawn(const evs_process_options *o, evs_process **out)
+{
+    evs_worker *w = evs_worker_current();
+    evs_process *p;
+    evs_writer **pairs[3];
+    int parent[3];
+    pid_t pid;
+    int err;
+
+    if (!o || !out || !w)
+        return -EINVAL;
+    p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    if ((err = spawn(o, &pid, parent)) < 0) {
+        free(p);
+        return err;
+    }
+    p->c.worker = w;
+    p->c.pid = pid;
+    p->c.pidfd = -1;
+    p->c.on_exit = proc_exited;
+    p->c.arg = p;
+    pairs[0] = &p->in;
+    pairs[1] = &p->outw;
+    pairs[2] = &p->errw;
+    for (int i = 0; i < 3; i++) {
+        evs_reader *r;
+        if (parent[i] < 0)
+            continue;
+        err = i == 0 ? evs_stream_open_pipe(-1, parent[0], o->limit, &r, pairs[0])
+                     : evs_stream_open_pipe(parent[i], -1, o->limit, &r, pairs[i]);
+        if (err)
+            *pairs[i] = NULL;
+    }
+    child_watch(&p->c);
+    *out = p;
+    return 0;
+}
+
+evs_writer *evs_process_stdin(const evs_process *p)
+{
+    return p->in;
+}
+
+evs_reader *evs_process_stdout(const evs_process *p)
+{
+    return p->outw ? evs_writer_reader(p->outw) : NULL;
+}
+
+evs_reader *evs_process_stderr(const evs_process *p)
+{
+    return p->errw ? evs_writer_reader(p->errw) : NULL;
+}
+
+pid_t evs_process_pid(const evs_process *p)
+{
+    return p->c.pid;
+}
+
+int evs_process_wait(evs_process *p, int *code)
+{
+    while (!p->c.exited) {
+        int rc;
+        if (!evs_task_current())
+            return -EINVAL;
+        rc = evs__task_park(&p->waiters);
+        if (rc < 0)
+            return rc;
+    }
+    if (code)
+        *code = p->c.returncode;
+    return 0;
+}
+
+bool evs_process_returncode(const evs_process *p, int *code)
+{
+    if (p->c.exited && code)
+        *code = p->c.returncode;
+    return p->c.exited;
+}
+
+int evs_process_send_signal(evs_process *p, int sig)
+{
+    return child_signal(&p->c, sig);
+}
+
+int evs_process_terminate(evs_process *p)
+{
+    return child_signal(&p->c, SIGTERM);
+}
+
+int evs_process_kill(evs_process *p)
+{
+    return child_signal(&p->c, SIGKILL);
+}
+
+void evs_process_free(evs_process *p)
+{
+    if (!p)
+        return;
+    evs_writer_free(p->in);
+    evs_writer_free(p->outw);
+    evs_writer_free(p->errw);
+    p->in = p->outw = p->errw = NULL;
+    /* Wake anyone still waiting: they must not touch p after this. */
+    evs__task_wake_all(&p->waiters, -ECANCELED);
+    if (child_poll(&p->c)) {
+        child_stop_watching(&p->c);
+        free(p);
+        return;
+    }
+    /* Still running: keep watching so it is reaped, then free. */
+    p->released = true;
+}

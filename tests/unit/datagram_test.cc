@@ -1,0 +1,540 @@
+// Datagram endpoints: UDP over IPv4 and IPv6 and Unix datagram sockets,
+// bound (server side) and connected (client side); sendto with and without
+// an address and the seed's address rules; empty datagrams; error_received
+// for ICMP errors (connected and unconnected), oversized sends and
+// datagrams larger than max_datagram; write-queue flow control; close
+// flushing and abort dropping; pause/resume_reading; SO_REUSEPORT; extra
+// info. Everything over real sockets inside evs_run().
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <evstream/datagram.h>
+
+#include "helpers.h"
+
+using namespace evs_test;
+
+namespace {
+
+template <typename F>
+void run(F f) {
+    int rc = run_task(
+        [](void *p) -> int {
+            evs_task_set_timeout(evs_task_current(), 10.0);
+            (*static_cast<F *>(p))();
+            return 0;
+        },
+        &f);
+    EXPECT_EQ(0, rc);
+}
+
+bool wait_until(const std::function<bool()> &cond, double secs = 5.0) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
+    while (!cond()) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        if (evs_sleep(0.001) < 0) return false;
+    }
+    return true;
+}
+
+struct Dg {
+    std::string data;
+    struct sockaddr_storage from;
+    socklen_t fromlen;
+};
+
+struct Rec {
+    int made = 0, lost = 0, pause = 0, resume = 0, after_lost = 0;
+    int lost_err = INT_MIN;
+    std::vector<Dg> got;
+    std::vector<int> errors;
+    evs_datagram *d = nullptr;
+    bool echo = false;  // send every datagram back to its sender
+};
+
+Rec *R(void *c) { return static_cast<Rec *>(c); }
+
+const evs_datagram_protocol kProto = {
+    .connection_made = [](evs_datagram *d, void *c) { R(c)->made++; R(c)->d = d; },
+    .datagram_received =
+        [](evs_datagram *d, const void *data, size_t len, const struct sockaddr *a,
+           socklen_t alen, void *c) {
+            Rec &r = *R(c);
+            if (r.lost) r.after_lost++;
+            Dg g;
+            g.data.assign(static_cast<const char *>(data), len);
+            memset(&g.from, 0, sizeof g.from);
+            if (a) memcpy(&g.from, a, alen);
+            g.fromlen = alen;
+            r.got.push_back(g);
+            if (r.echo) {
+                EXPECT_EQ(0, evs_datagram_sendto(d, data, len, a, alen));
+            }
+        },
+    .error_received = [](evs_datagram *, int err, void *c) { R(c)->errors.push_back(err); },
+    .connection_lost =
+        [](evs_datagram *, int err, void *c) {
+            R(c)->lost++;
+            R(c)->lost_err = err;
+        },
+    .pause_writing = [](evs_datagram *, void *c) { R(c)->pause++; },
+    .resume_writing = [](evs_datagram *, void *c) { R(c)->resume++; },
+};
+
+struct sockaddr_in loopback4(uint16_t port) {
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+struct sockaddr_in6 loopback6(uint16_t port) {
+    struct sockaddr_in6 a;
+    memset(&a, 0, sizeof a);
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(port);
+    a.sin6_addr = in6addr_loopback;
+    return a;
+}
+
+struct sockaddr_un unix_addr(const std::string &path, socklen_t *len) {
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path.size() + 1);
+    return a;
+}
+
+uint16_t port_of(evs_datagram *d) {
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    EXPECT_EQ(0, evs_datagram_get_sockname(d, &ss, &sl));
+    return ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                         : ((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+// A UDP port nobody listens on (bound and closed at once).
+uint16_t closed_udp_port() {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = loopback4(0);
+    socklen_t l = sizeof a;
+    bind(fd, (struct sockaddr *)&a, sizeof a);
+    getsockname(fd, (struct sockaddr *)&a, &l);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+// Server bound, client connected: a round trip both ways, then close.
+void round_trip(const struct sockaddr *srv_addr, socklen_t srv_len,
+                const struct sockaddr *cli_local, socklen_t cli_local_len,
+                std::function<void(const struct sockaddr *, socklen_t *)> fill_remote) {
+    Rec srv, cli;
+    srv.echo = true;
+    run([&] {
+        evs_datagram_options so = {};
+        so.local_addr = srv_addr;
+        so.local_addrlen = srv_len;
+        evs_datagram *s = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&so, &kProto, &srv, &s));
+        EXPECT_EQ(1, srv.made);
+        EXPECT_EQ(s, srv.d);
+        struct sockaddr_storage remote;
+        socklen_t rl = 0;
+        {
+            struct sockaddr_storage ss;
+            socklen_t sl;
+            ASSERT_EQ(0, evs_datagram_get_sockname(s, &ss, &sl));
+            memcpy(&remote, &ss, sl);
+            rl = sl;
+            fill_remote((struct sockaddr *)&remote, &rl);
+        }
+        struct sockaddr_storage peer;
+        socklen_t pl;
+        EXPECT_EQ(-ENOTCONN, evs_datagram_get_peername(s, &peer, &pl));
+        evs_datagram_options co = {};
+        co.local_addr = cli_local;
+        co.local_addrlen = cli_local_len;
+        co.remote_addr = (struct sockaddr *)&remote;
+        co.remote_addrlen = rl;
+        evs_datagram *c = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&co, &kProto, &cli, &c));
+        EXPECT_EQ(0, evs_datagram_get_peername(c, &peer, &pl));
+        EXPECT_EQ(remote.ss_family, peer.ss_family);
+        for (int i = 0; i < 5; i++) {
+            std::string msg = "datagram " + std::to_string(i);
+            ASSERT_EQ(0, evs_datagram_sendto(c, msg.data(), msg.size(), nullptr, 0));
+        }
+        EXPECT_TRUE(wait_until([&] { return cli.got.size() == 5; }));
+        ASSERT_EQ(5u, srv.got.size());
+        for (int i = 0; i < 5; i++) {
+            EXPECT_EQ("datagram " + std::to_string(i), srv.got[(size_t)i].data);
+            EXPECT_EQ("datagram " + std::to_string(i), cli.got[(size_t)i].data);
+        }
+        // The server saw the client's address.
+        struct sockaddr_storage cs;
+        socklen_t cl;
+        ASSERT_EQ(0, evs_datagram_get_sockname(c, &cs, &cl));
+        EXPECT_EQ(cs.ss_family, srv.got[0].from.ss_family);
+        char a[128], b[128];
+        EXPECT_STREQ(evs_format_address((struct sockaddr *)&cs, cl, a, sizeof a),
+                     evs_format_address((struct sockaddr *)&srv.got[0].from, srv.got[0].fromlen,
+                                        b, sizeof b));
+        evs_datagram_close(c);
+        evs_datagram_close(s);
+        EXPECT_TRUE(evs_datagram_is_closing(s));
+        EXPECT_EQ(0, srv.lost);  // never from inside close()
+        EXPECT_TRUE(wait_until([&] { return srv.lost == 1 && cli.lost == 1; }));
+        EXPECT_EQ(0, srv.lost_err);
+        EXPECT_EQ(0, cli.lost_err);
+    });
+    EXPECT_TRUE(srv.errors.empty());
+    EXPECT_TRUE(cli.errors.empty());
+    EXPECT_EQ(0, srv.after_lost + cli.after_lost);
+}
+
+}  // namespace
+
+TEST(DatagramTest, UdpIpv4ServerAndConnectedClient) {
+    struct sockaddr_in a = loopback4(0);
+    round_trip((struct sockaddr *)&a, sizeof a, nullptr, 0,
+               [](const struct sockaddr *, socklen_t *) {});
+}
+
+TEST(DatagramTest, UdpIpv6ServerAndConnectedClient) {
+    int probe = socket(AF_INET6, SOCK_DGRAM, 0);
+    struct sockaddr_in6 a = loopback6(0);
+    if (probe < 0 || bind(probe, (struct sockaddr *)&a, sizeof a) < 0) {
+        if (probe >= 0) close(probe);
+        GTEST_SKIP() << "no IPv6 loopback";
+    }
+    close(probe);
+    round_trip((struct sockaddr *)&a, sizeof a, nullptr, 0,
+               [](const struct sockaddr *, socklen_t *) {});
+}
+
+TEST(DatagramTest, UnixDatagramServerAndConnectedClient) {
+    std::string dir = make_temp_dir();
+    socklen_t sl, cl;
+    struct sockaddr_un s = unix_addr(dir + "/srv.sock", &sl);
+    struct sockaddr_un c = unix_addr(dir + "/cli.sock", &cl);
+    round_trip((struct sockaddr *)&s, sl, (struct sockaddr *)&c, cl,
+               [](const struct sockaddr *, socklen_t *) {});
+    remove_dir(dir);
+}
+
+TEST(DatagramTest, SendtoAddressRules) {
+    Rec srv, cli, other;
+    run([&] {
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        evs_datagram *s = nullptr, *x = nullptr, *c = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &srv, &s));
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &other, &x));
+        struct sockaddr_in sa = loopback4(port_of(s));
+        struct sockaddr_in xa = loopback4(port_of(x));
+        // Unconnected: an address is required.
+        EXPECT_EQ(-EDESTADDRREQ, evs_datagram_sendto(s, "x", 1, nullptr, 0));
+        EXPECT_EQ(-EINVAL, evs_datagram_sendto(s, "x", 1, (struct sockaddr *)&xa, 1));
+        EXPECT_EQ(0, evs_datagram_sendto(s, "to x", 4, (struct sockaddr *)&xa, sizeof xa));
+        // Connected: none, or the remote address itself.
+        evs_datagram_options co = {};
+        co.remote_addr = (struct sockaddr *)&sa;
+        co.remote_addrlen = sizeof sa;
+        ASSERT_EQ(0, evs_datagram_open(&co, &kProto, &cli, &c));
+        EXPECT_EQ(-EISCONN, evs_datagram_sendto(c, "no", 2, (struct sockaddr *)&xa, sizeof xa));
+        EXPECT_EQ(0, evs_datagram_sendto(c, "same", 4, (struct sockaddr *)&sa, sizeof sa));
+        EXPECT_EQ(0, evs_datagram_sendto(c, "", 0, nullptr, 0));  // an empty datagram
+        EXPECT_TRUE(wait_until([&] { return srv.got.size() == 2 && other.got.size() == 1; }));
+        EXPECT_EQ("same", srv.got[0].data);
+        EXPECT_EQ("", srv.got[1].data);
+        EXPECT_EQ("to x", other.got[0].data);
+        evs_datagram_close(c);
+        // After close: -EPIPE, nothing sent.
+        EXPECT_EQ(-EPIPE, evs_datagram_sendto(c, "late", 4, nullptr, 0));
+        evs_datagram_close(s);
+        evs_datagram_close(x);
+        EXPECT_TRUE(wait_until([&] { return srv.lost + cli.lost + other.lost == 3; }));
+    });
+    EXPECT_EQ(2u, srv.got.size());
+}
+
+TEST(DatagramTest, IcmpPortUnreachableReachesErrorReceivedConnected) {
+    Rec cli;
+    run([&] {
+        struct sockaddr_in dst = loopback4(closed_udp_port());
+        evs_datagram_options o = {};
+        o.remote_addr = (struct sockaddr *)&dst;
+        o.remote_addrlen = sizeof dst;
+        evs_datagram *c = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &cli, &c));
+        ASSERT_EQ(0, evs_datagram_sendto(c, "anyone?", 7, nullptr, 0));
+        EXPECT_TRUE(wait_until([&] { return !cli.errors.empty(); }));
+        ASSERT_FALSE(cli.errors.empty());
+        EXPECT_EQ(-ECONNREFUSED, cli.errors[0]);
+        // The endpoint lives on: not lost, still sending.
+        EXPECT_FALSE(evs_datagram_is_closing(c));
+        EXPECT_EQ(0, cli.lost);
+        EXPECT_EQ(0, evs_datagram_sendto(c, "again", 5, nullptr, 0));
+        evs_datagram_close(c);
+        EXPECT_TRUE(wait_until([&] { return cli.lost == 1; }));
+        EXPECT_EQ(0, cli.lost_err);
+    });
+}
+
+TEST(DatagramTest, IcmpPortUnreachableReachesErrorReceivedUnconnected) {
+    Rec s;
+    run([&] {
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &s, &d));
+        struct sockaddr_in dst = loopback4(closed_udp_port());
+        ASSERT_EQ(0, evs_datagram_sendto(d, "ping", 4, (struct sockaddr *)&dst, sizeof dst));
+        EXPECT_TRUE(wait_until([&] { return !s.errors.empty(); }));
+        ASSERT_EQ(1u, s.errors.size());  // reported once, not again and again
+        EXPECT_EQ(-ECONNREFUSED, s.errors[0]);
+        EXPECT_EQ(0, evs_sleep(0.05));
+        EXPECT_EQ(1u, s.errors.size());
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+    });
+}
+
+TEST(DatagramTest, OversizedSendIsReportedNotFatal) {
+    Rec s;
+    run([&] {
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &s, &d));
+        struct sockaddr_in self = loopback4(port_of(d));
+        std::string huge(70000, 'h');  // over UDP's 65507-byte payload limit
+        EXPECT_EQ(0, evs_datagram_sendto(d, huge.data(), huge.size(), (struct sockaddr *)&self,
+                                         sizeof self));
+        ASSERT_EQ(1u, s.errors.size());
+        EXPECT_EQ(-EMSGSIZE, s.errors[0]);
+        EXPECT_EQ(0u, evs_datagram_get_write_buffer_size(d));
+        // Still working: a normal datagram to itself arrives.
+        EXPECT_EQ(0, evs_datagram_sendto(d, "ok", 2, (struct sockaddr *)&self, sizeof self));
+        EXPECT_TRUE(wait_until([&] { return s.got.size() == 1; }));
+        EXPECT_EQ("ok", s.got[0].data);
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+        EXPECT_EQ(0, s.lost_err);
+    });
+}
+
+TEST(DatagramTest, DatagramLargerThanMaxIsDroppedWithEmsgsize) {
+    Rec s;
+    run([&] {
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        o.max_datagram = 100;
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &s, &d));
+        struct sockaddr_in dst = loopback4(port_of(d));
+        int raw = socket(AF_INET, SOCK_DGRAM, 0);
+        std::string big(200, 'B'), exact(100, 'E'), small(50, 's');
+        sendto(raw, big.data(), big.size(), 0, (struct sockaddr *)&dst, sizeof dst);
+        sendto(raw, exact.data(), exact.size(), 0, (struct sockaddr *)&dst, sizeof dst);
+        sendto(raw, small.data(), small.size(), 0, (struct sockaddr *)&dst, sizeof dst);
+        close(raw);
+        EXPECT_TRUE(wait_until([&] { return s.got.size() == 2; }));
+        ASSERT_EQ(1u, s.errors.size());
+        EXPECT_EQ(-EMSGSIZE, s.errors[0]);
+        ASSERT_EQ(2u, s.got.size());
+        EXPECT_EQ(exact, s.got[0].data);  // exactly max_datagram is whole
+        EXPECT_EQ(small, s.got[1].data);
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+    });
+}
+
+TEST(DatagramTest, FlowControlQueuesPausesAndResumesInOrder) {
+    int sv[2];
+    ASSERT_EQ(0, socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv));
+    int small = 4096;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    Rec s;
+    std::vector<std::string> received;
+    run([&] {
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_new(sv[0], 0, &kProto, &s, &d));
+        ASSERT_EQ(0, evs_datagram_set_write_buffer_limits(d, 4000, 1000));
+        size_t lo, hi;
+        evs_datagram_get_write_buffer_limits(d, &lo, &hi);
+        EXPECT_EQ(4000u, hi);
+        EXPECT_EQ(1000u, lo);
+        // The peer does not read: the kernel fills up, then the queue grows.
+        int i = 0;
+        while (s.pause == 0 && i < 10000) {
+            std::string msg = std::to_string(i++) + std::string(500, '.');
+            ASSERT_EQ(0, evs_datagram_sendto(d, msg.data(), msg.size(), nullptr, 0));
+        }
+        ASSERT_EQ(1, s.pause);
+        EXPECT_GT(evs_datagram_get_write_buffer_size(d), 4000u);
+        EXPECT_EQ(0, s.resume);
+        // Reading on the peer lets the queue drain: resume at or below low.
+        char buf[2048];
+        EXPECT_TRUE(wait_until([&] {
+            ssize_t n;
+            while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) >= 0)
+                received.emplace_back(buf, (size_t)n);
+            return (int)received.size() == i;
+        }));
+        EXPECT_EQ(1, s.resume);
+        EXPECT_EQ(0u, evs_datagram_get_write_buffer_size(d));
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+    });
+    for (size_t k = 0; k < received.size(); k++)
+        EXPECT_EQ(std::to_string(k), received[k].substr(0, std::to_string(k).size()));
+    EXPECT_TRUE(s.errors.empty());
+    close(sv[1]);
+}
+
+TEST(DatagramTest, CloseFlushesQueueAbortDropsIt) {
+    for (bool abort_it : {false, true}) {
+        int sv[2];
+        ASSERT_EQ(0, socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv));
+        int small = 4096;
+        setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+        Rec s;
+        size_t sent = 0, received = 0;
+        run([&] {
+            evs_datagram *d = nullptr;
+            ASSERT_EQ(0, evs_datagram_new(sv[0], 0, &kProto, &s, &d));
+            while (evs_datagram_get_write_buffer_size(d) < 10000) {
+                ASSERT_EQ(0, evs_datagram_sendto(d, std::string(400, 'q').data(), 400, nullptr, 0));
+                sent++;
+            }
+            if (abort_it)
+                evs_datagram_abort(d);
+            else
+                evs_datagram_close(d);
+            EXPECT_EQ(0, s.lost);
+            char buf[1024];
+            EXPECT_TRUE(wait_until([&] {
+                while (recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) > 0) received++;
+                return s.lost == 1;
+            }));
+            while (recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) > 0) received++;
+            EXPECT_EQ(0, s.lost_err);
+        });
+        if (abort_it)
+            EXPECT_LT(received, sent);
+        else
+            EXPECT_EQ(sent, received);
+        close(sv[1]);
+    }
+}
+
+TEST(DatagramTest, PauseAndResumeReading) {
+    Rec s;
+    run([&] {
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &s, &d));
+        EXPECT_TRUE(evs_datagram_is_reading(d));
+        evs_datagram_pause_reading(d);
+        evs_datagram_pause_reading(d);  // idempotent
+        EXPECT_FALSE(evs_datagram_is_reading(d));
+        struct sockaddr_in self = loopback4(port_of(d));
+        EXPECT_EQ(0, evs_datagram_sendto(d, "held", 4, (struct sockaddr *)&self, sizeof self));
+        EXPECT_EQ(0, evs_sleep(0.05));
+        EXPECT_TRUE(s.got.empty());
+        evs_datagram_resume_reading(d);
+        EXPECT_TRUE(wait_until([&] { return s.got.size() == 1; }));
+        EXPECT_EQ("held", s.got[0].data);
+        evs_datagram_close(d);
+        EXPECT_FALSE(evs_datagram_is_reading(d));
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+    });
+}
+
+TEST(DatagramTest, ReusePortLetsSeveralEndpointsShareAPort) {
+    Rec a1, a2, a3;
+    run([&] {
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        o.reuse_port = true;
+        evs_datagram *d1 = nullptr, *d2 = nullptr, *d3 = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &a1, &d1));
+        struct sockaddr_in same = loopback4(port_of(d1));
+        o.local_addr = (struct sockaddr *)&same;
+        EXPECT_EQ(0, evs_datagram_open(&o, &kProto, &a2, &d2));
+        EXPECT_EQ(port_of(d1), port_of(d2));
+        o.reuse_port = false;
+        EXPECT_EQ(-EADDRINUSE, evs_datagram_open(&o, &kProto, &a3, &d3));
+        EXPECT_EQ(0, a3.made);
+        evs_datagram_close(d1);
+        evs_datagram_close(d2);
+        EXPECT_TRUE(wait_until([&] { return a1.lost + a2.lost == 2; }));
+    });
+}
+
+TEST(DatagramTest, ExtraInfoProtocolSwitchAndBadArguments) {
+    Rec s, s2;
+    run([&] {
+        EXPECT_EQ(-EINVAL, evs_datagram_open(nullptr, &kProto, &s, nullptr));
+        evs_datagram_options none = {};
+        EXPECT_EQ(-EINVAL, evs_datagram_open(&none, &kProto, &s, nullptr));
+        int stream = socket(AF_INET, SOCK_STREAM, 0);
+        EXPECT_EQ(-EINVAL, evs_datagram_new(stream, 0, &kProto, &s, nullptr));
+        EXPECT_EQ(-1, fcntl(stream, F_GETFD));  // closed on failure
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &s, &d));
+        EXPECT_GE(evs_datagram_get_fd(d), 0);
+        EXPECT_EQ(evs_worker_current(), evs_datagram_worker(d));
+        void *ctx = nullptr;
+        EXPECT_EQ(&kProto, evs_datagram_get_protocol(d, &ctx));
+        EXPECT_EQ(&s, ctx);
+        evs_datagram_set_protocol(d, &kProto, &s2);
+        struct sockaddr_in self = loopback4(port_of(d));
+        EXPECT_EQ(0, evs_datagram_sendto(d, "new", 3, (struct sockaddr *)&self, sizeof self));
+        EXPECT_TRUE(wait_until([&] { return s2.got.size() == 1; }));
+        EXPECT_TRUE(s.got.empty());
+        EXPECT_EQ(-EINVAL, evs_datagram_set_write_buffer_limits(d, 10, 20));
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s2.lost == 1; }));
+    });
+    // Not on a worker.
+    struct sockaddr_in a = loopback4(0);
+    evs_datagram_options o = {};
+    o.local_addr = (struct sockaddr *)&a;
+    o.local_addrlen = sizeof a;
+    EXPECT_EQ(-EINVAL, evs_datagram_open(&o, &kProto, &s, nullptr));
+}
