@@ -187,8 +187,10 @@ static void stage_data(evs_transport *t, const void *data, size_t len, void *ctx
         evs_transport_abort(t);
         return;
     }
-    memcpy(rest, st->buf + n, st->len - (size_t)n);
-    memcpy(rest + (st->len - (size_t)n), (const uint8_t *)data + take, len - take);
+    if (restlen) {
+        memcpy(rest, st->buf + n, st->len - (size_t)n);
+        memcpy(rest + (st->len - (size_t)n), (const uint8_t *)data + take, len - take);
+    }
     proceed(t, st, &h, rest, restlen);
     free(rest);
 }
