@@ -2023,13 +2023,13 @@ TEST(Transport, LifetimeBoundsEvenABusyConnection) {
         evs_timeouts back;
         evs_transport_get_timeouts(t, &back);
         EXPECT_EQ(0.2, back.lifetime);
+        evs_timeouts bad{};
+        bad.read = -1;
+        EXPECT_EQ(-EINVAL, evs_transport_set_timeouts(t, &bad));
         for (int i = 0; i < 100 && !r.lost; i++) {
             peer_send(p.peer(), "x");
             evs_sleep(0.01);
         }
-        evs_timeouts bad{};
-        bad.read = -1;
-        EXPECT_EQ(-EINVAL, evs_transport_set_timeouts(t, &bad));
         ASSERT_TRUE(lost_once(r));  // the transport is gone after this
     });
     EXPECT_EQ(-ETIMEDOUT, r.lost_err);
