@@ -23,6 +23,7 @@
 
 #include <evstream/common.h>
 #include <evstream/config.h>
+#include <evstream/datagram.h>
 #include <evstream/protocol.h>
 
 #ifdef __cplusplus
@@ -36,6 +37,9 @@ extern "C" {
 typedef enum evs_plugin_mode {
     EVS_PLUGIN_STREAM = 1,   /**< client_connected(reader, writer, state) in a task */
     EVS_PLUGIN_PROTOCOL = 2, /**< an evs_protocol; connection_made gets state as ctx */
+    /** An evs_datagram_protocol for udp: and unixgram: listeners; every
+     *  worker gets its own endpoint (ctx = the instance state). */
+    EVS_PLUGIN_DATAGRAM = 3,
 } evs_plugin_mode;
 
 /** The descriptor a plugin exports. Fill it with EVS_PLUGIN_DEFINE. */
@@ -60,6 +64,9 @@ typedef struct evs_plugin {
     void (*worker_stop)(evs_worker *worker, void *state);
     /** Optional: free the state. */
     void (*fini)(void *state);
+
+    /** Datagram mode: the callbacks of each worker's endpoint. */
+    const evs_datagram_protocol *datagram;
 } evs_plugin;
 
 /** Export @p ... (designated initialisers of evs_plugin) as this plugin's

@@ -579,18 +579,25 @@ static bool parse_listen(errlist *e, const config_setting_t *v, const char *text
                          evsd_listener_conf *l)
 {
     const char *colon;
+    bool datagram = false;
 
-    if (strncmp(text, "unix:", 5) == 0) {
-        const char *path = text + 5;
-        l->family = EVSD_UNIX;
+    if (strncmp(text, "unixgram:", 9) == 0 || strncmp(text, "unix:", 5) == 0) {
+        datagram = text[4] == 'g';
+        const char *path = text + (datagram ? 9 : 5);
+        l->family = datagram ? EVSD_UNIXGRAM : EVSD_UNIX;
         if (!*path || strcmp(path, "@") == 0 || strlen(path) > 107) {
-            bad(e, v, "expected \"unix:/path/to.sock\" or \"unix:@name\" (at most 107 bytes)");
+            bad(e, v, "expected \"unix:/path/to.sock\", \"unix:@name\" or \"unixgram:/path\" "
+                      "(at most 107 bytes)");
             return false;
         }
         l->path = xstrdup(path);
         return true;
     }
-    l->family = EVSD_TCP;
+    if (strncmp(text, "udp:", 4) == 0) {
+        datagram = true;
+        text += 4;
+    }
+    l->family = datagram ? EVSD_UDP : EVSD_TCP;
     if (text[0] == '[') {
         const char *close = strchr(text, ']');
         if (!close || close[1] != ':' || parse_port(close + 2, &l->port) < 0 ||
@@ -620,7 +627,7 @@ static void read_unix_owner(errlist *e, const config_setting_t *g, evsd_listener
     const char *group = get_string(e, g, "group", false);
     const config_setting_t *v;
 
-    if ((mode || owner || group) && l->family != EVSD_UNIX) {
+    if ((mode || owner || group) && l->family != EVSD_UNIX && l->family != EVSD_UNIXGRAM) {
         v = config_setting_get_member(g, mode ? "mode" : owner ? "owner" : "group");
         bad(e, v, "mode, owner and group apply to unix: listeners only");
         return;
@@ -918,8 +925,9 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
     }
     get_int(e, g, "backlog", 1, 65535, &l->backlog);
     get_bool(e, g, "reuseport", &l->reuseport);
-    if (l->reuseport && l->family == EVSD_UNIX)
-        bad(e, config_setting_get_member(g, "reuseport"), "reuseport applies to TCP only");
+    if (l->reuseport && l->family != EVSD_TCP)
+        bad(e, config_setting_get_member(g, "reuseport"),
+            "reuseport applies to TCP only (udp: listeners always use one socket per worker)");
     read_unix_owner(e, g, l);
     if ((v = config_setting_get_member(g, "limits"))) {
         read_limits(e, v, &l->limits, false);
@@ -935,6 +943,14 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
         l->tls = read_tls(e, v, c);
     if ((v = config_setting_get_member(g, "access_log")))
         read_access_log(e, v, c, l);
+    if (l->family == EVSD_UDP || l->family == EVSD_UNIXGRAM) {
+        /* Datagrams have no connections: these make no sense there. */
+        static const char *const stream_only[] = {"tls", "proxy_protocol", "access_log",
+                                                  "backlog"};
+        for (size_t i = 0; i < sizeof stream_only / sizeof stream_only[0]; i++)
+            if ((v = config_setting_get_member(g, stream_only[i])))
+                bad(e, v, "not for datagram (udp: or unixgram:) listeners");
+    }
     if ((v = config_setting_get_member(g, "proxy_protocol")))
         read_proxy_protocol(e, v, l);
 }
@@ -1193,9 +1209,10 @@ char *evsd_listener_key(const evsd_listener_conf *l)
 
     /* The address alone: backlog, reuseport and a Unix socket's mode and
      * owner are applied again to a socket that is handed over. */
-    if (l->family == EVSD_UNIX)
-        snprintf(buf, sizeof buf, "unix:%s", l->path);
+    if (l->family == EVSD_UNIX || l->family == EVSD_UNIXGRAM)
+        snprintf(buf, sizeof buf, "%s:%s", l->family == EVSD_UNIX ? "unix" : "unixgram", l->path);
     else
-        snprintf(buf, sizeof buf, "tcp:%s:%u", l->host ? l->host : "*", l->port);
+        snprintf(buf, sizeof buf, "%s:%s:%u", l->family == EVSD_TCP ? "tcp" : "udp",
+                 l->host ? l->host : "*", l->port);
     return xstrdup(buf);
 }

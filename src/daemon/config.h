@@ -66,7 +66,7 @@ typedef struct evsd_tls_conf {
     double ticket_rotation;
 } evsd_tls_conf;
 
-typedef enum evsd_family { EVSD_TCP, EVSD_UNIX } evsd_family;
+typedef enum evsd_family { EVSD_TCP, EVSD_UNIX, EVSD_UDP, EVSD_UNIXGRAM } evsd_family;
 
 typedef struct evsd_listener_conf {
     char *name;   /* the "name" setting, or the listen address */

@@ -351,6 +351,15 @@ int main(int argc, char **argv)
     int ready_fd = -1, rc;
 
     memset(&o, 0, sizeof o);
+    /* First thing: every thread inherits this mask, and a SIGHUP during
+     * start-up must wait for serve() instead of killing the process. */
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     if ((rc = parse_args(argc, argv, &o)) != 0)
         return rc;
     config_path = absolute(o.config);
@@ -371,14 +380,6 @@ int main(int argc, char **argv)
         return rc == 0 ? 0 : 1;
     }
 
-    /* Every thread inherits this mask: signals are taken in serve(). */
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
 
     if (o.daemonize)
         ready_fd = daemonize();

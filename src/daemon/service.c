@@ -13,6 +13,7 @@
 #include "service.h"
 
 #include "accesslog.h"
+#include "datagram.h"
 #include "systemd.h"
 
 #include <errno.h>
@@ -355,6 +356,7 @@ typedef struct listener {
     instance *inst;
     evs_tls_context *tls;
     evsd_access_log *access_log;
+    evsd_datagram *dgram; /* udp: and unixgram: listeners */
     evs_server *server;
     char *key;
     char address[160];
@@ -433,6 +435,9 @@ static void generation_free(evsd_service *svc, generation *g)
     if (!g)
         return;
     for (size_t i = 0; i < g->n; i++) {
+        /* Endpoints first: their callbacks use the instance's state. */
+        evsd_datagram_stop(svc->rt, g->listeners[i].dgram);
+        g->listeners[i].dgram = NULL;
         retire_instance(svc, g->listeners[i].inst);
         evs_tls_context_unref(g->listeners[i].tls);
         evsd_access_log_close(g->listeners[i].access_log);
@@ -505,12 +510,41 @@ static void describe_address(listener *l)
 }
 
 /* Create the listener's server, not serving yet. @fds: sockets handed over. */
+static bool is_datagram(const evsd_listener_conf *c)
+{
+    return c->family == EVSD_UDP || c->family == EVSD_UNIXGRAM;
+}
+
+static int start_datagram_listener(evsd_service *svc, listener *l, uint16_t port)
+{
+    const evs_plugin *d = l->inst->desc;
+    evsd_listener_conf c = *l->conf;
+
+    if (d->mode != EVS_PLUGIN_DATAGRAM) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': plugin '%s' is not a datagram plugin",
+                l->conf->file, l->conf->line, l->conf->name, l->conf->plugin);
+        return -EINVAL;
+    }
+    if (port)
+        c.port = port;
+    l->dgram = evsd_datagram_start(svc->rt, &c, d->datagram, l->inst->state, l->address,
+                                   sizeof l->address);
+    return l->dgram ? 0 : -EADDRINUSE;
+}
+
 static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t nfds)
 {
     const evsd_listener_conf *c = l->conf;
     evs_server_options o;
     int rc;
 
+    if (is_datagram(c))
+        return start_datagram_listener(svc, l, 0);
+    if (l->inst->desc->mode == EVS_PLUGIN_DATAGRAM) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': plugin '%s' serves datagrams: use a "
+                "udp: or unixgram: address", c->file, c->line, c->name, c->plugin);
+        return -EINVAL;
+    }
     memset(&o, 0, sizeof o);
     if (l->inst->desc->mode == EVS_PLUGIN_STREAM)
         o.client_connected = l->inst->desc->client_connected;
@@ -593,9 +627,10 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
 static void serve_all(generation *g)
 {
     for (size_t i = 0; i < g->n; i++) {
-        if (!g->listeners[i].server)
+        if (g->listeners[i].server)
+            evs_server_start_serving(g->listeners[i].server);
+        else if (!g->listeners[i].dgram)
             continue; /* its hand-over failed (logged) */
-        evs_server_start_serving(g->listeners[i].server);
         evs_log(EVS_LOG_INFO, "listening on %s (listener '%s', plugin '%s')",
                 g->listeners[i].address, g->listeners[i].conf->name, g->listeners[i].conf->plugin);
     }
@@ -637,7 +672,7 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
     evsd_activation_take();
     for (size_t i = 0; i < svc->current->n; i++) {
         listener *l = &svc->current->listeners[i];
-        int fd = evsd_activation_claim(l->conf);
+        int fd = is_datagram(l->conf) ? -1 : evsd_activation_claim(l->conf);
         if (start_listener(svc, l, fd >= 0 ? &fd : NULL, fd >= 0) < 0)
             goto fail;
     }
@@ -661,7 +696,7 @@ static void match_listeners(generation *old, generation *g)
 
             for (size_t j = 0; !l->prev && j < old->n; j++) {
                 listener *o = &old->listeners[j];
-                if (o->claimed || !o->server || strcmp(o->key, l->key) != 0 ||
+                if (o->claimed || (!o->server && !o->dgram) || strcmp(o->key, l->key) != 0 ||
                     (same_name && strcmp(o->conf->name, l->conf->name) != 0))
                     continue;
                 o->claimed = true;
@@ -684,8 +719,17 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
      * configuration untouched. */
     for (i = 0; i < g->n; i++) {
         listener *l = &g->listeners[i];
-        if (l->prev)
+        if (l->prev && !is_datagram(l->conf))
             continue;
+        if (l->prev) {
+            /* Datagram sockets are new ones beside the old (SO_REUSEPORT)
+             * on the port the old ones got, also when port 0 was asked. */
+            const char *colon = strrchr(l->prev->address, ':');
+            uint16_t keep = l->conf->family == EVSD_UDP && colon ? (uint16_t)atoi(colon + 1) : 0;
+            if (start_datagram_listener(svc, l, keep) < 0)
+                goto undo;
+            continue;
+        }
         if (start_listener(svc, l, NULL, 0) < 0)
             goto undo;
     }
@@ -696,7 +740,7 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
         int fds[16];
         size_t n;
 
-        if (l->server || !prev)
+        if (l->server || l->dgram || !prev)
             continue;
         n = evs_server_take_sockets(prev->server, fds, 16);
         if (n > 16)
@@ -741,6 +785,8 @@ void evsd_service_reap(evsd_service *svc)
         for (size_t i = 0; i < g->n; i++) {
             listener *l = &g->listeners[i];
             if (l->inst && (!l->server || evs_server_connections(l->server) == 0)) {
+                evsd_datagram_stop(svc->rt, l->dgram); /* datagrams have no connections */
+                l->dgram = NULL;
                 retire_instance(svc, l->inst);
                 l->inst = NULL;
                 g->live--;
@@ -969,10 +1015,15 @@ int evsd_service_stop(evsd_service *svc)
     double waited = 0;
     generation *g, *next;
 
-    for (g = svc->current; g; g = g == svc->current ? svc->retired : g->next)
-        for (size_t i = 0; i < g->n; i++)
+    for (g = svc->current; g; g = g == svc->current ? svc->retired : g->next) {
+        for (size_t i = 0; i < g->n; i++) {
             if (g->listeners[i].server)
                 evs_server_close(g->listeners[i].server);
+            /* Endpoints are closed while their workers still run. */
+            evsd_datagram_stop(svc->rt, g->listeners[i].dgram);
+            g->listeners[i].dgram = NULL;
+        }
+    }
     /* Let handlers finish; the runtime aborts what is left. */
     while (live_connections(svc) > 0 && waited < timeout) {
         nanosleep(&nap, NULL);

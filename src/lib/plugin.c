@@ -70,9 +70,12 @@ int evs_plugin_load(const char *path, evs_plugin_handle **out, char *err, size_t
                       "stream-mode plugin without client_connected");
     if (d->mode == EVS_PLUGIN_PROTOCOL && !d->protocol)
         return reject(dl, err, errlen, -ENOEXEC, path, "protocol-mode plugin without protocol");
-    if (d->mode != EVS_PLUGIN_STREAM && d->mode != EVS_PLUGIN_PROTOCOL)
+    if (d->mode == EVS_PLUGIN_DATAGRAM && !d->datagram)
+        return reject(dl, err, errlen, -ENOEXEC, path, "datagram-mode plugin without datagram");
+    if (d->mode != EVS_PLUGIN_STREAM && d->mode != EVS_PLUGIN_PROTOCOL &&
+        d->mode != EVS_PLUGIN_DATAGRAM)
         return reject(dl, err, errlen, -ENOEXEC, path,
-                      "plugin mode must be EVS_PLUGIN_STREAM or EVS_PLUGIN_PROTOCOL");
+                      "plugin mode must be EVS_PLUGIN_STREAM, _PROTOCOL or _DATAGRAM");
     h = calloc(1, sizeof *h);
     if (!h || !(h->path = strdup(path))) {
         free(h);

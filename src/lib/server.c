@@ -511,7 +511,9 @@ static void connection_closed(evs_transport *t, void *arg)
             atomic_fetch_add_explicit(&s->tls_handshakes, 1, memory_order_relaxed);
         else
             atomic_fetch_add_explicit(&s->tls_failed, 1, memory_order_relaxed);
-        if (evs_transport_tls_resumed(t))
+        /* OpenSSL marks a session reused as soon as it accepts the offer:
+         * only a completed handshake counts. */
+        if (cipher && evs_transport_tls_resumed(t))
             atomic_fetch_add_explicit(&s->tls_resumed, 1, memory_order_relaxed);
     }
     if (s->opts.connection_closed) {

@@ -492,3 +492,96 @@ TEST(Ops, PerAddressLimitsAndTimeoutsFromTheConfig) {
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
     remove_dir(dir);
 }
+
+namespace {
+
+std::string datagram_conf(const std::string &listeners) {
+    return std::string("workers = 2;\n") + (geteuid() == 0 ? "allow_root = true;\n" : "") +
+           "plugins = ( { name = \"udp_echo\"; path = \"udp_echo.so\"; },\n"
+           "            { name = \"echo\"; path = \"echo.so\"; } );\n"
+           "listeners = (\n" + listeners + "\n);\n";
+}
+
+// Send @msg from a fresh UDP (or unixgram) socket and wait for the answer.
+std::string udp_ask(const struct sockaddr *to, socklen_t tolen, const std::string &msg,
+                    const std::string &bind_path = "") {
+    int fd = socket(to->sa_family, SOCK_DGRAM, 0);
+    if (!bind_path.empty()) {  // a unixgram client needs an address to be answered
+        struct sockaddr_un me{};
+        me.sun_family = AF_UNIX;
+        snprintf(me.sun_path, sizeof me.sun_path, "%s", bind_path.c_str());
+        unlink(bind_path.c_str());
+        bind(fd, (struct sockaddr *)&me, sizeof me);
+    }
+    set_timeouts(fd, 10);
+    sendto(fd, msg.data(), msg.size(), 0, to, tolen);
+    char buf[2048];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    close(fd);
+    return n > 0 ? std::string(buf, (size_t)n) : std::string();
+}
+
+}  // namespace
+
+TEST(Ops, UdpAndUnixgramListenersServeDatagramPlugins) {
+    std::string dir = make_temp_dir();
+    std::string gram = dir + "/gram.sock";
+    Daemon d(dir, datagram_conf("{ name = \"udp\"; listen = \"udp:127.0.0.1:0\"; plugin = \"udp_echo\"; },\n"
+                                "{ name = \"gram\"; listen = \"unixgram:" + gram + "\"; plugin = \"udp_echo\"; }"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    EXPECT_EQ(0u, d.addresses["udp"].rfind("udp:127.0.0.1:", 0)) << d.addresses["udp"];
+    EXPECT_EQ("unixgram:" + gram, d.addresses["gram"]);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons(d.port("udp"));
+    // Many clients (many source ports): the workers' sockets share the port.
+    for (int i = 0; i < 20; i++) {
+        std::string msg = "datagram " + std::to_string(i);
+        EXPECT_EQ(msg, udp_ask((struct sockaddr *)&sin, sizeof sin, msg));
+    }
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", gram.c_str());
+    EXPECT_EQ("over unixgram", udp_ask((struct sockaddr *)&sun, sizeof sun, "over unixgram",
+                                       dir + "/client.sock"));
+    // A reload re-creates the endpoints; the port keeps answering.
+    d.signal(SIGHUP);
+    usleep(300 * 1000);
+    EXPECT_EQ("after reload", udp_ask((struct sockaddr *)&sin, sizeof sin, "after reload"));
+    EXPECT_EQ("gram after reload", udp_ask((struct sockaddr *)&sun, sizeof sun, "gram after reload",
+                                           dir + "/client2.sock"));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    struct stat st;
+    EXPECT_NE(0, stat(gram.c_str(), &st));  // the socket file is removed at stop
+    remove_dir(dir);
+}
+
+TEST(Ops, DatagramAndStreamPluginsAreNotMixedUp) {
+    std::string dir = make_temp_dir();
+    for (const char *listeners :
+         {"{ listen = \"udp:127.0.0.1:0\"; plugin = \"echo\"; }",
+          "{ listen = \"127.0.0.1:0\"; plugin = \"udp_echo\"; }"}) {
+        Daemon d(dir, datagram_conf(listeners));
+        std::string log;
+        EXPECT_TRUE(eventually(10, [&] {
+            log = read_file(d.log);
+            return log.find("is not a datagram plugin") != std::string::npos ||
+                   log.find("serves datagrams") != std::string::npos;
+        })) << log;
+        d.stop();
+    }
+    std::string conf = dir + "/bad.conf";
+    write_file(conf, datagram_conf("{ listen = \"udp:127.0.0.1:0\"; plugin = \"udp_echo\"; "
+                                   "tls = { certificate = \"c\"; key = \"k\"; }; }"));
+    std::string cmd = "EVSTREAMD_PLUGIN_DIR=" + builddir() + "/plugins " + builddir() +
+                      "/src/daemon/evstreamd -t -c " + conf + " 2>&1";
+    FILE *p = popen(cmd.c_str(), "r");
+    char buf[4096];
+    std::string out;
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    EXPECT_EQ(1, WEXITSTATUS(pclose(p)));
+    EXPECT_NE(std::string::npos, out.find("not for datagram")) << out;
+    remove_dir(dir);
+}

@@ -1,0 +1,238 @@
+/*
+ * datagram.c - datagram listeners of evstreamd. Sockets are bound on the
+ * main thread, so errors come back at once and a port 0 is the same for
+ * every worker; each worker then wraps its socket in an endpoint, because
+ * an endpoint belongs to the worker that runs its callbacks.
+ */
+#include "datagram.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct evsd_datagram {
+    int n;               /* endpoints (workers that got a socket) */
+    int *fds;            /* not yet handed to a worker: -1 once taken */
+    evs_datagram **eps;  /* per worker, NULL where none */
+    const evs_datagram_protocol *proto;
+    void *ctx;
+    char *unlink_path;   /* our unixgram socket file ... */
+    dev_t path_dev;      /* ... as long as it is still ours */
+    ino_t path_ino;
+    /* Waiting for the workers. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int pending;
+    int failures;
+};
+
+static void done_one(evsd_datagram *set, bool failed)
+{
+    pthread_mutex_lock(&set->lock);
+    set->failures += failed;
+    if (--set->pending == 0)
+        pthread_cond_signal(&set->cond);
+    pthread_mutex_unlock(&set->lock);
+}
+
+/* Post @fn to the first set->n workers and wait for all of them. */
+static int on_workers(evs_runtime *rt, evsd_datagram *set, evs_worker_fn fn)
+{
+    set->pending = set->n;
+    set->failures = 0;
+    for (int i = 0; i < set->n; i++)
+        if (evs_worker_post(evs_runtime_worker(rt, i), fn, set) < 0)
+            done_one(set, true);
+    pthread_mutex_lock(&set->lock);
+    while (set->pending > 0)
+        pthread_cond_wait(&set->cond, &set->lock);
+    pthread_mutex_unlock(&set->lock);
+    return set->failures;
+}
+
+static void open_here(evs_worker *w, void *arg)
+{
+    evsd_datagram *set = arg;
+    int i = evs_worker_id(w);
+    int rc = evs_datagram_new(set->fds[i], 0, set->proto, set->ctx, &set->eps[i]);
+
+    set->fds[i] = -1; /* taken (closed on failure) */
+    if (rc < 0)
+        evs_log(EVS_LOG_ERROR, "worker %d: datagram endpoint: %s", i, evs_strerror(rc));
+    done_one(set, rc < 0);
+}
+
+static void close_here(evs_worker *w, void *arg)
+{
+    evsd_datagram *set = arg;
+    int i = evs_worker_id(w);
+
+    if (set->eps[i])
+        evs_datagram_close(set->eps[i]); /* connection_lost follows; then it is freed */
+    set->eps[i] = NULL;
+    done_one(set, false);
+}
+
+static void free_set(evsd_datagram *set)
+{
+    for (int i = 0; i < set->n; i++)
+        if (set->fds[i] >= 0)
+            close(set->fds[i]);
+    if (set->unlink_path) {
+        struct stat st;
+        /* A reload may have bound a new socket at the same path. */
+        if (stat(set->unlink_path, &st) == 0 && st.st_dev == set->path_dev &&
+            st.st_ino == set->path_ino)
+            unlink(set->unlink_path);
+        free(set->unlink_path);
+    }
+    pthread_cond_destroy(&set->cond);
+    pthread_mutex_destroy(&set->lock);
+    free(set->fds);
+    free(set->eps);
+    free(set);
+}
+
+static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *address, size_t alen)
+{
+    struct addrinfo hints, *res;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    char port[8];
+    int one = 1, rc;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_DGRAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(port, sizeof port, "%u", c->port);
+    if ((rc = getaddrinfo(c->host, port, &hints, &res)) != 0) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot resolve %s: %s", c->file, c->line,
+                c->name, c->listen, gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&ss, res->ai_addr, res->ai_addrlen);
+    sl = (socklen_t)res->ai_addrlen;
+    freeaddrinfo(res);
+    for (int i = 0; i < set->n; i++) {
+        int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+            (ss.ss_family == AF_INET6 &&
+             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
+            bind(fd, (struct sockaddr *)&ss, sl) < 0) {
+            evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s", c->file,
+                    c->line, c->name, c->listen, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        set->fds[i] = fd;
+        if (i == 0) { /* port 0: every worker binds the port the first got */
+            sl = sizeof ss;
+            getsockname(fd, (struct sockaddr *)&ss, &sl);
+            char a[128];
+            evs_format_address((struct sockaddr *)&ss, sl, a, sizeof a);
+            snprintf(address, alen, "udp:%s", a);
+        }
+    }
+    return 0;
+}
+
+static int bind_unixgram(const evsd_listener_conf *c, evsd_datagram *set, char *address,
+                         size_t alen)
+{
+    struct sockaddr_un sun;
+    struct stat st;
+    socklen_t len;
+    bool abstract = c->path[0] == '@';
+    int fd;
+
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    if (abstract) {
+        memcpy(sun.sun_path + 1, c->path + 1, strlen(c->path) - 1);
+        len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(c->path));
+    } else {
+        snprintf(sun.sun_path, sizeof sun.sun_path, "%s", c->path);
+        len = sizeof sun;
+        /* A stale socket file is replaced; anything else is refused. */
+        if (lstat(c->path, &st) == 0) {
+            if (!S_ISSOCK(st.st_mode)) {
+                evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': %s exists and is not a socket",
+                        c->file, c->line, c->name, c->path);
+                return -1;
+            }
+            unlink(c->path);
+        }
+    }
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sun, len) < 0) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot bind %s: %s", c->file, c->line,
+                c->name, c->path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (!abstract) {
+        set->unlink_path = strdup(c->path);
+        if (stat(c->path, &st) == 0) {
+            set->path_dev = st.st_dev;
+            set->path_ino = st.st_ino;
+        }
+        if ((c->has_mode && chmod(c->path, c->mode) < 0) ||
+            ((c->has_owner || c->has_group) &&
+             chown(c->path, c->has_owner ? c->owner : (uid_t)-1,
+                   c->has_group ? c->group : (gid_t)-1) < 0))
+            evs_log(EVS_LOG_WARN, "listener '%s': mode or owner of %s: %s", c->name, c->path,
+                    strerror(errno));
+    }
+    set->fds[0] = fd;
+    snprintf(address, alen, "unixgram:%s", c->path);
+    return 0;
+}
+
+evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
+                                   const evs_datagram_protocol *proto, void *ctx, char *address,
+                                   size_t alen)
+{
+    int workers = evs_runtime_worker_count(rt);
+    evsd_datagram *set = calloc(1, sizeof *set);
+
+    if (!set)
+        return NULL;
+    pthread_mutex_init(&set->lock, NULL);
+    pthread_cond_init(&set->cond, NULL);
+    set->n = c->family == EVSD_UDP ? workers : 1;
+    set->fds = malloc((size_t)set->n * sizeof *set->fds);
+    set->eps = calloc((size_t)workers, sizeof *set->eps);
+    set->proto = proto;
+    set->ctx = ctx;
+    if (!set->fds || !set->eps) {
+        free_set(set);
+        return NULL;
+    }
+    for (int i = 0; i < set->n; i++)
+        set->fds[i] = -1;
+    if ((c->family == EVSD_UDP ? bind_udp(c, set, address, alen)
+                               : bind_unixgram(c, set, address, alen)) < 0 ||
+        on_workers(rt, set, open_here) > 0) {
+        evsd_datagram_stop(rt, set);
+        return NULL;
+    }
+    return set;
+}
+
+void evsd_datagram_stop(evs_runtime *rt, evsd_datagram *set)
+{
+    if (!set)
+        return;
+    on_workers(rt, set, close_here);
+    free_set(set);
+}

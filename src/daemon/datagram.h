@@ -1,0 +1,25 @@
+/*
+ * datagram.h - evstreamd's udp: and unixgram: listeners: a datagram
+ * plugin's protocol on one endpoint per worker (udp: sockets share the port
+ * with SO_REUSEPORT, so the kernel spreads datagrams across the workers) or
+ * on worker 0 (unixgram:, which cannot share a path).
+ */
+#ifndef EVSD_DATAGRAM_H
+#define EVSD_DATAGRAM_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+typedef struct evsd_datagram evsd_datagram;
+
+/* Bind @c's sockets on the main thread, then open an endpoint on each
+ * worker with @proto and @ctx. @address receives the bound address
+ * ("udp:127.0.0.1:5353", "unixgram:/path"). @return the set or NULL (logged). */
+evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
+                                   const evs_datagram_protocol *proto, void *ctx, char *address,
+                                   size_t alen);
+/* Close every endpoint (on its worker, waiting) and free the set. */
+void evsd_datagram_stop(evs_runtime *rt, evsd_datagram *set);
+
+#endif
