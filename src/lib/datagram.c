@@ -42,6 +42,7 @@ typedef struct pending {
 } pending;
 
 struct evs_datagram {
+    evs__closable closable; /* the worker aborts it when it stops */
     evs_worker *worker;
     int fd;
     const evs_datagram_protocol *proto;
@@ -122,6 +123,13 @@ static void report_error(evs_datagram *d, int err)
     }
 }
 
+static void schedule_lost(evs_datagram *d);
+
+static void abort_closable(evs__closable *c)
+{
+    evs_datagram_abort(EVS_CONTAINER_OF(c, evs_datagram, closable));
+}
+
 static void schedule_lost(evs_datagram *d)
 {
     if (d->lost_scheduled)
@@ -140,6 +148,7 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
     d->lost = true;
+    evs__worker_untrack(d->worker, &d->closable);
     if (d->proto->connection_lost)
         d->proto->connection_lost(d, d->error, d->ctx);
     close(d->fd);
@@ -232,6 +241,8 @@ int evs_datagram_new(int fd, size_t max_datagram, const evs_datagram_protocol *p
     }
     d->rbuf_size = max_datagram + 1;
     d->worker = w;
+    d->closable.abort = abort_closable;
+    evs__worker_track(w, &d->closable);
     d->fd = fd;
     d->proto = proto;
     d->ctx = ctx;

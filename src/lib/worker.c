@@ -293,7 +293,7 @@ void evs__worker_loop(evs_worker *w)
      * delivered connection_lost, the cancelled tasks have returned and
      * every message accepted into the inbox has run (a posted function
      * owns its argument: it must not be dropped). */
-    while (!w->exit_loop || w->transports.head || w->tasks || !inbox_empty(w)) {
+    while (!w->exit_loop || w->transports.head || w->closables || w->tasks || !inbox_empty(w)) {
         if (event_base_loop(w->base, EVLOOP_ONCE) < 0) {
             evs__error("worker %d: event loop failed", w->id);
             break;
@@ -307,12 +307,36 @@ void evs__worker_exit(evs_worker *w)
     event_base_loopbreak(w->base);
 }
 
+void evs__worker_track(evs_worker *w, evs__closable *c)
+{
+    c->prev = NULL;
+    c->next = w->closables;
+    if (c->next)
+        c->next->prev = c;
+    w->closables = c;
+}
+
+void evs__worker_untrack(evs_worker *w, evs__closable *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (w->closables == c)
+        w->closables = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+}
+
 void evs__worker_abort_all(evs_worker *w)
 {
     evs_task *t;
 
     w->stopping = true;
     evs__transport_abort_all(w);
+    for (evs__closable *c = w->closables, *next; c; c = next) {
+        next = c->next;
+        c->abort(c); /* untracks itself later, when it is gone */
+    }
     for (t = w->tasks; t; t = t->all_next)
         evs_task_cancel(t);
 }

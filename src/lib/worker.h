@@ -40,6 +40,14 @@ typedef struct evs__waitq {
     evs_task *tail;
 } evs__waitq;
 
+/* Something else a worker owns and must end before it stops (a datagram
+ * endpoint): abort() ends it, and it untracks itself when gone. */
+typedef struct evs__closable {
+    struct evs__closable *next;
+    struct evs__closable *prev;
+    void (*abort)(struct evs__closable *c);
+} evs__closable;
+
 /* Live transports of a worker, for aborting them at shutdown. */
 typedef struct evs__tlist {
     evs_transport *head;
@@ -72,6 +80,7 @@ struct evs_worker {
 
     /* Connections. */
     evs__tlist transports;
+    evs__closable *closables;
     bool stopping; /* no new tasks or connections */
     bool exit_loop;
 
@@ -119,6 +128,9 @@ void evs__worker_close_inbox(evs_worker *w);
 void evs__worker_loop(evs_worker *w);
 /* Ask the loop to return after the current callbacks (worker thread). */
 void evs__worker_exit(evs_worker *w);
+/* Track/untrack an evs__closable of the calling worker. */
+void evs__worker_track(evs_worker *w, evs__closable *c);
+void evs__worker_untrack(evs_worker *w, evs__closable *c);
 /* Cancel every task and abort every transport; used at shutdown. */
 void evs__worker_abort_all(evs_worker *w);
 /* The worker's resolver, created on first use. */

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <climits>
 #include <functional>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -537,4 +538,34 @@ TEST(DatagramTest, ExtraInfoProtocolSwitchAndBadArguments) {
     o.local_addr = (struct sockaddr *)&a;
     o.local_addrlen = sizeof a;
     EXPECT_EQ(-EINVAL, evs_datagram_open(&o, &kProto, &s, nullptr));
+}
+
+// A runtime that stops with endpoints still open ends them: connection_lost
+// runs on their workers and evs_runtime_stop returns.
+TEST(DatagramShutdown, RuntimeStopEndsOpenEndpoints) {
+    evs_runtime *rt;
+    evs_runtime_options ro{};
+    ro.workers = 2;
+    ASSERT_EQ(0, evs_runtime_new(&ro, &rt));
+    static std::atomic<int> opened, lost;
+    opened = 0;
+    lost = 0;
+    static evs_datagram_protocol proto{};
+    proto.connection_lost = [](evs_datagram *, int, void *) { lost++; };
+    ASSERT_EQ(0, evs_runtime_broadcast(
+                     rt,
+                     [](evs_worker *, void *) {
+                         int fd = socket(AF_INET, SOCK_DGRAM, 0);
+                         struct sockaddr_in sin{};
+                         sin.sin_family = AF_INET;
+                         sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                         bind(fd, (struct sockaddr *)&sin, sizeof sin);
+                         evs_datagram *d;
+                         if (evs_datagram_new(fd, 0, &proto, nullptr, &d) == 0) opened++;
+                     },
+                     nullptr));
+    for (int i = 0; i < 2000 && opened.load() < 2; i++) usleep(1000);
+    ASSERT_EQ(2, opened.load());
+    evs_runtime_stop(rt, 1);
+    EXPECT_EQ(2, lost.load());
 }
