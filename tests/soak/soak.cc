@@ -1182,6 +1182,7 @@ bool probe_tls(uint16_t port, SSL_CTX *ctx) {
 std::string config_text(const std::string &dir, const TlsCerts &certs, long max_conn, int workers) {
     std::ostringstream c;
     c << "workers = " << workers << ";\n"
+      << (geteuid() == 0 ? "allow_root = true;\n" : "")
       << "log = { level = \"warn\"; };\n"
       // A small high watermark: slow readers make the echo's drain park.
       << "limits = { max_connections = " << max_conn << "; write_high_water = \"16k\";"
@@ -1240,9 +1241,9 @@ TEST(Soak, ChurnPlainUnixProtocolTls) {
     // RSS: malloc arenas and task stacks keep their high-water mark, which
     // still rises for a while after the ramp (measured with the defaults:
     // +15-18% from 1/4 to the end of a 28 s load, +3% over 140 s, flat
-    // after about 30 s). Short runs get 25%, runs of two minutes and more
+    // after about 30 s), and a loaded CI machine adds noise. Short runs get 40%, runs of two minutes and more
     // 10%. Unreachable leaks are LeakSanitizer's job (the ASan build).
-    if (o.rss_bound < 0) o.rss_bound = load_secs < 120 ? 0.25 : 0.10;
+    if (o.rss_bound < 0) o.rss_bound = load_secs < 120 ? 0.40 : 0.10;
     // The watchdog's per-test alarm is 120 s; a long run needs more.
     alarm((unsigned)(o.duration + 180));
 
