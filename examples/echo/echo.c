@@ -15,7 +15,9 @@
 
 static void echo_client(evs_reader *r, evs_writer *w, void *state)
 {
-    char buf[16384];
+    /* 4 KiB: the stack is per connection, and every page a frame touches
+     * stays resident (bench/RESULTS.md measured 16 KiB here). */
+    char buf[4096];
     ssize_t n;
 
     (void)state;
