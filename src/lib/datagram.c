@@ -648,18 +648,11 @@ void evs_datagram_get_write_buffer_limits(const evs_datagram *d, size_t *low, si
 
 int evs_datagram_set_write_buffer_limits(evs_datagram *d, ssize_t high, ssize_t low)
 {
-    if (high < 0)
-        high = low < 0               ? (ssize_t)EVS_WRITE_HIGH_WATER_DEFAULT
-               : low > SSIZE_MAX / 4 ? SSIZE_MAX
-                                     : 4 * low;
-    if (low < 0)
-        low = high / 4;
-    if (low > high)
-        return -EINVAL;
-    d->high = (size_t)high;
-    d->low = (size_t)low;
-    maybe_pause(d);
-    return 0;
+    int rc = evs__watermarks(high, low, &d->high, &d->low);
+
+    if (rc == 0)
+        maybe_pause(d);
+    return rc;
 }
 
 void evs_datagram_set_protocol(evs_datagram *d, const evs_datagram_protocol *proto, void *ctx)

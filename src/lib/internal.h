@@ -6,6 +6,7 @@
 
 #include "build-config.h"
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/time.h>
@@ -47,6 +48,24 @@ static inline struct timeval evs__tv(double seconds)
     tv.tv_sec = (time_t)(us / 1000000);
     tv.tv_usec = (suseconds_t)(us % 1000000);
     return tv;
+}
+
+/* asyncio's set_write_buffer_limits rules (a negative value = not given):
+ * neither -> 64 KiB / 16 KiB; only high -> low = high / 4; only low ->
+ * high = 4 * low (saturating). @return 0, or -EINVAL when low > high. */
+static inline int evs__watermarks(ssize_t high, ssize_t low, size_t *out_high, size_t *out_low)
+{
+    if (high < 0)
+        high = low < 0               ? (ssize_t)EVS_WRITE_HIGH_WATER_DEFAULT
+               : low > SSIZE_MAX / 4 ? SSIZE_MAX
+                                     : 4 * low;
+    if (low < 0)
+        low = high / 4;
+    if (low > high)
+        return -EINVAL;
+    *out_high = (size_t)high;
+    *out_low = (size_t)low;
+    return 0;
 }
 
 /* Counters written by one thread and read by others: a relaxed load and

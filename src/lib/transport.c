@@ -310,19 +310,11 @@ void evs_transport_get_write_buffer_limits(const evs_transport *t, size_t *low, 
 
 int evs_transport_set_write_buffer_limits(evs_transport *t, ssize_t high, ssize_t low)
 {
-    if (high < 0)
-        /* Saturate: 4 * low must not overflow for a huge low. */
-        high = low < 0               ? (ssize_t)EVS_WRITE_HIGH_WATER_DEFAULT
-               : low > SSIZE_MAX / 4 ? SSIZE_MAX
-                                     : 4 * low;
-    if (low < 0)
-        low = high / 4;
-    if (low > high)
-        return -EINVAL;
-    t->high = (size_t)high;
-    t->low = (size_t)low;
-    evs__transport_maybe_pause(t);
-    return 0;
+    int rc = evs__watermarks(high, low, &t->high, &t->low);
+
+    if (rc == 0)
+        evs__transport_maybe_pause(t);
+    return rc;
 }
 
 /* --- reading ----------------------------------------------------------- */
