@@ -14,6 +14,7 @@
 #include "transport.h"
 #include "tls.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -21,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* Reads per readiness event: enough to empty a busy socket without starving
@@ -109,18 +109,17 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
     t->worker = w;
     t->fd = fd;
     t->wfd = fd;
-    {
-        struct stat st;
-        t->is_pipe = fstat(fd, &st) == 0 && !S_ISSOCK(st.st_mode);
-    }
     t->proto = proto;
     t->ctx = ctx;
     t->refs = 1; /* dropped after connection_lost */
     t->high = EVS_WRITE_HIGH_WATER_DEFAULT;
     t->low = EVS_WRITE_LOW_WATER_DEFAULT;
     event_base_gettimeofday_cached(w->base, &t->started);
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
-        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
+    /* One syscall tells both: a pipe (or tty) is not a socket, and a
+     * socket's family says whether it is TCP. */
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        t->is_pipe = errno == ENOTSOCK;
+    else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
         int one = 1;
         /* asyncio sets TCP_NODELAY too: writes are already coalesced by
          * the write queue, Nagle would only add latency. */
