@@ -6,6 +6,10 @@
  * get_buffer reserves space in it), so bytes are copied once, from the
  * kernel. Views returned to the caller stay in the evbuffer until the next
  * call on the reader, which drains them first.
+ *
+ * evs_read() parked on an empty buffer lends its own buffer instead: the
+ * next recv() lands there, with no evbuffer chain and no second copy. That
+ * is the steady state of a request/response handler.
  */
 #include "stream.h"
 
@@ -29,7 +33,17 @@ struct evs_reader {
     const void *partial_data;
     bool paused_transport;
     struct evbuffer_iovec reserved;
+    size_t chunk;      /* how much get_buffer reserves; grows while filled */
+    void *lent;        /* evs_read's buffer while it waits on an empty one */
+    size_t lent_len;
+    size_t lent_got;   /* bytes the transport put there */
+    bool reading_lent; /* the last get_buffer returned lent */
 };
+
+/* The first reservation is small: a reply-sized read should not make (and
+ * then free) a 64 KiB chain. Reads that fill it double it, up to the cap. */
+#define READ_CHUNK_MIN 4096u
+#define READ_CHUNK_MAX 65536u
 
 struct evs_writer {
     evs_reader *reader;
@@ -101,6 +115,13 @@ static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void 
     struct evbuffer_iovec vec[2];
 
     EVS_UNUSED(t);
+    r->reading_lent = r->lent && !r->lent_got;
+    if (r->reading_lent) {
+        *len = r->lent_len;
+        return r->lent;
+    }
+    if (sizehint > r->chunk)
+        sizehint = r->chunk;
     /* While a view is out, reserve two extents: libevent then only adds
      * chains, whereas a one-extent reservation may realign or reallocate
      * the last chain and move the bytes the view points to. We read into
@@ -117,8 +138,15 @@ static void sp_buffer_updated(evs_transport *t, size_t nbytes, void *ctx)
     evs_reader *r = ctx;
 
     EVS_UNUSED(t);
-    r->reserved.iov_len = nbytes;
-    evbuffer_commit_space(r->buf, &r->reserved, 1);
+    if (r->reading_lent) {
+        r->reading_lent = false;
+        r->lent_got = nbytes;
+    } else {
+        if (nbytes == r->reserved.iov_len && r->chunk < READ_CHUNK_MAX)
+            r->chunk *= 2;
+        r->reserved.iov_len = nbytes;
+        evbuffer_commit_space(r->buf, &r->reserved, 1);
+    }
     if (nbytes == 0)
         return;
     /* Before the wake: a waiting task means "keep reading". */
@@ -214,6 +242,7 @@ int evs__stream_create(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs
         return -ENOMEM;
     }
     s->reader.limit = limit ? limit : EVS_STREAM_LIMIT_DEFAULT;
+    s->reader.chunk = READ_CHUNK_MIN;
     s->writer.reader = &s->reader;
     err = evs__transport_create(wk, fd, &stream_protocol, &s->reader, &t);
     if (err) {
@@ -405,6 +434,28 @@ static void consumed(evs_reader *r)
     maybe_resume_transport(r);
 }
 
+/* Park with @buf lent to the transport (see the top of the file).
+ * @return bytes that landed in @buf, 0 if none, or a negative errno. */
+static ssize_t wait_data_into(evs_reader *r, void *buf, size_t n)
+{
+    int rc;
+    size_t got;
+
+    r->lent = buf;
+    r->lent_len = n;
+    r->lent_got = 0;
+    r->reading_lent = false;
+    rc = wait_data(r);
+    got = r->lent_got;
+    r->lent = NULL;
+    r->lent_got = 0;
+    r->reading_lent = false;
+    /* Bytes that arrived are the caller's even if the wait was cut short. */
+    if (got)
+        return (ssize_t)got;
+    return rc < 0 ? rc : 0;
+}
+
 ssize_t evs_read(evs_reader *r, void *buf, size_t n)
 {
     int rc = begin(r);
@@ -415,12 +466,14 @@ ssize_t evs_read(evs_reader *r, void *buf, size_t n)
     if (n == 0)
         return 0;
     while ((len = buffered(r)) == 0) {
+        ssize_t got;
+
         if (r->err)
             return r->err;
         if (r->eof)
             return 0;
-        if ((rc = wait_data(r)) < 0)
-            return rc;
+        if ((got = wait_data_into(r, buf, n)) != 0)
+            return got;
     }
     if (len > n)
         len = n;

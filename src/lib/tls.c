@@ -326,6 +326,11 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
         key = x->keys[0];
     } else if (memcmp(name, x->keys[0].name, 16) == 0) {
         key = x->keys[0];
+        /* TLS 1.3 sends a ticket after a resumption only when asked to
+         * renew, and clients use each ticket once (RFC 8446 C.4): without
+         * a new one, every other connection would be a full handshake. */
+        if (SSL_version(ssl) >= TLS1_3_VERSION)
+            rc = 2;
     } else if (memcmp(name, x->keys[1].name, 16) == 0) {
         key = x->keys[1];
         rc = 2; /* valid, but issue a ticket with the current key */

@@ -301,6 +301,29 @@ TEST(StreamRead, ReadCopiesAtMostNAndKeepsTheRest) {
     });
 }
 
+// A parked read lends its buffer to the socket: what does not fit there
+// must stay buffered, in order, for the next calls.
+TEST(StreamRead, ParkedSmallReadKeepsTheOverflowInOrder) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string big = pattern(200000, 7);
+        Feeder f{c.peer, {big}, false, 0.01};
+        evs_task *ft = spawn(f);
+        char small[5];
+        ASSERT_EQ(5, evs_read(c.r, small, sizeof small));
+        std::string got(small, 5);
+        std::vector<char> buf(70000);
+        while (got.size() < big.size()) {
+            ssize_t n = evs_read(c.r, buf.data(), buf.size());
+            ASSERT_GT(n, 0);
+            got.append(buf.data(), (size_t)n);
+        }
+        EXPECT_EQ(big, got);
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
 TEST(StreamRead, ZeroBytesReturnsZeroAtOnce) {
     run([] {
         Conn c;

@@ -1215,6 +1215,31 @@ TEST_F(Tls, SessionResumptionWithTickets) {
     EXPECT_EQ(2u, rt.stats().tls_handshakes);
 }
 
+// A TLS 1.3 client uses each ticket once: every resumed connection must
+// get a new ticket, or every other connection is a full handshake.
+TEST_F(Tls, EachResumptionIssuesTheTicketForTheNext) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, one_line_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string prev;
+    for (int i = 0; i < 4; i++) {
+        std::string sess = certs.dir + "/chain" + std::to_string(i) + ".pem";
+        std::string args = "-servername localhost -sess_out " + sess;
+        if (!prev.empty()) args += " -sess_in " + prev;
+        int status;
+        std::string out = s_client(port, "hop\\n", args, &status);
+        EXPECT_EQ(0, WEXITSTATUS(status)) << out;
+        EXPECT_NE(std::string::npos, out.find(i == 0 ? "New, TLSv1.3" : "Reused, TLSv1.3"))
+            << "connection " << i << ": " << out;
+        prev = sess;
+    }
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_resumed == 3; }));
+}
+
 // --- keys ------------------------------------------------------------------------------
 
 TEST_F(Tls, KeysPasswordsAndMismatches) {
