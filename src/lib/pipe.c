@@ -89,14 +89,11 @@ static void setup(evs_transport *t, int rfd, int wfd)
         t->wfd = wfd;
     } else if (wfd < 0) {
         /* Read-only: writes get -EPIPE as after write_eof. */
-        event_assign(&t->wr_ev, base, -1, 0, never_cb, t);
         t->wfd = -1;
         t->eof_pending = true;
         t->eof_sent = true;
-    } else if (wfd != rfd) {
-        t->wfd = wfd;
-        event_assign(&t->wr_ev, base, wfd, EV_WRITE | EV_PERSIST, event_get_callback(&t->wr_ev),
-                     t);
+    } else {
+        t->wfd = wfd; /* the write event, made on first need, watches it */
     }
 }
 

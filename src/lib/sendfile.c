@@ -56,7 +56,7 @@ ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size
         return err;
     /* Zero copy only while the queue is empty: the file's bytes must go
      * after what is already queued. */
-    if (!t->tls && !t->is_pipe && evbuffer_get_length(t->out) == 0) {
+    if (!t->tls && !t->is_pipe && evs__transport_queued(t) == 0) {
         while (total < count) {
             off_t off = offset + (off_t)total;
             size_t want = count - total;
@@ -76,7 +76,7 @@ ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size
                 break; /* the file is shorter than it was */
             evs__counter_add(&t->worker->bytes_out, (uint64_t)n);
             t->bytes_out += (uint64_t)n;
-            if (t->timeouts_on)
+            if (t->timers)
                 evs__timeouts_write(t);
             total += (size_t)n;
         }

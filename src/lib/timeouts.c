@@ -5,10 +5,11 @@
  * Reads and writes only note the loop's cached time (no system call, no
  * timer operation); the timer, when it fires, looks at what happened since
  * and either ends the connection with -ETIMEDOUT or re-arms for the next
- * deadline.
+ * deadline. A connection without timeouts has no timer state at all.
  */
 #include "transport.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static double since(const struct timeval *now, const struct timeval *then)
@@ -21,19 +22,20 @@ static double since(const struct timeval *now, const struct timeval *then)
 
 void evs__timeouts_read(evs_transport *t)
 {
-    event_base_gettimeofday_cached(t->worker->base, &t->last_read);
+    event_base_gettimeofday_cached(t->worker->base, &t->timers->last_read);
 }
 
 void evs__timeouts_write(evs_transport *t)
 {
-    event_base_gettimeofday_cached(t->worker->base, &t->last_write);
+    event_base_gettimeofday_cached(t->worker->base, &t->timers->last_write);
 }
 
 /* Seconds left before the earliest timeout, or < 0 with *which set when one
  * has passed. A huge value when none applies now. */
 static double remaining(evs_transport *t, const struct timeval *now, const char **which)
 {
-    const evs_timeouts *to = &t->to;
+    const evs__timers *tm = t->timers;
+    const evs_timeouts *to = &tm->to;
     double left = 1e18;
     struct timeval last_io;
 
@@ -50,13 +52,13 @@ static double remaining(evs_transport *t, const struct timeval *now, const char 
         }                                                                                          \
     } while (0)
 
-    last_io = timercmp(&t->last_read, &t->last_write, >) ? t->last_read : t->last_write;
+    last_io = timercmp(&tm->last_read, &tm->last_write, >) ? tm->last_read : tm->last_write;
     CHECK(true, to->lifetime, since(now, &t->started), "lifetime");
     CHECK(true, to->idle, since(now, &last_io), "idle");
     CHECK(t->bytes_in == 0, to->first_byte, since(now, &t->started), "first byte");
     CHECK(t->bytes_in > 0 && evs_transport_is_reading(t) && !t->eof_received, to->read,
-          since(now, &t->last_read), "read");
-    CHECK(evs_transport_get_write_buffer_size(t) > 0, to->write, since(now, &t->last_write),
+          since(now, &tm->last_read), "read");
+    CHECK(evs_transport_get_write_buffer_size(t) > 0, to->write, since(now, &tm->last_write),
           "write");
 #undef CHECK
     return left;
@@ -66,7 +68,7 @@ static void arm(evs_transport *t, double seconds)
 {
     struct timeval tv = evs__tv(seconds);
 
-    evtimer_add(&t->timeout_ev, &tv);
+    evtimer_add(&t->timers->ev, &tv);
 }
 
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -92,7 +94,7 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
     /* Nothing pending needs a timer (e.g. only a write timeout and nothing
      * queued): look again at the shortest configured interval. */
     if (left > 1e17) {
-        const evs_timeouts *to = &t->to;
+        const evs_timeouts *to = &t->timers->to;
         double vals[] = {to->idle, to->first_byte, to->read, to->write, to->lifetime};
         left = 0;
         for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++)
@@ -105,44 +107,59 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 int evs_transport_set_timeouts(evs_transport *t, const evs_timeouts *to)
 {
     struct timeval now;
+    evs__timers *tm = t->timers;
+    bool on;
 
     if (!to || to->idle < 0 || to->first_byte < 0 || to->read < 0 || to->write < 0 ||
         to->lifetime < 0)
         return -EINVAL;
     if (t->lost_scheduled)
         return -EPIPE;
-    if (!event_initialized(&t->timeout_ev))
-        evtimer_assign(&t->timeout_ev, t->worker->base, timeout_cb, t);
-    t->to = *to;
-    t->timeouts_on = to->idle > 0 || to->first_byte > 0 || to->read > 0 || to->write > 0 ||
-                     to->lifetime > 0;
-    event_del(&t->timeout_ev);
-    if (!t->timeouts_on)
+    on = to->idle > 0 || to->first_byte > 0 || to->read > 0 || to->write > 0 || to->lifetime > 0;
+    if (!on) {
+        if (tm) {
+            event_del(&tm->ev);
+            free(tm);
+            t->timers = NULL;
+        }
         return 0;
+    }
+    if (!tm) {
+        if (!(tm = calloc(1, sizeof *tm)))
+            return -ENOMEM;
+        evtimer_assign(&tm->ev, t->worker->base, timeout_cb, t);
+        t->timers = tm;
+    }
+    tm->to = *to;
+    event_del(&tm->ev);
     /* Count from now for what has no history yet. */
     event_base_gettimeofday_cached(t->worker->base, &now);
-    if (!timerisset(&t->last_read))
-        t->last_read = now;
-    if (!timerisset(&t->last_write) || evs_transport_get_write_buffer_size(t) == 0)
-        t->last_write = now;
+    if (!timerisset(&tm->last_read))
+        tm->last_read = now;
+    if (!timerisset(&tm->last_write) || evs_transport_get_write_buffer_size(t) == 0)
+        tm->last_write = now;
     timeout_cb(-1, 0, t);
     return 0;
 }
 
 void evs_transport_get_timeouts(const evs_transport *t, evs_timeouts *out)
 {
-    *out = t->to;
+    if (t->timers)
+        *out = t->timers->to;
+    else
+        memset(out, 0, sizeof *out);
 }
 
 int evs_transport_set_idle_timeout(evs_transport *t, double seconds)
 {
-    evs_timeouts to = t->to;
+    evs_timeouts to;
 
+    evs_transport_get_timeouts(t, &to);
     to.idle = seconds;
     return evs_transport_set_timeouts(t, &to);
 }
 
 double evs_transport_get_idle_timeout(const evs_transport *t)
 {
-    return t->to.idle;
+    return t->timers ? t->timers->to.idle : 0;
 }

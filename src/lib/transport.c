@@ -7,9 +7,13 @@
  * bufferevent measured 0.65x of a minimal epoll server because it goes
  * through the loop for every write (see docs/architecture.md).
  *
- * connection_lost always runs from its own event (lost_ev), never inside
+ * connection_lost always runs from the worker's lost event, never inside
  * the call that caused it, so a protocol may close or abort its transport
  * from any callback. A reference is held around every protocol callback.
+ *
+ * An idle connection holds the struct and its read event only: the write
+ * queue and its event come with the first short write, the timers with the
+ * first timeout (see docs/architecture.md, "Memory per connection").
  */
 #include "transport.h"
 #include "tls.h"
@@ -34,18 +38,31 @@ static void read_cb(evutil_socket_t fd, short what, void *arg);
  * costs no system call, and nothing is done without timeouts. */
 static inline void mark_read(evs_transport *t)
 {
-    if (t->timeouts_on)
+    if (t->timers)
         evs__timeouts_read(t);
 }
 
 static inline void mark_write(evs_transport *t)
 {
-    if (t->timeouts_on)
+    if (t->timers)
         evs__timeouts_write(t);
 }
 static void write_cb(evutil_socket_t fd, short what, void *arg);
 static void account(evs_transport *t, size_t before, size_t after);
 static void lost_cb(evutil_socket_t fd, short what, void *arg);
+
+void evs__transport_list_init(evs_worker *w)
+{
+    w->transports.lost_head = NULL;
+    w->transports.lost_tail = &w->transports.lost_head;
+    event_assign(&w->transports.lost_ev, w->base, -1, 0, lost_cb, w);
+}
+
+void evs__transport_list_fini(evs_worker *w)
+{
+    if (event_initialized(&w->transports.lost_ev))
+        event_del(&w->transports.lost_ev);
+}
 
 void evs__transport_count_in(evs_transport *t, size_t n)
 {
@@ -64,10 +81,12 @@ void evs__transport_unref(evs_transport *t)
     if (--t->refs > 0)
         return;
     event_del(&t->rd_ev);
-    event_del(&t->wr_ev);
-    event_del(&t->lost_ev);
-    if (event_initialized(&t->timeout_ev))
-        event_del(&t->timeout_ev);
+    if (t->wr_ev)
+        event_free(t->wr_ev);
+    if (t->timers) {
+        event_del(&t->timers->ev);
+        free(t->timers);
+    }
     /* TLS details stay readable until the last reference (after a failed
      * handshake the caller wants to know why). */
     evs__tls_free(t);
@@ -77,7 +96,8 @@ void evs__transport_unref(evs_transport *t)
         close(t->fd);
     if (t->wfd >= 0 && t->wfd != t->fd)
         close(t->wfd);
-    evbuffer_free(t->out);
+    if (t->out)
+        evbuffer_free(t->out);
     free(t);
 }
 
@@ -101,8 +121,7 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
         return err;
     }
     t = calloc(1, sizeof *t);
-    if (!t || !(t->out = evbuffer_new())) {
-        free(t);
+    if (!t) {
         close(fd);
         return -ENOMEM;
     }
@@ -127,8 +146,6 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
         t->is_tcp = true;
     }
     event_assign(&t->rd_ev, w->base, fd, EV_READ | EV_PERSIST, read_cb, t);
-    event_assign(&t->wr_ev, w->base, fd, EV_WRITE | EV_PERSIST, write_cb, t);
-    event_assign(&t->lost_ev, w->base, -1, 0, lost_cb, t);
     t->next = w->transports.head;
     if (t->next)
         t->next->prev = t;
@@ -175,23 +192,26 @@ int evs_transport_new(int fd, const evs_protocol *proto, void *ctx, evs_transpor
 
 static void schedule_lost(evs_transport *t)
 {
+    evs__tlist *l = &t->worker->transports;
+
     if (t->lost_scheduled)
         return;
     t->lost_scheduled = true;
     event_del(&t->rd_ev);
-    event_del(&t->wr_ev);
-    if (event_initialized(&t->timeout_ev))
-        event_del(&t->timeout_ev);
-    event_active(&t->lost_ev, EV_TIMEOUT, 0);
+    if (t->wr_ev)
+        event_del(t->wr_ev);
+    if (t->timers)
+        event_del(&t->timers->ev);
+    if (!l->lost_head)
+        event_active(&l->lost_ev, EV_TIMEOUT, 0);
+    *l->lost_tail = t;
+    l->lost_tail = &t->lost_next;
 }
 
-static void lost_cb(evutil_socket_t fd, short what, void *arg)
+static void run_lost(evs_transport *t)
 {
-    evs_transport *t = arg;
     evs_worker *w = t->worker;
 
-    EVS_UNUSED(fd);
-    EVS_UNUSED(what);
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -213,6 +233,26 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
     evs__transport_unref(t);
 }
 
+/* Run the connection_lost calls due, in the order they were scheduled;
+ * those scheduled meanwhile run on the next loop turn. */
+static void lost_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs__tlist *l = &((evs_worker *)arg)->transports;
+    evs_transport *t = l->lost_head;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    l->lost_head = NULL;
+    l->lost_tail = &l->lost_head;
+    while (t) {
+        evs_transport *next = t->lost_next;
+
+        t->lost_next = NULL;
+        run_lost(t);
+        t = next;
+    }
+}
+
 /* A fatal error: drop the buffer and report @err in connection_lost. */
 void evs__transport_fatal(evs_transport *t, int err)
 {
@@ -221,10 +261,10 @@ void evs__transport_fatal(evs_transport *t, int err)
     evs__debug("connection error: %s", evs_strerror(err));
     t->closing = true;
     t->error = err;
-    if (evbuffer_get_length(t->out) > 0) {
+    if (evs__transport_queued(t) > 0) {
         t->dropped = true;
-        account(t, evbuffer_get_length(t->out), 0);
-        evbuffer_drain(t->out, evbuffer_get_length(t->out));
+        account(t, evs__transport_queued(t), 0);
+        evbuffer_drain(t->out, evs__transport_queued(t));
     }
     schedule_lost(t);
 }
@@ -237,7 +277,7 @@ void evs_transport_close(evs_transport *t)
     event_del(&t->rd_ev);
     if (t->tls)
         evs__tls_close(t); /* queues close_notify, bounds the flush */
-    if (evbuffer_get_length(t->out) == 0)
+    if (evs__transport_queued(t) == 0)
         schedule_lost(t);
     /* else write_cb finishes the close once the buffer is flushed */
 }
@@ -247,10 +287,10 @@ void evs_transport_abort(evs_transport *t)
     if (t->lost_scheduled)
         return;
     t->closing = true;
-    if (evbuffer_get_length(t->out) > 0) {
+    if (evs__transport_queued(t) > 0) {
         t->dropped = true;
-        account(t, evbuffer_get_length(t->out), 0);
-        evbuffer_drain(t->out, evbuffer_get_length(t->out));
+        account(t, evs__transport_queued(t), 0);
+        evbuffer_drain(t->out, evs__transport_queued(t));
     }
     schedule_lost(t);
 }
@@ -296,7 +336,7 @@ static void maybe_resume_protocol(evs_transport *t)
 
 size_t evs_transport_get_write_buffer_size(const evs_transport *t)
 {
-    return evbuffer_get_length(t->out) + (t->tls ? evs__tls_pending(t) : 0);
+    return evs__transport_queued(t) + (t->tls ? evs__tls_pending(t) : 0);
 }
 
 void evs_transport_get_write_buffer_limits(const evs_transport *t, size_t *low, size_t *high)
@@ -432,7 +472,8 @@ bool evs_transport_is_reading(const evs_transport *t)
 
 static void flushed(evs_transport *t)
 {
-    event_del(&t->wr_ev);
+    if (t->wr_ev)
+        event_del(t->wr_ev);
     if (t->eof_pending && !t->eof_sent) {
         t->eof_sent = true;
         if (t->is_pipe) {
@@ -493,7 +534,7 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
     t->bytes_out += (uint64_t)n;
     mark_write(t);
     evs__transport_ref(t);
-    if (evbuffer_get_length(t->out) == 0)
+    if (evs__transport_queued(t) == 0)
         flushed(t);
     maybe_resume_protocol(t);
     evs__transport_unref(t);
@@ -518,11 +559,24 @@ static void account(evs_transport *t, size_t before, size_t after)
     atomic_store_explicit(b, v, memory_order_relaxed);
 }
 
+/* The write queue and its event, made on first need and kept. */
+static int make_queue(evs_transport *t)
+{
+    if (!t->out && !(t->out = evbuffer_new()))
+        return -ENOMEM;
+    if (!t->wr_ev &&
+        !(t->wr_ev = event_new(t->worker->base, t->wfd, EV_WRITE | EV_PERSIST, write_cb, t)))
+        return -ENOMEM;
+    return 0;
+}
+
 /* The socket took @n of @total bytes directly; queue what is left. */
 static int queue_rest(evs_transport *t, const struct iovec *iov, int iovcnt, size_t skip)
 {
-    size_t before = evbuffer_get_length(t->out);
+    size_t before = evs__transport_queued(t);
 
+    if (make_queue(t) < 0)
+        return -ENOMEM;
     /* The write timeout measures from when bytes start waiting. */
     if (before == 0)
         mark_write(t);
@@ -537,8 +591,8 @@ static int queue_rest(evs_transport *t, const struct iovec *iov, int iovcnt, siz
             return -ENOMEM;
         skip = 0;
     }
-    account(t, before, evbuffer_get_length(t->out));
-    event_add(&t->wr_ev, NULL);
+    account(t, before, evs__transport_queued(t));
+    event_add(t->wr_ev, NULL);
     return 0;
 }
 
@@ -575,7 +629,7 @@ int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, s
 
     if (total == 0)
         return 0;
-    if (evbuffer_get_length(t->out) == 0) {
+    if (evs__transport_queued(t) == 0) {
         /* Nothing queued: try the socket first. */
         struct msghdr msg;
 
@@ -643,7 +697,7 @@ int evs_transport_write_eof(evs_transport *t)
     if (t->eof_pending)
         return 0;
     t->eof_pending = true;
-    if (evbuffer_get_length(t->out) == 0)
+    if (evs__transport_queued(t) == 0)
         flushed(t);
     return 0;
 }

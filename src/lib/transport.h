@@ -15,23 +15,31 @@
 
 typedef void (*evs__transport_hook)(evs_transport *t, void *arg);
 
+/* A connection's timeouts (timeouts.c), allocated only when it has one. */
+typedef struct evs__timers {
+    struct event ev; /* one timer for the nearest deadline */
+    evs_timeouts to;
+    struct timeval last_read;
+    struct timeval last_write;
+} evs__timers;
+
+/* Kept small: an idle connection costs this struct and little else. What
+ * only some connections need (a write queue, timeouts, the peer address)
+ * hangs off pointers that stay NULL otherwise. */
 struct evs_transport {
     evs_worker *worker;
     int fd;
+    int wfd; /* where writes go: fd for sockets; a pipe's write end or -1 */
     const evs_protocol *proto;
     void *ctx;
 
     struct event rd_ev;
-    struct event wr_ev;
-    struct event lost_ev; /* runs connection_lost outside the caller's stack */
-    /* Timeouts (timeouts.c): one timer for the nearest deadline. */
-    struct event timeout_ev;
-    bool timeouts_on;
-    evs_timeouts to;
-    struct timeval last_read;
-    struct timeval last_write;
-    size_t max_write_buffer; /* 0: no cap */
+    /* The write queue and its event, made by the first write the socket
+     * does not take whole. */
     struct evbuffer *out;
+    struct event *wr_ev;
+    evs__timers *timers;
+    size_t max_write_buffer; /* 0: no cap */
     size_t high;
     size_t low;
 
@@ -50,7 +58,7 @@ struct evs_transport {
     /* Not a socket (pipe, FIFO, tty): read()/writev() instead of
      * recv()/sendmsg(), and write_eof closes wfd (pipe.c). */
     bool is_pipe;
-    int wfd; /* where writes go: fd for sockets; a pipe's write end or -1 */
+    bool ip_counted;
 
     uint64_t bytes_in;   /* socket bytes (ciphertext under TLS) */
     uint64_t bytes_out;
@@ -59,7 +67,6 @@ struct evs_transport {
     socklen_t peerlen;
     struct evs__proxied *proxied;   /* what a PROXY header said, or NULL */
     uint64_t ip_key;                /* its server's per-address count, if ip_counted */
-    bool ip_counted;
 
     /* Called once when the connection ends, before connection_lost. */
     evs__transport_hook closed_hook;
@@ -73,7 +80,18 @@ struct evs_transport {
 
     evs_transport *next; /* the worker's list of live transports */
     evs_transport *prev;
+    evs_transport *lost_next; /* the worker's connection_lost queue */
 };
+
+/* Bytes in the write queue (not counting TLS's own). */
+static inline size_t evs__transport_queued(const evs_transport *t)
+{
+    return t->out ? evbuffer_get_length(t->out) : 0;
+}
+
+/* Set up and tear down a worker's transport lists (worker.c). */
+void evs__transport_list_init(evs_worker *w);
+void evs__transport_list_fini(evs_worker *w);
 
 /* Create a transport on worker @w without calling connection_made yet. */
 int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void *ctx,

@@ -165,6 +165,7 @@ int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size)
     event_assign(&w->wake_ev, w->base, w->wake_fd, EV_READ | EV_PERSIST, inbox_cb, w);
     event_add(&w->wake_ev, NULL);
     event_assign(&w->run_ev, w->base, -1, 0, run_cb, w);
+    evs__transport_list_init(w);
     if (rt) {
         evtimer_assign(&w->lag_ev, w->base, lag_cb, w);
         arm_lag_probe(w);
@@ -208,6 +209,7 @@ void evs__worker_fini(evs_worker *w)
         if (w->wake_fd >= 0)
             event_del(&w->wake_ev);
         event_del(&w->run_ev);
+        evs__transport_list_fini(w);
         if (event_initialized(&w->lag_ev))
             event_del(&w->lag_ev);
         event_base_free(w->base);

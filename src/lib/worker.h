@@ -48,9 +48,14 @@ typedef struct evs__closable {
     void (*abort)(struct evs__closable *c);
 } evs__closable;
 
-/* Live transports of a worker, for aborting them at shutdown. */
+/* Live transports of a worker, for aborting them at shutdown, and those
+ * whose connection_lost is due: one event runs them all, outside the call
+ * that ended them, so a transport needs no event of its own for it. */
 typedef struct evs__tlist {
     evs_transport *head;
+    evs_transport *lost_head;
+    evs_transport **lost_tail;
+    struct event lost_ev;
 } evs__tlist;
 
 struct evs_worker {
