@@ -53,6 +53,18 @@ typedef struct evs_separator {
 EVS_EXTERN ssize_t evs_read(evs_reader *r, void *buf, size_t n);
 
 /**
+ * read(n) without the copy: wait until at least one byte is buffered (or
+ * EOF), then return a view of up to @p n bytes, those that lie contiguous
+ * at the front of the reader's buffer. Parks. Nothing of the caller's sits
+ * on the task's stack while it waits, which keeps an idle connection's
+ * stack to a page.
+ * @param data receives the view (valid until the next call on @p r).
+ * @return the count (> 0); 0 at EOF with an empty buffer, or at once when
+ *         @p n is 0; a negative error (as evs_read()).
+ */
+EVS_EXTERN ssize_t evs_read_view(evs_reader *r, size_t n, const void **data);
+
+/**
  * read(-1): read until EOF into @p buf, at most @p max bytes. Parks.
  * @return the count at EOF; EVS_ELIMIT when more than @p max bytes arrive
  *         before EOF (all of them stay in the reader); a negative error

@@ -23,7 +23,7 @@
 
 struct evs_reader {
     evs_transport *t;
-    struct evbuffer *buf;
+    struct evbuffer *buf; /* made when bytes first need buffering */
     size_t limit;
     bool eof;
     int err;
@@ -82,19 +82,32 @@ static evs_stream *stream_of_writer(evs_writer *w)
 
 static void stream_free(evs_stream *s)
 {
-    evbuffer_free(s->reader.buf);
+    if (s->reader.buf)
+        evbuffer_free(s->reader.buf);
     evs__transport_unref(s->reader.t);
     free(s);
 }
 
 /* --- the protocol under the pair ------------------------------------- */
 
+static size_t buffered(const evs_reader *r)
+{
+    return r->buf ? evbuffer_get_length(r->buf) - r->consume : 0;
+}
+
+/* Move @len buffered bytes to @dst (nothing to do for none). */
+static void take(evs_reader *r, void *dst, size_t len)
+{
+    if (len > 0)
+        evbuffer_remove(r->buf, dst, len);
+}
+
 static void maybe_pause_transport(evs_reader *r)
 {
     /* Stop reading from the socket above twice the limit unless a call is
      * waiting for more (readexactly(n > 2 * limit) must still work). */
     if (!r->paused_transport && !r->waiter.head &&
-        evbuffer_get_length(r->buf) - r->consume > 2 * r->limit) {
+        buffered(r) > 2 * r->limit) {
         r->paused_transport = true;
         evs_transport_pause_reading(r->t);
     }
@@ -103,7 +116,7 @@ static void maybe_pause_transport(evs_reader *r)
 static void maybe_resume_transport(evs_reader *r)
 {
     if (r->paused_transport &&
-        (r->waiter.head || evbuffer_get_length(r->buf) - r->consume <= r->limit)) {
+        (r->waiter.head || buffered(r) <= r->limit)) {
         r->paused_transport = false;
         evs_transport_resume_reading(r->t);
     }
@@ -122,6 +135,8 @@ static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void 
     }
     if (sizehint > r->chunk)
         sizehint = r->chunk;
+    if (!r->buf && !(r->buf = evbuffer_new()))
+        return NULL;
     /* While a view is out, reserve two extents: libevent then only adds
      * chains, whereas a one-extent reservation may realign or reallocate
      * the last chain and move the bytes the view points to. We read into
@@ -236,8 +251,7 @@ int evs__stream_create(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs
     evs_transport *t;
     int err;
 
-    if (!s || !(s->reader.buf = evbuffer_new())) {
-        free(s);
+    if (!s) {
         close(fd);
         return -ENOMEM;
     }
@@ -246,7 +260,6 @@ int evs__stream_create(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs
     s->writer.reader = &s->reader;
     err = evs__transport_create(wk, fd, &stream_protocol, &s->reader, &t);
     if (err) {
-        evbuffer_free(s->reader.buf);
         free(s);
         return err;
     }
@@ -330,12 +343,12 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
         evbuffer_drain(r->buf, r->consume);
         r->consume = 0;
     }
-    len = evbuffer_get_length(r->buf);
+    len = buffered(r);
     if (len > 0) {
         prefix = malloc(len);
         if (!prefix)
             return -ENOMEM;
-        evbuffer_remove(r->buf, prefix, len);
+        take(r, prefix, len);
     }
     s->tls_result = 1; /* in progress */
     t->tls_done = tls_done;
@@ -394,11 +407,6 @@ void *evs__stream_tag(const evs_writer *w)
 }
 
 /* --- StreamReader ------------------------------------------------------ */
-
-static size_t buffered(const evs_reader *r)
-{
-    return evbuffer_get_length(r->buf) - r->consume;
-}
 
 /* Start of every read call: drop the last view, refuse a second reader. */
 static int begin(evs_reader *r)
@@ -477,7 +485,7 @@ ssize_t evs_read(evs_reader *r, void *buf, size_t n)
     }
     if (len > n)
         len = n;
-    evbuffer_remove(r->buf, buf, len);
+    take(r, buf, len);
     consumed(r);
     return (ssize_t)len;
 }
@@ -500,7 +508,7 @@ ssize_t evs_read_to_eof(evs_reader *r, void *buf, size_t max)
     len = buffered(r);
     if (len > max)
         return EVS_ELIMIT;
-    evbuffer_remove(r->buf, buf, len);
+    take(r, buf, len);
     consumed(r);
     return (ssize_t)len;
 }
@@ -516,7 +524,7 @@ ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
         if (r->err)
             return r->err;
         if (r->eof) {
-            evbuffer_remove(r->buf, buf, len);
+            take(r, buf, len);
             r->partial = len;
             r->partial_data = buf;
             consumed(r);
@@ -525,7 +533,7 @@ ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
         if ((rc = wait_data(r)) < 0)
             return rc;
     }
-    evbuffer_remove(r->buf, buf, n);
+    take(r, buf, n);
     consumed(r);
     return (ssize_t)n;
 }
@@ -538,6 +546,8 @@ static ssize_t find_separator(evs_reader *r, const evs_separator *seps, size_t n
     ssize_t best = -1;
     struct evbuffer_ptr start;
 
+    if (!r->buf)
+        return -1;
     for (size_t i = 0; i < nseps; i++) {
         struct evbuffer_ptr p;
 
@@ -563,6 +573,38 @@ static const void *view(evs_reader *r, size_t len)
     p += r->consume;
     r->consume += len;
     return p;
+}
+
+ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
+{
+    struct evbuffer_iovec front;
+    int rc = begin(r);
+    size_t len;
+
+    if (rc)
+        return rc;
+    if (!data)
+        return -EINVAL;
+    *data = NULL;
+    if (n == 0)
+        return 0;
+    while ((len = buffered(r)) == 0) {
+        if (r->err)
+            return r->err;
+        if (r->eof)
+            return 0;
+        if ((rc = wait_data(r)) < 0)
+            return rc;
+    }
+    if (len > n)
+        len = n;
+    /* What the first chain holds: a view across chains would need a copy. */
+    if (evbuffer_peek(r->buf, -1, NULL, &front, 1) > 0 && front.iov_len > 0 &&
+        front.iov_len < len)
+        len = front.iov_len;
+    *data = view(r, len);
+    consumed(r);
+    return (ssize_t)len;
 }
 
 /* readuntil and readline share this. @at_eof_partial: readline's rule

@@ -96,8 +96,8 @@ void evs__task_wake(evs_task *t, int result)
     t->parked = false;
     t->wake_result = result;
     waitq_remove(t);
-    if (event_initialized(&t->timer_ev))
-        evtimer_del(&t->timer_ev);
+    if (t->timer_ev)
+        evtimer_del(t->timer_ev);
     make_ready(t);
 }
 
@@ -131,6 +131,10 @@ int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry)
         bound = t->timeout;
         result = -ETIMEDOUT;
     }
+    /* Most tasks never park with a bound: their timer is made on first
+     * need (and kept), which saves an event per connection handler. */
+    if (bound >= 0 && !t->timer_ev && !(t->timer_ev = evtimer_new(t->worker->base, timer_cb, t)))
+        return -ENOMEM;
     t->parked = true;
     if (q)
         waitq_push(q, t);
@@ -140,7 +144,7 @@ int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry)
         /* The loop's cached time is from before this task ran: refresh it,
          * or the timer would count from the past and fire early. */
         event_base_update_cache_time(t->worker->base);
-        evtimer_add(&t->timer_ev, &tv);
+        evtimer_add(t->timer_ev, &tv);
     }
     evs__fiber_yield();
     return t->wake_result;
@@ -225,8 +229,8 @@ void evs__task_run_ready(evs_worker *w)
 
 static void task_free(evs_task *t)
 {
-    if (event_initialized(&t->timer_ev))
-        evtimer_del(&t->timer_ev);
+    if (t->timer_ev)
+        event_free(t->timer_ev);
     free(t);
 }
 
@@ -252,7 +256,6 @@ int evs__task_spawn_on(evs_worker *w, evs_task_fn fn, void *arg, evs_task **out)
         free(t);
         return err;
     }
-    evtimer_assign(&t->timer_ev, w->base, timer_cb, t);
     t->all_next = w->tasks;
     if (w->tasks)
         w->tasks->all_prev = t;

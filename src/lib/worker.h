@@ -161,7 +161,7 @@ struct evs_task {
     int wake_result;
 
     double timeout; /* per parked call; 0 = none */
-    struct event timer_ev;
+    struct event *timer_ev; /* made by the first park with a bound */
     int timer_result;
 
     evs_task *ready_next;

@@ -354,6 +354,90 @@ TEST(StreamRead, AtEofReturnsZero) {
     });
 }
 
+/* --- read(n) as a view ------------------------------------------------ */
+
+TEST(StreamReadView, ParkedViewWakesOnFirstBytes) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {"xy"}, false, 0.01};
+        evs_task *ft = spawn(f);
+        const void *v = nullptr;
+        ssize_t n = evs_read_view(c.r, 100, &v);
+        ASSERT_EQ(2, n);
+        EXPECT_EQ("xy", view_str(v, n));
+        EXPECT_EQ(0u, evs_reader_buffered(c.r));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
+TEST(StreamReadView, AtMostNAndTheRestStaysInOrder) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abcdef");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 6; }));
+        const void *v = nullptr;
+        ssize_t n = evs_read_view(c.r, 4, &v);
+        ASSERT_EQ(4, n);
+        EXPECT_EQ("abcd", view_str(v, n));
+        EXPECT_EQ(2u, evs_reader_buffered(c.r));
+        // The next call of any kind drops the view first.
+        char buf[8];
+        ASSERT_EQ(2, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ("ef", std::string(buf, 2));
+    });
+}
+
+TEST(StreamReadView, ALongStreamComesThroughWhole) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        std::string big = pattern(300000, 11);
+        Feeder f{c.peer, {big.substr(0, 100000), big.substr(100000)}, true, 0.005};
+        evs_task *ft = spawn(f);
+        std::string got;
+        const void *v;
+        ssize_t n;
+        while ((n = evs_read_view(c.r, SIZE_MAX, &v)) > 0) got.append(view_str(v, n));
+        EXPECT_EQ(0, n);
+        EXPECT_EQ(big, got);
+        EXPECT_TRUE(evs_at_eof(c.r));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
+TEST(StreamReadView, ZeroNullAndEof) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        const void *v = &v;
+        EXPECT_EQ(-EINVAL, evs_read_view(c.r, 10, nullptr));
+        EXPECT_EQ(0, evs_read_view(c.r, 0, &v));
+        EXPECT_EQ(nullptr, v);
+        c.send("z");
+        c.eof();
+        ASSERT_EQ(1, evs_read_view(c.r, 10, &v));
+        EXPECT_EQ("z", view_str(v, 1));
+        EXPECT_EQ(0, evs_read_view(c.r, 10, &v));
+        EXPECT_TRUE(evs_at_eof(c.r));
+    });
+}
+
+TEST(StreamReadView, TimeoutLosesNothing) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        const void *v;
+        evs_task_set_timeout(evs_task_current(), 0.05);
+        EXPECT_EQ(-ETIMEDOUT, evs_read_view(c.r, 10, &v));
+        evs_task_set_timeout(evs_task_current(), kMainTimeout);
+        c.send("late");
+        ASSERT_EQ(4, evs_read_view(c.r, 10, &v));
+        EXPECT_EQ("late", view_str(v, 4));
+    });
+}
+
 /* --- read(-1): read_to_eof ------------------------------------------- */
 
 TEST(StreamReadToEof, ExactMaxGetsEverything) {
