@@ -251,19 +251,32 @@ static const char *reason(int status)
     }
 }
 
+/* The Date header, formatted once a second per worker thread: strftime
+ * per request would cost more than the rest of the answer. */
+static const char *http_date(void)
+{
+    static _Thread_local time_t last = -1;
+    static _Thread_local char date[64];
+    time_t now = time(NULL);
+
+    if (now != last) {
+        struct tm tm;
+
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        last = now;
+    }
+    return date;
+}
+
 /* Queue one answer. The body is the reason phrase for errors. */
 static int answer(evs_writer *w, int status, bool head, bool close, bool keep_alive_10)
 {
     char buf[512];
-    char date[64];
     const char *body = status == 200 ? HELLO : reason(status);
     size_t blen = strlen(body) + (status == 200 ? 0 : 1); /* errors end with \n */
-    struct tm tm;
-    time_t now = time(NULL);
     int n;
 
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     n = snprintf(buf, sizeof buf,
                  "HTTP/1.1 %d %s\r\n"
                  "Server: evstreamd-http_hello\r\n"
@@ -273,7 +286,7 @@ static int answer(evs_writer *w, int status, bool head, bool close, bool keep_al
                  "%s%s"
                  "\r\n"
                  "%s%s",
-                 status, reason(status), date, blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
+                 status, reason(status), http_date(), blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
                  close ? "Connection: close\r\n" : keep_alive_10 ? "Connection: keep-alive\r\n" : "",
                  head ? "" : body, head || status == 200 ? "" : "\n");
     return evs_write(w, buf, (size_t)n);
