@@ -168,7 +168,7 @@ static int finish_connection(evs_worker *wk, int fd, const char *host,
 {
     evs_transport *t;
     evs_tls_options to;
-    int rc = evs__stream_create(wk, fd, o ? o->limit : 0, r, w, &t);
+    int rc = evs__stream_create(wk, fd, EVS__FD_PROBE, o ? o->limit : 0, r, w, &t);
 
     if (rc < 0)
         return rc;

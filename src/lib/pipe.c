@@ -122,7 +122,7 @@ int evs_pipe_open(int read_fd, int write_fd, const evs_protocol *proto, void *ct
 
     if (err)
         return err;
-    err = evs__transport_create(w, primary, proto, ctx, &t);
+    err = evs__transport_create(w, primary, EVS__FD_PROBE, proto, ctx, &t);
     if (err) {
         if (write_fd >= 0 && write_fd != primary)
             close(write_fd);
@@ -144,7 +144,7 @@ int evs_stream_open_pipe(int read_fd, int write_fd, size_t limit, evs_reader **r
 
     if (err)
         return err;
-    err = evs__stream_create(wk, primary, limit, r, w, &t);
+    err = evs__stream_create(wk, primary, EVS__FD_PROBE, limit, r, w, &t);
     if (err) {
         if (write_fd >= 0 && write_fd != primary)
             close(write_fd);

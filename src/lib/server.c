@@ -627,15 +627,15 @@ static void refuse(evs_server *s, evs_worker *w, int fd, const evs__msg *m)
 
 /* Hand an accepted socket to a transport, or a stream pair whose handler
  * starts once the connection is made. */
-static int make_transport(evs_server *s, evs_worker *w, int fd, evs_transport **t)
+static int make_transport(evs_server *s, evs_worker *w, int fd, int family, evs_transport **t)
 {
     evs_reader *r;
     evs_writer *wr;
     int err;
 
     if (s->opts.protocol)
-        return evs__transport_create(w, fd, s->opts.protocol, s->opts.arg, t);
-    err = evs__stream_create(w, fd, s->opts.limit, &r, &wr, t);
+        return evs__transport_create(w, fd, family, s->opts.protocol, s->opts.arg, t);
+    err = evs__stream_create(w, fd, family, s->opts.limit, &r, &wr, t);
     if (err == 0) {
         evs__stream_set_tag(wr, s);
         evs__stream_on_made(wr, start_handler, s);
@@ -647,7 +647,7 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
 {
     evs_server *s = m->server;
     evs_transport *t;
-    int fd = m->fd, err;
+    int fd = m->fd, family, err;
 
     if (w->stopping) {
         refuse(s, w, fd, m);
@@ -663,7 +663,9 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
         free(m);
         return;
     }
-    err = make_transport(s, w, fd, &t); /* closes fd on failure */
+    /* The accepted address tells the family (probe if accept gave none). */
+    family = m->peerlen >= sizeof(sa_family_t) ? m->peer.ss_family : EVS__FD_PROBE;
+    err = make_transport(s, w, fd, family, &t); /* closes fd on failure */
     if (err) {
         evs__warn("cannot take a connection: %s", evs_strerror(err));
         if (m->ip_counted)

@@ -244,8 +244,8 @@ static const evs_protocol stream_protocol = {
     .resume_writing = sp_resume_writing,
 };
 
-int evs__stream_create(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_writer **wr,
-                       evs_transport **tp)
+int evs__stream_create(evs_worker *wk, int fd, int family, size_t limit, evs_reader **r,
+                       evs_writer **wr, evs_transport **tp)
 {
     evs_stream *s = calloc(1, sizeof *s);
     evs_transport *t;
@@ -258,7 +258,7 @@ int evs__stream_create(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs
     s->reader.limit = limit ? limit : EVS_STREAM_LIMIT_DEFAULT;
     s->reader.chunk = READ_CHUNK_MIN;
     s->writer.reader = &s->reader;
-    err = evs__transport_create(wk, fd, &stream_protocol, &s->reader, &t);
+    err = evs__transport_create(wk, fd, family, &stream_protocol, &s->reader, &t);
     if (err) {
         free(s);
         return err;
@@ -298,7 +298,7 @@ int evs__stream_open(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_w
                      evs_transport **tp)
 {
     evs_transport *t;
-    int err = evs__stream_create(wk, fd, limit, r, wr, &t);
+    int err = evs__stream_create(wk, fd, EVS__FD_PROBE, limit, r, wr, &t);
 
     if (err)
         return err;

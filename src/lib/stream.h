@@ -16,8 +16,8 @@ int evs__stream_open(evs_worker *w, int fd, size_t limit, evs_reader **r, evs_wr
                      evs_transport **t);
 /* Like evs__stream_open without starting the transport (attach TLS or
  * hooks first, then evs__transport_start). */
-int evs__stream_create(evs_worker *w, int fd, size_t limit, evs_reader **r, evs_writer **wr,
-                       evs_transport **t);
+int evs__stream_create(evs_worker *w, int fd, int family, size_t limit, evs_reader **r,
+                       evs_writer **wr, evs_transport **t);
 /* Called from connection_made: at start for plain transports, after the
  * handshake for TLS ones. */
 typedef void (*evs__stream_made_fn)(evs_writer *w, void *arg);

@@ -101,24 +101,35 @@ void evs__transport_unref(evs_transport *t)
     free(t);
 }
 
-int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void *ctx,
+/* Make @fd non-blocking and tell what it is: an address family, or
+ * AF_UNSPEC for what is no socket (a pipe, a FIFO, a tty).
+ * @return the family or a negative errno. */
+static int probe_fd(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int flags = fcntl(fd, F_GETFL);
+
+    if (flags < 0 || (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0))
+        return -errno;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        return ss.ss_family;
+    return errno == ENOTSOCK ? AF_UNSPEC : AF_UNIX; /* a socket all the same */
+}
+
+int evs__transport_create(evs_worker *w, int fd, int family, const evs_protocol *proto, void *ctx,
                           evs_transport **out)
 {
     evs_transport *t;
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    int flags;
 
     if (!w || !proto || fd < 0) {
         if (fd >= 0)
             close(fd);
         return -EINVAL;
     }
-    flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-        int err = -errno;
+    if (family == EVS__FD_PROBE && (family = probe_fd(fd)) < 0) {
         close(fd);
-        return err;
+        return family;
     }
     t = calloc(1, sizeof *t);
     if (!t) {
@@ -134,11 +145,8 @@ int evs__transport_create(evs_worker *w, int fd, const evs_protocol *proto, void
     t->high = EVS_WRITE_HIGH_WATER_DEFAULT;
     t->low = EVS_WRITE_LOW_WATER_DEFAULT;
     event_base_gettimeofday_cached(w->base, &t->started);
-    /* One syscall tells both: a pipe (or tty) is not a socket, and a
-     * socket's family says whether it is TCP. */
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
-        t->is_pipe = errno == ENOTSOCK;
-    else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+    t->is_pipe = family == AF_UNSPEC;
+    if (family == AF_INET || family == AF_INET6) {
         int one = 1;
         /* asyncio sets TCP_NODELAY too: writes are already coalesced by
          * the write queue, Nagle would only add latency. */
@@ -178,7 +186,7 @@ void evs__transport_start(evs_transport *t)
 int evs_transport_new(int fd, const evs_protocol *proto, void *ctx, evs_transport **out)
 {
     evs_transport *t;
-    int err = evs__transport_create(evs_worker_current(), fd, proto, ctx, &t);
+    int err = evs__transport_create(evs_worker_current(), fd, EVS__FD_PROBE, proto, ctx, &t);
 
     if (err)
         return err;
