@@ -67,7 +67,9 @@ typedef struct evs_server_options {
 
     int backlog;        /**< listen() backlog; 0 = 100 (asyncio's default) */
     bool no_reuse_address; /**< do not set SO_REUSEADDR (set by default, as asyncio does) */
-    bool reuse_port;    /**< SO_REUSEPORT */
+    bool reuse_port;    /**< SO_REUSEPORT, and one socket per worker on the same port,
+                             each accepted from by its worker (no hand-off from the
+                             acceptor thread; the kernel spreads connections by hash) */
     bool defer_serving; /**< the seed's start_serving=False: listen but do not
                              accept until evs_server_start_serving() */
     size_t limit;       /**< reader limit; 0 = 64 KiB */

@@ -1,9 +1,13 @@
 /*
- * acceptor.c - the acceptor thread: accept connections on every listening
- * socket and hand each to a worker.
+ * acceptor.c - accepting: the acceptor thread accepts on every listening
+ * socket and hands each connection to a worker; a reuse_port server's
+ * sockets are each accepted from by one worker instead, which takes the
+ * connection itself (no hand-off: see docs/architecture.md).
  *
- * Everything here runs on the acceptor thread; other threads reach it
- * through its inbox (evs_worker_post on rt->acceptor).
+ * A listener's event is touched only by the thread that owns it; other
+ * threads reach it through that thread's inbox (evs_worker_post), and
+ * sync_listener() makes the event match the state (serving, closed,
+ * paused) whoever changed it.
  *
  * Two conditions stop accepting instead of accepting and dropping:
  * max_connections (resumed by the worker that closes a connection) and fd
@@ -20,35 +24,57 @@
 /* Connections accepted per readiness event before looking at the others. */
 #define ACCEPTS_PER_EVENT 64
 
-static void set_listening(evs_runtime *rt, bool on)
+static bool paused(const evs_runtime *rt)
 {
+    return atomic_load(&rt->fd_paused) || atomic_load(&rt->limit_paused);
+}
+
+static evs_worker *owner_of(evs__listener *l)
+{
+    return l->owner ? l->owner : &l->server->rt->acceptor;
+}
+
+/* On the owner: watch the socket or not, as the state now says. */
+static void sync_listener(evs__listener *l)
+{
+    evs_server *s = l->server;
+    bool want = l->ev_assigned && l->fd >= 0 && atomic_load(&s->serving) &&
+                !atomic_load(&s->closed) && !atomic_load(&s->limit_paused) && !paused(s->rt);
+
+    if (want && !l->ev_added) {
+        event_add(&l->ev, NULL);
+        l->ev_added = true;
+    } else if (!want && l->ev_added) {
+        event_del(&l->ev);
+        l->ev_added = false;
+    }
+}
+
+static void sync_msg(evs_worker *w, void *arg)
+{
+    EVS_UNUSED(w);
+    sync_listener(arg);
+}
+
+/* Bring every listener in line with the state, each on its owner. */
+static void set_listening(evs_runtime *rt)
+{
+    evs_worker *here = evs_worker_current();
     evs_server *s;
 
     pthread_mutex_lock(&rt->lock);
     for (s = rt->servers; s; s = s->next) {
-        bool want = on && !atomic_load(&s->limit_paused);
-
-        if (!atomic_load(&s->serving) || atomic_load(&s->closed))
+        if (atomic_load(&s->closed))
             continue;
         for (size_t i = 0; i < s->nlisteners; i++) {
             evs__listener *l = &s->listeners[i];
-            if (!l->ev_assigned)
-                continue;
-            if (want && !l->ev_added && l->fd >= 0) {
-                event_add(&l->ev, NULL);
-                l->ev_added = true;
-            } else if (!want && l->ev_added) {
-                event_del(&l->ev);
-                l->ev_added = false;
-            }
+            if (owner_of(l) == here)
+                sync_listener(l);
+            else
+                evs_worker_post(owner_of(l), sync_msg, l); /* fails only when stopping */
         }
     }
     pthread_mutex_unlock(&rt->lock);
-}
-
-static bool paused(const evs_runtime *rt)
-{
-    return rt->fd_paused || atomic_load(&rt->limit_paused);
 }
 
 static evs_worker *pick_worker(evs_runtime *rt)
@@ -75,7 +101,31 @@ static evs_worker *pick_worker(evs_runtime *rt)
     return best;
 }
 
-static void dispatch(evs_server *s, int fd, const struct sockaddr_storage *peer, socklen_t plen)
+/* A connection accepted on a worker's own socket: taken over right here. */
+static void take_here(evs_server *s, evs_worker *w, int fd, const struct sockaddr_storage *peer,
+                      socklen_t plen, uint64_t key, bool counted)
+{
+    evs_runtime *rt = s->rt;
+    evs__msg m;
+
+    memset(&m, 0, offsetof(evs__msg, peer));
+    m.fd = fd;
+    m.server = s;
+    m.ip_key = key;
+    m.ip_counted = counted;
+    m.peerlen = plen;
+    memcpy(&m.peer, peer, plen);
+    atomic_fetch_add(&rt->conns, 1);
+    atomic_fetch_add(&s->conns, 1);
+    atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
+    evs__counter_add(&w->accepted, 1);
+    evs__server_take(w, &m);
+}
+
+/* @here: the worker whose own socket accepted @fd, or NULL (the acceptor). */
+static void dispatch(evs_server *s, evs_worker *here, int fd, const struct sockaddr_storage *peer,
+                     socklen_t plen)
 {
     evs_runtime *rt = s->rt;
     evs_worker *w;
@@ -90,6 +140,10 @@ static void dispatch(evs_server *s, int fd, const struct sockaddr_storage *peer,
             return;
         }
         counted = true;
+    }
+    if (here) {
+        take_here(s, here, fd, peer, plen, key, counted);
+        return;
     }
     w = pick_worker(rt);
     m = malloc(sizeof *m);
@@ -123,20 +177,33 @@ static void dispatch(evs_server *s, int fd, const struct sockaddr_storage *peer,
     }
 }
 
-static void pause_for_fds(evs_runtime *rt, int err)
+/* On the acceptor: re-enable accepting after a growing delay. */
+static void arm_retry(evs_worker *acceptor, void *arg)
 {
+    evs_runtime *rt = acceptor->rt;
     struct timeval tv;
 
-    rt->fd_paused = true;
-    set_listening(rt, false);
+    if (evtimer_pending(&rt->retry_ev, NULL))
+        return; /* another thread's EMFILE, same pause */
     if (rt->retry_delay <= 0)
         rt->retry_delay = 0.1;
     /* Logged once per back-off step, not per failed accept. */
-    evs__warn("accept: %s; not accepting for %.1fs", strerror(err), rt->retry_delay);
+    evs__warn("accept: %s; not accepting for %.1fs", strerror((int)(intptr_t)arg),
+              rt->retry_delay);
     tv = evs__tv(rt->retry_delay);
     evtimer_add(&rt->retry_ev, &tv);
     if (rt->retry_delay < 2.0)
         rt->retry_delay *= 2;
+}
+
+static void pause_for_fds(evs_runtime *rt, int err)
+{
+    atomic_store(&rt->fd_paused, true);
+    set_listening(rt);
+    if (evs_worker_current() == &rt->acceptor)
+        arm_retry(&rt->acceptor, (void *)(intptr_t)err);
+    else
+        evs_worker_post(&rt->acceptor, arm_retry, (void *)(intptr_t)err);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -145,9 +212,9 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
-    rt->fd_paused = false;
+    atomic_store(&rt->fd_paused, false);
     if (!paused(rt))
-        set_listening(rt, true);
+        set_listening(rt);
 }
 
 static bool at_limit(evs_runtime *rt)
@@ -157,13 +224,13 @@ static bool at_limit(evs_runtime *rt)
 
 static void pause_for_limit(evs_runtime *rt)
 {
-    atomic_store(&rt->limit_paused, true);
-    set_listening(rt, false);
-    evs__info("max_connections (%zu) reached; not accepting until connections close",
-              rt->max_connections);
+    if (!atomic_exchange(&rt->limit_paused, true))
+        evs__info("max_connections (%zu) reached; not accepting until connections close",
+                  rt->max_connections);
+    set_listening(rt);
     /* A close may have happened between the check and the flag: look again. */
-    if (!at_limit(rt) && atomic_exchange(&rt->limit_paused, false) && !rt->fd_paused)
-        set_listening(rt, true);
+    if (!at_limit(rt) && atomic_exchange(&rt->limit_paused, false))
+        set_listening(rt);
 }
 
 static bool server_at_limit(evs_server *s)
@@ -174,13 +241,12 @@ static bool server_at_limit(evs_server *s)
 /* One server at its own max_connections: only its sockets stop. */
 static void pause_server(evs_server *s)
 {
-    atomic_store(&s->limit_paused, true);
-    if (!paused(s->rt))
-        set_listening(s->rt, true); /* drops this server's sockets only */
-    evs__info("listener at its max_connections (%zu); not accepting until one closes",
-              s->opts.max_connections);
-    if (!server_at_limit(s) && atomic_exchange(&s->limit_paused, false) && !paused(s->rt))
-        set_listening(s->rt, true);
+    if (!atomic_exchange(&s->limit_paused, true))
+        evs__info("listener at its max_connections (%zu); not accepting until one closes",
+                  s->opts.max_connections);
+    set_listening(s->rt); /* drops this server's sockets only */
+    if (!server_at_limit(s) && atomic_exchange(&s->limit_paused, false))
+        set_listening(s->rt);
 }
 
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
@@ -190,6 +256,10 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
     evs_runtime *rt = s->rt;
 
     EVS_UNUSED(what);
+    if (atomic_load(&s->closed)) {
+        sync_listener(l); /* its sockets went to a new server, or close */
+        return;
+    }
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
@@ -227,9 +297,20 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
                 return;
             }
         }
-        rt->retry_delay = 0;
-        dispatch(s, fd, &peer, plen);
+        if (!l->owner)
+            rt->retry_delay = 0; /* the acceptor's back-off state */
+        dispatch(s, l->owner, fd, &peer, plen);
     }
+}
+
+/* On the owner: start watching @l (as the state allows). */
+static void attach_listener(evs_worker *owner, void *arg)
+{
+    evs__listener *l = arg;
+
+    event_assign(&l->ev, owner->base, l->fd, EV_READ | EV_PERSIST, accept_cb, l);
+    l->ev_assigned = true;
+    sync_listener(l);
 }
 
 void evs__acceptor_add(evs_worker *acceptor, void *arg)
@@ -238,11 +319,11 @@ void evs__acceptor_add(evs_worker *acceptor, void *arg)
 
     for (size_t i = 0; i < s->nlisteners; i++) {
         evs__listener *l = &s->listeners[i];
-        event_assign(&l->ev, acceptor->base, l->fd, EV_READ | EV_PERSIST, accept_cb, l);
-        l->ev_assigned = true;
+        if (!l->owner)
+            attach_listener(acceptor, l);
+        else
+            evs_worker_post(l->owner, attach_listener, l);
     }
-    if (atomic_load(&s->serving) && !paused(s->rt))
-        set_listening(s->rt, true);
 }
 
 void evs__acceptor_serve(evs_worker *acceptor, void *arg)
@@ -251,8 +332,27 @@ void evs__acceptor_serve(evs_worker *acceptor, void *arg)
 
     EVS_UNUSED(acceptor);
     atomic_store(&s->serving, true);
-    if (!paused(s->rt))
-        set_listening(s->rt, true);
+    set_listening(s->rt);
+}
+
+/* On the owner: stop watching @l, then close its socket. The event goes
+ * first: libevent must not watch an fd number that may be reused. */
+void evs__listener_close(evs_worker *owner, void *arg)
+{
+    evs__listener *l = arg;
+    evs_runtime *rt = l->server->rt;
+    int fd;
+
+    EVS_UNUSED(owner);
+    if (l->ev_added)
+        event_del(&l->ev);
+    l->ev_added = false;
+    pthread_mutex_lock(&rt->lock);
+    fd = l->fd;
+    l->fd = -1;
+    pthread_mutex_unlock(&rt->lock);
+    if (fd >= 0)
+        close(fd);
 }
 
 void evs__acceptor_remove(evs_worker *acceptor, void *arg)
@@ -260,18 +360,12 @@ void evs__acceptor_remove(evs_worker *acceptor, void *arg)
     evs_server *s = arg;
     struct stat st;
 
-    EVS_UNUSED(acceptor);
-    pthread_mutex_lock(&s->rt->lock);
     for (size_t i = 0; i < s->nlisteners; i++) {
         evs__listener *l = &s->listeners[i];
-        if (l->ev_added)
-            event_del(&l->ev);
-        l->ev_added = false;
-        if (l->fd >= 0)
-            close(l->fd);
-        l->fd = -1;
+        /* A worker that is gone leaves it to us (its loop no longer runs). */
+        if (!l->owner || evs_worker_post(l->owner, evs__listener_close, l) < 0)
+            evs__listener_close(acceptor, l);
     }
-    pthread_mutex_unlock(&s->rt->lock);
     /* Remove our socket file, but not one that replaced it since. */
     if (s->path && !s->keep_path && s->path[0] != '@' && stat(s->path, &st) == 0 && st.st_dev == s->path_dev &&
         st.st_ino == s->path_ino)
@@ -280,11 +374,9 @@ void evs__acceptor_remove(evs_worker *acceptor, void *arg)
 
 void evs__acceptor_resume(evs_worker *acceptor, void *unused)
 {
-    evs_runtime *rt = acceptor->rt;
-
     EVS_UNUSED(unused);
-    if (!paused(rt))
-        set_listening(rt, true);
+    if (!paused(acceptor->rt))
+        set_listening(acceptor->rt);
 }
 
 void evs__acceptor_stop(evs_worker *acceptor, void *unused)

@@ -182,6 +182,8 @@ void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_s
         (void)rc; /* best effort: the client may be gone already */
     }
     close(fd);
+    /* Workers accepting on their own sockets (reuse_port) share the log. */
+    pthread_mutex_lock(&s->ip_lock);
     s->rejects_unlogged++;
     if (now - s->last_reject_log >= 1.0) {
         evs__info("refused %lu connection(s) in the last %.0fs, the latest from %s: %s",
@@ -192,4 +194,5 @@ void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_s
         s->rejects_unlogged = 0;
         s->last_reject_log = now;
     }
+    pthread_mutex_unlock(&s->ip_lock);
 }

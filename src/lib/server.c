@@ -64,7 +64,7 @@ static int listen_fd(int fd, const evs_server_options *o)
     return 0;
 }
 
-static int bind_tcp_address(evs_server *s, const struct addrinfo *ai)
+static int bind_tcp_socket(evs_server *s, const struct addrinfo *ai, const struct sockaddr *addr)
 {
     const evs_server_options *o = &s->opts;
     int one = 1;
@@ -81,7 +81,7 @@ static int bind_tcp_address(evs_server *s, const struct addrinfo *ai)
      * families of "localhost" or of all interfaces does not collide. */
     if (ai->ai_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+    if (bind(fd, addr, ai->ai_addrlen) < 0)
         goto fail_errno;
     if ((err = listen_fd(fd, o)) < 0)
         goto fail;
@@ -94,6 +94,38 @@ fail_errno:
 fail:
     close(fd);
     return err;
+}
+
+/* One socket, or with reuse_port one per worker, all on the same port
+ * (the first one's, when the port is 0). */
+static int bind_tcp_address(evs_server *s, const struct addrinfo *ai)
+{
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    int n = s->opts.reuse_port ? s->rt->nworkers : 1;
+    int err = bind_tcp_socket(s, ai, ai->ai_addr);
+
+    if (err || n == 1)
+        return err;
+    if (getsockname(s->listeners[s->nlisteners - 1].fd, (struct sockaddr *)&addr, &len) < 0)
+        return -errno;
+    for (int i = 1; i < n && !err; i++)
+        err = bind_tcp_socket(s, ai, (struct sockaddr *)&addr);
+    return err;
+}
+
+/* reuse_port: each worker accepts on its own sockets (the kernel spreads
+ * connections over them), in turn: sockets come in groups of one per
+ * worker. Fewer sockets than that (one handed over by systemd) stay with
+ * the acceptor, which spreads their connections itself. */
+static void give_sockets_to_workers(evs_server *s)
+{
+    int n = s->rt->nworkers;
+
+    if (!s->opts.reuse_port || n < 1 || s->nlisteners % (size_t)n != 0)
+        return;
+    for (size_t i = 0; i < s->nlisteners; i++)
+        s->listeners[i].owner = &s->rt->workers[i % (size_t)n];
 }
 
 static int bind_tcp_host(evs_server *s, const char *host)
@@ -334,6 +366,8 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         return err;
     }
     read_port(s);
+    if (!unix_socket)
+        give_sockets_to_workers(s);
     if (o->tls)
         evs_tls_context_ref(o->tls);
     atomic_store(&s->serving, !o->defer_serving);
@@ -419,6 +453,21 @@ typedef struct take_request {
     bool done;
 } take_request;
 
+/* On a worker that accepted from @l: forget the socket, now another
+ * server's (the server is closed, so the event fires no more accepts). */
+static void release_listener(evs_worker *owner, void *arg)
+{
+    evs__listener *l = arg;
+
+    EVS_UNUSED(owner);
+    if (l->ev_added)
+        event_del(&l->ev);
+    l->ev_added = false;
+    pthread_mutex_lock(&l->server->rt->lock);
+    l->fd = -1;
+    pthread_mutex_unlock(&l->server->rt->lock);
+}
+
 static void acceptor_take(evs_worker *acceptor, void *arg)
 {
     take_request *rq = arg;
@@ -428,16 +477,22 @@ static void acceptor_take(evs_worker *acceptor, void *arg)
     pthread_mutex_lock(&s->rt->lock);
     for (size_t i = 0; i < s->nlisteners; i++) {
         evs__listener *l = &s->listeners[i];
+        bool keep = rq->count < rq->n;
+
+        if (l->fd < 0)
+            continue;
+        if (keep)
+            rq->fds[rq->count] = l->fd;
+        rq->count++;
+        /* A worker's socket: the worker lets go of it (or closes it). */
+        if (l->owner &&
+            evs_worker_post(l->owner, keep ? release_listener : evs__listener_close, l) == 0)
+            continue;
         if (l->ev_added)
             event_del(&l->ev);
         l->ev_added = false;
-        if (l->fd < 0)
-            continue;
-        if (rq->count < rq->n)
-            rq->fds[rq->count] = l->fd;
-        else
+        if (!keep)
             close(l->fd);
-        rq->count++;
         l->fd = -1;
     }
     s->keep_path = true;
@@ -643,7 +698,7 @@ static int make_transport(evs_server *s, evs_worker *w, int fd, int family, evs_
     return err;
 }
 
-void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
+void evs__server_take(evs_worker *w, const evs__msg *m)
 {
     evs_server *s = m->server;
     evs_transport *t;
@@ -651,7 +706,6 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
 
     if (w->stopping) {
         refuse(s, w, fd, m);
-        free(m);
         return;
     }
     if (s->opts.proxy_protocol && !evs__proxy_trusted(s, &m->peer)) {
@@ -660,7 +714,6 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
         evs__debug("PROXY protocol from an untrusted peer %s; closing",
                    evs_format_address((struct sockaddr *)&m->peer, m->peerlen, who, sizeof who));
         refuse(s, w, fd, m);
-        free(m);
         return;
     }
     /* The accepted address tells the family (probe if accept gave none). */
@@ -671,7 +724,6 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
         if (m->ip_counted)
             evs__iplimit_release(s, m->ip_key);
         evs__connection_closed(s, w);
-        free(m);
         return;
     }
     /* From here the transport's closed hook undoes the counts. */
@@ -684,10 +736,15 @@ void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
         memcpy(t->peer, &m->peer, m->peerlen);
         t->peerlen = m->peerlen;
     }
-    free(m);
     set_limits(s, t);
     if (attach_tls(s, t) < 0)
         evs_transport_abort(t); /* a stream pair is freed with it, unstarted */
     else
         evs__transport_start(t);
+}
+
+void evs__server_accept_on_worker(evs_worker *w, evs__msg *m)
+{
+    evs__server_take(w, m);
+    free(m);
 }

@@ -22,12 +22,16 @@ typedef struct evs__cidr {
     uint8_t addr[16];
 } evs__cidr;
 
-/* One listening socket; its event lives on the acceptor's base. */
+/* One listening socket. Its event lives on the base of the thread that
+ * accepts from it: the acceptor's, or with reuse_port one worker's (each
+ * worker then accepts on its own SO_REUSEPORT socket, with no hand-off).
+ * Only that thread touches the event; fd changes are made under rt->lock. */
 typedef struct evs__listener {
     struct evs_server *server;
     int fd;
+    evs_worker *owner; /* NULL: the acceptor */
     struct event ev;
-    bool ev_assigned; /* set by the acceptor once it owns the socket */
+    bool ev_assigned; /* set by the owner once it watches the socket */
     bool ev_added;
 } evs__listener;
 
@@ -61,7 +65,7 @@ struct evs_server {
     struct ip_entry **ip_table;
     _Atomic uint64_t rejected_per_ip;
     _Atomic uint64_t rejected_rate;
-    unsigned long rejects_unlogged; /* acceptor thread */
+    unsigned long rejects_unlogged; /* under ip_lock */
     double last_reject_log;
     bool keep_path;            /* sockets handed over: leave the file */
 
@@ -79,9 +83,9 @@ struct evs_runtime {
 
     _Atomic size_t conns;         /* live connections of every server */
     _Atomic bool limit_paused;    /* acceptor stopped at max_connections */
-    bool fd_paused;               /* acceptor stopped by EMFILE (acceptor thread) */
+    _Atomic bool fd_paused;       /* accepting stopped by EMFILE */
     struct event retry_ev;        /* re-enables accepting after EMFILE */
-    double retry_delay;
+    double retry_delay;           /* acceptor thread */
 
     pthread_mutex_t lock;
     evs_server *servers;
@@ -112,8 +116,12 @@ void evs__acceptor_serve(evs_worker *acceptor, void *server);
 void evs__acceptor_remove(evs_worker *acceptor, void *server);
 void evs__acceptor_resume(evs_worker *acceptor, void *unused);
 void evs__acceptor_stop(evs_worker *acceptor, void *unused);
+/* On a listener's owner: stop watching it and close its socket. */
+void evs__listener_close(evs_worker *owner, void *listener);
 /* Set up the acceptor's retry timer (runtime.c, before its thread starts). */
 void evs__acceptor_init(evs_runtime *rt);
+/* Worker side: take over an accepted connection (@m stays the caller's). */
+void evs__server_take(evs_worker *w, const evs__msg *m);
 /* Worker side: a server connection ended. */
 void evs__connection_closed(evs_server *s, evs_worker *w);
 /* Free a closed server (runtime stop). */

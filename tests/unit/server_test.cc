@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -12,6 +13,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -605,4 +607,117 @@ TEST(Server, ConnectionRatePerAddressIsATokenBucket) {
     evs_server_stats st;
     evs_server_stats_get(s, &st);
     EXPECT_EQ(1u, st.rejected_rate);
+}
+
+// --- reuse_port: every worker accepts on its own socket ----------------------
+
+namespace {
+
+// Says which worker runs it, then echoes.
+void worker_teller(evs_reader *r, evs_writer *w, void *) {
+    char line[32];
+    int n = snprintf(line, sizeof line, "worker=%d\n", evs_worker_id(evs_worker_current()));
+    evs_write(w, line, (size_t)n);
+    echo_handler(r, w, nullptr);
+}
+
+}  // namespace
+
+TEST(ServerReusePort, EachWorkerAcceptsOnItsOwnSocket) {
+    Runtime r(2);
+    evs_server_options o{};
+    o.client_connected = worker_teller;
+    o.host = "127.0.0.1";
+    o.reuse_port = true;
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    int fds[4];
+    EXPECT_EQ(2u, evs_server_sockets(s, fds, 4));  // one per worker, one port
+    std::set<std::string> seen;
+    std::vector<int> conns;
+    for (int i = 0; i < 64; i++) {
+        int fd = connect_tcp(evs_server_port(s));
+        ASSERT_GE(fd, 0);
+        seen.insert(read_line(fd));
+        conns.push_back(fd);
+    }
+    // The kernel spreads by address hash: 64 connections on one worker
+    // would have a chance of 2^-63.
+    EXPECT_EQ((std::set<std::string>{"worker=0", "worker=1"}), seen);
+    for (int fd : conns) expect_echo(fd, 1000);
+    for (int fd : conns) close(fd);
+    evs_server_stats st;
+    evs_server_stats_get(s, &st);
+    EXPECT_EQ(64u, st.accepted);
+}
+
+TEST(ServerReusePort, MaxConnectionsPausesEveryWorkersSocket) {
+    Runtime r(2, 1);
+    evs_server_options o{};
+    o.client_connected = worker_teller;
+    o.host = "127.0.0.1";
+    o.reuse_port = true;
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    int a = connect_tcp(evs_server_port(s));
+    EXPECT_EQ(0u, read_line(a).rfind("worker=", 0));
+    // Whichever socket the kernel picks, nobody accepts while at the limit.
+    std::vector<int> waiting;
+    for (int i = 0; i < 8; i++) {
+        int fd = connect_tcp(evs_server_port(s));
+        ASSERT_GE(fd, 0);
+        waiting.push_back(fd);
+    }
+    for (int fd : waiting) EXPECT_TRUE(gets_no_byte_within(fd, 50));
+    close(a);
+    // One at a time, each once the one before has gone; in no set order,
+    // as each socket has its own queue.
+    while (!waiting.empty()) {
+        std::vector<pollfd> pfds;
+        for (int fd : waiting) pfds.push_back({fd, POLLIN, 0});
+        ASSERT_GT(poll(pfds.data(), pfds.size(), 10000), 0) << waiting.size() << " never served";
+        int ready = 0;
+        for (size_t i = 0; i < pfds.size(); i++) {
+            if (!(pfds[i].revents & POLLIN)) continue;
+            ready++;
+            EXPECT_EQ(0u, read_line(pfds[i].fd).rfind("worker=", 0));
+            close(pfds[i].fd);
+            waiting.erase(waiting.begin() + (long)i);
+            break;
+        }
+        ASSERT_EQ(1, ready);
+    }
+}
+
+TEST(ServerReusePort, TakeSocketsHandsEveryWorkersSocketToASuccessor) {
+    Runtime r(2);
+    evs_server_options o{};
+    o.client_connected = [](evs_reader *, evs_writer *w, void *) { evs_write(w, "old\n", 4); };
+    o.host = "127.0.0.1";
+    o.reuse_port = true;
+    evs_server *old_server;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &old_server));
+    uint16_t port = evs_server_port(old_server);
+    int fds[4];
+    ASSERT_EQ(2u, evs_server_take_sockets(old_server, fds, 4));
+    std::vector<int> queued;
+    for (int i = 0; i < 16; i++) queued.push_back(connect_tcp(port));
+
+    evs_server_options n{};
+    n.client_connected = worker_teller;
+    n.fds = fds;
+    n.nfds = 2;
+    n.reuse_port = true;
+    evs_server *new_server;
+    ASSERT_EQ(0, evs_start_server(r.rt, &n, &new_server));
+    for (int fd : queued) {
+        ASSERT_GE(fd, 0);
+        EXPECT_EQ(0u, read_line(fd).rfind("worker=", 0));  // the successor's handler
+        close(fd);
+    }
+    evs_server_close(new_server);
+    EXPECT_EQ(0, evs_server_wait_closed(new_server));
+    // Closed: the port is free again.
+    int fd = connect_tcp(port);
+    EXPECT_LT(fd, 0);
 }
