@@ -991,6 +991,60 @@ TEST_F(DaemonTest, SighupAddsListenerAndNewSettingsWhileConnectionsStay) {
     EXPECT_EQ(0, d.stop());
 }
 
+// Listening TCP sockets on @port (IPv4), from /proc/net/tcp.
+static int listening_sockets(uint16_t port) {
+    std::ifstream in("/proc/net/tcp");
+    std::string line;
+    char want[16];
+    snprintf(want, sizeof want, ":%04X", port);
+    int n = 0;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+        std::istringstream f(line);
+        std::string slot, local, remote, state;
+        f >> slot >> local >> remote >> state;
+        if (state == "0A" && local.size() > 5 && local.substr(local.size() - 5) == want) n++;
+    }
+    return n;
+}
+
+TEST_F(DaemonTest, ReuseportGivesEachWorkerASocketAndKeepsThemAcrossAReload) {
+    auto listener = [](const std::string &prefix) {
+        return "  { name = \"up\"; listen = \"127.0.0.1:0\"; reuseport = true; plugin = "
+               "\"line_upper\"; settings = { prefix = \"" + prefix + "\"; }; }";
+    };
+    std::string conf = write("evstreamd.conf", config(listener("a:")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("up");
+    ASSERT_NE(0, port);
+    EXPECT_EQ(2, listening_sockets(port));  // workers = 2
+    std::vector<int> fds;
+    for (int i = 0; i < 40; i++) {
+        int fd = connect_tcp(port);
+        ASSERT_GE(fd, 0);
+        fds.push_back(fd);
+        ASSERT_EQ("a:X" + std::to_string(i), ask(fd, "x" + std::to_string(i)));
+    }
+    write_file(conf, config(listener("b:")));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    EXPECT_EQ(port, d.port("up"));
+    EXPECT_EQ(2, listening_sockets(port));  // the same two, handed over
+    for (int i = 0; i < 40; i++) {
+        int fd = connect_tcp(port);
+        ASSERT_GE(fd, 0);
+        EXPECT_EQ("b:N" + std::to_string(i), ask(fd, "n" + std::to_string(i)));
+        close(fd);
+    }
+    for (size_t i = 0; i < fds.size(); i++) {
+        EXPECT_EQ("a:Y", ask(fds[i], "y")) << "connection " << i;
+        close(fds[i]);
+    }
+    EXPECT_EQ(0, d.stop());
+    EXPECT_EQ(0, listening_sockets(port));
+}
+
 TEST_F(DaemonTest, SighupWithBadConfigKeepsTheOldOne) {
     std::string good = config(upper_listener("up", "a:"));
     std::string conf = write("evstreamd.conf", good);
