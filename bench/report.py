@@ -67,7 +67,7 @@ def errors(test, server):
 
 
 REF = {"echo64": "epoll", "echo4k": "epoll", "connect": "epoll", "echo64-unix": "epoll-unix",
-       "tls-hs-full": "epoll-tls", "tls-hs-resumed": "epoll-tls", "tls-bulk": "epoll-tls",
+       "tls-hs-full": "epoll-tls", "tls-hs-resumed": "epoll-tls", "tls-echo64": "epoll-tls", "tls-bulk": "epoll-tls",
        "http": "nginx", "resp-P1": "redis", "resp-P16": "redis"}
 TITLE = {
     "echo64": "Echo, 64 B messages, 50 connections (TCP loopback)",
@@ -76,6 +76,7 @@ TITLE = {
     "connect": "Connect rate: connect, one 64 B exchange, close (50 concurrent)",
     "tls-hs-full": "TLS handshakes, full (connect, handshake, one 64 B exchange, close; 50 concurrent)",
     "tls-hs-resumed": "TLS handshakes, resumed (session ticket of the previous connection)",
+    "tls-echo64": "TLS echo, 64 B messages, 50 connections",
     "tls-bulk": "TLS bulk echo, 16 KiB messages, 50 connections",
     "http": "HTTP hello, wrk -t1 -c50",
     "resp-P1": "RESP PING, redis-benchmark -c50 -P1",
@@ -221,7 +222,7 @@ if sweep:
         f.write(" ".join(servers) + "\n")
     w("")
 
-for t in ["tls-hs-full", "tls-hs-resumed", "tls-bulk", "http", "resp-P1", "resp-P16"]:
+for t in ["tls-hs-full", "tls-hs-resumed", "tls-echo64", "tls-bulk", "http", "resp-P1", "resp-P16"]:
     table(t)
 
 # targets
@@ -247,12 +248,30 @@ for t, s, ref, name in [("http", "evs-http", "nginx", "HTTP hello wrk -c50 vs ng
     if r is not None:
         target(name, f"{r:.2f}x (per core {fr(ratio(c, rc))})", ">= 1.0x", r >= 1.0,
                verdict(ratio(c, rc), 1.0))
-for s, goal in [("evs-proto", 512), ("evs-stream", 5120)]:
+for s, goal, name in [("evs-proto", 512, "protocol mode"), ("evs-stream", 5120, "stream mode"),
+                      ("evs-proto-tls-idle", 16384, "TLS, protocol mode"),
+                      ("evs-stream-tls-idle", 16384, "TLS, stream mode")]:
     if ("idle", s) in runs:
         b = num(runs[("idle", s)][0], "bytes_per_conn")
-        mode = "protocol" if s == "evs-proto" else "stream"
-        target(f"Idle connection, {mode} mode", f"{b:,.0f} B", f"<= {goal} B", b <= goal,
+        target(f"Idle connection, {name}", f"{b:,.0f} B", f"<= {goal} B", b <= goal,
                "PASS" if b <= goal else "**FAIL**")
+# TLS: handshakes per server-core-second (the client saturates first), echo by req/s
+for t, goal, by_core, name in [("tls-hs-full", 0.95, True, "TLS full handshakes"),
+                               ("tls-hs-resumed", 0.95, True, "TLS resumed handshakes"),
+                               ("tls-echo64", 0.90, False, "TLS echo 64 B"),
+                               ("tls-bulk", 0.90, False, "TLS echo 16 KiB")]:
+    ref, _ = med(t, "epoll-tls", "rps")
+    refc, _ = med(t, "epoll-tls", "rps_per_core")
+    for s in ["evs-proto-tls", "evs-stream-tls"]:
+        v, _ = med(t, s, "rps")
+        c, _ = med(t, s, "rps_per_core")
+        r, rc = ratio(v, ref), ratio(c, refc)
+        if r is None:
+            continue
+        mode = "protocol" if s == "evs-proto-tls" else "stream"
+        ok = (rc if by_core else r) is not None and (rc if by_core else r) >= goal
+        target(f"{name}, {mode} mode vs epoll+OpenSSL" + (" (per core)" if by_core else ""),
+               f"{r:.2f}x (per core {fr(rc)})", f">= {goal}x", ok, verdict(rc, goal))
 ref, _ = med("connect", "epoll", "rps")
 refc, _ = med("connect", "epoll", "rps_per_core")
 for s in ["evs-proto", "evs-proto-reuseport", "evs-stream"]:
