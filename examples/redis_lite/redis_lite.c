@@ -111,15 +111,42 @@ static void buf_free(buf *b)
     memset(b, 0, sizeof *b);
 }
 
-/* RESP2 answers. */
-static void add_simple(buf *b, const char *s) { buf_printf(b, "+%s\r\n", s); }
-static void add_int(buf *b, long long v) { buf_printf(b, ":%lld\r\n", v); }
+/* RESP2 answers. They are written per request, so without printf (whose
+ * parsing of the format cost more than the rest of a PING). */
+
+/* "<type><v>\r\n": an integer, or the length of an array or a bulk string. */
+static void add_number_line(buf *b, char type, long long v)
+{
+    char tmp[24];
+    char *p = tmp + sizeof tmp;
+    unsigned long long u = v < 0 ? 0 - (unsigned long long)v : (unsigned long long)v;
+
+    *--p = '\n';
+    *--p = '\r';
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    *--p = type;
+    buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+static void add_simple(buf *b, const char *s)
+{
+    buf_add(b, "+", 1);
+    buf_add(b, s, strlen(s));
+    buf_add(b, "\r\n", 2);
+}
+
+static void add_int(buf *b, long long v) { add_number_line(b, ':', v); }
 static void add_nil(buf *b) { buf_add(b, "$-1\r\n", 5); }
-static void add_array(buf *b, long long n) { buf_printf(b, "*%lld\r\n", n); }
+static void add_array(buf *b, long long n) { add_number_line(b, '*', n); }
 
 static void add_bulk(buf *b, const void *p, size_t n)
 {
-    buf_printf(b, "$%zu\r\n", n);
+    add_number_line(b, '$', (long long)n);
     buf_add(b, p, n);
     buf_add(b, "\r\n", 2);
 }

@@ -101,11 +101,21 @@ static evs_worker *pick_worker(evs_runtime *rt)
     return best;
 }
 
+/* Count a connection as @w's before it gets there, so the limits and
+ * least-connections see connections still in flight to a worker. */
+static void count_accepted(evs_server *s, evs_worker *w)
+{
+    atomic_fetch_add(&s->rt->conns, 1);
+    atomic_fetch_add(&s->conns, 1);
+    atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
+    evs__counter_add(&w->accepted, 1);
+}
+
 /* A connection accepted on a worker's own socket: taken over right here. */
 static void take_here(evs_server *s, evs_worker *w, int fd, const struct sockaddr_storage *peer,
                       socklen_t plen, uint64_t key, bool counted)
 {
-    evs_runtime *rt = s->rt;
     evs__msg m;
 
     memset(&m, 0, offsetof(evs__msg, peer));
@@ -115,11 +125,7 @@ static void take_here(evs_server *s, evs_worker *w, int fd, const struct sockadd
     m.ip_counted = counted;
     m.peerlen = plen;
     memcpy(&m.peer, peer, plen);
-    atomic_fetch_add(&rt->conns, 1);
-    atomic_fetch_add(&s->conns, 1);
-    atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
-    evs__counter_add(&w->accepted, 1);
+    count_accepted(s, w);
     evs__server_take(w, &m);
 }
 
@@ -161,13 +167,7 @@ static void dispatch(evs_server *s, evs_worker *here, int fd, const struct socka
     m->server = s;
     m->peerlen = plen;
     memcpy(&m->peer, peer, plen);
-    /* Count before the hand-off so the limit and least-connections see
-     * connections still in flight to a worker. */
-    atomic_fetch_add(&rt->conns, 1);
-    atomic_fetch_add(&s->conns, 1);
-    atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
-    evs__counter_add(&w->accepted, 1);
+    count_accepted(s, w);
     if (evs__worker_push(w, m) < 0) {
         close(fd);
         free(m);
