@@ -8,11 +8,13 @@
  *
  * Layout of a stack mapping (grows down):
  *
- *   base            base + page                          base + map_size
- *   | guard (NONE)  | usable (READ|WRITE) ...  initial frame |
+ *   base            base + page                                  base + map_size
+ *   | guard (NONE)  | usable (READ|WRITE) ...  initial frame | record |
  *
- * A fiber structure owns its stack for its whole life; the pool caches
- * whole fiber structures (with their stacks) for reuse.
+ * The fiber's record (struct evs__fiber) sits at the top of its own
+ * mapping, above the stack: that page is resident once the fiber has run,
+ * so the record costs no heap (an idle connection's task is one stack page
+ * and a few small structures). The pool caches whole mappings for reuse.
  */
 #ifdef HAVE_CONFIG_H
 #include "build-config.h"  /* HAVE_VALGRIND_VALGRIND_H, EVS_FIBER_UCONTEXT */
@@ -217,11 +219,22 @@ static inline void tsan_destroy(evs__fiber *f)
 #define TSAN_SWITCH_TO(fib) ((void)0)
 #endif
 
+/* Usable stack range of a fiber. */
+static inline char *stack_lo(const evs__fiber *f) { return f->map + f->pool->page; }
+static inline char *stack_hi(const evs__fiber *f) { return (char *)(uintptr_t)f; }
+static inline size_t stack_len(const evs__fiber *f) { return (size_t)(stack_hi(f) - stack_lo(f)); }
+
+/* The record's share of the mapping: a multiple of 64, so the stack's top
+ * (the record's address) is aligned for every ABI's initial frame. */
+static size_t record_size(void)
+{
+    return (sizeof(evs__fiber) + 63u) & ~(size_t)63u;
+}
+
 static inline void vg_register(evs__fiber *f)
 {
 #ifdef HAVE_VALGRIND_VALGRIND_H
-    f->vg_id = VALGRIND_STACK_REGISTER(f->map + f->pool->page,
-                                       f->map + f->map_size);
+    f->vg_id = VALGRIND_STACK_REGISTER(stack_lo(f), stack_hi(f));
 #else
     (void)f;
 #endif
@@ -235,10 +248,6 @@ static inline void vg_deregister(evs__fiber *f)
     (void)f;
 #endif
 }
-
-/* Usable stack range of a fiber. */
-static inline char *stack_lo(const evs__fiber *f) { return f->map + f->pool->page; }
-static inline size_t stack_len(const evs__fiber *f) { return f->map_size - f->pool->page; }
 
 /* Raw switches. */
 #ifndef EVS_FIBER_UCONTEXT
@@ -281,9 +290,11 @@ evs__stack_pool *evs__stack_pool_new(size_t stack_size, size_t max_cached)
 
 static void fiber_destroy(evs__fiber *f)
 {
+    char *map = f->map; /* the record goes with the mapping */
+    size_t size = f->map_size;
+
     vg_deregister(f);
-    munmap(f->map, f->map_size);
-    free(f);
+    munmap(map, size);
 }
 
 void evs__stack_pool_free(evs__stack_pool *pool)
@@ -313,7 +324,7 @@ size_t evs__stack_pool_stack_size(const evs__stack_pool *pool)
 /* Build the frame evs__fiber_switch pops on the first switch into @p f. */
 static void prepare_frame(evs__fiber *f)
 {
-    uintptr_t *top = (uintptr_t *)(void *)(f->map + f->map_size);
+    uintptr_t *top = (uintptr_t *)(void *)stack_hi(f);
 #if defined(__x86_64__)
     /* From the saved SP upwards: MXCSR (4 bytes) + x87 control word
      * (2 bytes) in one slot, r15, r14, r13, r12, rbx, rbp, return address,
@@ -370,24 +381,21 @@ evs__fiber *evs__fiber_new(evs__stack_pool *pool, evs__fiber_fn fn, void *arg)
         /* Left-over redzones of the previous user's frames. */
         asan_unpoison(stack_lo(f), stack_len(f));
     } else {
-        f = calloc(1, sizeof *f);
-        if (!f)
-            return NULL;
         size_t map_size = pool->stack_size + pool->page;
         void *m = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
                        -1, 0);
         if (m == MAP_FAILED) {
-            free(f);
             errno = ENOMEM;
             return NULL;
         }
         if (mprotect(m, pool->page, PROT_NONE) != 0) {
             munmap(m, map_size);
-            free(f);
             errno = ENOMEM;
             return NULL;
         }
+        /* A fresh mapping is zeroed: the record starts cleared. */
+        f = (evs__fiber *)(void *)((char *)m + map_size - record_size());
         f->map = m;
         f->map_size = map_size;
         f->pool = pool;
