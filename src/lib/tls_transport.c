@@ -211,6 +211,24 @@ size_t evs__tls_pending(const evs_transport *t)
 
 static int write_plain(evs_transport *t, const void *data, size_t len);
 
+/* A memory BIO keeps the largest size it ever held: after the handshake
+ * (a certificate flight, the client's hello) that is a few KiB per idle
+ * connection. Empty ones are swapped for new ones that hold nothing. */
+static void shed_bio_buffers(evs__tls *s)
+{
+    BIO *b;
+
+    if (BIO_ctrl_pending(s->rbio) == 0 && (b = BIO_new(BIO_s_mem()))) {
+        BIO_set_mem_eof_return(b, -1);
+        SSL_set0_rbio(s->ssl, b); /* frees the old one */
+        s->rbio = b;
+    }
+    if (BIO_ctrl_pending(s->wbio) == 0 && (b = BIO_new(BIO_s_mem()))) {
+        SSL_set0_wbio(s->ssl, b);
+        s->wbio = b;
+    }
+}
+
 static void handshake_finished(evs_transport *t)
 {
     evs__tls *s = t->tls;
@@ -239,6 +257,7 @@ static void handshake_finished(evs_transport *t)
             return;
         evbuffer_drain(s->pending, n);
     }
+    shed_bio_buffers(s);
     if (s->upgrade) {
         if (t->tls_done)
             t->tls_done(t, 0, t->tls_done_arg);
