@@ -8,7 +8,10 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+
 #include <unistd.h>
+
+#include <chrono>
 
 #include <gtest/gtest.h>
 
@@ -147,6 +150,15 @@ int run_task(int (*fn)(void *), void *arg) {
     int rc = evs_run(fn, arg, &result);
     EXPECT_EQ(0, rc);
     return result;
+}
+
+bool wait_until(const std::function<bool()> &cond, double secs) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
+    while (!cond()) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        if (evs_sleep(0.001) < 0) return false;
+    }
+    return true;
 }
 
 }  // namespace evs_test

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <string>
 
 extern "C" {
@@ -37,5 +38,28 @@ int count_open_fds();
 
 // Runs fn on a private loop with evs_run(); returns fn's result.
 int run_task(int (*fn)(void *), void *arg);
+
+// Runs f as a task on a private loop. The task's timeout is the watchdog:
+// a parked call that never completes fails with -ETIMEDOUT after
+// @timeout seconds instead of hanging. @return run_task's result (0).
+template <typename F>
+int run_in_task(F &f, double timeout = 15.0) {
+    struct Call {
+        F *f;
+        double timeout;
+    } call{&f, timeout};
+    return run_task(
+        [](void *p) -> int {
+            auto *c = static_cast<Call *>(p);
+            evs_task_set_timeout(evs_task_current(), c->timeout);
+            (*c->f)();
+            return 0;
+        },
+        &call);
+}
+
+// Inside a task: look at @cond every millisecond (evs_sleep) until it holds
+// or @secs pass. @return whether it held.
+bool wait_until(const std::function<bool()> &cond, double secs = 10.0);
 
 }  // namespace evs_test

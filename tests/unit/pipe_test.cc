@@ -29,24 +29,9 @@ namespace {
 
 template <typename F>
 void run(F f) {
-    int rc = run_task(
-        [](void *p) -> int {
-            evs_task_set_timeout(evs_task_current(), 10.0);
-            (*static_cast<F *>(p))();
-            return 0;
-        },
-        &f);
-    EXPECT_EQ(0, rc);
+    EXPECT_EQ(0, run_in_task(f));
 }
 
-bool wait_until(const std::function<bool()> &cond, double secs = 5.0) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
-    while (!cond()) {
-        if (std::chrono::steady_clock::now() > end) return false;
-        if (evs_sleep(0.001) < 0) return false;
-    }
-    return true;
-}
 
 struct Rec {
     int made = 0, eof = 0, lost = 0, pause = 0, resume = 0, after_lost = 0;

@@ -32,24 +32,9 @@ namespace {
 
 template <typename F>
 void run(F f) {
-    int rc = run_task(
-        [](void *p) -> int {
-            evs_task_set_timeout(evs_task_current(), 15.0);
-            (*static_cast<F *>(p))();
-            return 0;
-        },
-        &f);
-    EXPECT_EQ(0, rc);
+    EXPECT_EQ(0, run_in_task(f));
 }
 
-bool wait_until(const std::function<bool()> &cond, double secs = 10.0) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
-    while (!cond()) {
-        if (std::chrono::steady_clock::now() > end) return false;
-        if (evs_sleep(0.001) < 0) return false;
-    }
-    return true;
-}
 
 // A temp file holding @content; removed with its dir by the destructor.
 struct TempFile {

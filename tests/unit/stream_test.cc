@@ -35,14 +35,7 @@ const double kMainTimeout = 10.0;
 // Run f() as evs_run()'s main task, bounded by the per-task timeout.
 template <typename F>
 void run(F f) {
-    int rc = run_task(
-        [](void *p) -> int {
-            evs_task_set_timeout(evs_task_current(), kMainTimeout);
-            (*static_cast<F *>(p))();
-            return 0;
-        },
-        &f);
-    EXPECT_EQ(0, rc);
+    EXPECT_EQ(0, run_in_task(f, kMainTimeout));
 }
 
 // Spawn f() (returning int) as a task on the current loop; f must outlive it.
@@ -60,14 +53,6 @@ int join(evs_task *t) {
 }
 
 // Park in short sleeps until cond() holds; false after @p secs.
-bool wait_until(const std::function<bool()> &cond, double secs = 5.0) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(secs);
-    while (!cond()) {
-        if (std::chrono::steady_clock::now() > end) return false;
-        if (evs_sleep(0.001) < 0) return false;
-    }
-    return true;
-}
 
 int listen_on(const struct sockaddr *sa, socklen_t len, int family) {
     int l = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
