@@ -578,13 +578,13 @@ static const void *view(evs_reader *r, size_t len)
 ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
 {
     struct evbuffer_iovec front;
-    int rc = begin(r);
     size_t len;
+    int rc;
 
-    if (rc)
-        return rc;
     if (!data)
-        return -EINVAL;
+        return -EINVAL; /* before begin(): a refused call drops no view */
+    if ((rc = begin(r)) != 0)
+        return rc;
     *data = NULL;
     if (n == 0)
         return 0;
