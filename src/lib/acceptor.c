@@ -112,24 +112,21 @@ static void count_accepted(evs_server *s, evs_worker *w)
     evs__counter_add(&w->accepted, 1);
 }
 
-/* A connection accepted on a worker's own socket: taken over right here. */
-static void take_here(evs_server *s, evs_worker *w, int fd, const struct sockaddr_storage *peer,
-                      socklen_t plen, uint64_t key, bool counted)
+/* The message that takes an accepted connection to its worker. */
+static void fill_msg(evs__msg *m, evs_server *s, int fd, const struct sockaddr_storage *peer,
+                     socklen_t plen, uint64_t key, bool counted)
 {
-    evs__msg m;
-
-    memset(&m, 0, offsetof(evs__msg, peer));
-    m.fd = fd;
-    m.server = s;
-    m.ip_key = key;
-    m.ip_counted = counted;
-    m.peerlen = plen;
-    memcpy(&m.peer, peer, plen);
-    count_accepted(s, w);
-    evs__server_take(w, &m);
+    memset(m, 0, offsetof(evs__msg, peer));
+    m->fd = fd;
+    m->server = s;
+    m->ip_key = key;
+    m->ip_counted = counted;
+    m->peerlen = plen;
+    memcpy(&m->peer, peer, plen);
 }
 
-/* @here: the worker whose own socket accepted @fd, or NULL (the acceptor). */
+/* @here: the worker whose own socket accepted @fd, which takes it over on
+ * the spot, or NULL (the acceptor, which hands it to a worker). */
 static void dispatch(evs_server *s, evs_worker *here, int fd, const struct sockaddr_storage *peer,
                      socklen_t plen)
 {
@@ -148,7 +145,11 @@ static void dispatch(evs_server *s, evs_worker *here, int fd, const struct socka
         counted = true;
     }
     if (here) {
-        take_here(s, here, fd, peer, plen, key, counted);
+        evs__msg local;
+
+        fill_msg(&local, s, fd, peer, plen, key, counted);
+        count_accepted(s, here);
+        evs__server_take(here, &local);
         return;
     }
     w = pick_worker(rt);
@@ -160,13 +161,7 @@ static void dispatch(evs_server *s, evs_worker *here, int fd, const struct socka
         close(fd);
         return;
     }
-    memset(m, 0, offsetof(evs__msg, peer));
-    m->ip_key = key;
-    m->ip_counted = counted;
-    m->fd = fd;
-    m->server = s;
-    m->peerlen = plen;
-    memcpy(&m->peer, peer, plen);
+    fill_msg(m, s, fd, peer, plen, key, counted);
     count_accepted(s, w);
     if (evs__worker_push(w, m) < 0) {
         close(fd);
