@@ -1,16 +1,17 @@
 /*
- * tls_transport.c - the TLS layer of the socket transport: OpenSSL over
- * memory BIOs, driven by the transport's own events (as asyncio's
- * sslproto does).
+ * tls_transport.c - the TLS layer of the socket transport: OpenSSL driven
+ * by the transport's own events (as asyncio's sslproto does), through a BIO
+ * of our own that is the transport itself.
  *
- * Incoming: ciphertext is read from the socket into the read BIO, then
- * SSL_read runs until OpenSSL has nothing more, so several records are
- * delivered per wakeup and no plaintext is ever left inside OpenSSL
+ * Incoming: SSL_read runs until OpenSSL has nothing more, so several records
+ * are delivered per wakeup and no plaintext is ever left inside OpenSSL
  * without a way to get it out (a paused transport re-activates its read
- * event on resume). Outgoing: plaintext goes through SSL_write (writelines
- * coalesced into full records first) and the ciphertext from the write BIO
- * takes the plain transport's path: the socket at once, the queue for the
- * rest.
+ * event on resume). OpenSSL reads ahead straight from the socket into its
+ * own buffer: one recv for many records, and no copy through a memory BIO.
+ * Outgoing: plaintext goes through SSL_write (writelines coalesced into full
+ * records first) and the BIO hands each record to the plain transport's
+ * path: the socket at once, the queue for the rest. The BIO never refuses a
+ * write, so OpenSSL never sees WANT_WRITE.
  *
  * A missing close_notify is an EOF that evs_transport_tls_peer_closed_cleanly
  * tells apart, logged at debug, never an error storm. Failed handshakes are
@@ -19,9 +20,11 @@
 #include "tls.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -35,14 +38,18 @@
 struct evs__tls {
     evs_tls_context *ctx;
     SSL *ssl;
-    BIO *rbio;
-    BIO *wbio;
     bool server;
     bool upgrade;       /* start_tls: connection_made already happened */
     bool handshake_done;
     bool failed;
     bool close_notify;  /* the peer sent close_notify */
     bool tcp_eof;
+    bool drained;       /* a short recv this wakeup: the socket is empty */
+    int reads;          /* recv calls this wakeup, bounded for fairness */
+    int io_error;       /* -errno of the socket call that failed */
+    unsigned char *prefix; /* bytes read before TLS began (start_tls) */
+    size_t prefix_len, prefix_off;
+    struct evbuffer *flight;  /* handshake records, sent a flight at a time */
     struct evbuffer *pending; /* plaintext written before the handshake ended */
     struct event timer;       /* handshake, then shutdown timeout */
     double shutdown_timeout;
@@ -50,26 +57,165 @@ struct evs__tls {
     char error[256];
 };
 
-/* --- helpers ----------------------------------------------------------- */
+/* --- the BIO: OpenSSL's view of the transport ------------------------------ */
 
+#define READS_PER_WAKEUP 16 /* of OpenSSL's read buffer, about 16 KiB */
 
-/* Move what OpenSSL wrote into the write BIO to the socket path. */
-static int flush_wbio(evs_transport *t)
+static int bio_read(BIO *b, char *buf, int len)
+{
+    evs_transport *t = BIO_get_data(b);
+    evs__tls *s = t->tls;
+    ssize_t n;
+
+    BIO_clear_retry_flags(b);
+    if (s->prefix) {
+        size_t left = s->prefix_len - s->prefix_off;
+
+        n = left < (size_t)len ? (ssize_t)left : len;
+        memcpy(buf, s->prefix + s->prefix_off, (size_t)n);
+        s->prefix_off += (size_t)n;
+        if (s->prefix_off == s->prefix_len) {
+            free(s->prefix);
+            s->prefix = NULL;
+        }
+        return (int)n;
+    }
+    if (s->tcp_eof)
+        return 0;
+    /* Level-triggered events call again for what is left: a short read
+     * means empty for now, and a busy peer does not hold the worker. */
+    if (s->drained || s->reads >= READS_PER_WAKEUP) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    s->reads++;
+    do
+        n = t->is_pipe ? read(t->fd, buf, (size_t)len) : recv(t->fd, buf, (size_t)len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            s->drained = true;
+            BIO_set_retry_read(b);
+        } else {
+            s->io_error = -errno;
+        }
+        return -1;
+    }
+    if (n == 0) {
+        s->tcp_eof = true;
+        event_del(&t->rd_ev);
+        return 0;
+    }
+    if (n < len)
+        s->drained = true;
+    evs__transport_count_in(t, (size_t)n);
+    return (int)n;
+}
+
+/* Send the handshake records gathered so far in one go. */
+static int flush_flight(evs_transport *t)
 {
     evs__tls *s = t->tls;
-    char *data;
-    long len = BIO_get_mem_data(s->wbio, &data);
     struct iovec iov;
     int rc;
 
-    if (len <= 0)
+    if (!s->flight || evbuffer_get_length(s->flight) == 0)
         return 0;
-    iov.iov_base = data;
-    iov.iov_len = (size_t)len;
-    rc = evs__transport_send(t, &iov, 1, (size_t)len);
-    (void)BIO_reset(s->wbio);
+    iov.iov_len = evbuffer_get_length(s->flight);
+    iov.iov_base = evbuffer_pullup(s->flight, -1);
+    rc = evs__transport_send(t, &iov, 1, iov.iov_len);
+    evbuffer_drain(s->flight, iov.iov_len);
+    if (rc < 0)
+        s->io_error = rc;
     return rc;
 }
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+    evs_transport *t = BIO_get_data(b);
+    evs__tls *s = t->tls;
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = (size_t)len};
+    int rc;
+
+    BIO_clear_retry_flags(b);
+    /* OpenSSL writes each handshake message as its own record: gathered
+     * until SSL_do_handshake returns, a flight costs one send, not six. */
+    if (!s->handshake_done) {
+        if (!s->flight && !(s->flight = evbuffer_new()))
+            return -1;
+        return evbuffer_add(s->flight, data, (size_t)len) == 0 ? len : -1;
+    }
+    rc = evs__transport_send(t, &iov, 1, (size_t)len);
+    if (rc < 0) {
+        s->io_error = rc;
+        return -1;
+    }
+    return len;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    evs_transport *t = BIO_get_data(b);
+
+    EVS_UNUSED(num);
+    EVS_UNUSED(ptr);
+    /* BIO_CTRL_EOF stays 0: told of the peer's EOF, OpenSSL would answer
+     * with a decode_error alert to a socket that may be gone. tcp_eof tells
+     * an EOF from an error here instead. A flush waits for the end of the
+     * SSL_do_handshake call, so that all it wrote goes in one send. */
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+    case BIO_CTRL_DUP:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return t && t->tls && t->tls->prefix
+                   ? (long)(t->tls->prefix_len - t->tls->prefix_off)
+                   : 0;
+    default:
+        return 0;
+    }
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *transport_bio_method;
+
+static void make_bio_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "evs transport");
+
+    if (m && BIO_meth_set_read(m, bio_read) && BIO_meth_set_write(m, bio_write) &&
+        BIO_meth_set_ctrl(m, bio_ctrl) && BIO_meth_set_create(m, bio_create)) {
+        transport_bio_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+static BIO *transport_bio(evs_transport *t)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    BIO *b;
+
+    pthread_once(&once, make_bio_method);
+    if (!transport_bio_method || !(b = BIO_new(transport_bio_method)))
+        return NULL;
+    BIO_set_data(b, t);
+    return b;
+}
+
+/* A wakeup may recv again, and only as often as READS_PER_WAKEUP allows. */
+static void new_wakeup(evs__tls *s)
+{
+    s->drained = false;
+    s->reads = 0;
+}
+
+/* --- helpers ----------------------------------------------------------- */
 
 static void record_error(evs__tls *s, const char *fallback)
 {
@@ -130,6 +276,7 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
                     const evs_tls_options *opts, bool upgrade, const void *prefix, size_t len)
 {
     evs__tls *s;
+    BIO *bio;
     double hs;
 
     if (!ctx || ctx->server != server)
@@ -139,22 +286,23 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
         return -ENOMEM;
     ERR_clear_error();
     s->ssl = SSL_new(ctx->ctx);
-    s->rbio = BIO_new(BIO_s_mem());
-    s->wbio = BIO_new(BIO_s_mem());
+    bio = transport_bio(t);
     s->pending = evbuffer_new();
-    if (!s->ssl || !s->rbio || !s->wbio || !s->pending) {
+    if (prefix && len > 0 && (s->prefix = malloc(len)))
+        memcpy(s->prefix, prefix, len);
+    if (!s->ssl || !bio || !s->pending || (prefix && len > 0 && !s->prefix)) {
         SSL_free(s->ssl);
-        BIO_free(s->rbio);
-        BIO_free(s->wbio);
+        BIO_free(bio);
         if (s->pending)
             evbuffer_free(s->pending);
+        free(s->prefix);
         free(s);
         ERR_clear_error();
         return -ENOMEM;
     }
-    /* An empty read BIO means "wait for more", not EOF. */
-    BIO_set_mem_eof_return(s->rbio, -1);
-    SSL_set_bio(s->ssl, s->rbio, s->wbio);
+    s->prefix_len = prefix ? len : 0;
+    SSL_set_bio(s->ssl, bio, bio); /* one BIO both ways: one reference */
+    SSL_set_read_ahead(s->ssl, 1);
     s->ctx = evs_tls_context_ref(ctx);
     s->server = server;
     s->upgrade = upgrade;
@@ -176,8 +324,6 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
             }
         }
     }
-    if (prefix && len > 0)
-        BIO_write(s->rbio, prefix, (int)len);
     t->tls = s;
     evtimer_assign(&s->timer, t->worker->base, timer_cb, t);
     hs = opts && opts->handshake_timeout > 0 ? opts->handshake_timeout : DEFAULT_HANDSHAKE_TIMEOUT;
@@ -193,8 +339,11 @@ void evs__tls_free(evs_transport *t)
     if (!s)
         return;
     event_del(&s->timer);
-    SSL_free(s->ssl); /* frees both BIOs */
+    SSL_free(s->ssl); /* frees the BIO */
+    if (s->flight)
+        evbuffer_free(s->flight);
     evbuffer_free(s->pending);
+    free(s->prefix);
     evs_tls_context_unref(s->ctx);
     free(s->sni);
     free(s);
@@ -211,24 +360,6 @@ size_t evs__tls_pending(const evs_transport *t)
 
 static int write_plain(evs_transport *t, const void *data, size_t len);
 
-/* A memory BIO keeps the largest size it ever held: after the handshake
- * (a certificate flight, the client's hello) that is a few KiB per idle
- * connection. Empty ones are swapped for new ones that hold nothing. */
-static void shed_bio_buffers(evs__tls *s)
-{
-    BIO *b;
-
-    if (BIO_ctrl_pending(s->rbio) == 0 && (b = BIO_new(BIO_s_mem()))) {
-        BIO_set_mem_eof_return(b, -1);
-        SSL_set0_rbio(s->ssl, b); /* frees the old one */
-        s->rbio = b;
-    }
-    if (BIO_ctrl_pending(s->wbio) == 0 && (b = BIO_new(BIO_s_mem()))) {
-        SSL_set0_wbio(s->ssl, b);
-        s->wbio = b;
-    }
-}
-
 static void handshake_finished(evs_transport *t)
 {
     evs__tls *s = t->tls;
@@ -237,6 +368,10 @@ static void handshake_finished(evs_transport *t)
 
     s->handshake_done = true;
     event_del(&s->timer);
+    if (s->flight) {
+        evbuffer_free(s->flight);
+        s->flight = NULL;
+    }
     SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
     if (s->server && s->ctx->alpn_required && alpn_len == 0) {
         handshake_failed(t, -EPROTO, "no ALPN protocol in common with the client");
@@ -257,7 +392,6 @@ static void handshake_finished(evs_transport *t)
             return;
         evbuffer_drain(s->pending, n);
     }
-    shed_bio_buffers(s);
     if (s->upgrade) {
         if (t->tls_done)
             t->tls_done(t, 0, t->tls_done_arg);
@@ -274,15 +408,24 @@ static bool do_handshake(evs_transport *t)
 
     ERR_clear_error();
     rc = SSL_do_handshake(s->ssl);
-    flush_wbio(t); /* our flight (or an alert) goes out either way */
+    /* Our flight (or an alert) goes out either way. */
+    if (flush_flight(t) < 0 || t->lost_scheduled)
+        return false;
     if (rc == 1) {
         handshake_finished(t);
         return !t->lost_scheduled;
     }
     err = SSL_get_error(s->ssl, rc);
-    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-        if (s->tcp_eof)
-            handshake_failed(t, -ECONNRESET, "the peer closed during the handshake");
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
+        return false;
+    if (s->tcp_eof) {
+        ERR_clear_error();
+        handshake_failed(t, -ECONNRESET, "the peer closed during the handshake");
+        return false;
+    }
+    if (s->io_error) {
+        ERR_clear_error();
+        handshake_failed(t, s->io_error, evs_strerror(s->io_error));
         return false;
     }
     record_error(s, "handshake failed");
@@ -335,21 +478,21 @@ static void deliver(evs_transport *t)
             continue;
         }
         err = SSL_get_error(s->ssl, n);
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-            flush_wbio(t); /* e.g. a key update answer */
-            if (s->tcp_eof)
-                peer_eof(t); /* the socket ended without close_notify */
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
             return;
-        }
         if (err == SSL_ERROR_ZERO_RETURN) {
             s->close_notify = true;
             peer_eof(t);
             return;
         }
-        if (err == SSL_ERROR_SSL &&
-            ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+        if (s->tcp_eof) { /* the socket ended without close_notify */
             ERR_clear_error();
             peer_eof(t);
+            return;
+        }
+        if (s->io_error) {
+            ERR_clear_error();
+            evs__transport_fatal(t, s->io_error);
             return;
         }
         record_error(s, "TLS error");
@@ -362,42 +505,23 @@ static void deliver(evs_transport *t)
 void evs__tls_readable(evs_transport *t)
 {
     evs__tls *s = t->tls;
-    evs_worker *w = t->worker;
 
     evs__transport_ref(t);
-    /* Ciphertext from the socket into OpenSSL (a few reads per wakeup). */
-    for (int i = 0; i < 4 && !s->tcp_eof && !t->lost_scheduled; i++) {
-        ssize_t n;
-
-        do
-            n = recv(t->fd, w->rbuf, w->rbuf_size, 0);
-        while (n < 0 && errno == EINTR);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                evs__transport_fatal(t, -errno);
-            break;
-        }
-        if (n == 0) {
-            s->tcp_eof = true;
-            event_del(&t->rd_ev);
-            break;
-        }
-        evs__transport_count_in(t, (size_t)n);
-        BIO_write(s->rbio, w->rbuf, (int)n);
-        if ((size_t)n < w->rbuf_size)
-            break;
-    }
-    if (!t->lost_scheduled && (s->handshake_done || do_handshake(t)))
+    new_wakeup(s);
+    if (s->handshake_done || do_handshake(t))
         deliver(t);
     evs__transport_unref(t);
 }
 
 void evs__tls_start(evs_transport *t)
 {
+    evs__tls *s = t->tls;
+
     /* A client speaks first; a server with a prefix may already have a
      * ClientHello. Either way, run the handshake as far as it goes. */
     evs__transport_ref(t);
-    if (!t->tls->server || BIO_ctrl_pending(t->tls->rbio) > 0) {
+    new_wakeup(s);
+    if (!s->server || s->prefix) {
         if (do_handshake(t))
             deliver(t);
     }
@@ -414,11 +538,13 @@ static int write_plain(evs_transport *t, const void *data, size_t len)
     ERR_clear_error();
     n = SSL_write(s->ssl, data, (int)len);
     if (n <= 0) {
+        if (s->io_error) /* the transport has failed with it already */
+            return s->io_error;
         record_error(s, "TLS write failed");
         evs__transport_fatal(t, -EPROTO);
         return -EPROTO;
     }
-    return flush_wbio(t);
+    return 0;
 }
 
 int evs__tls_write(evs_transport *t, const struct iovec *iov, int iovcnt)
@@ -472,9 +598,8 @@ void evs__tls_close(evs_transport *t)
     if (!s->handshake_done || s->failed)
         return;
     ERR_clear_error();
-    SSL_shutdown(s->ssl); /* queues our close_notify; we do not wait for theirs */
+    SSL_shutdown(s->ssl); /* sends our close_notify; we do not wait for theirs */
     ERR_clear_error();
-    flush_wbio(t);
     tv = evs__tv(s->shutdown_timeout);
     evtimer_add(&s->timer, &tv);
 }

@@ -758,6 +758,29 @@ TEST_F(Tls, SilentClientCutByHandshakeTimeout) {
     EXPECT_FALSE(seen.has("sni"));
 }
 
+TEST_F(Tls, PeerGoneMidHandshakeFailsItWithoutAnAlert) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, echo_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    // The start of a handshake record that promises 200 bytes, then EOF.
+    const char partial[] = "\x16\x03\x01\x00\xc8\x01\x00";
+    ASSERT_EQ((ssize_t)(sizeof partial - 1), send(fd, partial, sizeof partial - 1, 0));
+    ASSERT_EQ(0, shutdown(fd, SHUT_WR));
+    char c;
+    // The server closes: no decode_error alert to a peer that has gone.
+    EXPECT_EQ(0, recv(fd, &c, 1, 0)) << "errno " << errno;
+    close(fd);
+    EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 1; }));
+    EXPECT_TRUE(eventually([&] { return evs_server_connections(s) == 0; }));
+    EXPECT_EQ(0u, rt.stats().tls_handshakes);
+}
+
 namespace {
 
 // Read a line, answer, then read to EOF and report how the peer ended.
