@@ -137,6 +137,8 @@ struct evs__fiber_tls {
 #else
     ucontext_t loop_uc;
 #endif
+    evs__fiber_fn call_fn;    /* evs__fiber_call_on_loop: run this, go back */
+    void *call_arg;
     void *loop_fake;          /* ASan: the loop's fake stack during a fiber */
     const void *loop_bottom;  /* ASan: the loop context's stack */
     size_t loop_size;
@@ -439,6 +441,21 @@ evs__fiber *evs__fiber_current(void)
     return tl.current;
 }
 
+static void switch_into(evs__fiber *f)
+{
+    tl.current = f;
+    asan_start_switch(&tl.loop_fake, stack_lo(f), stack_len(f));
+#ifdef EVS__TSAN
+    if (!f->tsan_fiber)
+        f->tsan_fiber = __tsan_create_fiber(0);
+    tl.tsan_loop = __tsan_get_current_fiber();
+#endif
+    TSAN_SWITCH_TO(f->tsan_fiber);
+    RAW_SWITCH_TO_FIBER(f);
+    asan_finish_switch(tl.loop_fake, NULL, NULL);
+    tl.current = NULL;
+}
+
 void evs__fiber_resume(evs__fiber *f)
 {
     assert(tl.current == NULL && "evs__fiber_resume called from a fiber");
@@ -452,17 +469,25 @@ void evs__fiber_resume(evs__fiber *f)
             abort();
 #endif
     }
-    tl.current = f;
-    asan_start_switch(&tl.loop_fake, stack_lo(f), stack_len(f));
-#ifdef EVS__TSAN
-    if (!f->tsan_fiber)
-        f->tsan_fiber = __tsan_create_fiber(0);
-    tl.tsan_loop = __tsan_get_current_fiber();
-#endif
-    TSAN_SWITCH_TO(f->tsan_fiber);
-    RAW_SWITCH_TO_FIBER(f);
-    asan_finish_switch(tl.loop_fake, NULL, NULL);
-    tl.current = NULL;
+    switch_into(f);
+    while (tl.call_fn) {
+        evs__fiber_fn fn = tl.call_fn;
+
+        tl.call_fn = NULL;
+        fn(tl.call_arg);
+        switch_into(f);
+    }
+}
+
+void evs__fiber_call_on_loop(evs__fiber_fn fn, void *arg)
+{
+    if (!tl.current) {
+        fn(arg);
+        return;
+    }
+    tl.call_fn = fn;
+    tl.call_arg = arg;
+    evs__fiber_yield();
 }
 
 void evs__fiber_yield(void)

@@ -56,6 +56,15 @@ void evs__fiber_resume(evs__fiber *f);
 /** From inside a fiber: switch back to the loop context that resumed it. */
 void evs__fiber_yield(void);
 
+/**
+ * Run fn(arg) on the loop context's stack and return to the caller when it
+ * returns: from a fiber, a switch to the loop and back; from the loop
+ * context, a plain call. For deep library code (OpenSSL) whose stack pages
+ * would otherwise stay resident in every task's stack. fn runs as loop code
+ * (evs__fiber_current() is NULL) and must not yield.
+ */
+void evs__fiber_call_on_loop(evs__fiber_fn fn, void *arg);
+
 /** True once the fiber's function has returned. */
 bool evs__fiber_done(const evs__fiber *f);
 

@@ -29,6 +29,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "fiber.h"
 #include "transport.h"
 
 #define DEFAULT_HANDSHAKE_TIMEOUT 60.0
@@ -547,7 +548,34 @@ static int write_plain(evs_transport *t, const void *data, size_t len)
     return 0;
 }
 
+static int write_records(evs_transport *t, const struct iovec *iov, int iovcnt);
+
+struct write_call {
+    evs_transport *t;
+    const struct iovec *iov;
+    int iovcnt;
+    int rc;
+};
+
+static void write_call_run(void *arg)
+{
+    struct write_call *c = arg;
+
+    c->rc = write_records(c->t, c->iov, c->iovcnt);
+}
+
 int evs__tls_write(evs_transport *t, const struct iovec *iov, int iovcnt)
+{
+    struct write_call c = {t, iov, iovcnt, 0};
+
+    /* SSL_write goes deep: on a task's stack it would keep a second page
+     * resident in every idle stream-mode connection. */
+    evs__fiber_call_on_loop(write_call_run, &c);
+    return c.rc;
+}
+
+/* Encrypt and send (or queue), or hold until the handshake is over. */
+static int write_records(evs_transport *t, const struct iovec *iov, int iovcnt)
 {
     evs__tls *s = t->tls;
     char *stage = NULL;

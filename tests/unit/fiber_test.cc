@@ -70,6 +70,64 @@ TEST(Fiber, ResumeYieldPingPong) {
 }
 
 // ---------------------------------------------------------------------------
+// call_on_loop: the function runs on the loop's stack, as loop code, and the
+// fiber goes on where it was; from the loop it is a plain call.
+
+struct OnLoop {
+    uintptr_t fiber_local = 0;   // an address on the fiber's stack
+    uintptr_t called_local = 0;  // an address on the stack fn ran on
+    evs__fiber *current_in_call = reinterpret_cast<evs__fiber *>(1);
+    int calls = 0;
+    int after = 0;
+};
+
+void on_loop_call(void *arg) {
+    auto *o = static_cast<OnLoop *>(arg);
+    volatile char here = 0;
+    o->called_local = reinterpret_cast<uintptr_t>(&here);
+    o->current_in_call = evs__fiber_current();
+    o->calls++;
+}
+
+void on_loop_fiber(void *arg) {
+    auto *o = static_cast<OnLoop *>(arg);
+    volatile char here = 0;
+    o->fiber_local = reinterpret_cast<uintptr_t>(&here);
+    evs__fiber_call_on_loop(on_loop_call, o);
+    evs__fiber_call_on_loop(on_loop_call, o);  // twice in one resume
+    o->after = 1;
+    evs__fiber_yield();
+    o->after = 2;
+}
+
+TEST(Fiber, CallOnLoopRunsOnTheLoopStackAndComesBack) {
+    PoolGuard pg;
+    ASSERT_NE(pg.pool, nullptr);
+    OnLoop o;
+    evs__fiber *f = evs__fiber_new(pg.pool, on_loop_fiber, &o);
+    ASSERT_NE(f, nullptr);
+    volatile char loop_local = 0;
+    evs__fiber_resume(f);  // returns at the fiber's own yield, not the calls
+    EXPECT_EQ(2, o.calls);
+    EXPECT_EQ(1, o.after);
+    EXPECT_EQ(nullptr, o.current_in_call);
+    // fn's frame is near the loop's, far from the fiber's stack.
+    uintptr_t loop_addr = reinterpret_cast<uintptr_t>(&loop_local);
+    auto dist = [](uintptr_t a, uintptr_t b) { return a > b ? a - b : b - a; };
+    EXPECT_LT(dist(o.called_local, loop_addr), dist(o.called_local, o.fiber_local));
+    EXPECT_LT(dist(o.called_local, loop_addr), (uintptr_t)(64 * 1024));
+    evs__fiber_resume(f);
+    EXPECT_EQ(2, o.after);
+    EXPECT_TRUE(evs__fiber_done(f));
+    evs__fiber_free(f);
+
+    OnLoop plain;  // from the loop context: a plain call
+    evs__fiber_call_on_loop(on_loop_call, &plain);
+    EXPECT_EQ(1, plain.calls);
+    EXPECT_EQ(nullptr, plain.current_in_call);
+}
+
+// ---------------------------------------------------------------------------
 // Many fibers interleaved round-robin.
 
 struct Interleave {
