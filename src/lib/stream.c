@@ -9,7 +9,10 @@
  *
  * evs_read() parked on an empty buffer lends its own buffer instead: the
  * next recv() lands there, with no evbuffer chain and no second copy. That
- * is the steady state of a request/response handler.
+ * is the steady state of a request/response handler. evs_read_view() parked
+ * on an empty buffer does the same with one of the worker's read blocks,
+ * taken when the bytes arrive (an idle connection holds none) and given
+ * back at the next call on the reader: no allocation per read either.
  */
 #include "stream.h"
 
@@ -38,6 +41,8 @@ struct evs_reader {
     size_t lent_len;
     size_t lent_got;   /* bytes the transport put there */
     bool reading_lent; /* the last get_buffer returned lent */
+    size_t view_want;  /* evs_read_view waits on an empty buffer for this */
+    void *block;       /* the worker block the last view points into */
 };
 
 /* The first reservation is small: a reply-sized read should not make (and
@@ -84,6 +89,7 @@ static void stream_free(evs_stream *s)
 {
     if (s->reader.buf)
         evbuffer_free(s->reader.buf);
+    free(s->reader.block); /* not to the worker: it may have ended */
     evs__transport_unref(s->reader.t);
     free(s);
 }
@@ -100,6 +106,19 @@ static void take(evs_reader *r, void *dst, size_t len)
 {
     if (len > 0)
         evbuffer_remove(r->buf, dst, len);
+}
+
+/* The bytes of the last view are gone: drain them, or give the block back. */
+static void drop_view(evs_reader *r)
+{
+    if (r->consume) {
+        evbuffer_drain(r->buf, r->consume);
+        r->consume = 0;
+    }
+    if (r->block) {
+        evs__worker_block_put(r->t->worker, r->block);
+        r->block = NULL;
+    }
 }
 
 static void maybe_pause_transport(evs_reader *r)
@@ -127,8 +146,13 @@ static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void 
     evs_reader *r = ctx;
     struct evbuffer_iovec vec[2];
 
-    EVS_UNUSED(t);
-    r->reading_lent = r->lent && !r->lent_got;
+    r->reading_lent = (r->lent || r->view_want) && !r->lent_got;
+    if (r->reading_lent && !r->lent) {
+        r->block = evs__worker_block_get(t->worker);
+        r->lent = r->block;
+        r->lent_len = r->view_want;
+        r->reading_lent = r->lent != NULL; /* out of memory: the evbuffer */
+    }
     if (r->reading_lent) {
         *len = r->lent_len;
         return r->lent;
@@ -339,10 +363,7 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
     /* Bytes already read are the start of the TLS stream (a ClientHello
      * behind a PROXY header, or plaintext injected after STARTTLS): they go
      * to TLS, never to the caller. */
-    if (r->consume) {
-        evbuffer_drain(r->buf, r->consume);
-        r->consume = 0;
-    }
+    drop_view(r);
     len = buffered(r);
     if (len > 0) {
         prefix = malloc(len);
@@ -413,10 +434,7 @@ static int begin(evs_reader *r)
 {
     if (r->waiter.head)
         return -EBUSY;
-    if (r->consume) {
-        evbuffer_drain(r->buf, r->consume);
-        r->consume = 0;
-    }
+    drop_view(r);
     r->partial = 0;
     r->partial_data = NULL;
     return 0;
@@ -461,6 +479,34 @@ static ssize_t wait_data_into(evs_reader *r, void *buf, size_t n)
     /* Bytes that arrived are the caller's even if the wait was cut short. */
     if (got)
         return (ssize_t)got;
+    return rc < 0 ? rc : 0;
+}
+
+/* Park with a worker block to be lent when bytes arrive (see the top of
+ * the file). @return bytes in the block (then *data), 0 or a negative errno. */
+static ssize_t wait_data_view(evs_reader *r, size_t n, const void **data)
+{
+    int rc;
+    size_t got;
+
+    r->view_want = n < EVS__BLOCK_SIZE ? n : EVS__BLOCK_SIZE;
+    r->lent = NULL;
+    r->lent_got = 0;
+    r->reading_lent = false;
+    rc = wait_data(r);
+    got = r->lent_got;
+    r->view_want = 0;
+    r->lent = NULL;
+    r->lent_got = 0;
+    r->reading_lent = false;
+    if (got) {
+        *data = r->block;
+        return (ssize_t)got;
+    }
+    if (r->block) { /* taken, then EOF: nothing landed */
+        evs__worker_block_put(r->t->worker, r->block);
+        r->block = NULL;
+    }
     return rc < 0 ? rc : 0;
 }
 
@@ -589,12 +635,14 @@ ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
     if (n == 0)
         return 0;
     while ((len = buffered(r)) == 0) {
+        ssize_t got;
+
         if (r->err)
             return r->err;
         if (r->eof)
             return 0;
-        if ((rc = wait_data(r)) < 0)
-            return rc;
+        if ((got = wait_data_view(r, n, data)) != 0)
+            return got;
     }
     if (len > n)
         len = n;

@@ -68,6 +68,31 @@ char *evs__worker_tls_stage(evs_worker *w)
     return w->tls_stage;
 }
 
+/* Enough for the views out at once on a busy worker; more are freed. */
+#define BLOCKS_KEPT 32
+
+void *evs__worker_block_get(evs_worker *w)
+{
+    void *b = w->blocks;
+
+    if (!b)
+        return malloc(EVS__BLOCK_SIZE);
+    memcpy(&w->blocks, b, sizeof w->blocks);
+    w->nblocks--;
+    return b;
+}
+
+void evs__worker_block_put(evs_worker *w, void *block)
+{
+    if (w->nblocks >= BLOCKS_KEPT) {
+        free(block);
+        return;
+    }
+    memcpy(block, &w->blocks, sizeof w->blocks);
+    w->blocks = block;
+    w->nblocks++;
+}
+
 static void run_message(evs_worker *w, evs__msg *m)
 {
     if (m->fn) {
@@ -225,6 +250,8 @@ void evs__worker_fini(evs_worker *w)
     w->rbuf = NULL;
     free(w->tls_stage);
     w->tls_stage = NULL;
+    while (w->blocks)
+        free(evs__worker_block_get(w));
     pthread_mutex_destroy(&w->inbox_lock);
 }
 

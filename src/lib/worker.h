@@ -95,6 +95,8 @@ struct evs_worker {
 
     struct evdns_base *dns;
     char *tls_stage; /* coalesces small TLS writes into full records */
+    void *blocks;    /* free read blocks, linked through their first word */
+    int nblocks;
 
     /* Counters: written by this worker, read by anyone. */
     _Atomic uint64_t accepted;
@@ -117,6 +119,13 @@ uint64_t evs__runtime_buffered(const evs_runtime *rt);
 
 /* The worker's 16 KiB TLS staging buffer, made on first use. */
 char *evs__worker_tls_stage(evs_worker *w);
+
+/* Read blocks of EVS__BLOCK_SIZE bytes: a few are kept for reuse, so a
+ * connection can hold one only while it has data in it (a view out),
+ * without a malloc per read. get returns NULL when out of memory. */
+#define EVS__BLOCK_SIZE 16384u
+void *evs__worker_block_get(evs_worker *w);
+void evs__worker_block_put(evs_worker *w, void *block);
 
 /* Set up a worker (base, inbox, stacks); @rt may be NULL (evs_run). */
 int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size);

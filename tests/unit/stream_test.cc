@@ -392,6 +392,48 @@ TEST(StreamReadView, ALongStreamComesThroughWhole) {
     });
 }
 
+// A view parked on an empty reader gets a worker block of its own when the
+// bytes come: views of two connections stay intact side by side, and a
+// block goes back (and is reused) at the next call on its reader.
+TEST(StreamReadView, ViewsOfTwoConnectionsStayIntact) {
+    run([] {
+        Conn a, b;
+        ASSERT_TRUE(a.ok() && b.ok());
+        Feeder fa{a.peer, {"AAAA"}, false, 0.01};
+        evs_task *ta = spawn(fa);
+        const void *va = nullptr, *vb = nullptr;
+        ASSERT_EQ(4, evs_read_view(a.r, 100, &va));
+        Feeder fb{b.peer, {"BBBBB"}, false, 0.01};
+        evs_task *tb = spawn(fb);
+        ASSERT_EQ(5, evs_read_view(b.r, 100, &vb));
+        EXPECT_NE(va, vb);
+        EXPECT_EQ("AAAA", view_str(va, 4));
+        EXPECT_EQ("BBBBB", view_str(vb, 5));
+        Feeder fa2{a.peer, {"CC"}, false, 0.01};
+        evs_task *ta2 = spawn(fa2);
+        ASSERT_EQ(2, evs_read_view(a.r, 100, &va));
+        EXPECT_EQ("CC", view_str(va, 2));
+        EXPECT_EQ("BBBBB", view_str(vb, 5));
+        EXPECT_EQ(0, join(ta));
+        EXPECT_EQ(0, join(tb));
+        EXPECT_EQ(0, join(ta2));
+    });
+}
+
+TEST(StreamReadView, EofWhileParkedReturnsZero) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {""}, true, 0.01};  // EOF after we park
+        evs_task *ft = spawn(f);
+        const void *v = &v;
+        EXPECT_EQ(0, evs_read_view(c.r, 10, &v));
+        EXPECT_EQ(nullptr, v);
+        EXPECT_TRUE(evs_at_eof(c.r));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
 TEST(StreamReadView, ZeroNullAndEof) {
     run([] {
         Conn c;
