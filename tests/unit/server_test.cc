@@ -65,8 +65,18 @@ void expect_echo(int fd, size_t n) {
 
 }  // namespace
 
-TEST(Server, StreamModeTcpEcho) {
-    Runtime r;
+// With one worker the worker accepts on the sockets itself; with more, the
+// acceptor thread hands connections over: every test here runs both ways.
+class ServerWorkers : public ::testing::TestWithParam<int> {};
+
+INSTANTIATE_TEST_SUITE_P(Accept, ServerWorkers, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int> &i) {
+                             return i.param == 1 ? std::string("OnTheOnlyWorker")
+                                                 : std::string("ByTheAcceptor");
+                         });
+
+TEST_P(ServerWorkers, StreamModeTcpEcho) {
+    Runtime r(GetParam());
     evs_server_options o{};
     o.client_connected = echo_handler;
     o.host = "127.0.0.1";
@@ -78,8 +88,8 @@ TEST(Server, StreamModeTcpEcho) {
     close(fd);
 }
 
-TEST(Server, ProtocolModeTcpEcho) {
-    Runtime r;
+TEST_P(ServerWorkers, ProtocolModeTcpEcho) {
+    Runtime r(GetParam());
     evs_server_options o{};
     o.protocol = &echo_protocol;
     o.host = "127.0.0.1";
@@ -90,8 +100,8 @@ TEST(Server, ProtocolModeTcpEcho) {
     close(fd);
 }
 
-TEST(Server, UnixEchoBothModes) {
-    Runtime r;
+TEST_P(ServerWorkers, UnixEchoBothModes) {
+    Runtime r(GetParam());
     std::string dir = make_temp_dir();
     for (int mode = 0; mode < 2; mode++) {
         std::string path = dir + "/s" + std::to_string(mode);
@@ -219,8 +229,8 @@ TEST(Server, UnknownHostIsAnError) {
     EXPECT_LT(evs_start_server(r.rt, &o, nullptr), 0);
 }
 
-TEST(Server, DeferServingAcceptsOnlyAfterStartServing) {
-    Runtime r;
+TEST_P(ServerWorkers, DeferServingAcceptsOnlyAfterStartServing) {
+    Runtime r(GetParam());
     evs_server_options o{};
     o.client_connected = greeter;
     o.host = "127.0.0.1";
@@ -261,8 +271,8 @@ TEST(Server, AdoptsAnExistingListeningSocket) {
     close(fd);
 }
 
-TEST(Server, CloseStopsListeningAndWaitClosedWaitsForConnections) {
-    Runtime r;
+TEST_P(ServerWorkers, CloseStopsListeningAndWaitClosedWaitsForConnections) {
+    Runtime r(GetParam());
     evs_server_options o{};
     o.client_connected = greeter;
     o.host = "127.0.0.1";
@@ -340,8 +350,8 @@ TEST(Server, StaleUnixSocketIsReplacedLiveOneAndNonSocketRefused) {
     remove_dir(dir);
 }
 
-TEST(Server, AbstractUnixSocket) {
-    Runtime r;
+TEST_P(ServerWorkers, AbstractUnixSocket) {
+    Runtime r(GetParam());
     std::string name = "@evs-server-test-" + std::to_string(getpid());
     evs_server_options o{};
     o.client_connected = echo_handler;
@@ -400,8 +410,8 @@ TEST(Server, IdleTimeoutClosesSilentConnectionsAndParkedReadsGetETIMEDOUT) {
     EXPECT_EQ(-ETIMEDOUT, read_rc.load());
 }
 
-TEST(Server, OwnMaxConnectionsPausesOnlyThatServer) {
-    Runtime r;
+TEST_P(ServerWorkers, OwnMaxConnectionsPausesOnlyThatServer) {
+    Runtime r(GetParam());
     evs_server_options o{};
     o.client_connected = greeter;
     o.host = "127.0.0.1";
@@ -422,8 +432,8 @@ TEST(Server, OwnMaxConnectionsPausesOnlyThatServer) {
     close(c);
 }
 
-TEST(Server, TakeSocketsHandsQueuedConnectionsToASuccessor) {
-    Runtime r;
+TEST_P(ServerWorkers, TakeSocketsHandsQueuedConnectionsToASuccessor) {
+    Runtime r(GetParam());
     std::string dir = make_temp_dir();
     std::string path = dir + "/s";
     evs_server_options o{};
@@ -544,8 +554,8 @@ int connect_from(const char *local_ip, uint16_t port) {
 }
 }  // namespace
 
-TEST(Server, MaxConnectionsPerAddressRefusesTheExtraOnesWithTheMessage) {
-    Runtime r;
+TEST_P(ServerWorkers, MaxConnectionsPerAddressRefusesTheExtraOnesWithTheMessage) {
+    Runtime r(GetParam());
     evs_server_options o{};
     o.client_connected = greeter;
     o.host = "127.0.0.1";
