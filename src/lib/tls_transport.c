@@ -51,11 +51,12 @@ struct evs__tls {
     unsigned char *prefix; /* bytes read before TLS began (start_tls) */
     size_t prefix_len, prefix_off;
     struct evbuffer *flight;  /* handshake records, sent a flight at a time */
-    struct evbuffer *pending; /* plaintext written before the handshake ended */
+    struct evbuffer *pending; /* plaintext written before the handshake ended
+                               * (made for the first such write) */
     struct event timer;       /* handshake, then shutdown timeout */
     double shutdown_timeout;
     char *sni;
-    char error[256];
+    char *error; /* made only when there is one: most connections never fail */
 };
 
 /* --- the BIO: OpenSSL's view of the transport ------------------------------ */
@@ -218,19 +219,31 @@ static void new_wakeup(evs__tls *s)
 
 /* --- helpers ----------------------------------------------------------- */
 
+static void set_error(evs__tls *s, const char *text)
+{
+    char *copy = strdup(text);
+
+    if (!copy)
+        return; /* out of memory: the code still tells what happened */
+    free(s->error);
+    s->error = copy;
+}
+
 static void record_error(evs__tls *s, const char *fallback)
 {
     long vr = SSL_get_verify_result(s->ssl);
+    char buf[256];
 
     /* Say which check failed ("hostname mismatch", "unable to get local
      * issuer certificate", ...), not just "certificate verify failed". */
     if (vr != X509_V_OK) {
-        snprintf(s->error, sizeof s->error, "certificate verify failed: %s",
+        snprintf(buf, sizeof buf, "certificate verify failed: %s",
                  X509_verify_cert_error_string(vr));
         ERR_clear_error();
-        return;
+    } else {
+        evs__tls_error_string(buf, sizeof buf, fallback);
     }
-    evs__tls_error_string(s->error, sizeof s->error, fallback);
+    set_error(s, buf);
 }
 
 static void handshake_failed(evs_transport *t, int err, const char *why)
@@ -241,9 +254,9 @@ static void handshake_failed(evs_transport *t, int err, const char *why)
         return;
     s->failed = true;
     if (why)
-        snprintf(s->error, sizeof s->error, "%s", why);
+        set_error(s, why);
     evs__counter_add(&t->worker->tls_failed, 1);
-    evs__debug("TLS handshake failed: %s", s->error[0] ? s->error : evs_strerror(err));
+    evs__debug("TLS handshake failed: %s", s->error ? s->error : evs_strerror(err));
     if (t->tls_done)
         t->tls_done(t, err, t->tls_done_arg);
     evs__transport_fatal(t, err);
@@ -288,14 +301,11 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
     ERR_clear_error();
     s->ssl = SSL_new(ctx->ctx);
     bio = transport_bio(t);
-    s->pending = evbuffer_new();
     if (prefix && len > 0 && (s->prefix = malloc(len)))
         memcpy(s->prefix, prefix, len);
-    if (!s->ssl || !bio || !s->pending || (prefix && len > 0 && !s->prefix)) {
+    if (!s->ssl || !bio || (prefix && len > 0 && !s->prefix)) {
         SSL_free(s->ssl);
         BIO_free(bio);
-        if (s->pending)
-            evbuffer_free(s->pending);
         free(s->prefix);
         free(s);
         ERR_clear_error();
@@ -343,8 +353,10 @@ void evs__tls_free(evs_transport *t)
     SSL_free(s->ssl); /* frees the BIO */
     if (s->flight)
         evbuffer_free(s->flight);
-    evbuffer_free(s->pending);
+    if (s->pending)
+        evbuffer_free(s->pending);
     free(s->prefix);
+    free(s->error);
     evs_tls_context_unref(s->ctx);
     free(s->sni);
     free(s);
@@ -354,7 +366,7 @@ void evs__tls_free(evs_transport *t)
 
 size_t evs__tls_pending(const evs_transport *t)
 {
-    return evbuffer_get_length(t->tls->pending);
+    return t->tls->pending ? evbuffer_get_length(t->tls->pending) : 0;
 }
 
 /* --- the handshake and reading -------------------------------------------- */
@@ -382,7 +394,7 @@ static void handshake_finished(evs_transport *t)
     if (SSL_session_reused(s->ssl))
         evs__counter_add(&t->worker->tls_resumed, 1);
     /* What was written during the handshake goes out now, in order. */
-    while (evbuffer_get_length(s->pending) > 0 && !t->lost_scheduled) {
+    while (s->pending && evbuffer_get_length(s->pending) > 0 && !t->lost_scheduled) {
         size_t n = evbuffer_get_length(s->pending);
         const void *p;
 
@@ -392,6 +404,10 @@ static void handshake_finished(evs_transport *t)
         if (write_plain(t, p, n) < 0)
             return;
         evbuffer_drain(s->pending, n);
+    }
+    if (s->pending && !t->lost_scheduled) {
+        evbuffer_free(s->pending);
+        s->pending = NULL;
     }
     if (s->upgrade) {
         if (t->tls_done)
@@ -497,7 +513,7 @@ static void deliver(evs_transport *t)
             return;
         }
         record_error(s, "TLS error");
-        evs__debug("TLS connection error: %s", s->error);
+        evs__debug("TLS connection error: %s", s->error ? s->error : "unknown");
         evs__transport_fatal(t, -EPROTO);
         return;
     }
@@ -582,7 +598,9 @@ static int write_records(evs_transport *t, const struct iovec *iov, int iovcnt)
     size_t staged = 0;
     int rc = 0;
 
-    if (!s->handshake_done || evbuffer_get_length(s->pending) > 0) {
+    if (!s->handshake_done || evs__tls_pending(t) > 0) {
+        if (!s->pending && !(s->pending = evbuffer_new()))
+            return -ENOMEM;
         for (int i = 0; i < iovcnt; i++)
             if (evbuffer_add(s->pending, iov[i].iov_base, iov[i].iov_len) < 0)
                 return -ENOMEM;
@@ -786,5 +804,5 @@ bool evs_transport_tls_peer_closed_cleanly(const evs_transport *t)
 
 const char *evs_transport_tls_error(const evs_transport *t)
 {
-    return t->tls && t->tls->error[0] ? t->tls->error : NULL;
+    return t->tls ? t->tls->error : NULL;
 }

@@ -1063,6 +1063,55 @@ const evs_protocol tls_echo_protocol = {
 
 }  // namespace
 
+namespace {
+
+// A protocol that upgrades on "STARTTLS\n" and writes at once, before the
+// handshake: the write is held and is the first thing sent over TLS.
+evs_tls_context *early_ctx;
+void early_data(evs_transport *t, const void *d, size_t n, void *) {
+    if (evs_transport_is_tls(t)) {
+        evs_transport_write(t, d, n);  // echo over TLS
+        return;
+    }
+    if (std::string(static_cast<const char *>(d), n) != "STARTTLS\n") return;
+    if (evs_transport_start_tls(t, early_ctx, true, nullptr, nullptr, 0) == 0) {
+        evs_transport_write(t, "early ", 6);
+        evs_transport_write(t, "words\n", 6);
+    }
+}
+const evs_protocol early_protocol = {
+    .connection_made = nullptr,
+    .data_received = early_data,
+    .eof_received = nullptr,
+    .connection_lost = nullptr,
+    .pause_writing = nullptr,
+    .resume_writing = nullptr,
+    .get_buffer = nullptr,
+    .buffer_updated = nullptr,
+};
+
+}  // namespace
+
+TEST_F(Tls, WritesBeforeTheHandshakeEndsGoFirstOverTls) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    early_ctx = sctx.c;
+    Runtime rt;
+    evs_server_options o{};
+    o.protocol = &early_protocol;
+    o.host = "127.0.0.1";
+    evs_server *s = nullptr;
+    ASSERT_EQ(0, evs_start_server(rt.rt, &o, &s));
+    for (int i = 0; i < 2; i++) {  // the held buffer is made per connection
+        RawTls c(evs_server_port(s));
+        ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
+        ASSERT_TRUE(c.handshake());
+        EXPECT_EQ("early words\n", c.readline());
+        ASSERT_TRUE(c.write("after\n"));
+        EXPECT_EQ("after\n", c.readline());
+    }
+}
+
 TEST_F(Tls, ProtocolModeEcho) {
     Ctx sctx, cctx;
     ASSERT_TRUE(default_server_ctx(&sctx));
