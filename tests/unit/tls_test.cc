@@ -1073,8 +1073,10 @@ void early_data(evs_transport *t, const void *d, size_t n, void *) {
         evs_transport_write(t, d, n);  // echo over TLS
         return;
     }
-    if (std::string(static_cast<const char *>(d), n) != "STARTTLS\n") return;
-    if (evs_transport_start_tls(t, early_ctx, true, nullptr, nullptr, 0) == 0) {
+    // The ClientHello may come in the same segment: it is TLS's prefix.
+    const char *p = static_cast<const char *>(d);
+    if (n < 9 || memcmp(p, "STARTTLS\n", 9) != 0) return;
+    if (evs_transport_start_tls(t, early_ctx, true, nullptr, p + 9, n - 9) == 0) {
         evs_transport_write(t, "early ", 6);
         evs_transport_write(t, "words\n", 6);
     }
