@@ -440,7 +440,6 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
                 evs__transport_eof(t);
             break;
         }
-        /* A short read means the socket is empty for now. */
         /* A short read means the socket is empty for now; a TLS layer set
          * up by the last callback (PROXY header, then TLS) reads from now. */
         if ((size_t)n < capacity || t->closing || t->paused || t->tls)
