@@ -219,6 +219,15 @@ static void new_wakeup(evs__tls *s)
 
 /* --- helpers ----------------------------------------------------------- */
 
+/* SSL_get_error needs the thread's error queue empty before each call.
+ * ERR_clear_error wipes all 16 slots even when there is nothing to clear,
+ * which was 3% of the samples in TLS echo: look first. */
+static void clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 static void set_error(evs__tls *s, const char *text)
 {
     char *copy = strdup(text);
@@ -485,7 +494,7 @@ static void deliver(evs_transport *t)
             buf = t->worker->rbuf;
             len = t->worker->rbuf_size;
         }
-        ERR_clear_error();
+        clear_errors();
         n = SSL_read(s->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
         if (n > 0) {
             if (p->get_buffer && p->buffer_updated)
@@ -552,7 +561,7 @@ static int write_plain(evs_transport *t, const void *data, size_t len)
     evs__tls *s = t->tls;
     int n;
 
-    ERR_clear_error();
+    clear_errors();
     n = SSL_write(s->ssl, data, (int)len);
     if (n <= 0) {
         if (s->io_error) /* the transport has failed with it already */
