@@ -57,6 +57,10 @@ struct evs__tls {
     double shutdown_timeout;
     char *sni;
     char *error; /* made only when there is one: most connections never fail */
+    /* On the worker's tls_busy list while OpenSSL may hold record buffers. */
+    struct evs__tls *busy_next;
+    struct evs__tls **busy_prev;
+    unsigned io_gen; /* the worker's sweep period of the last I/O */
 };
 
 /* --- the BIO: OpenSSL's view of the transport ------------------------------ */
@@ -217,6 +221,72 @@ static void new_wakeup(evs__tls *s)
     s->reads = 0;
 }
 
+/* --- record buffers ------------------------------------------------------ */
+
+/* OpenSSL's record buffers (about 17 KiB each way) stay while a connection
+ * is busy, so reads and writes allocate nothing. A sweep each period frees
+ * them in connections that have made no I/O for a whole period: an idle
+ * connection does not keep 34 KiB. */
+#define SWEEP_PERIOD 1.0
+
+static void busy_remove(evs__tls *s)
+{
+    if (!s->busy_prev)
+        return;
+    *s->busy_prev = s->busy_next;
+    if (s->busy_next)
+        s->busy_next->busy_prev = s->busy_prev;
+    s->busy_next = NULL;
+    s->busy_prev = NULL;
+}
+
+static void arm_sweep(evs_worker *w)
+{
+    struct timeval tv = evs__tv(SWEEP_PERIOD);
+
+    if (!evtimer_pending(w->tls_sweep_ev, NULL))
+        evtimer_add(w->tls_sweep_ev, &tv);
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_worker *w = arg;
+    unsigned ended = w->tls_gen++;
+    evs__tls *s, *next;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    for (s = w->tls_busy; s; s = next) {
+        next = s->busy_next;
+        /* SSL_free_buffers keeps buffers that hold data (and says so). */
+        if (s->io_gen != ended && SSL_free_buffers(s->ssl))
+            busy_remove(s);
+    }
+    if (w->tls_busy)
+        arm_sweep(w);
+}
+
+/* Reads and writes call this: the buffers stay until a quiet period. */
+static void note_io(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    evs_worker *w = t->worker;
+
+    s->io_gen = w->tls_gen;
+    if (s->busy_prev)
+        return;
+    if (!w->tls_sweep_ev && !(w->tls_sweep_ev = evtimer_new(w->base, sweep_cb, w))) {
+        SSL_free_buffers(s->ssl); /* no sweep: do not keep them */
+        return;
+    }
+    s->busy_next = w->tls_busy;
+    if (s->busy_next)
+        s->busy_next->busy_prev = &s->busy_next;
+    s->busy_prev = &w->tls_busy;
+    w->tls_busy = s;
+    arm_sweep(w);
+}
+
 /* --- helpers ----------------------------------------------------------- */
 
 /* SSL_get_error needs the thread's error queue empty before each call.
@@ -359,6 +429,7 @@ void evs__tls_free(evs_transport *t)
     if (!s)
         return;
     event_del(&s->timer);
+    busy_remove(s);
     SSL_free(s->ssl); /* frees the BIO */
     if (s->flight)
         evbuffer_free(s->flight);
@@ -394,6 +465,10 @@ static void handshake_finished(evs_transport *t)
         evbuffer_free(s->flight);
         s->flight = NULL;
     }
+    /* The handshake's buffers are not needed by a connection that stays
+     * silent; one that has already sent data keeps them. */
+    if (!SSL_free_buffers(s->ssl))
+        note_io(t);
     SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
     if (s->server && s->ctx->alpn_required && alpn_len == 0) {
         handshake_failed(t, -EPROTO, "no ALPN protocol in common with the client");
@@ -476,6 +551,8 @@ static void deliver(evs_transport *t)
 {
     evs__tls *s = t->tls;
     const evs_protocol *p;
+
+    note_io(t);
 
     while (!t->closing && !t->paused) {
         void *buf;
@@ -561,6 +638,7 @@ static int write_plain(evs_transport *t, const void *data, size_t len)
     evs__tls *s = t->tls;
     int n;
 
+    note_io(t);
     clear_errors();
     n = SSL_write(s->ssl, data, (int)len);
     if (n <= 0) {

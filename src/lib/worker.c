@@ -235,6 +235,9 @@ void evs__worker_fini(evs_worker *w)
             event_del(&w->wake_ev);
         event_del(&w->run_ev);
         evs__transport_list_fini(w);
+        if (w->tls_sweep_ev)
+            event_free(w->tls_sweep_ev);
+        w->tls_sweep_ev = NULL;
         if (event_initialized(&w->lag_ev))
             event_del(&w->lag_ev);
         event_base_free(w->base);

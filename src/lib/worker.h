@@ -97,6 +97,9 @@ struct evs_worker {
     char *tls_stage; /* coalesces small TLS writes into full records */
     void *blocks;    /* free read blocks, linked through their first word */
     int nblocks;
+    struct evs__tls *tls_busy;   /* TLS connections holding record buffers */
+    struct event *tls_sweep_ev;  /* frees the buffers of quiet ones */
+    unsigned tls_gen;            /* sweep periods so far */
 
     /* Counters: written by this worker, read by anyone. */
     _Atomic uint64_t accepted;

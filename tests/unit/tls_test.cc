@@ -734,6 +734,41 @@ TEST_F(Tls, OldProtocolVersionsRefused) {
 
 // --- timeouts and closing -------------------------------------------------------
 
+// A connection quiet for a few sweep periods has its record buffers freed
+// on both sides (tls_transport.c); traffic afterwards, in both directions
+// and with records larger than one read, must come through whole.
+TEST_F(Tls, QuietConnectionsGoOnAfterTheirBuffersAreFreed) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Seen seen;
+    Runtime rt;  // after what its handlers use: stopped (joined) first
+    evs_server *s = start(rt, echo_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    const std::string big = pattern(100000, 5);
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w);
+        if (rc < 0) return rc;
+        for (int round = 0; round < 2 && rc == 0; round++) {
+            write_str(w, "ping\n");
+            EXPECT_EQ("ping\n", readline_str(r));
+            evs_sleep(2.5);  // two sweeps: the buffers go
+            rc = evs_write(w, big.data(), big.size());
+            std::string back(big.size(), '\0');
+            ssize_t n = rc < 0 ? rc : evs_readexactly(r, &back[0], back.size());
+            EXPECT_EQ((ssize_t)big.size(), n);
+            EXPECT_TRUE(back == big);
+        }
+        evs_writer_free(w);
+        return rc;
+    });
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ("0", seen.get("end"));
+}
+
 TEST_F(Tls, SilentClientCutByHandshakeTimeout) {
     Ctx sctx;
     ASSERT_TRUE(default_server_ctx(&sctx));
