@@ -11,8 +11,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +27,6 @@
 
 #include <chrono>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -39,75 +36,21 @@
 #include <vector>
 
 #include "helpers.h"
-
-extern char **environ;
+#include "process.h"
 
 using namespace evs_test;
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using Env = std::vector<std::pair<std::string, std::string>>;
 
 // --- paths ------------------------------------------------------------------
 
-std::string dirname_of(const std::string &p) {
-    size_t slash = p.rfind('/');
-    return slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
-}
-
-std::string builddir() {
-    const char *env = getenv("EVS_TEST_BUILDDIR");
-    if (env && *env) return env;
-    // <builddir>/tests/integration/daemon_test
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return ".";
-    exe[n] = '\0';
-    std::string dir = dirname_of(exe);
-    if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, "/.libs") == 0) dir = dirname_of(dir);
-    return dirname_of(dirname_of(dir));
-}
-
-std::string daemon_path() { return builddir() + "/src/daemon/evstreamd"; }
-std::string plugin_dir() { return builddir() + "/plugins"; }
 std::string test_plugin(const std::string &name) {
     return builddir() + "/tests/plugins/.libs/" + name + ".so";
 }
 
 // --- small utilities -------------------------------------------------------
-
-std::string read_file(const std::string &path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-void write_file(const std::string &path, const std::string &text) {
-    std::string tmp = path + ".writing";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        out << text;
-    }
-    // Atomic, so a daemon reloading it never sees half a file.
-    ASSERT_EQ(0, rename(tmp.c_str(), path.c_str())) << strerror(errno);
-}
-
-bool file_exists(const std::string &path) {
-    struct stat st;
-    return lstat(path.c_str(), &st) == 0;
-}
-
-bool contains(const std::string &hay, const std::string &needle) {
-    return hay.find(needle) != std::string::npos;
-}
-
-size_t count_of(const std::string &hay, const std::string &needle) {
-    size_t n = 0;
-    for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1)) n++;
-    return n;
-}
 
 // 1-based number of the first line of @text containing @marker (0 if none).
 int line_of(const std::string &text, const std::string &marker) {
@@ -117,18 +60,6 @@ int line_of(const std::string &text, const std::string &marker) {
     for (size_t i = 0; i < at; i++)
         if (text[i] == '\n') line++;
     return line;
-}
-
-void nap_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
-
-// Poll @pred every 10 ms for at most @seconds.
-bool eventually(double seconds, const std::function<bool()> &pred) {
-    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
-    for (;;) {
-        if (pred()) return true;
-        if (Clock::now() >= deadline) return false;
-        nap_ms(10);
-    }
 }
 
 // A TCP port that was free a moment ago (bound to port 0, then closed).
@@ -212,12 +143,6 @@ void expect_echo(int fd, size_t n, uint32_t seed) {
     EXPECT_TRUE(back == data) << "echoed bytes differ";
 }
 
-uint16_t port_of(const std::string &address) {
-    size_t colon = address.rfind(':');
-    if (colon == std::string::npos) return 0;
-    return (uint16_t)atoi(address.c_str() + colon + 1);
-}
-
 // "name address" lines of a --ports-file.
 std::map<std::string, std::string> parse_ports(const std::string &text) {
     std::map<std::string, std::string> out;
@@ -229,80 +154,6 @@ std::map<std::string, std::string> parse_ports(const std::string &text) {
     }
     return out;
 }
-
-// --- processes -----------------------------------------------------------------
-
-// fork + execve with stdin from /dev/null and stdout/stderr to files; @env
-// entries override the environment ("<unset>" removes the variable).
-// Everything the child needs is prepared before fork (only async-signal-safe
-// calls after it: this process may have threads).
-pid_t spawn(const std::vector<std::string> &args, const Env &env, const std::string &out_path,
-            const std::string &err_path) {
-    std::vector<std::string> envs;
-    for (char **e = environ; *e; e++) {
-        std::string kv = *e;
-        bool overridden = false;
-        for (auto &p : env)
-            if (kv.compare(0, p.first.size() + 1, p.first + "=") == 0) overridden = true;
-        if (!overridden) envs.push_back(kv);
-    }
-    for (auto &p : env)
-        if (p.second != "<unset>") envs.push_back(p.first + "=" + p.second);
-    std::vector<char *> argv, envp;
-    for (auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
-    argv.push_back(nullptr);
-    for (auto &e : envs) envp.push_back(const_cast<char *>(e.c_str()));
-    envp.push_back(nullptr);
-    long maxfd = sysconf(_SC_OPEN_MAX);
-    if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
-
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int in = open("/dev/null", O_RDONLY);
-    int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || out < 0 || err < 0) _exit(126);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(err, 2);
-    for (long fd = 3; fd < maxfd; fd++) close((int)fd);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    signal(SIGPIPE, SIG_DFL);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-}
-
-// waitpid for at most @seconds. @return true and the status once it exited.
-// A process that is not our child (the -d daemon) is polled with kill(pid, 0)
-// and reported as a plain exit 0 when gone.
-bool wait_exit(pid_t pid, double seconds, int *status) {
-    return eventually(seconds, [&] {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) {
-            *status = st;
-            return true;
-        }
-        if (r < 0 && errno == ECHILD && kill(pid, 0) < 0 && errno == ESRCH) {
-            *status = 0;
-            return true;
-        }
-        return false;
-    });
-}
-
-std::string describe_status(int st) {
-    if (WIFEXITED(st)) return "exit " + std::to_string(WEXITSTATUS(st));
-    if (WIFSIGNALED(st)) return "signal " + std::to_string(WTERMSIG(st));
-    return "status " + std::to_string(st);
-}
-
-struct Result {
-    int status = -1;  // exit status, or -1 (killed by a signal / did not finish)
-    std::string out, err;
-};
 
 // One evstreamd process. The destructor makes sure it is gone.
 struct Daemon {
@@ -353,12 +204,7 @@ struct Daemon {
 
     void kill_hard() {
         if (reaped || pid <= 0) return;
-        if (kill(pid, SIGTERM) == 0 && wait_exit(pid, 10, &raw_status)) {
-            reaped = true;
-            return;
-        }
-        kill(pid, SIGKILL);
-        if (wait_exit(pid, 10, &raw_status)) reaped = true;
+        reaped = end_child(pid, &raw_status);
     }
 };
 
@@ -443,7 +289,7 @@ class DaemonTest : public ::testing::Test {
         argv.insert(argv.end(), args.begin(), args.end());
         argv.push_back("--ports-file");
         argv.push_back(d->ports_path);
-        d->pid = spawn(argv, env, d->out_path, d->err_path);
+        d->pid = spawn(argv, "", d->out_path, d->err_path, env);
         EXPECT_GT(d->pid, 0);
         daemons.push_back(std::move(d));
         return *daemons.back();
@@ -466,29 +312,12 @@ class DaemonTest : public ::testing::Test {
 
     // Run evstreamd to completion (at most @seconds) and collect its output.
     Result run(const std::vector<std::string> &args, const Env &env = {}, double seconds = 30) {
-        Result r;
         int n = serial++;
         std::string out = path("run-out." + std::to_string(n));
         std::string err = path("run-err." + std::to_string(n));
         std::vector<std::string> argv = {daemon_path()};
         argv.insert(argv.end(), args.begin(), args.end());
-        pid_t pid = spawn(argv, env, out, err);
-        int st = 0;
-        if (!wait_exit(pid, seconds, &st)) {
-            kill(pid, SIGTERM);
-            if (!wait_exit(pid, 10, &st)) {
-                kill(pid, SIGKILL);
-                wait_exit(pid, 10, &st);
-            }
-            ADD_FAILURE() << "evstreamd did not finish within " << seconds << " s";
-        } else if (WIFEXITED(st)) {
-            r.status = WEXITSTATUS(st);
-        } else {
-            ADD_FAILURE() << "evstreamd ended by " << describe_status(st);
-        }
-        r.out = read_file(out);
-        r.err = read_file(err);
-        return r;
+        return finish(spawn(argv, "", out, err, env), "evstreamd", seconds, out, err);
     }
 };
 

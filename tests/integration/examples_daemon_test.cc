@@ -18,14 +18,11 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <netinet/in.h>
@@ -33,20 +30,15 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <fstream>
-#include <functional>
 #include <map>
 #include <memory>
 #include <set>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "helpers.h"
-
-extern char **environ;
+#include "process.h"
 
 using namespace evs_test;
 
@@ -54,55 +46,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// --- paths and small utilities ------------------------------------------------
-
-std::string dirname_of(const std::string &p) {
-    size_t slash = p.rfind('/');
-    return slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
-}
-
-std::string builddir() {
-    const char *env = getenv("EVS_TEST_BUILDDIR");
-    if (env && *env) return env;
-    // <builddir>/tests/integration/examples_daemon_test
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return ".";
-    exe[n] = '\0';
-    std::string dir = dirname_of(exe);
-    if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, "/.libs") == 0) dir = dirname_of(dir);
-    return dirname_of(dirname_of(dir));
-}
-
-std::string daemon_path() { return builddir() + "/src/daemon/evstreamd"; }
-std::string plugin_dir() { return builddir() + "/plugins"; }
-
-std::string read_file(const std::string &path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-void write_file(const std::string &path, const std::string &text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-}
-
-bool file_exists(const std::string &path) {
-    struct stat st;
-    return stat(path.c_str(), &st) == 0;
-}
-
-bool contains(const std::string &hay, const std::string &needle) {
-    return hay.find(needle) != std::string::npos;
-}
-
-size_t count_of(const std::string &hay, const std::string &needle) {
-    size_t n = 0;
-    for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1)) n++;
-    return n;
-}
+// --- small utilities --------------------------------------------------------
 
 // The guest name in "* welcome guest7; ..." ("" if it is not that line).
 std::string welcome_name(const std::string &line) {
@@ -120,48 +64,6 @@ long long number_before(const std::string &text, const std::string &marker) {
     while (start > 0 && isdigit((unsigned char)text[start - 1])) start--;
     return start == at ? -1 : std::stoll(text.substr(start, at - start));
 }
-
-std::vector<std::string> split_lines(const std::string &text) {
-    std::vector<std::string> out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) out.push_back(line);
-    return out;
-}
-
-void nap_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
-
-// Poll @pred every 10 ms for at most @seconds.
-bool eventually(double seconds, const std::function<bool()> &pred) {
-    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
-    for (;;) {
-        if (pred()) return true;
-        if (Clock::now() >= deadline) return false;
-        nap_ms(10);
-    }
-}
-
-uint16_t port_of(const std::string &address) {
-    size_t colon = address.rfind(':');
-    return colon == std::string::npos ? 0 : (uint16_t)atoi(address.c_str() + colon + 1);
-}
-
-// The full path of @name in $PATH, or "" when it is not installed.
-std::string find_tool(const std::string &name) {
-    const char *path = getenv("PATH");
-    std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
-    std::istringstream in(dirs);
-    std::string dir;
-    while (std::getline(in, dir, ':')) {
-        std::string p = (dir.empty() ? "." : dir) + "/" + name;
-        if (access(p.c_str(), X_OK) == 0) return p;
-    }
-    return "";
-}
-
-#define REQUIRE_TOOL(var, name, package)                                                  \
-    std::string var = find_tool(name);                                                    \
-    if (var.empty()) GTEST_SKIP() << name " is not installed (Debian package: " package ")"
 
 // --- raw sockets --------------------------------------------------------------
 
@@ -259,107 +161,8 @@ int listen_any(uint16_t *port, int rcvbuf = 0) {
     return fd;
 }
 
-// --- child processes ------------------------------------------------------------
-
-// fork + execve with stdin from @in_path (or /dev/null) and stdout/stderr to
-// files. Everything is prepared before fork: only async-signal-safe calls
-// after it, since this process has threads.
-pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
-            const std::string &out_path, const std::string &err_path) {
-    std::vector<char *> argv;
-    for (auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
-    argv.push_back(nullptr);
-    const char *in_file = in_path.empty() ? "/dev/null" : in_path.c_str();
-    long maxfd = sysconf(_SC_OPEN_MAX);
-    if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
-
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int in = open(in_file, O_RDONLY);
-    int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || out < 0 || err < 0) _exit(126);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(err, 2);
-    for (long fd = 3; fd < maxfd; fd++) close((int)fd);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    signal(SIGPIPE, SIG_DFL);
-    execve(argv[0], argv.data(), environ);
-    _exit(127);
-}
-
-// waitpid for at most @seconds.
-bool wait_exit(pid_t pid, double seconds, int *status) {
-    return eventually(seconds, [&] {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            *status = st;
-            return true;
-        }
-        return false;
-    });
-}
-
-// End a child by its pid: SIGTERM, a bounded wait, SIGKILL as a last resort.
-void end_child(pid_t pid, int *status) {
-    int st = 0;
-    if (kill(pid, SIGTERM) == 0 && wait_exit(pid, 10, &st)) {
-        if (status) *status = st;
-        return;
-    }
-    kill(pid, SIGKILL);
-    wait_exit(pid, 10, &st);
-    if (status) *status = st;
-}
-
-std::string describe_status(int st) {
-    if (WIFEXITED(st)) return "exit " + std::to_string(WEXITSTATUS(st));
-    if (WIFSIGNALED(st)) return "signal " + std::to_string(WTERMSIG(st));
-    return "status " + std::to_string(st);
-}
-
-struct Result {
-    int status = -1;  // exit status, -1 when killed or timed out
-    std::string out, err;
-};
-
-// One evstreamd process; the destructor makes sure it is gone.
-struct Daemon {
-    pid_t pid = -1;
-    std::string err_path, ports_path;
-    bool reaped = false;
-    int raw_status = 0;
-
-    ~Daemon() {
-        if (!reaped && pid > 0) end_child(pid, nullptr);
-    }
-    std::string err() const { return read_file(err_path); }
-    bool running() {
-        if (reaped || pid <= 0) return false;
-        if (waitpid(pid, &raw_status, WNOHANG) == pid) reaped = true;
-        return !reaped;
-    }
-    // "name address" lines of --ports-file.
-    uint16_t port(const std::string &name) const {
-        for (auto &line : split_lines(read_file(ports_path))) {
-            size_t sp = line.find(' ');
-            if (sp != std::string::npos && line.substr(0, sp) == name)
-                return port_of(line.substr(sp + 1));
-        }
-        return 0;
-    }
-    // SIGTERM and a bounded wait; @return the exit status (-1: killed).
-    int stop() {
-        if (!reaped) {
-            end_child(pid, &raw_status);
-            reaped = true;
-        }
-        return WIFEXITED(raw_status) ? WEXITSTATUS(raw_status) : -1;
-    }
-};
+// These tests need no more of a daemon than start, port and stop.
+using Daemon = DaemonProcess;
 
 class ExamplesTest : public ::testing::Test {
   protected:
@@ -421,40 +224,22 @@ class ExamplesTest : public ::testing::Test {
         auto d = std::make_unique<Daemon>();
         d->err_path = next_name("daemon.err");
         d->ports_path = next_name("ports");
-        d->pid = spawn({daemon_path(), "-c", conf, "--ports-file", d->ports_path}, "",
-                       next_name("daemon.out"), d->err_path);
-        EXPECT_GT(d->pid, 0);
         Daemon &ref = *d;
         daemons.push_back(std::move(d));
-        bool up = eventually(20, [&] { return file_exists(ref.ports_path) || !ref.running(); });
-        EXPECT_TRUE(up) << "evstreamd did not start within 20 s";
-        EXPECT_TRUE(ref.running()) << "evstreamd exited; its log:\n" << ref.err();
+        ref.start(conf, next_name("daemon.out"));
         return ref;
     }
 
     // Run a client program to completion within @seconds, with @input on stdin.
     Result run(const std::vector<std::string> &args, const std::string &input = "",
                double seconds = 20) {
-        Result r;
         std::string in;
         if (!input.empty()) {
             in = next_name("stdin");
             write_file(in, input);
         }
         std::string out = next_name("out"), err = next_name("err");
-        pid_t pid = spawn(args, in, out, err);
-        int st = 0;
-        if (!wait_exit(pid, seconds, &st)) {
-            end_child(pid, &st);
-            ADD_FAILURE() << args[0] << " did not finish within " << seconds << " s";
-        } else if (WIFEXITED(st)) {
-            r.status = WEXITSTATUS(st);
-        } else {
-            ADD_FAILURE() << args[0] << " ended by " << describe_status(st);
-        }
-        r.out = read_file(out);
-        r.err = read_file(err);
-        return r;
+        return finish(spawn(args, in, out, err), args[0], seconds, out, err);
     }
 };
 

@@ -18,118 +18,28 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <netinet/in.h>
 
-#include <chrono>
-#include <fstream>
-#include <functional>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "helpers.h"
-
-extern char **environ;
+#include "process.h"
 
 using namespace evs_test;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-std::string dirname_of(const std::string &p) {
-    size_t slash = p.rfind('/');
-    return slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
-}
-
-std::string builddir() {
-    const char *env = getenv("EVS_TEST_BUILDDIR");
-    if (env && *env) return env;
-    // <builddir>/tests/integration/exec_sendfile_test
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return ".";
-    exe[n] = '\0';
-    std::string dir = dirname_of(exe);
-    if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, "/.libs") == 0) dir = dirname_of(dir);
-    return dirname_of(dirname_of(dir));
-}
-
-std::string daemon_path() { return builddir() + "/src/daemon/evstreamd"; }
-std::string plugin_dir() {
-    const char *env = getenv("EVS_TEST_PLUGIN_DIR");
-    return env && *env ? env : builddir() + "/plugins";
-}
-
-std::string read_file(const std::string &path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-void write_file(const std::string &path, const std::string &text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-}
-
-bool file_exists(const std::string &path) {
-    struct stat st;
-    return stat(path.c_str(), &st) == 0;
-}
-
-bool contains(const std::string &hay, const std::string &needle) {
-    return hay.find(needle) != std::string::npos;
-}
-
-std::vector<std::string> split_lines(const std::string &text) {
-    std::vector<std::string> out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) out.push_back(line);
-    return out;
-}
-
-void nap_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
-
-// Poll @pred every 10 ms for at most @seconds.
-bool eventually(double seconds, const std::function<bool()> &pred) {
-    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
-    for (;;) {
-        if (pred()) return true;
-        if (Clock::now() >= deadline) return false;
-        nap_ms(10);
-    }
-}
-
-uint16_t port_of(const std::string &address) {
-    size_t colon = address.rfind(':');
-    return colon == std::string::npos ? 0 : (uint16_t)atoi(address.c_str() + colon + 1);
-}
-
-std::string find_tool(const std::string &name) {
-    const char *path = getenv("PATH");
-    std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
-    std::istringstream in(dirs);
-    std::string dir;
-    while (std::getline(in, dir, ':')) {
-        std::string p = (dir.empty() ? "." : dir) + "/" + name;
-        if (access(p.c_str(), X_OK) == 0) return p;
-    }
-    return "";
-}
+// Plugins built by hand can be tested without copying them into the build dir.
+const char *const kPluginDirEnv = "EVS_TEST_PLUGIN_DIR";
 
 // The local port of a connected socket.
 uint16_t local_port(int fd) {
@@ -185,96 +95,8 @@ std::string describe(const std::vector<ProcInfo> &procs) {
     return s.empty() ? "none" : s;
 }
 
-// --- child processes -------------------------------------------------------------
-
-// fork + execve with stdin from @in_path (or /dev/null) and stdout/stderr to
-// files; only async-signal-safe calls after fork (this process has threads).
-pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
-            const std::string &out_path, const std::string &err_path) {
-    std::vector<char *> argv;
-    for (auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
-    argv.push_back(nullptr);
-    const char *in_file = in_path.empty() ? "/dev/null" : in_path.c_str();
-    long maxfd = sysconf(_SC_OPEN_MAX);
-    if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
-
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int in = open(in_file, O_RDONLY);
-    int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || out < 0 || err < 0) _exit(126);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(err, 2);
-    for (long fd = 3; fd < maxfd; fd++) close((int)fd);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    signal(SIGPIPE, SIG_DFL);
-    execve(argv[0], argv.data(), environ);
-    _exit(127);
-}
-
-bool wait_exit(pid_t pid, double seconds, int *status) {
-    return eventually(seconds, [&] {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            *status = st;
-            return true;
-        }
-        return false;
-    });
-}
-
-// SIGTERM, a bounded wait, SIGKILL as a last resort.
-void end_child(pid_t pid, int *status) {
-    int st = 0;
-    if (kill(pid, SIGTERM) == 0 && wait_exit(pid, 10, &st)) {
-        if (status) *status = st;
-        return;
-    }
-    kill(pid, SIGKILL);
-    wait_exit(pid, 10, &st);
-    if (status) *status = st;
-}
-
-struct Result {
-    int status = -1;
-    std::string out, err;
-};
-
-struct Daemon {
-    pid_t pid = -1;
-    std::string err_path, ports_path;
-    bool reaped = false;
-    int raw_status = 0;
-
-    ~Daemon() {
-        if (!reaped && pid > 0) end_child(pid, nullptr);
-    }
-    std::string err() const { return read_file(err_path); }
-    bool running() {
-        if (reaped || pid <= 0) return false;
-        if (waitpid(pid, &raw_status, WNOHANG) == pid) reaped = true;
-        return !reaped;
-    }
-    uint16_t port(const std::string &name) const {
-        for (auto &line : split_lines(read_file(ports_path))) {
-            size_t sp = line.find(' ');
-            if (sp != std::string::npos && line.substr(0, sp) == name)
-                return port_of(line.substr(sp + 1));
-        }
-        return 0;
-    }
-    int stop() {
-        if (!reaped) {
-            end_child(pid, &raw_status);
-            reaped = true;
-        }
-        return WIFEXITED(raw_status) ? WEXITSTATUS(raw_status) : -1;
-    }
-};
+// These tests need no more of a daemon than start, port and stop.
+using Daemon = DaemonProcess;
 
 class ExecSendfileTest : public ::testing::Test {
   protected:
@@ -289,8 +111,8 @@ class ExecSendfileTest : public ::testing::Test {
         ASSERT_EQ(0, access(daemon_path().c_str(), X_OK))
             << daemon_path() << " is missing: build it first (or set EVS_TEST_BUILDDIR)";
         for (const char *p : {"exec", "sendfile_server"})
-            ASSERT_TRUE(file_exists(plugin_dir() + "/" + p + ".so"))
-                << p << ".so is not in " << plugin_dir() << ": run make first";
+            ASSERT_TRUE(file_exists(plugin_dir(kPluginDirEnv) + "/" + p + ".so"))
+                << p << ".so is not in " << plugin_dir(kPluginDirEnv) << ": run make first";
     }
 
     void TearDown() override {
@@ -321,7 +143,7 @@ class ExecSendfileTest : public ::testing::Test {
                              std::string(geteuid() == 0 ? "allow_root = true;\n" : "") +
                              "limits = { shutdown_timeout = \"3s\"; };\n"
                              "log = { level = \"debug\"; };\n"
-                             "plugin_dir = \"" + plugin_dir() + "\";\n"
+                             "plugin_dir = \"" + plugin_dir(kPluginDirEnv) + "\";\n"
                              "plugins = (\n"
                              "  { name = \"exec\"; path = \"exec.so\"; },\n"
                              "  { name = \"sendfile_server\"; path = \"sendfile_server.so\"; }\n"
@@ -336,32 +158,13 @@ class ExecSendfileTest : public ::testing::Test {
         daemon = std::make_unique<Daemon>();
         daemon->err_path = next_name("daemon.err");
         daemon->ports_path = next_name("ports");
-        daemon->pid = spawn({daemon_path(), "-c", conf, "--ports-file", daemon->ports_path}, "",
-                            next_name("daemon.out"), daemon->err_path);
-        EXPECT_GT(daemon->pid, 0);
-        Daemon &d = *daemon;
-        bool up = eventually(20, [&] { return file_exists(d.ports_path) || !d.running(); });
-        EXPECT_TRUE(up) << "evstreamd did not start within 20 s";
-        EXPECT_TRUE(d.running()) << "evstreamd exited; its log:\n" << d.err();
-        return d;
+        daemon->start(conf, next_name("daemon.out"));
+        return *daemon;
     }
 
     Result run(const std::vector<std::string> &args, double seconds = 20) {
-        Result r;
         std::string out = next_name("out"), err = next_name("err");
-        pid_t pid = spawn(args, "", out, err);
-        int st = 0;
-        if (!wait_exit(pid, seconds, &st)) {
-            end_child(pid, &st);
-            ADD_FAILURE() << args[0] << " did not finish within " << seconds << " s";
-        } else if (WIFEXITED(st)) {
-            r.status = WEXITSTATUS(st);
-        } else {
-            ADD_FAILURE() << args[0] << " was killed by signal " << WTERMSIG(st);
-        }
-        r.out = read_file(out);
-        r.err = read_file(err);
-        return r;
+        return finish(spawn(args, "", out, err), args[0], seconds, out, err);
     }
 
     // Wait (bounded) until the daemon has no child at all, running or zombie.
@@ -543,8 +346,7 @@ TEST_F(SendfileTest, SendsTheFileAfterTheHeaderOverTcp) {
 }
 
 TEST_F(SendfileTest, SendsTheFileOverTls) {
-    std::string openssl = find_tool("openssl");
-    if (openssl.empty()) GTEST_SKIP() << "openssl is not installed (Debian package: openssl)";
+    REQUIRE_TOOL(openssl, "openssl", "openssl");
     Result r = run({openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout",
