@@ -1096,10 +1096,6 @@ const evs_protocol tls_echo_protocol = {
     .buffer_updated = nullptr,
 };
 
-}  // namespace
-
-namespace {
-
 // A protocol that upgrades on "STARTTLS\n" and writes at once, before the
 // handshake: the write is held and is the first thing sent over TLS.
 evs_tls_context *early_ctx;
@@ -1116,16 +1112,7 @@ void early_data(evs_transport *t, const void *d, size_t n, void *) {
         evs_transport_write(t, "words\n", 6);
     }
 }
-const evs_protocol early_protocol = {
-    .connection_made = nullptr,
-    .data_received = early_data,
-    .eof_received = nullptr,
-    .connection_lost = nullptr,
-    .pause_writing = nullptr,
-    .resume_writing = nullptr,
-    .get_buffer = nullptr,
-    .buffer_updated = nullptr,
-};
+const evs_protocol early_protocol = {.connection_made = nullptr, .data_received = early_data};
 
 }  // namespace
 
