@@ -477,9 +477,9 @@ int evs_tls_server_context_new(const evs_tls_server_options *o, evs_tls_context 
         new_ticket_key(&x->keys[1]);
         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
     }
-    /* No SSL_MODE_RELEASE_BUFFERS: it mallocs and frees the record buffers
-     * around every read and write. tls_transport.c frees them once a
-     * connection has been quiet for a while instead. */
+    /* Idle connections hold no record buffers; busy ones keep theirs
+     * (tls_transport.c clears the mode for them). */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
     *out = wrap(ctx, true);
     if (!*out)
@@ -544,6 +544,7 @@ int evs_tls_client_context_new(const evs_tls_client_options *o, evs_tls_context 
         free(wire);
     }
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     *out = wrap(ctx, false);
     if (!*out) {
         rc = -ENOMEM;

@@ -60,7 +60,8 @@ struct evs__tls {
     /* On the worker's tls_busy list while OpenSSL may hold record buffers. */
     struct evs__tls *busy_next;
     struct evs__tls **busy_prev;
-    unsigned io_gen; /* the worker's sweep period of the last I/O */
+    time_t io_sec;   /* the second of the last I/O */
+    unsigned ios;    /* I/O calls in that second */
 };
 
 /* --- the BIO: OpenSSL's view of the transport ------------------------------ */
@@ -223,11 +224,13 @@ static void new_wakeup(evs__tls *s)
 
 /* --- record buffers ------------------------------------------------------ */
 
-/* OpenSSL's record buffers (about 17 KiB each way) stay while a connection
- * is busy, so reads and writes allocate nothing. A sweep each period frees
- * them in connections that have made no I/O for a whole period: an idle
- * connection does not keep 34 KiB. */
-#define SWEEP_PERIOD 1.0
+/* OpenSSL's record buffers are about 17 KiB each way. SSL_MODE_RELEASE_BUFFERS
+ * (set on every context) frees them after each call, so an idle connection
+ * holds none, at the price of a malloc and free of both around every read
+ * and write. A connection that makes KEEP_AFTER reads and writes within one
+ * second is busy: it keeps its buffers (no allocation per call) until it
+ * has been quiet for a whole second, which a per-worker sweep checks. */
+#define KEEP_AFTER 32
 
 static void busy_remove(evs__tls *s)
 {
@@ -242,43 +245,57 @@ static void busy_remove(evs__tls *s)
 
 static void arm_sweep(evs_worker *w)
 {
-    struct timeval tv = evs__tv(SWEEP_PERIOD);
+    struct timeval tv = {1, 0};
 
     if (!evtimer_pending(w->tls_sweep_ev, NULL))
         evtimer_add(w->tls_sweep_ev, &tv);
 }
 
+static time_t now_sec(evs_worker *w)
+{
+    struct timeval tv;
+
+    event_base_gettimeofday_cached(w->base, &tv);
+    return tv.tv_sec;
+}
+
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     evs_worker *w = arg;
-    unsigned ended = w->tls_gen++;
+    time_t now = now_sec(w);
     evs__tls *s, *next;
 
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
     for (s = w->tls_busy; s; s = next) {
         next = s->busy_next;
-        /* SSL_free_buffers keeps buffers that hold data (and says so). */
-        if (s->io_gen != ended && SSL_free_buffers(s->ssl))
+        if (now - s->io_sec >= 2) { /* no I/O in the last whole second */
+            SSL_set_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
+            SSL_free_buffers(s->ssl); /* or after the next call, if they hold data */
             busy_remove(s);
+        }
     }
     if (w->tls_busy)
         arm_sweep(w);
 }
 
-/* Reads and writes call this: the buffers stay until a quiet period. */
+/* Every read wakeup and write counts; the KEEP_AFTER-th in a second makes
+ * the connection busy. */
 static void note_io(evs_transport *t)
 {
     evs__tls *s = t->tls;
     evs_worker *w = t->worker;
+    time_t now = now_sec(w);
 
-    s->io_gen = w->tls_gen;
-    if (s->busy_prev)
-        return;
-    if (!w->tls_sweep_ev && !(w->tls_sweep_ev = evtimer_new(w->base, sweep_cb, w))) {
-        SSL_free_buffers(s->ssl); /* no sweep: do not keep them */
-        return;
+    if (s->io_sec != now) {
+        s->io_sec = now;
+        s->ios = 0;
     }
+    if (s->busy_prev || ++s->ios < KEEP_AFTER)
+        return;
+    if (!w->tls_sweep_ev && !(w->tls_sweep_ev = evtimer_new(w->base, sweep_cb, w)))
+        return; /* no sweep: stay in release mode */
+    SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
     s->busy_next = w->tls_busy;
     if (s->busy_next)
         s->busy_next->busy_prev = &s->busy_next;
@@ -465,10 +482,6 @@ static void handshake_finished(evs_transport *t)
         evbuffer_free(s->flight);
         s->flight = NULL;
     }
-    /* The handshake's buffers are not needed by a connection that stays
-     * silent; one that has already sent data keeps them. */
-    if (!SSL_free_buffers(s->ssl))
-        note_io(t);
     SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
     if (s->server && s->ctx->alpn_required && alpn_len == 0) {
         handshake_failed(t, -EPROTO, "no ALPN protocol in common with the client");

@@ -99,7 +99,6 @@ struct evs_worker {
     int nblocks;
     struct evs__tls *tls_busy;   /* TLS connections holding record buffers */
     struct event *tls_sweep_ev;  /* frees the buffers of quiet ones */
-    unsigned tls_gen;            /* sweep periods so far */
 
     /* Counters: written by this worker, read by anyone. */
     _Atomic uint64_t accepted;
