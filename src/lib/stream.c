@@ -43,6 +43,7 @@ struct evs_reader {
     bool reading_lent; /* the last get_buffer returned lent */
     size_t view_want;  /* evs_read_view waits on an empty buffer for this */
     void *block;       /* the worker block the last view points into */
+    bool block_large;  /* its size: large once reads have filled a small one */
 };
 
 /* The first reservation is small: a reply-sized read should not make (and
@@ -116,7 +117,7 @@ static void drop_view(evs_reader *r)
         r->consume = 0;
     }
     if (r->block) {
-        evs__worker_block_put(r->t->worker, r->block);
+        evs__worker_block_put(r->t->worker, r->block, r->block_large);
         r->block = NULL;
     }
 }
@@ -148,9 +149,14 @@ static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void 
 
     r->reading_lent = (r->lent || r->view_want) && !r->lent_got;
     if (r->reading_lent && !r->lent) {
-        r->block = evs__worker_block_get(t->worker);
+        /* The reservation size says how much reads bring: small until a
+         * read fills what it is given. */
+        r->block_large = r->chunk > READ_CHUNK_MIN;
+        r->block = evs__worker_block_get(t->worker, r->block_large);
         r->lent = r->block;
-        r->lent_len = r->view_want;
+        r->lent_len = r->block_large ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL;
+        if (r->lent_len > r->view_want)
+            r->lent_len = r->view_want;
         r->reading_lent = r->lent != NULL; /* out of memory: the evbuffer */
     }
     if (r->reading_lent) {
@@ -180,6 +186,8 @@ static void sp_buffer_updated(evs_transport *t, size_t nbytes, void *ctx)
     if (r->reading_lent) {
         r->reading_lent = false;
         r->lent_got = nbytes;
+        if (r->block && nbytes == r->lent_len && r->chunk < READ_CHUNK_MAX)
+            r->chunk *= 2; /* a full block: the next one large */
     } else {
         if (nbytes == r->reserved.iov_len && r->chunk < READ_CHUNK_MAX)
             r->chunk *= 2;
@@ -489,7 +497,7 @@ static ssize_t wait_data_view(evs_reader *r, size_t n, const void **data)
     int rc;
     size_t got;
 
-    r->view_want = n < EVS__BLOCK_SIZE ? n : EVS__BLOCK_SIZE;
+    r->view_want = n;
     r->lent = NULL;
     r->lent_got = 0;
     r->reading_lent = false;
@@ -504,7 +512,7 @@ static ssize_t wait_data_view(evs_reader *r, size_t n, const void **data)
         return (ssize_t)got;
     }
     if (r->block) { /* taken, then EOF: nothing landed */
-        evs__worker_block_put(r->t->worker, r->block);
+        evs__worker_block_put(r->t->worker, r->block, r->block_large);
         r->block = NULL;
     }
     return rc < 0 ? rc : 0;

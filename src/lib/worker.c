@@ -71,26 +71,26 @@ char *evs__worker_tls_stage(evs_worker *w)
 /* Enough for the views out at once on a busy worker; more are freed. */
 #define BLOCKS_KEPT 32
 
-void *evs__worker_block_get(evs_worker *w)
+void *evs__worker_block_get(evs_worker *w, bool large)
 {
-    void *b = w->blocks;
+    void *b = w->blocks[large];
 
     if (!b)
-        return malloc(EVS__BLOCK_SIZE);
-    memcpy(&w->blocks, b, sizeof w->blocks);
-    w->nblocks--;
+        return malloc(large ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL);
+    memcpy(&w->blocks[large], b, sizeof b);
+    w->nblocks[large]--;
     return b;
 }
 
-void evs__worker_block_put(evs_worker *w, void *block)
+void evs__worker_block_put(evs_worker *w, void *block, bool large)
 {
-    if (w->nblocks >= BLOCKS_KEPT) {
+    if (w->nblocks[large] >= BLOCKS_KEPT) {
         free(block);
         return;
     }
-    memcpy(block, &w->blocks, sizeof w->blocks);
-    w->blocks = block;
-    w->nblocks++;
+    memcpy(block, &w->blocks[large], sizeof block);
+    w->blocks[large] = block;
+    w->nblocks[large]++;
 }
 
 static void run_message(evs_worker *w, evs__msg *m)
@@ -253,8 +253,9 @@ void evs__worker_fini(evs_worker *w)
     w->rbuf = NULL;
     free(w->tls_stage);
     w->tls_stage = NULL;
-    while (w->blocks)
-        free(evs__worker_block_get(w));
+    for (int large = 0; large < 2; large++)
+        while (w->blocks[large])
+            free(evs__worker_block_get(w, large));
     pthread_mutex_destroy(&w->inbox_lock);
 }
 

@@ -95,8 +95,9 @@ struct evs_worker {
 
     struct evdns_base *dns;
     char *tls_stage; /* coalesces small TLS writes into full records */
-    void *blocks;    /* free read blocks, linked through their first word */
-    int nblocks;
+    void *blocks[2]; /* free read blocks (small, large), linked through
+                      * their first word */
+    int nblocks[2];
     struct evs__tls *tls_busy;   /* TLS connections holding record buffers */
     struct event *tls_sweep_ev;  /* frees the buffers of quiet ones */
 
@@ -122,12 +123,15 @@ uint64_t evs__runtime_buffered(const evs_runtime *rt);
 /* The worker's 16 KiB TLS staging buffer, made on first use. */
 char *evs__worker_tls_stage(evs_worker *w);
 
-/* Read blocks of EVS__BLOCK_SIZE bytes: a few are kept for reuse, so a
- * connection can hold one only while it has data in it (a view out),
- * without a malloc per read. get returns NULL when out of memory. */
-#define EVS__BLOCK_SIZE 16384u
-void *evs__worker_block_get(evs_worker *w);
-void evs__worker_block_put(evs_worker *w, void *block);
+/* Read blocks: a few of each size are kept for reuse, so a connection can
+ * hold one only while it has data in it (a view out), without a malloc per
+ * read. Small ones by default: a thousand connections each with a large
+ * block out would churn 16 MiB through malloc every loop turn. get returns
+ * NULL when out of memory. */
+#define EVS__BLOCK_SMALL 4096u
+#define EVS__BLOCK_LARGE 16384u
+void *evs__worker_block_get(evs_worker *w, bool large);
+void evs__worker_block_put(evs_worker *w, void *block, bool large);
 
 /* Set up a worker (base, inbox, stacks); @rt may be NULL (evs_run). */
 int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size);
