@@ -572,6 +572,12 @@ static void deliver(evs_transport *t)
         size_t len;
         int n, err;
 
+        /* Nothing inside OpenSSL and the socket empty: SSL_read could only
+         * say WANT_READ, and get_buffer would reserve memory (a stream
+         * reader's chunk, kept by every idle connection) for nothing. */
+        if (s->drained && !SSL_has_pending(s->ssl))
+            return;
+
         p = t->proto;
         if (p->get_buffer && p->buffer_updated) {
             len = 0;
