@@ -74,25 +74,25 @@ TEST(Fiber, ResumeYieldPingPong) {
 // fiber goes on where it was; from the loop it is a plain call.
 
 struct OnLoop {
-    uintptr_t fiber_local = 0;   // an address on the fiber's stack
-    uintptr_t called_local = 0;  // an address on the stack fn ran on
+    uintptr_t fiber_local = 0;   // a frame on the fiber's stack
+    uintptr_t called_local = 0;  // fn's frame
     evs__fiber *current_in_call = reinterpret_cast<evs__fiber *>(1);
     int calls = 0;
     int after = 0;
 };
 
+// Frame addresses, not addresses of locals: ASan may put locals on a fake
+// stack in the heap (detect_stack_use_after_return).
 void on_loop_call(void *arg) {
     auto *o = static_cast<OnLoop *>(arg);
-    volatile char here = 0;
-    o->called_local = reinterpret_cast<uintptr_t>(&here);
+    o->called_local = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
     o->current_in_call = evs__fiber_current();
     o->calls++;
 }
 
 void on_loop_fiber(void *arg) {
     auto *o = static_cast<OnLoop *>(arg);
-    volatile char here = 0;
-    o->fiber_local = reinterpret_cast<uintptr_t>(&here);
+    o->fiber_local = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
     evs__fiber_call_on_loop(on_loop_call, o);
     evs__fiber_call_on_loop(on_loop_call, o);  // twice in one resume
     o->after = 1;
@@ -106,13 +106,12 @@ TEST(Fiber, CallOnLoopRunsOnTheLoopStackAndComesBack) {
     OnLoop o;
     evs__fiber *f = evs__fiber_new(pg.pool, on_loop_fiber, &o);
     ASSERT_NE(f, nullptr);
-    volatile char loop_local = 0;
+    uintptr_t loop_addr = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
     evs__fiber_resume(f);  // returns at the fiber's own yield, not the calls
     EXPECT_EQ(2, o.calls);
     EXPECT_EQ(1, o.after);
     EXPECT_EQ(nullptr, o.current_in_call);
     // fn's frame is near the loop's, far from the fiber's stack.
-    uintptr_t loop_addr = reinterpret_cast<uintptr_t>(&loop_local);
     auto dist = [](uintptr_t a, uintptr_t b) { return a > b ? a - b : b - a; };
     EXPECT_LT(dist(o.called_local, loop_addr), dist(o.called_local, o.fiber_local));
     EXPECT_LT(dist(o.called_local, loop_addr), (uintptr_t)(64 * 1024));
