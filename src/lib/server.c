@@ -117,15 +117,17 @@ static int bind_tcp_address(evs_server *s, const struct addrinfo *ai)
 /* reuse_port: each worker accepts on its own sockets (the kernel spreads
  * connections over them), in turn: sockets come in groups of one per
  * worker. Fewer sockets than that (one handed over by systemd) stay with
- * the acceptor, which spreads their connections itself. With one worker
+ * the acceptor, which spreads their connections itself, as do Unix
+ * sockets (no SO_REUSEPORT for them). With one worker
  * there is nothing to spread: it accepts on every socket itself, since the
  * acceptor's hop would cost a thread wake-up per connection and buy
  * nothing. */
-static void give_sockets_to_workers(evs_server *s)
+static void give_sockets_to_workers(evs_server *s, bool unix_socket)
 {
     int n = s->rt->nworkers;
+    bool spread = s->opts.reuse_port && !unix_socket && n > 0 && s->nlisteners % (size_t)n == 0;
 
-    if (n != 1 && (!s->opts.reuse_port || n < 1 || s->nlisteners % (size_t)n != 0))
+    if (n != 1 && !spread)
         return;
     for (size_t i = 0; i < s->nlisteners; i++)
         s->listeners[i].owner = &s->rt->workers[i % (size_t)n];
@@ -369,8 +371,7 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         return err;
     }
     read_port(s);
-    if (!unix_socket || rt->nworkers == 1)
-        give_sockets_to_workers(s);
+    give_sockets_to_workers(s, unix_socket);
     if (o->tls)
         evs_tls_context_ref(o->tls);
     atomic_store(&s->serving, !o->defer_serving);

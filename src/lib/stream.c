@@ -468,53 +468,33 @@ static void consumed(evs_reader *r)
     maybe_resume_transport(r);
 }
 
-/* Park with @buf lent to the transport (see the top of the file).
- * @return bytes that landed in @buf, 0 if none, or a negative errno. */
-static ssize_t wait_data_into(evs_reader *r, void *buf, size_t n)
+/* Park with @buf lent to the transport, or with @buf NULL a worker block
+ * taken when the bytes arrive (see the top of the file).
+ * @return bytes that landed (in @buf, or in r->block), 0 if none, or a
+ * negative errno. */
+static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n)
 {
     int rc;
     size_t got;
 
     r->lent = buf;
     r->lent_len = n;
+    r->view_want = buf ? 0 : n;
     r->lent_got = 0;
     r->reading_lent = false;
     rc = wait_data(r);
     got = r->lent_got;
     r->lent = NULL;
-    r->lent_got = 0;
-    r->reading_lent = false;
-    /* Bytes that arrived are the caller's even if the wait was cut short. */
-    if (got)
-        return (ssize_t)got;
-    return rc < 0 ? rc : 0;
-}
-
-/* Park with a worker block to be lent when bytes arrive (see the top of
- * the file). @return bytes in the block (then *data), 0 or a negative errno. */
-static ssize_t wait_data_view(evs_reader *r, size_t n, const void **data)
-{
-    int rc;
-    size_t got;
-
-    r->view_want = n;
-    r->lent = NULL;
-    r->lent_got = 0;
-    r->reading_lent = false;
-    rc = wait_data(r);
-    got = r->lent_got;
     r->view_want = 0;
-    r->lent = NULL;
     r->lent_got = 0;
     r->reading_lent = false;
-    if (got) {
-        *data = r->block;
-        return (ssize_t)got;
-    }
-    if (r->block) { /* taken, then EOF: nothing landed */
+    if (!got && r->block) { /* taken, then EOF or a timeout: nothing landed */
         evs__worker_block_put(r->t->worker, r->block, r->block_large);
         r->block = NULL;
     }
+    /* Bytes that arrived are the caller's even if the wait was cut short. */
+    if (got)
+        return (ssize_t)got;
     return rc < 0 ? rc : 0;
 }
 
@@ -534,7 +514,7 @@ ssize_t evs_read(evs_reader *r, void *buf, size_t n)
             return r->err;
         if (r->eof)
             return 0;
-        if ((got = wait_data_into(r, buf, n)) != 0)
+        if ((got = wait_data_lent(r, buf, n)) != 0)
             return got;
     }
     if (len > n)
@@ -649,8 +629,10 @@ ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
             return r->err;
         if (r->eof)
             return 0;
-        if ((got = wait_data_view(r, n, data)) != 0)
+        if ((got = wait_data_lent(r, NULL, n)) != 0) {
+            *data = got > 0 ? r->block : NULL;
             return got;
+        }
     }
     if (len > n)
         len = n;
