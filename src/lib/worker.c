@@ -68,7 +68,7 @@ char *evs__worker_tls_stage(evs_worker *w)
     return w->tls_stage;
 }
 
-/* Enough for the views out at once on a busy worker; more are freed. */
+/* Kept even by an idle worker: the views out at once on a quiet one. */
 #define BLOCKS_KEPT 32
 
 void *evs__worker_block_get(evs_worker *w, bool large)
@@ -78,19 +78,54 @@ void *evs__worker_block_get(evs_worker *w, bool large)
     if (!b)
         return malloc(large ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL);
     memcpy(&w->blocks[large], b, sizeof b);
-    w->nblocks[large]--;
+    if (--w->nblocks[large] < w->blocks_low[large])
+        w->blocks_low[large] = w->nblocks[large];
     return b;
+}
+
+static void arm_blocks_trim(evs_worker *w)
+{
+    struct timeval second = {1, 0};
+
+    for (int large = 0; large < 2; large++)
+        w->blocks_low[large] = w->nblocks[large];
+    evtimer_add(&w->blocks_ev, &second);
 }
 
 void evs__worker_block_put(evs_worker *w, void *block, bool large)
 {
-    if (w->nblocks[large] >= BLOCKS_KEPT) {
-        free(block);
-        return;
-    }
     memcpy(block, &w->blocks[large], sizeof block);
     w->blocks[large] = block;
     w->nblocks[large]++;
+    if (w->nblocks[large] > BLOCKS_KEPT && !evtimer_pending(&w->blocks_ev, NULL))
+        arm_blocks_trim(w);
+}
+
+/* Blocks that stayed in the pool for a whole second were not needed by
+ * the busiest moment of it: free them, down to BLOCKS_KEPT. */
+static void blocks_trim_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_worker *w = arg;
+    bool large_pool = false;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    for (int large = 0; large < 2; large++) {
+        int surplus = w->blocks_low[large];
+
+        if (surplus > w->nblocks[large] - BLOCKS_KEPT)
+            surplus = w->nblocks[large] - BLOCKS_KEPT;
+        for (; surplus > 0; surplus--) {
+            void *b = w->blocks[large];
+
+            memcpy(&w->blocks[large], b, sizeof b);
+            w->nblocks[large]--;
+            free(b);
+        }
+        large_pool |= w->nblocks[large] > BLOCKS_KEPT;
+    }
+    if (large_pool)
+        arm_blocks_trim(w);
 }
 
 static void run_message(evs_worker *w, evs__msg *m)
@@ -190,6 +225,7 @@ int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size)
     event_assign(&w->wake_ev, w->base, w->wake_fd, EV_READ | EV_PERSIST, inbox_cb, w);
     event_add(&w->wake_ev, NULL);
     event_assign(&w->run_ev, w->base, -1, 0, run_cb, w);
+    evtimer_assign(&w->blocks_ev, w->base, blocks_trim_cb, w);
     evs__transport_list_init(w);
     if (rt) {
         evtimer_assign(&w->lag_ev, w->base, lag_cb, w);
@@ -234,6 +270,8 @@ void evs__worker_fini(evs_worker *w)
         if (w->wake_fd >= 0)
             event_del(&w->wake_ev);
         event_del(&w->run_ev);
+        if (event_initialized(&w->blocks_ev))
+            event_del(&w->blocks_ev);
         evs__transport_list_fini(w);
         if (w->tls_sweep_ev)
             event_free(w->tls_sweep_ev);

@@ -98,6 +98,8 @@ struct evs_worker {
     void *blocks[2]; /* free read blocks (small, large), linked through
                       * their first word */
     int nblocks[2];
+    int blocks_low[2];      /* fewest free since the last trim */
+    struct event blocks_ev; /* the trim, armed while the pool is large */
     struct evs__tls *tls_busy;   /* TLS connections holding record buffers */
     struct event *tls_sweep_ev;  /* frees the buffers of quiet ones */
 
@@ -123,11 +125,12 @@ uint64_t evs__runtime_buffered(const evs_runtime *rt);
 /* The worker's 16 KiB TLS staging buffer, made on first use. */
 char *evs__worker_tls_stage(evs_worker *w);
 
-/* Read blocks: a few of each size are kept for reuse, so a connection can
- * hold one only while it has data in it (a view out), without a malloc per
- * read. Small ones by default: a thousand connections each with a large
- * block out would churn 16 MiB through malloc every loop turn. get returns
- * NULL when out of memory. */
+/* Read blocks, reused so that a connection holds one only while it has
+ * data in it (a view out), without a malloc per read. The pool grows to
+ * what the busiest loop turn needs and gives back, once a second, the
+ * blocks that stayed unused all that second. Small ones by default: a
+ * thousand connections each with a large block out would hold 16 MiB.
+ * get returns NULL when out of memory. */
 #define EVS__BLOCK_SMALL 4096u
 #define EVS__BLOCK_LARGE 16384u
 void *evs__worker_block_get(evs_worker *w, bool large);
