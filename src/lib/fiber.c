@@ -431,6 +431,15 @@ void evs__fiber_free(evs__fiber *f)
     }
 }
 
+void evs__fiber_prefetch(const evs__fiber *f)
+{
+    __builtin_prefetch(f);
+#ifndef EVS_FIBER_UCONTEXT
+    if (f->started)
+        __builtin_prefetch(f->sp);
+#endif
+}
+
 bool evs__fiber_done(const evs__fiber *f)
 {
     return f->done;

@@ -69,6 +69,12 @@ void evs__fiber_call_on_loop(evs__fiber_fn fn, void *arg);
 bool evs__fiber_done(const evs__fiber *f);
 
 /**
+ * Start loading @f's record and its newest frames into the cache: the
+ * caller is about to resume it, and with many fibers neither is warm.
+ */
+void evs__fiber_prefetch(const evs__fiber *f);
+
+/**
  * Free a fiber that is done or that never ran, returning its stack to the
  * pool. Must not be called from inside @p f itself.
  */

@@ -216,6 +216,10 @@ void evs__task_run_ready(evs_worker *w)
     while (t) {
         evs_task *next = t->ready_next;
 
+        /* With many connections the next task's record and frames are
+         * cold: start loading them while this one runs. */
+        if (next)
+            evs__fiber_prefetch(next->fiber);
         t->ready = false;
         t->started = true;
         running_task = t;
