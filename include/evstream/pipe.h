@@ -45,8 +45,11 @@ extern "C" {
  * made non-blocking and owned by the transport from now on, even on
  * failure. connection_made is called before this returns.
  * At EOF on the read end eof_received is called (return true to keep
- * writing); a write end whose reader went away loses the connection with
- * -EPIPE at the next write.
+ * writing). A write end whose reader went away loses the connection: on a
+ * write-only transport over a pipe or FIFO as soon as the reader closes
+ * (connection_lost gets 0 if nothing was queued, else -EPIPE and the
+ * queued bytes are dropped), as asyncio's write pipe transport does;
+ * otherwise with -EPIPE at the next write.
  * @return 0, -EINVAL (no fd, no protocol, not on a worker), or a negative
  *         errno.
  */

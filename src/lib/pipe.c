@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -76,6 +77,33 @@ static void never_cb(evutil_socket_t fd, short what, void *arg)
     EVS_UNUSED(arg);
 }
 
+/*
+ * The write end of a pipe shows an error condition once the read end is
+ * closed, to any watcher, whatever it waits for. asyncio's write pipe
+ * transport watches for it with a reader; ours with the read event a
+ * write-only transport has no other use for. So the protocol learns at once
+ * that the reader is gone, not at its next write: connection_lost(-EPIPE)
+ * if bytes were still queued (they are lost), connection_lost(0) if not.
+ */
+static void reader_gone_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_transport *t = arg;
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    if (evs__transport_queued(t) > 0)
+        evs__transport_fatal(t, -EPIPE);
+    else
+        evs_transport_close(t);
+}
+
+static bool is_fifo(int fd)
+{
+    struct stat st;
+
+    return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
 /* Adjust a transport created on the primary fd for (rfd, wfd). */
 static void setup(evs_transport *t, int rfd, int wfd)
 {
@@ -83,8 +111,13 @@ static void setup(evs_transport *t, int rfd, int wfd)
 
     t->is_pipe = true; /* even for a socket handed in as a "pipe" */
     if (rfd < 0) {
-        /* Write-only: t->fd is the write end; nothing is ever read. */
-        event_assign(&t->rd_ev, base, -1, 0, never_cb, t);
+        /* Write-only: t->fd is the write end; nothing is ever read, but a
+         * pipe's read end going away is watched for. A socket's read
+         * event would fire on data or EOF, which mean no such thing. */
+        if (is_fifo(wfd))
+            event_assign(&t->rd_ev, base, wfd, EV_READ | EV_PERSIST, reader_gone_cb, t);
+        else
+            event_assign(&t->rd_ev, base, -1, 0, never_cb, t);
         t->eof_received = true;
         t->wfd = wfd;
     } else if (wfd < 0) {

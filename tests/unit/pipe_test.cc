@@ -286,6 +286,37 @@ TEST(PipeTest, ReaderGoneLosesWithEpipeAndSigpipeDoesNotKill) {
     sigaction(SIGPIPE, &old, nullptr);
 }
 
+TEST(PipeTest, WriteOnlyPipeLearnsItsReaderLeftWithoutWriting) {
+    int p[2];
+    make_pipe(p);
+    Rec r;
+    run([&] {
+        evs_transport *t = nullptr;
+        ASSERT_EQ(0, evs_pipe_open(-1, p[1], &kProto, &r, &t));
+        ASSERT_EQ(0, evs_transport_write(t, "read", 4));
+        EXPECT_TRUE(wait_until([&] { return drain_fd(p[0]) == "read"; }));
+        EXPECT_EQ(0, r.lost);
+        close(p[0]);  // nothing queued: a clean end, as in asyncio
+        EXPECT_TRUE(wait_until([&] { return r.lost == 1; }));
+        EXPECT_EQ(0, r.lost_err);
+    });
+}
+
+TEST(PipeTest, WriteOnlyStreamWriterLearnsItsReaderLeft) {
+    int p[2];
+    make_pipe(p);
+    run([&] {
+        evs_reader *rd = nullptr;
+        evs_writer *w = nullptr;
+        ASSERT_EQ(0, evs_stream_open_pipe(-1, p[1], 0, &rd, &w));
+        close(p[0]);
+        // wait_closed parks until connection_lost, with no write to notice it.
+        EXPECT_EQ(0, evs_wait_closed(w));
+        EXPECT_TRUE(evs_is_closing(w));
+        evs_writer_free(w);
+    });
+}
+
 TEST(PipeTest, QueuedBytesAndReaderGoneWhileFlushing) {
     struct sigaction old, dfl;
     memset(&dfl, 0, sizeof dfl);

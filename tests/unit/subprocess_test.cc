@@ -360,6 +360,20 @@ TEST_F(SubprocessTest, ChildStartsWithCleanSignalsAndOnlyStdio) {
     EXPECT_NE(std::string::npos, r.out.find("closed")) << r.out;
 }
 
+TEST_F(SubprocessTest, StdinPipeIsLostCleanlyWhenTheChildLeavesWithoutReading) {
+    Rec r;
+    run([&] {
+        evs_process_options o = opts({"/bin/true"});
+        o.stdin_mode = EVS_STDIO_PIPE;
+        evs_subprocess *p = nullptr;
+        ASSERT_EQ(0, evs_subprocess_exec(&o, &kProto, &r, &p));
+        // No write is needed to learn that the read end is gone.
+        EXPECT_TRUE(wait_until([&] { return r.exited == 1 && r.lost == 1; }));
+        EXPECT_EQ(nullptr, evs_subprocess_get_pipe_transport(p, 0));
+    });
+    EXPECT_EQ(0, r.pipe_err[0]);
+}
+
 TEST_F(SubprocessTest, StdinWriterGetsEpipeWhenChildStopsReading) {
     struct sigaction old, dfl;
     memset(&dfl, 0, sizeof dfl);
@@ -367,15 +381,17 @@ TEST_F(SubprocessTest, StdinWriterGetsEpipeWhenChildStopsReading) {
     sigaction(SIGPIPE, &dfl, &old);  // a SIGPIPE getting through would kill us
     Rec r;
     run([&] {
-        evs_process_options o = opts({"/bin/true"});
+        evs_process_options o = opts({"/usr/bin/head", "-c", "1"});
         o.stdin_mode = EVS_STDIO_PIPE;
+        o.stdout_mode = EVS_STDIO_DEVNULL;
         evs_subprocess *p = nullptr;
         ASSERT_EQ(0, evs_subprocess_exec(&o, &kProto, &r, &p));
-        EXPECT_TRUE(wait_until([&] { return r.exited == 1; }));
         evs_transport *in = evs_subprocess_get_pipe_transport(p, 0);
         ASSERT_NE(nullptr, in);
-        EXPECT_EQ(-EPIPE, evs_transport_write(in, "nobody reads", 12));
-        EXPECT_TRUE(wait_until([&] { return r.lost == 1; }));
+        // More than a pipe holds: bytes are still queued when head leaves.
+        std::string big(1 << 20, 'x');
+        ASSERT_EQ(0, evs_transport_write(in, big.data(), big.size()));
+        EXPECT_TRUE(wait_until([&] { return r.exited == 1 && r.lost == 1; }));
     });
     EXPECT_EQ(-EPIPE, r.pipe_err[0]);
     sigaction(SIGPIPE, &old, nullptr);
