@@ -4,7 +4,6 @@
 // evstreamd started as a process (ended by its PID).
 #include <gtest/gtest.h>
 
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -14,80 +13,44 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "build-config.h"
 #include "helpers.h"
+#include "process.h"
 
 using namespace evs_test;
 
 namespace {
 
-std::string builddir() {
-    const char *d = getenv("EVS_TEST_BUILDDIR");
-    return d ? d : ".";
-}
-
-void write_file(const std::string &path, const std::string &text) {
-    std::ofstream(path) << text;
-}
-
-std::string read_file(const std::string &path) {
-    std::ifstream f(path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
-bool eventually(double seconds, const std::function<bool()> &pred) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds((long)(seconds * 1000));
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > end) return false;
-        usleep(10 * 1000);
-    }
-    return true;
-}
-
-// The daemon as a child process, with its output in a file.
+// The daemon as a child process, with its stdout and stderr in one file.
 struct Daemon {
     pid_t pid = -1;
     std::string dir, ports, log;
     std::map<std::string, std::string> addresses;
 
-    // @inherit: a socket to pass as fd 3 with LISTEN_FDS (socket activation).
+    // @env: "NAME=value" strings. @inherit: a socket to pass as fd 3 with
+    // LISTEN_FDS (socket activation), named @fdname when not empty.
     Daemon(const std::string &dir_, const std::string &conf, std::vector<std::string> env = {},
            int inherit = -1, const std::string &fdname = "")
         : dir(dir_), ports(dir_ + "/ports"), log(dir_ + "/daemon.out") {
         std::string confpath = dir + "/evstreamd.conf";
         write_file(confpath, conf);
         unlink(ports.c_str());
-        std::string bin = builddir() + "/src/daemon/evstreamd";
-        pid = fork();
-        if (pid == 0) {
-            int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            dup2(out, 1);
-            dup2(out, 2);
-            for (auto &e : env) putenv(strdup(e.c_str()));
-            setenv("EVSTREAMD_PLUGIN_DIR", (builddir() + "/plugins").c_str(), 1);
-            if (inherit >= 0) {
-                dup2(inherit, 3);
-                setenv("LISTEN_FDS", "1", 1);
-                setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
-                if (!fdname.empty()) setenv("LISTEN_FDNAMES", fdname.c_str(), 1);
-            }
-            execl(bin.c_str(), bin.c_str(), "-c", confpath.c_str(), "--ports-file", ports.c_str(),
-                  "-l", "info", (char *)nullptr);
-            _exit(127);
+        Env changes = {{"EVSTREAMD_PLUGIN_DIR", plugin_dir()}};
+        for (auto &e : env) {
+            size_t eq = e.find('=');
+            changes.emplace_back(e.substr(0, eq), e.substr(eq + 1));
         }
+        if (!fdname.empty()) changes.emplace_back("LISTEN_FDNAMES", fdname);
+        pid = spawn({daemon_path(), "-c", confpath, "--ports-file", ports, "-l", "info"}, "", log,
+                    log, changes, inherit);
     }
     bool ready() {
         bool ok = eventually(20, [&] { return access(ports.c_str(), R_OK) == 0; });
@@ -96,29 +59,34 @@ struct Daemon {
         while (in >> name >> addr) addresses[name] = addr;
         return ok;
     }
-    uint16_t port(const std::string &name) {
-        auto a = addresses[name];
-        return (uint16_t)atoi(a.substr(a.rfind(':') + 1).c_str());
-    }
+    uint16_t port(const std::string &name) { return port_of(addresses[name]); }
     void signal(int sig) { kill(pid, sig); }
+    // @return the exit status, -1 when it had to be killed.
     int stop() {
         int st = -1;
         if (pid <= 0) return st;
         kill(pid, SIGTERM);
-        for (int i = 0; i < 3000; i++) {
-            if (waitpid(pid, &st, WNOHANG) == pid) {
-                pid = -1;
-                return st;
-            }
-            usleep(10 * 1000);
+        if (!wait_exit(pid, 30, &st)) {
+            end_child(pid, nullptr);
+            st = -1;
         }
-        kill(pid, SIGKILL);
-        waitpid(pid, &st, 0);
         pid = -1;
-        return -1;
+        return st;
     }
     ~Daemon() { stop(); }
 };
+
+// evstreamd run to its end on @conf with @args before "-c" ("-t": check
+// only), its stdout and stderr together in @out; bounded by finish().
+Result run_daemon(const std::string &conf, const std::vector<std::string> &args) {
+    std::vector<std::string> argv = {daemon_path()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.push_back("-c");
+    argv.push_back(conf);
+    std::string out = conf + ".out";
+    pid_t pid = spawn(argv, "", out, out, {{"EVSTREAMD_PLUGIN_DIR", plugin_dir()}});
+    return finish(pid, "evstreamd", 30, out, out);
+}
 
 std::string base_conf(const std::string &listeners, const std::string &extra = "") {
     return std::string("workers = 2;\n") + (geteuid() == 0 ? "allow_root = true;\n" : "") + extra +
@@ -319,15 +287,9 @@ TEST(Ops, AccessLogFormatErrorsNameTheLine) {
     std::string conf = dir + "/bad.conf";
     write_file(conf, base_conf("{ listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
                                "  access_log = { file = \"a.log\"; format = \"$peer $bogus\"; }; }"));
-    std::string cmd = "EVSTREAMD_PLUGIN_DIR=" + builddir() + "/plugins " + builddir() +
-                      "/src/daemon/evstreamd -t -c " + conf + " 2>&1";
-    FILE *p = popen(cmd.c_str(), "r");
-    char buf[4096];
-    std::string out;
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int st = pclose(p);
-    EXPECT_EQ(1, WEXITSTATUS(st));
+    Result r = run_daemon(conf, {"-t"});
+    const std::string &out = r.out;
+    EXPECT_EQ(1, r.status);
     // The line of the format setting in the file as written.
     std::string text = read_file(conf);
     int line = 1 + (int)std::count(text.begin(), text.begin() + (long)text.find("$bogus"), '\n');
@@ -438,15 +400,9 @@ TEST(Ops, RootNeedsUserOrAllowRootAndDropsToTheUser) {
     std::string conf = dir + "/root.conf";
     write_file(conf, "plugins = ( { name = \"echo\"; path = \"echo.so\"; } );\n"
                      "listeners = ( { listen = \"127.0.0.1:0\"; plugin = \"echo\"; } );\n");
-    std::string cmd = "EVSTREAMD_PLUGIN_DIR=" + builddir() + "/plugins " + builddir() +
-                      "/src/daemon/evstreamd -c " + conf + " 2>&1";
-    FILE *p = popen(cmd.c_str(), "r");
-    char buf[4096];
-    std::string out;
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    EXPECT_EQ(1, WEXITSTATUS(pclose(p)));
-    EXPECT_NE(std::string::npos, out.find("refusing to run as root")) << out;
+    Result r = run_daemon(conf, {});
+    EXPECT_EQ(1, r.status);
+    EXPECT_NE(std::string::npos, r.out.find("refusing to run as root")) << r.out;
 
     // With user = "nobody" it binds as root, then runs as nobody.
     chmod(dir.c_str(), 0755);
@@ -574,14 +530,8 @@ TEST(Ops, DatagramAndStreamPluginsAreNotMixedUp) {
     std::string conf = dir + "/bad.conf";
     write_file(conf, datagram_conf("{ listen = \"udp:127.0.0.1:0\"; plugin = \"udp_echo\"; "
                                    "tls = { certificate = \"c\"; key = \"k\"; }; }"));
-    std::string cmd = "EVSTREAMD_PLUGIN_DIR=" + builddir() + "/plugins " + builddir() +
-                      "/src/daemon/evstreamd -t -c " + conf + " 2>&1";
-    FILE *p = popen(cmd.c_str(), "r");
-    char buf[4096];
-    std::string out;
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    EXPECT_EQ(1, WEXITSTATUS(pclose(p)));
-    EXPECT_NE(std::string::npos, out.find("not for datagram")) << out;
+    Result r = run_daemon(conf, {"-t"});
+    EXPECT_EQ(1, r.status);
+    EXPECT_NE(std::string::npos, r.out.find("not for datagram")) << r.out;
     remove_dir(dir);
 }

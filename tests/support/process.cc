@@ -128,37 +128,74 @@ std::string find_tool(const std::string &name) {
 
 // --- child processes ---------------------------------------------------------
 
+namespace {
+
+// "LISTEN_PID=" and room for any pid, filled in by the child: its pid is
+// not known before fork.
+constexpr char kListenPid[] = "LISTEN_PID=";
+constexpr size_t kPidDigits = 20;
+
+// Async-signal-safe: writes getpid() after the "LISTEN_PID=" in @slot.
+void put_own_pid(char *slot) {
+    char digits[kPidDigits];
+    size_t n = 0;
+    for (unsigned long v = (unsigned long)getpid(); v > 0 || n == 0; v /= 10)
+        digits[n++] = (char)('0' + v % 10);
+    char *p = slot + sizeof kListenPid - 1;
+    while (n > 0) *p++ = digits[--n];
+    *p = '\0';
+}
+
+}  // namespace
+
 pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
-            const std::string &out_path, const std::string &err_path, const Env &env) {
+            const std::string &out_path, const std::string &err_path, const Env &env,
+            int pass_fd) {
+    Env changes = env;
+    if (pass_fd >= 0) {
+        changes.emplace_back("LISTEN_FDS", "1");
+        changes.emplace_back("LISTEN_PID", std::string(kPidDigits, ' '));
+    }
     std::vector<std::string> envs;
     for (char **e = environ; *e; e++) {
         std::string kv = *e;
         bool overridden = false;
-        for (auto &p : env)
+        for (auto &p : changes)
             if (kv.compare(0, p.first.size() + 1, p.first + "=") == 0) overridden = true;
         if (!overridden) envs.push_back(kv);
     }
-    for (auto &p : env)
+    for (auto &p : changes)
         if (p.second != "<unset>") envs.push_back(p.first + "=" + p.second);
     std::vector<char *> argv, envp;
+    char *pid_slot = nullptr;
     for (auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
     argv.push_back(nullptr);
-    for (auto &e : envs) envp.push_back(const_cast<char *>(e.c_str()));
+    for (auto &e : envs) {
+        envp.push_back(&e[0]);
+        if (pass_fd >= 0 && e.compare(0, sizeof kListenPid - 1, kListenPid) == 0) pid_slot = &e[0];
+    }
     envp.push_back(nullptr);
     const char *in_file = in_path.empty() ? "/dev/null" : in_path.c_str();
+    bool one_file = out_path == err_path;
     long maxfd = sysconf(_SC_OPEN_MAX);
     if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
 
     pid_t pid = fork();
     if (pid != 0) return pid;
+    // Above every fd dup2'd below, so that those cannot overwrite it.
+    if (pass_fd >= 0 && (pass_fd = fcntl(pass_fd, F_DUPFD, 10)) < 0) _exit(126);
     int in = open(in_file, O_RDONLY);
     int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = one_file ? out : open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (in < 0 || out < 0 || err < 0) _exit(126);
     dup2(in, 0);
     dup2(out, 1);
     dup2(err, 2);
-    for (long fd = 3; fd < maxfd; fd++) close((int)fd);
+    if (pass_fd >= 0) {
+        dup2(pass_fd, 3);
+        put_own_pid(pid_slot);
+    }
+    for (long fd = pass_fd >= 0 ? 4 : 3; fd < maxfd; fd++) close((int)fd);
     // A signal mask and ignored signals survive execve; the tests ignore
     // SIGPIPE, the programs they run expect the default.
     sigset_t none;
