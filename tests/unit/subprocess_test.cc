@@ -367,9 +367,10 @@ TEST_F(SubprocessTest, StdinPipeIsLostCleanlyWhenTheChildLeavesWithoutReading) {
         o.stdin_mode = EVS_STDIO_PIPE;
         evs_subprocess *p = nullptr;
         ASSERT_EQ(0, evs_subprocess_exec(&o, &kProto, &r, &p));
-        // No write is needed to learn that the read end is gone.
+        // No write is needed to learn that the read end is gone: without
+        // that the stdin pipe would stay open and connection_lost (after
+        // which @p is freed) would never come.
         EXPECT_TRUE(wait_until([&] { return r.exited == 1 && r.lost == 1; }));
-        EXPECT_EQ(nullptr, evs_subprocess_get_pipe_transport(p, 0));
     });
     EXPECT_EQ(0, r.pipe_err[0]);
 }
