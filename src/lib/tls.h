@@ -32,6 +32,9 @@ void evs__tls_close(evs_transport *t);
 size_t evs__tls_pending(const evs_transport *t);
 /* Begin the handshake (a client sends its hello). */
 void evs__tls_start(evs_transport *t);
+/* The worker's tick: busy connections quiet for a whole second give their
+ * record buffers back. @return whether any connection is still busy. */
+bool evs__tls_sweep(evs_worker *w);
 
 /* Append OpenSSL's error queue (or @fallback) to @buf and clear it. */
 void evs__tls_error_string(char *buf, size_t len, const char *fallback);

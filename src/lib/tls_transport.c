@@ -229,7 +229,7 @@ static void new_wakeup(evs__tls *s)
  * holds none, at the price of a malloc and free of both around every read
  * and write. A connection that makes KEEP_AFTER reads and writes within one
  * second is busy: it keeps its buffers (no allocation per call) until it
- * has been quiet for a whole second, which a per-worker sweep checks. */
+ * has been quiet for a whole second, which the worker's tick checks. */
 #define KEEP_AFTER 32
 
 static void busy_remove(evs__tls *s)
@@ -243,14 +243,6 @@ static void busy_remove(evs__tls *s)
     s->busy_prev = NULL;
 }
 
-static void arm_sweep(evs_worker *w)
-{
-    struct timeval tv = {1, 0};
-
-    if (!evtimer_pending(w->tls_sweep_ev, NULL))
-        evtimer_add(w->tls_sweep_ev, &tv);
-}
-
 static time_t now_sec(evs_worker *w)
 {
     struct timeval tv;
@@ -259,14 +251,11 @@ static time_t now_sec(evs_worker *w)
     return tv.tv_sec;
 }
 
-static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+bool evs__tls_sweep(evs_worker *w)
 {
-    evs_worker *w = arg;
     time_t now = now_sec(w);
     evs__tls *s, *next;
 
-    EVS_UNUSED(fd);
-    EVS_UNUSED(what);
     for (s = w->tls_busy; s; s = next) {
         next = s->busy_next;
         if (now - s->io_sec >= 2) { /* no I/O in the last whole second */
@@ -275,8 +264,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
             busy_remove(s);
         }
     }
-    if (w->tls_busy)
-        arm_sweep(w);
+    return w->tls_busy != NULL;
 }
 
 /* Every read wakeup and write counts; the KEEP_AFTER-th in a second makes
@@ -293,15 +281,13 @@ static void note_io(evs_transport *t)
     }
     if (s->busy_prev || ++s->ios < KEEP_AFTER)
         return;
-    if (!w->tls_sweep_ev && !(w->tls_sweep_ev = evtimer_new(w->base, sweep_cb, w)))
-        return; /* no sweep: stay in release mode */
     SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
     s->busy_next = w->tls_busy;
     if (s->busy_next)
         s->busy_next->busy_prev = &s->busy_next;
     s->busy_prev = &w->tls_busy;
     w->tls_busy = s;
-    arm_sweep(w);
+    evs__worker_want_tick(w);
 }
 
 /* --- helpers ----------------------------------------------------------- */

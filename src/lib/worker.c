@@ -16,6 +16,7 @@
 
 #include <event2/dns.h>
 
+#include "tls.h"
 #include "transport.h"
 #include "worker.h"
 
@@ -83,13 +84,15 @@ void *evs__worker_block_get(evs_worker *w, bool large)
     return b;
 }
 
-static void arm_blocks_trim(evs_worker *w)
+void evs__worker_want_tick(evs_worker *w)
 {
     struct timeval second = {1, 0};
 
+    if (evtimer_pending(&w->tick_ev, NULL))
+        return;
     for (int large = 0; large < 2; large++)
         w->blocks_low[large] = w->nblocks[large];
-    evtimer_add(&w->blocks_ev, &second);
+    evtimer_add(&w->tick_ev, &second);
 }
 
 void evs__worker_block_put(evs_worker *w, void *block, bool large)
@@ -97,19 +100,17 @@ void evs__worker_block_put(evs_worker *w, void *block, bool large)
     memcpy(block, &w->blocks[large], sizeof block);
     w->blocks[large] = block;
     w->nblocks[large]++;
-    if (w->nblocks[large] > BLOCKS_KEPT && !evtimer_pending(&w->blocks_ev, NULL))
-        arm_blocks_trim(w);
+    if (w->nblocks[large] > BLOCKS_KEPT)
+        evs__worker_want_tick(w);
 }
 
-/* Blocks that stayed in the pool for a whole second were not needed by
- * the busiest moment of it: free them, down to BLOCKS_KEPT. */
-static void blocks_trim_cb(evutil_socket_t fd, short what, void *arg)
+/* Blocks that stayed in the pool since the last tick were not needed by
+ * the busiest moment of that second: free them, down to BLOCKS_KEPT.
+ * @return whether the pool still holds more than that. */
+static bool trim_blocks(evs_worker *w)
 {
-    evs_worker *w = arg;
-    bool large_pool = false;
+    bool more = false;
 
-    EVS_UNUSED(fd);
-    EVS_UNUSED(what);
     for (int large = 0; large < 2; large++) {
         int surplus = w->blocks_low[large];
 
@@ -122,10 +123,22 @@ static void blocks_trim_cb(evutil_socket_t fd, short what, void *arg)
             w->nblocks[large]--;
             free(b);
         }
-        large_pool |= w->nblocks[large] > BLOCKS_KEPT;
+        more |= w->nblocks[large] > BLOCKS_KEPT;
     }
-    if (large_pool)
-        arm_blocks_trim(w);
+    return more;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_worker *w = arg;
+    bool again = trim_blocks(w);
+
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    if (evs__tls_sweep(w))
+        again = true;
+    if (again)
+        evs__worker_want_tick(w);
 }
 
 static void run_message(evs_worker *w, evs__msg *m)
@@ -225,7 +238,7 @@ int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size)
     event_assign(&w->wake_ev, w->base, w->wake_fd, EV_READ | EV_PERSIST, inbox_cb, w);
     event_add(&w->wake_ev, NULL);
     event_assign(&w->run_ev, w->base, -1, 0, run_cb, w);
-    evtimer_assign(&w->blocks_ev, w->base, blocks_trim_cb, w);
+    evtimer_assign(&w->tick_ev, w->base, tick_cb, w);
     evs__transport_list_init(w);
     if (rt) {
         evtimer_assign(&w->lag_ev, w->base, lag_cb, w);
@@ -270,12 +283,9 @@ void evs__worker_fini(evs_worker *w)
         if (w->wake_fd >= 0)
             event_del(&w->wake_ev);
         event_del(&w->run_ev);
-        if (event_initialized(&w->blocks_ev))
-            event_del(&w->blocks_ev);
+        if (event_initialized(&w->tick_ev))
+            event_del(&w->tick_ev);
         evs__transport_list_fini(w);
-        if (w->tls_sweep_ev)
-            event_free(w->tls_sweep_ev);
-        w->tls_sweep_ev = NULL;
         if (event_initialized(&w->lag_ev))
             event_del(&w->lag_ev);
         event_base_free(w->base);

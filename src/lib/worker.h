@@ -98,10 +98,9 @@ struct evs_worker {
     void *blocks[2]; /* free read blocks (small, large), linked through
                       * their first word */
     int nblocks[2];
-    int blocks_low[2];      /* fewest free since the last trim */
-    struct event blocks_ev; /* the trim, armed while the pool is large */
-    struct evs__tls *tls_busy;   /* TLS connections holding record buffers */
-    struct event *tls_sweep_ev;  /* frees the buffers of quiet ones */
+    int blocks_low[2];         /* fewest free since the last tick */
+    struct evs__tls *tls_busy; /* TLS connections keeping record buffers */
+    struct event tick_ev;      /* once a second while either needs trimming */
 
     /* Counters: written by this worker, read by anyone. */
     _Atomic uint64_t accepted;
@@ -135,6 +134,11 @@ char *evs__worker_tls_stage(evs_worker *w);
 #define EVS__BLOCK_LARGE 16384u
 void *evs__worker_block_get(evs_worker *w, bool large);
 void evs__worker_block_put(evs_worker *w, void *block, bool large);
+
+/* Ask for the worker's once-a-second tick, which trims the read-block pool
+ * and the busy TLS connections' record buffers (evs__tls_sweep) and goes on
+ * while either has something left to trim. */
+void evs__worker_want_tick(evs_worker *w);
 
 /* Set up a worker (base, inbox, stacks); @rt may be NULL (evs_run). */
 int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size);

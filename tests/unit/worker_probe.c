@@ -44,7 +44,7 @@ int probe_blocks_kept(const evs_worker *w, int large)
 
 int probe_trim_armed(const evs_worker *w)
 {
-    return evtimer_pending(&w->blocks_ev, NULL) != 0;
+    return evtimer_pending(&w->tick_ev, NULL) != 0;
 }
 
 void probe_run_once(evs_worker *w)
