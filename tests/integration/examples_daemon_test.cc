@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <netinet/in.h>
@@ -382,6 +383,56 @@ TEST_F(HttpHelloTest, PipelinedRequestsAreAnsweredInOrder) {
     // The close is on the last answer, and the body ends the stream.
     EXPECT_GT(all.find("Connection: close"), all.rfind("HTTP/1.1 200 OK") - 1);
     EXPECT_EQ(all.size() - 13, all.rfind("Hello, World!"));
+}
+
+// The usual answer is formatted once a second and reused: its Date must
+// still follow the clock, and nothing else in it may change.
+TEST_F(HttpHelloTest, KeptAliveAnswersFollowTheClock) {
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 10);
+    auto ask = [&]() {
+        std::string answer;
+        char buf[512];
+        if (!send_text(fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")) return answer;
+        while (answer.size() < 13 || answer.compare(answer.size() - 13, 13, "Hello, World!") != 0) {
+            ssize_t n = recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            answer.append(buf, (size_t)n);
+        }
+        return answer;
+    };
+    auto date_of = [](const std::string &answer) {
+        size_t at = answer.find("\r\nDate: ");
+        if (at == std::string::npos) return std::string();
+        at += 8;
+        return answer.substr(at, answer.find("\r\n", at) - at);
+    };
+    auto seconds_of = [](const std::string &date) {
+        struct tm tm = {};
+        const char *end = strptime(date.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        return end && *end == '\0' ? (long long)timegm(&tm) : -1;
+    };
+
+    std::string first = ask();
+    ASSERT_EQ(0u, first.find("HTTP/1.1 200 OK\r\n")) << first;
+    std::string d1 = date_of(first);
+    long long t1 = seconds_of(d1);
+    ASSERT_GE(t1, 0) << "not an IMF-fixdate: " << d1;
+    EXPECT_LE(llabs(t1 - (long long)time(nullptr)), 5) << d1;
+    // Ask on the same connection until the second turns (bounded).
+    std::string later;
+    ASSERT_TRUE(eventually(5.0, [&] {
+        later = ask();
+        return date_of(later) != d1;
+    })) << later;
+    std::string d2 = date_of(later);
+    EXPECT_GT(seconds_of(d2), t1) << d1 << " then " << d2;
+    // Apart from the Date the two answers are the same bytes.
+    first.replace(first.find(d1), d1.size(), "<date>");
+    later.replace(later.find(d2), d2.size(), "<date>");
+    EXPECT_EQ(first, later);
+    close(fd);
 }
 
 TEST_F(HttpHelloTest, ShortWrkRunHasNoErrors) {
