@@ -36,6 +36,8 @@
 #include <evstream.h>
 
 #define HELLO "Hello, World!"
+/* Room for the longest answer (a 405 with its Allow header and body). */
+#define ANSWER_MAX 512
 
 typedef struct http_hello {
     size_t max_header; /* longest accepted head, separator included */
@@ -269,15 +271,15 @@ static const char *http_date(void)
     return date;
 }
 
-/* Format one answer into @buf (512 bytes). The body is the reason phrase
- * for errors. @return its length. */
+/* Format one answer into @buf (ANSWER_MAX bytes). The body is the reason
+ * phrase for errors. @return its length. */
 static size_t format_answer(char *buf, int status, bool head, bool close, bool keep_alive_10)
 {
     const char *body = status == 200 ? HELLO : reason(status);
     size_t blen = strlen(body) + (status == 200 ? 0 : 1); /* errors end with \n */
     int n;
 
-    n = snprintf(buf, 512,
+    n = snprintf(buf, ANSWER_MAX,
                  "HTTP/1.1 %d %s\r\n"
                  "Server: evstreamd-http_hello\r\n"
                  "Date: %s\r\n"
@@ -289,13 +291,14 @@ static size_t format_answer(char *buf, int status, bool head, bool close, bool k
                  status, reason(status), http_date(), blen, status == 405 ? "Allow: GET, HEAD\r\n" : "",
                  close ? "Connection: close\r\n" : keep_alive_10 ? "Connection: keep-alive\r\n" : "",
                  head ? "" : body, head || status == 200 ? "" : "\n");
-    return (size_t)n;
+    /* Never more than was written, should an answer outgrow the buffer. */
+    return n < 0 ? 0 : (size_t)n < ANSWER_MAX ? (size_t)n : ANSWER_MAX - 1;
 }
 
 /* Queue one answer. */
 static int answer(evs_writer *w, int status, bool head, bool close, bool keep_alive_10)
 {
-    char buf[512];
+    char buf[ANSWER_MAX];
 
     return evs_write(w, buf, format_answer(buf, status, head, close, keep_alive_10));
 }
@@ -307,7 +310,7 @@ static int answer(evs_writer *w, int status, bool head, bool close, bool keep_al
 static int answer_ok(evs_writer *w)
 {
     static _Thread_local time_t formatted = -1;
-    static _Thread_local char buf[512];
+    static _Thread_local char buf[ANSWER_MAX];
     static _Thread_local size_t len;
     time_t now = time(NULL);
 
