@@ -2,54 +2,59 @@
  * stream.c - StreamReader and StreamWriter on a transport, the way asyncio
  * builds StreamReaderProtocol: the pair is the transport's protocol.
  *
- * The reader reads straight into its evbuffer (the buffered-protocol path:
- * get_buffer reserves space in it), so bytes are copied once, from the
- * kernel. Views returned to the caller stay in the evbuffer until the next
- * call on the reader, which drains them first.
+ * The reader reads straight into its own buffer (the buffered-protocol
+ * path: get_buffer hands out the room after the bytes), so bytes are
+ * copied once, from the kernel. The buffer is one contiguous region, so
+ * every view (readline, readuntil, read_view) is a pointer into it with no
+ * gathering copy. Its memory is one of the worker's pooled blocks, taken
+ * when bytes arrive and given back as soon as the reader is empty: an idle
+ * connection holds none, and a request/response handler allocates nothing
+ * per read. Only a message bigger than a large block moves the bytes to
+ * heap memory, doubled as needed and freed when the reader empties.
  *
- * evs_read() parked on an empty buffer lends its own buffer instead: the
- * next recv() lands there, with no evbuffer chain and no second copy. That
- * is the steady state of a request/response handler. evs_read_view() parked
- * on an empty buffer does the same with one of the worker's read blocks,
- * taken when the bytes arrive (an idle connection holds none) and given
- * back at the next call on the reader: no allocation per read either.
+ * A view stays valid until the next call on the reader, which drops it
+ * first. Bytes behind a view are never moved: if room is needed while a
+ * view is out, the rest moves to new memory and the old one is kept until
+ * the view is dropped.
+ *
+ * evs_read() parked on an empty reader lends the caller's buffer instead:
+ * the next recv() lands there, with no second copy.
  */
 #include "stream.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-
 #include "transport.h"
+
+/* Where a reader's memory comes from, so that it goes back there. */
+enum reader_mem { MEM_SMALL, MEM_LARGE, MEM_HEAP };
 
 struct evs_reader {
     evs_transport *t;
-    struct evbuffer *buf; /* made when bytes first need buffering */
+    char *mem;         /* the buffered bytes are mem[start, end); NULL when none */
+    size_t cap;
+    size_t start;
+    size_t end;
+    enum reader_mem kind;
+    void *retired;     /* the memory the current view points into, after a move */
+    enum reader_mem retired_kind;
+    bool reads_fill;   /* a read filled its room: take large blocks from now on */
     size_t limit;
     bool eof;
     int err;
     evs__waitq waiter; /* at most one task */
-    size_t consume;    /* bytes of the last view, drained by the next call */
+    size_t consume;    /* bytes of the current view, at the front, dropped by the next call */
     size_t partial;    /* after EVS_EINCOMPLETE */
     const void *partial_data;
     bool paused_transport;
-    struct evbuffer_iovec reserved;
-    size_t chunk;      /* how much get_buffer reserves; grows while filled */
-    void *lent;        /* evs_read's buffer while it waits on an empty one */
+    void *lent;        /* evs_read's buffer while it waits on an empty reader */
     size_t lent_len;
     size_t lent_got;   /* bytes the transport put there */
     bool reading_lent; /* the last get_buffer returned lent */
-    size_t view_want;  /* evs_read_view waits on an empty buffer for this */
-    void *block;       /* the worker block the last view points into */
-    bool block_large;  /* its size: large once reads have filled a small one */
 };
-
-/* The first reservation is small: a reply-sized read should not make (and
- * then free) a 64 KiB chain. Reads that fill it double it, up to the cap. */
-#define READ_CHUNK_MIN 4096u
-#define READ_CHUNK_MAX 65536u
 
 struct evs_writer {
     evs_reader *reader;
@@ -88,38 +93,130 @@ static evs_stream *stream_of_writer(evs_writer *w)
 
 static void stream_free(evs_stream *s)
 {
-    if (s->reader.buf)
-        evbuffer_free(s->reader.buf);
-    free(s->reader.block); /* not to the worker: it may have ended */
+    /* free(), not back to the worker's pool: the worker may have ended. */
+    free(s->reader.mem);
+    free(s->reader.retired);
     evs__transport_unref(s->reader.t);
     free(s);
 }
 
-/* --- the protocol under the pair ------------------------------------- */
+/* --- the reader's buffer --------------------------------------------- */
 
 static size_t buffered(const evs_reader *r)
 {
-    return r->buf ? evbuffer_get_length(r->buf) - r->consume : 0;
+    return r->end - r->start - r->consume;
 }
 
-/* Move @len buffered bytes to @dst (nothing to do for none). */
+static void mem_give_back(evs_reader *r, void *mem, enum reader_mem kind)
+{
+    if (kind == MEM_HEAP)
+        free(mem);
+    else
+        evs__worker_block_put(r->t->worker, mem, kind == MEM_LARGE);
+}
+
+/* An empty reader holds no memory. */
+static void settle(evs_reader *r)
+{
+    if (r->mem && r->start == r->end) {
+        mem_give_back(r, r->mem, r->kind);
+        r->mem = NULL;
+        r->cap = r->start = r->end = 0;
+    }
+}
+
+/* Move @len buffered bytes to @dst (none is fine). No view is out. */
 static void take(evs_reader *r, void *dst, size_t len)
 {
-    if (len > 0)
-        evbuffer_remove(r->buf, dst, len);
+    if (len > 0) {
+        memcpy(dst, r->mem + r->start, len);
+        r->start += len;
+        settle(r);
+    }
 }
 
-/* The bytes of the last view are gone: drain them, or give the block back. */
+/* The bytes of the current view are gone: drop them and the memory kept
+ * for the view. */
 static void drop_view(evs_reader *r)
 {
+    r->start += r->consume;
+    r->consume = 0;
+    if (r->retired) {
+        mem_give_back(r, r->retired, r->retired_kind);
+        r->retired = NULL;
+    }
+    settle(r);
+}
+
+/* Hand the first @len buffered bytes out as a view. */
+static const void *view(evs_reader *r, size_t len)
+{
+    r->consume = len;
+    return r->mem + r->start;
+}
+
+/* Move the bytes not behind the view to new memory of at least @cap bytes.
+ * Memory a view points into is kept until the view is dropped. */
+static bool move_bytes(evs_reader *r, size_t cap)
+{
+    size_t from = r->start + r->consume, len = r->end - from;
+    enum reader_mem kind = cap <= EVS__BLOCK_LARGE ? MEM_LARGE : MEM_HEAP;
+    char *mem;
+
+    if (kind == MEM_LARGE) {
+        cap = EVS__BLOCK_LARGE;
+        mem = evs__worker_block_get(r->t->worker, true);
+    } else {
+        mem = malloc(cap);
+    }
+    if (!mem)
+        return false;
+    memcpy(mem, r->mem + from, len);
     if (r->consume) {
-        evbuffer_drain(r->buf, r->consume);
-        r->consume = 0;
+        r->retired = r->mem;
+        r->retired_kind = r->kind;
+    } else {
+        mem_give_back(r, r->mem, r->kind); /* nothing points into it */
     }
-    if (r->block) {
-        evs__worker_block_put(r->t->worker, r->block, r->block_large);
-        r->block = NULL;
+    r->consume = 0;
+    r->mem = mem;
+    r->kind = kind;
+    r->cap = cap;
+    r->start = 0;
+    r->end = len;
+    return true;
+}
+
+/* Room after the bytes for the next read. An empty reader takes a block;
+ * a fuller one slides its bytes to the front when that is cheap, reads
+ * into what room is left, and only when there is none moves its bytes to
+ * memory twice the size. */
+static bool make_room(evs_reader *r)
+{
+    size_t room, len;
+
+    if (!r->mem) {
+        r->kind = r->reads_fill ? MEM_LARGE : MEM_SMALL;
+        r->cap = r->reads_fill ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL;
+        r->start = r->end = 0;
+        r->mem = evs__worker_block_get(r->t->worker, r->reads_fill);
+        return r->mem != NULL;
     }
+    room = r->cap - r->end;
+    if (room >= r->cap / 4)
+        return true;
+    len = r->end - r->start;
+    if (!r->consume && len <= r->cap / 2) {
+        memmove(r->mem, r->mem + r->start, len);
+        r->start = 0;
+        r->end = len;
+        return true;
+    }
+    if (room > 0)
+        return true;
+    if (r->cap > SIZE_MAX / 2)
+        return false;
+    return move_bytes(r, 2 * r->cap);
 }
 
 static void maybe_pause_transport(evs_reader *r)
@@ -142,40 +239,23 @@ static void maybe_resume_transport(evs_reader *r)
     }
 }
 
+/* --- the protocol under the pair ------------------------------------- */
+
 static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void *ctx)
 {
     evs_reader *r = ctx;
-    struct evbuffer_iovec vec[2];
 
-    r->reading_lent = (r->lent || r->view_want) && !r->lent_got;
-    if (r->reading_lent && !r->lent) {
-        /* The reservation size says how much reads bring: small until a
-         * read fills what it is given. */
-        r->block_large = r->chunk > READ_CHUNK_MIN;
-        r->block = evs__worker_block_get(t->worker, r->block_large);
-        r->lent = r->block;
-        r->lent_len = r->block_large ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL;
-        if (r->lent_len > r->view_want)
-            r->lent_len = r->view_want;
-        r->reading_lent = r->lent != NULL; /* out of memory: the evbuffer */
-    }
+    EVS_UNUSED(t);
+    EVS_UNUSED(sizehint); /* what room there is: reads that fill it grow it */
+    r->reading_lent = r->lent && !r->lent_got;
     if (r->reading_lent) {
         *len = r->lent_len;
         return r->lent;
     }
-    if (sizehint > r->chunk)
-        sizehint = r->chunk;
-    if (!r->buf && !(r->buf = evbuffer_new()))
+    if (!make_room(r))
         return NULL;
-    /* While a view is out, reserve two extents: libevent then only adds
-     * chains, whereas a one-extent reservation may realign or reallocate
-     * the last chain and move the bytes the view points to. We read into
-     * the first extent only. */
-    if (evbuffer_reserve_space(r->buf, (ev_ssize_t)sizehint, vec, r->consume ? 2 : 1) < 1)
-        return NULL;
-    r->reserved = vec[0];
-    *len = r->reserved.iov_len;
-    return r->reserved.iov_base;
+    *len = r->cap - r->end;
+    return r->mem + r->end;
 }
 
 static void sp_buffer_updated(evs_transport *t, size_t nbytes, void *ctx)
@@ -186,13 +266,10 @@ static void sp_buffer_updated(evs_transport *t, size_t nbytes, void *ctx)
     if (r->reading_lent) {
         r->reading_lent = false;
         r->lent_got = nbytes;
-        if (r->block && nbytes == r->lent_len && r->chunk < READ_CHUNK_MAX)
-            r->chunk *= 2; /* a full block: the next one large */
     } else {
-        if (nbytes == r->reserved.iov_len && r->chunk < READ_CHUNK_MAX)
-            r->chunk *= 2;
-        r->reserved.iov_len = nbytes;
-        evbuffer_commit_space(r->buf, &r->reserved, 1);
+        if (nbytes == r->cap - r->end)
+            r->reads_fill = true;
+        r->end += nbytes;
     }
     if (nbytes == 0)
         return;
@@ -288,7 +365,6 @@ int evs__stream_create(evs_worker *wk, int fd, int family, size_t limit, evs_rea
         return -ENOMEM;
     }
     s->reader.limit = limit ? limit : EVS_STREAM_LIMIT_DEFAULT;
-    s->reader.chunk = READ_CHUNK_MIN;
     s->writer.reader = &s->reader;
     err = evs__transport_create(wk, fd, family, &stream_protocol, &s->reader, &t);
     if (err) {
@@ -460,6 +536,7 @@ static int wait_data(evs_reader *r)
         evs_transport_resume_reading(r->t);
     }
     rc = evs__task_park(&r->waiter);
+    settle(r); /* a block taken for a read that found nothing */
     return rc;
 }
 
@@ -468,10 +545,8 @@ static void consumed(evs_reader *r)
     maybe_resume_transport(r);
 }
 
-/* Park with @buf lent to the transport, or with @buf NULL a worker block
- * taken when the bytes arrive (see the top of the file).
- * @return bytes that landed (in @buf, or in r->block), 0 if none, or a
- * negative errno. */
+/* Park with @buf lent to the transport (see the top of the file).
+ * @return bytes that landed in @buf, 0 if none, or a negative errno. */
 static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n)
 {
     int rc;
@@ -479,19 +554,13 @@ static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n)
 
     r->lent = buf;
     r->lent_len = n;
-    r->view_want = buf ? 0 : n;
     r->lent_got = 0;
     r->reading_lent = false;
     rc = wait_data(r);
     got = r->lent_got;
     r->lent = NULL;
-    r->view_want = 0;
     r->lent_got = 0;
     r->reading_lent = false;
-    if (!got && r->block) { /* taken, then EOF or a timeout: nothing landed */
-        evs__worker_block_put(r->t->worker, r->block, r->block_large);
-        r->block = NULL;
-    }
     /* Bytes that arrived are the caller's even if the wait was cut short. */
     if (got)
         return (ssize_t)got;
@@ -572,25 +641,43 @@ ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
     return (ssize_t)n;
 }
 
+/* First @sep in @p[0, len), or NULL. */
+static const char *search(const char *p, size_t len, const evs_separator *sep)
+{
+    const char *first = sep->data;
+
+    while (len >= sep->len) {
+        const char *hit = memchr(p, first[0], len - sep->len + 1);
+
+        if (!hit)
+            return NULL;
+        if (memcmp(hit, sep->data, sep->len) == 0)
+            return hit;
+        len -= (size_t)(hit - p) + 1;
+        p = hit + 1;
+    }
+    return NULL;
+}
+
 /* Earliest separator at or after @from; a tie goes to the shortest.
  * @return its position or -1; *which receives its index. */
-static ssize_t find_separator(evs_reader *r, const evs_separator *seps, size_t nseps, size_t from,
-                              size_t *which)
+static ssize_t find_separator(const evs_reader *r, const evs_separator *seps, size_t nseps,
+                              size_t from, size_t *which)
 {
+    size_t len = buffered(r);
     ssize_t best = -1;
-    struct evbuffer_ptr start;
 
-    if (!r->buf)
+    if (from >= len)
         return -1;
+    const char *p = r->mem + r->start + r->consume;
     for (size_t i = 0; i < nseps; i++) {
-        struct evbuffer_ptr p;
+        /* Once one is found, only a hit starting at or before it can win. */
+        size_t end = best < 0 ? len : (size_t)best + seps[i].len;
+        const char *hit = search(p + from, (end < len ? end : len) - from, &seps[i]);
 
-        if (evbuffer_ptr_set(r->buf, &start, (size_t)(r->consume + from), EVBUFFER_PTR_SET) < 0)
-            return -1;
-        p = evbuffer_search(r->buf, seps[i].data, seps[i].len, &start);
-        if (p.pos < 0)
+        if (!hit)
             continue;
-        ssize_t pos = (ssize_t)(p.pos - (ev_ssize_t)r->consume);
+        ssize_t pos = hit - p;
         if (best < 0 || pos < best || (pos == best && seps[i].len < seps[*which].len)) {
             best = pos;
             *which = i;
@@ -599,19 +686,8 @@ static ssize_t find_separator(evs_reader *r, const evs_separator *seps, size_t n
     return best;
 }
 
-/* Hand the first @len buffered bytes out as a view. */
-static const void *view(evs_reader *r, size_t len)
-{
-    const unsigned char *p = evbuffer_pullup(r->buf, (ev_ssize_t)(r->consume + len));
-
-    p += r->consume;
-    r->consume += len;
-    return p;
-}
-
 ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
 {
-    struct evbuffer_iovec front;
     size_t len;
     int rc;
 
@@ -623,23 +699,15 @@ ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
     if (n == 0)
         return 0;
     while ((len = buffered(r)) == 0) {
-        ssize_t got;
-
         if (r->err)
             return r->err;
         if (r->eof)
             return 0;
-        if ((got = wait_data_lent(r, NULL, n)) != 0) {
-            *data = got > 0 ? r->block : NULL;
-            return got;
-        }
+        if ((rc = wait_data(r)) < 0)
+            return rc;
     }
     if (len > n)
         len = n;
-    /* What the first chain holds: a view across chains would need a copy. */
-    if (evbuffer_peek(r->buf, -1, NULL, &front, 1) > 0 && front.iov_len > 0 &&
-        front.iov_len < len)
-        len = front.iov_len;
     *data = view(r, len);
     consumed(r);
     return (ssize_t)len;

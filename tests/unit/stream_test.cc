@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "helpers.h"
+#include "worker_probe.h"
 
 using namespace evs_test;
 
@@ -839,6 +840,21 @@ TEST(StreamReaduntilAny, EarliestMatchWins) {
     });
 }
 
+TEST(StreamReaduntilAny, ALongerSeparatorThatStartsEarlierWins) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("xxabcdef\nyy");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 11; }));
+        evs_separator seps[] = {{"\n", 1}, {"abcdef", 6}};
+        const void *data;
+        ssize_t n = evs_readuntil_any(c.r, seps, 2, 0, &data);
+        EXPECT_EQ("xxabcdef", view_str(data, n));
+        n = evs_readuntil_any(c.r, seps, 2, 0, &data);
+        EXPECT_EQ("\n", view_str(data, n));
+    });
+}
+
 TEST(StreamReaduntilAny, TieGoesToTheShortestSeparator) {
     run([] {
         Conn c;
@@ -993,6 +1009,36 @@ TEST(StreamReader, LimitDefaultsTo64KiBAndCanBeChanged) {
         Conn d(Kind::Pair, 4096);
         ASSERT_TRUE(d.ok());
         EXPECT_EQ(4096u, evs_reader_limit(d.r));
+    });
+}
+
+// The reader's memory is a worker block taken when bytes arrive and given
+// back when the reader is empty: a request/response exchange reuses one
+// pooled block (no allocation per read) and a parked, empty reader holds
+// none.
+TEST(StreamReader, AnEmptyReaderGivesItsBlockBackToTheWorker) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        evs_worker *wk = evs_worker_current();
+        ASSERT_NE(nullptr, wk);
+        for (int large = 0; large < 2; large++)  // one of each size in the pool
+            probe_block_put(wk, probe_block_get(wk, large), large);
+        auto pooled = [&] { return probe_blocks_kept(wk, 0) + probe_blocks_kept(wk, 1); };
+        const int before = pooled();
+        for (int i = 0; i < 50; i++) {
+            std::string line = "request " + std::to_string(i) + "\n";
+            c.send(line);
+            const void *view;
+            ASSERT_EQ((ssize_t)line.size(), evs_readline(c.r, &view));
+            EXPECT_EQ(line, view_str(view, (ssize_t)line.size()));
+            EXPECT_EQ(before - 1, pooled()) << "the view's block comes from the pool";
+        }
+        evs_task_set_timeout(evs_task_current(), 0.05);
+        const void *view;
+        EXPECT_EQ(-ETIMEDOUT, evs_readline(c.r, &view));
+        evs_task_set_timeout(evs_task_current(), kMainTimeout);
+        EXPECT_EQ(before, pooled()) << "a parked, empty reader holds no block";
     });
 }
 
