@@ -7,7 +7,7 @@ $SUDO apt-get update
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y \
     build-essential pkg-config libevent-dev libssl-dev openssl \
     nginx libnginx-mod-stream redis-server redis-tools wrk \
-    python3 python3-uvloop gnuplot-nox util-linux procps
+    python3 python3-uvloop gnuplot-nox util-linux procps valgrind
 # Packages start their services on install; the benchmark runs its own.
 $SUDO systemctl stop nginx redis-server 2>/dev/null || true
 $SUDO service nginx stop 2>/dev/null || true
