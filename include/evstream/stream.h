@@ -54,8 +54,8 @@ EVS_EXTERN ssize_t evs_read(evs_reader *r, void *buf, size_t n);
 
 /**
  * read(n) without the copy: wait until at least one byte is buffered (or
- * EOF), then return a view of up to @p n bytes, those that lie contiguous
- * at the front of the reader's buffer. Parks. Nothing of the caller's sits
+ * EOF), then return a view of up to @p n bytes from the front of the
+ * reader's buffer (it is contiguous: every buffered byte up to @p n). Parks. Nothing of the caller's sits
  * on the task's stack while it waits, which keeps an idle connection's
  * stack to a page.
  * @param data receives the view (valid until the next call on @p r).
