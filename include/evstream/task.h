@@ -64,7 +64,11 @@ EVS_EXTERN void evs_task_set_timeout(evs_task *task, double seconds);
 /** The running task, or NULL outside tasks. */
 EVS_EXTERN evs_task *evs_task_current(void);
 
-/** Park for @p seconds. @return 0, -ECANCELED or -ETIMEDOUT. Only in a task. */
+/** Park for @p seconds. @return 0, -ECANCELED or -ETIMEDOUT. Only in a task.
+ *  The delay is measured on the loop's clock, libevent's coarse monotonic
+ *  clock: the task may wake up to one kernel tick (1-4 ms) before a precise
+ *  clock reaches the delay, as asyncio's sleep may end within its clock's
+ *  resolution. */
 EVS_EXTERN int evs_sleep(double seconds);
 
 /** Let the other ready tasks and callbacks run, then continue.
