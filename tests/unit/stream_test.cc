@@ -923,8 +923,9 @@ TEST(StreamReaduntilAny, InvalidSeparators) {
 
 // A view from readline must survive the task parking while the loop reads
 // more into the reader. Both lines are queued before the stream exists, so
-// one read takes them into one buffer chunk and the second view sits near
-// its end: the next read must not move it (realign or reallocate).
+// they land in one buffer and the second view sits near its end: the next
+// reads must not move it (slide it to the front, or move it to bigger
+// memory and free the old).
 void check_view_survives_parking(size_t second_len, size_t more_len) {
     run([&] {
         int sv[2];
@@ -955,14 +956,14 @@ void check_view_survives_parking(size_t second_len, size_t more_len) {
 }
 
 TEST(StreamReader, ViewStaysValidWhileTheTaskParks_ChunkWouldBeRealigned) {
-    // A short view and little room left: libevent would move the bytes to
-    // the chunk's start and the new data would overwrite the old place.
+    // A short view and little room left: sliding the bytes to the front
+    // would let the new data overwrite the view.
     check_view_survives_parking(12, 110000);
 }
 
 TEST(StreamReader, ViewStaysValidWhileTheTaskParks_ChunkWouldBeReallocated) {
-    // A view of a few KiB: libevent would copy it to a bigger chunk and free
-    // the old one under the view.
+    // A view of a few KiB: the bytes move to bigger memory, and the old
+    // memory must outlive the view.
     check_view_survives_parking(3000, 70000);
 }
 
