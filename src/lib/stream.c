@@ -155,18 +155,23 @@ static const void *view(evs_reader *r, size_t len)
     return r->mem + r->start;
 }
 
-/* Move the bytes not behind the view to new memory of at least @cap bytes.
+/* Move the bytes not behind the view to new memory of at least @want
+ * bytes: a small or a large block when one is enough, else the heap.
  * Memory a view points into is kept until the view is dropped. */
-static bool move_bytes(evs_reader *r, size_t cap)
+static bool move_bytes(evs_reader *r, size_t want)
 {
     size_t from = r->start + r->consume, len = r->end - from;
-    enum reader_mem kind = cap <= EVS__BLOCK_LARGE ? MEM_LARGE : MEM_HEAP;
+    enum reader_mem kind;
+    size_t cap;
     char *mem;
 
-    if (kind == MEM_LARGE) {
-        cap = EVS__BLOCK_LARGE;
-        mem = evs__worker_block_get(r->t->worker, true);
+    if (want <= EVS__BLOCK_LARGE) {
+        kind = want <= EVS__BLOCK_SMALL ? MEM_SMALL : MEM_LARGE;
+        cap = kind == MEM_LARGE ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL;
+        mem = evs__worker_block_get(r->t->worker, kind == MEM_LARGE);
     } else {
+        kind = MEM_HEAP;
+        cap = want;
         mem = malloc(cap);
     }
     if (!mem)
@@ -189,11 +194,14 @@ static bool move_bytes(evs_reader *r, size_t cap)
 
 /* Room after the bytes for the next read. An empty reader takes a block;
  * a fuller one slides its bytes to the front when that is cheap, reads
- * into what room is left, and only when there is none moves its bytes to
- * memory twice the size. */
+ * into what room is left, and only when there is none moves the bytes it
+ * still holds to memory twice their size. Sizing by those bytes, not by
+ * the region, keeps the memory to what is buffered: a task that parks
+ * with a view out while the peer keeps the reader busy would otherwise
+ * double the region at every fill. */
 static bool make_room(evs_reader *r)
 {
-    size_t room, len;
+    size_t room, len, keep;
 
     if (!r->mem) {
         r->kind = r->reads_fill ? MEM_LARGE : MEM_SMALL;
@@ -214,9 +222,10 @@ static bool make_room(evs_reader *r)
     }
     if (room > 0)
         return true;
-    if (r->cap > SIZE_MAX / 2)
+    keep = len - r->consume;
+    if (keep > SIZE_MAX / 2)
         return false;
-    return move_bytes(r, 2 * r->cap);
+    return move_bytes(r, 2 * keep);
 }
 
 static void maybe_pause_transport(evs_reader *r)
