@@ -53,7 +53,6 @@ struct evs_reader {
     void *lent;        /* evs_read's buffer while it waits on an empty reader */
     size_t lent_len;
     size_t lent_got;   /* bytes the transport put there */
-    bool reading_lent; /* the last get_buffer returned lent */
 };
 
 struct evs_writer {
@@ -107,6 +106,20 @@ static size_t buffered(const evs_reader *r)
     return r->end - r->start - r->consume;
 }
 
+/* Memory for at least @want bytes: a small or a large block from the
+ * worker's pool when one is enough, else the heap. */
+static char *mem_take(evs_reader *r, size_t want, enum reader_mem *kind, size_t *cap)
+{
+    if (want > EVS__BLOCK_LARGE) {
+        *kind = MEM_HEAP;
+        *cap = want;
+        return malloc(want);
+    }
+    *kind = want > EVS__BLOCK_SMALL ? MEM_LARGE : MEM_SMALL;
+    *cap = *kind == MEM_LARGE ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL;
+    return evs__worker_block_get(r->t->worker, *kind == MEM_LARGE);
+}
+
 static void mem_give_back(evs_reader *r, void *mem, enum reader_mem kind)
 {
     if (kind == MEM_HEAP)
@@ -156,24 +169,14 @@ static const void *view(evs_reader *r, size_t len)
 }
 
 /* Move the bytes not behind the view to new memory of at least @want
- * bytes: a small or a large block when one is enough, else the heap.
- * Memory a view points into is kept until the view is dropped. */
+ * bytes. Memory a view points into is kept until the view is dropped. */
 static bool move_bytes(evs_reader *r, size_t want)
 {
     size_t from = r->start + r->consume, len = r->end - from;
     enum reader_mem kind;
     size_t cap;
-    char *mem;
+    char *mem = mem_take(r, want, &kind, &cap);
 
-    if (want <= EVS__BLOCK_LARGE) {
-        kind = want <= EVS__BLOCK_SMALL ? MEM_SMALL : MEM_LARGE;
-        cap = kind == MEM_LARGE ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL;
-        mem = evs__worker_block_get(r->t->worker, kind == MEM_LARGE);
-    } else {
-        kind = MEM_HEAP;
-        cap = want;
-        mem = malloc(cap);
-    }
     if (!mem)
         return false;
     memcpy(mem, r->mem + from, len);
@@ -204,10 +207,9 @@ static bool make_room(evs_reader *r)
     size_t room, len, keep;
 
     if (!r->mem) {
-        r->kind = r->reads_fill ? MEM_LARGE : MEM_SMALL;
-        r->cap = r->reads_fill ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL;
         r->start = r->end = 0;
-        r->mem = evs__worker_block_get(r->t->worker, r->reads_fill);
+        r->mem = mem_take(r, r->reads_fill ? EVS__BLOCK_LARGE : EVS__BLOCK_SMALL, &r->kind,
+                          &r->cap);
         return r->mem != NULL;
     }
     room = r->cap - r->end;
@@ -250,14 +252,19 @@ static void maybe_resume_transport(evs_reader *r)
 
 /* --- the protocol under the pair ------------------------------------- */
 
+/* The transport reads into evs_read's buffer, not the reader's own. */
+static bool reading_lent(const evs_reader *r)
+{
+    return r->lent && !r->lent_got;
+}
+
 static void *sp_get_buffer(evs_transport *t, size_t sizehint, size_t *len, void *ctx)
 {
     evs_reader *r = ctx;
 
     EVS_UNUSED(t);
     EVS_UNUSED(sizehint); /* what room there is: reads that fill it grow it */
-    r->reading_lent = r->lent && !r->lent_got;
-    if (r->reading_lent) {
+    if (reading_lent(r)) {
         *len = r->lent_len;
         return r->lent;
     }
@@ -272,8 +279,7 @@ static void sp_buffer_updated(evs_transport *t, size_t nbytes, void *ctx)
     evs_reader *r = ctx;
 
     EVS_UNUSED(t);
-    if (r->reading_lent) {
-        r->reading_lent = false;
+    if (reading_lent(r)) {
         r->lent_got = nbytes;
     } else {
         if (nbytes == r->cap - r->end)
@@ -564,12 +570,10 @@ static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n)
     r->lent = buf;
     r->lent_len = n;
     r->lent_got = 0;
-    r->reading_lent = false;
     rc = wait_data(r);
     got = r->lent_got;
     r->lent = NULL;
     r->lent_got = 0;
-    r->reading_lent = false;
     /* Bytes that arrived are the caller's even if the wait was cut short. */
     if (got)
         return (ssize_t)got;
