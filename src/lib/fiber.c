@@ -150,7 +150,11 @@ struct evs__fiber_tls {
     unsigned init_count;
 };
 
-static _Thread_local struct evs__fiber_tls tl;
+#ifndef EVS_FIBER_UCONTEXT
+static EVS__SWITCH_TLS struct evs__fiber_tls tl;
+#else
+static _Thread_local struct evs__fiber_tls tl; /* holds a ucontext_t: too big for static TLS */
+#endif
 
 /* Assembly side (fiber_switch_<arch>.S). evs__fiber_entry is defined in
  * every mode so that the .S objects, which the build assembles on every

@@ -14,7 +14,7 @@
 
 #include "worker.h"
 
-static _Thread_local evs_task *running_task;
+static EVS__SWITCH_TLS evs_task *running_task;
 
 static void task_free(evs_task *t);
 
@@ -80,13 +80,14 @@ static void make_ready(evs_task *t)
         return;
     t->ready = true;
     t->ready_next = NULL;
-    if (w->ready_tail)
+    if (w->ready_tail) {
+        /* The first task of the list activated the run event. */
         w->ready_tail->ready_next = t;
-    else
+    } else {
         w->ready_head = t;
-    w->ready_tail = t;
-    if (!event_pending(&w->run_ev, EV_TIMEOUT, NULL))
         event_active(&w->run_ev, EV_TIMEOUT, 0);
+    }
+    w->ready_tail = t;
 }
 
 void evs__task_wake(evs_task *t, int result)

@@ -20,7 +20,7 @@
 #include "transport.h"
 #include "worker.h"
 
-static _Thread_local evs_worker *current_worker;
+static EVS__SWITCH_TLS evs_worker *current_worker;
 
 evs_worker *evs_worker_current(void)
 {
@@ -88,8 +88,9 @@ void evs__worker_want_tick(evs_worker *w)
 {
     struct timeval second = {1, 0};
 
-    if (evtimer_pending(&w->tick_ev, NULL))
+    if (w->tick_armed) /* block_put asks often: a flag is cheaper than libevent */
         return;
+    w->tick_armed = true;
     for (int large = 0; large < 2; large++)
         w->blocks_low[large] = w->nblocks[large];
     evtimer_add(&w->tick_ev, &second);
@@ -131,10 +132,12 @@ static bool trim_blocks(evs_worker *w)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     evs_worker *w = arg;
-    bool again = trim_blocks(w);
+    bool again;
 
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
+    w->tick_armed = false;
+    again = trim_blocks(w);
     if (evs__tls_sweep(w))
         again = true;
     if (again)

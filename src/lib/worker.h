@@ -101,6 +101,7 @@ struct evs_worker {
     int blocks_low[2];         /* fewest free since the last tick */
     struct evs__tls *tls_busy; /* TLS connections keeping record buffers */
     struct event tick_ev;      /* once a second while either needs trimming */
+    bool tick_armed;           /* tick_ev is pending */
 
     /* Counters: written by this worker, read by anyone. */
     _Atomic uint64_t accepted;
