@@ -17,7 +17,7 @@
  * and a few small structures). The pool caches whole mappings for reuse.
  */
 #ifdef HAVE_CONFIG_H
-#include "build-config.h"  /* HAVE_VALGRIND_VALGRIND_H, EVS_FIBER_UCONTEXT */
+#include "build-config.h"  /* HAVE_VALGRIND_VALGRIND_H */
 #endif
 
 #include "fiber.h"
@@ -31,10 +31,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#if !defined(EVS_FIBER_UCONTEXT) && !defined(__x86_64__) && !defined(__aarch64__)
-#define EVS_FIBER_UCONTEXT 1
-#endif
 
 #ifdef EVS_FIBER_UCONTEXT
 #include <ucontext.h>
@@ -150,11 +146,7 @@ struct evs__fiber_tls {
     unsigned init_count;
 };
 
-#ifndef EVS_FIBER_UCONTEXT
 static EVS__SWITCH_TLS struct evs__fiber_tls tl;
-#else
-static _Thread_local struct evs__fiber_tls tl; /* holds a ucontext_t: too big for static TLS */
-#endif
 
 /* Assembly side (fiber_switch_<arch>.S). evs__fiber_entry is defined in
  * every mode so that the .S objects, which the build assembles on every

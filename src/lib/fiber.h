@@ -19,12 +19,26 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#ifdef HAVE_CONFIG_H
+#include "build-config.h" /* EVS_FIBER_UCONTEXT */
+#endif
+
+#if !defined(EVS_FIBER_UCONTEXT) && !defined(__x86_64__) && !defined(__aarch64__)
+#define EVS_FIBER_UCONTEXT 1
+#endif
+
 /* For the thread-locals read at every task switch. A shared library's
  * thread-locals are otherwise found through a __tls_get_addr call (about
  * 70 instructions per request in stream-mode echo); initial-exec reads
- * them at a fixed offset from the thread pointer. The cost is static TLS
- * room, which glibc keeps for small libraries loaded with dlopen. */
+ * them at a fixed offset from the thread pointer. The cost: the library's
+ * whole thread-local block (about 350 bytes) takes static TLS room, which
+ * glibc keeps for libraries loaded with dlopen. With ucontext that block
+ * holds a ucontext_t (1-4.5 KB), too big for that room: the default model. */
+#ifdef EVS_FIBER_UCONTEXT
+#define EVS__SWITCH_TLS _Thread_local
+#else
 #define EVS__SWITCH_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+#endif
 
 typedef struct evs__fiber evs__fiber;
 typedef struct evs__stack_pool evs__stack_pool;

@@ -90,10 +90,9 @@ void evs__worker_want_tick(evs_worker *w)
 
     if (w->tick_armed) /* block_put asks often: a flag is cheaper than libevent */
         return;
-    w->tick_armed = true;
     for (int large = 0; large < 2; large++)
         w->blocks_low[large] = w->nblocks[large];
-    evtimer_add(&w->tick_ev, &second);
+    w->tick_armed = evtimer_add(&w->tick_ev, &second) == 0;
 }
 
 void evs__worker_block_put(evs_worker *w, void *block, bool large)
