@@ -71,7 +71,9 @@ EVS_EXTERN evs_task *evs_task_current(void);
  *  resolution. */
 EVS_EXTERN int evs_sleep(double seconds);
 
-/** Let the other ready tasks and callbacks run, then continue.
+/** Let the other ready tasks and callbacks run, then continue: the loop
+ *  polls for I/O once before the task runs again (asyncio.sleep(0)), so a
+ *  task that yields in a loop does not starve its worker's connections.
  *  @return 0 or -ECANCELED. Only in a task. */
 EVS_EXTERN int evs_yield(void);
 

@@ -85,7 +85,8 @@ static void make_ready(evs_task *t)
         w->ready_tail->ready_next = t;
     } else {
         w->ready_head = t;
-        event_active(&w->run_ev, EV_TIMEOUT, 0);
+        if (!w->running_ready) /* else evs__task_run_ready arms it at its end */
+            event_active(&w->run_ev, EV_TIMEOUT, 0);
     }
     w->ready_tail = t;
 }
@@ -209,11 +210,17 @@ static void task_finished(evs_task *t)
 
 void evs__task_run_ready(evs_worker *w)
 {
-    /* Run the tasks that are ready now; tasks they make ready run in the
-     * next pass, after the loop has looked at I/O again. */
+    /* Run the tasks that are ready now. Tasks they make ready run in the
+     * next pass, after the loop has polled I/O again, as asyncio runs the
+     * callbacks that callbacks schedule: activating the run event from in
+     * here would run them in this pass, and a task looping on evs_yield
+     * would keep the worker from ever polling. A zero timeout instead
+     * makes the next poll return at once and runs after it. */
+    static const struct timeval at_once = {0, 0};
     evs_task *t = w->ready_head;
 
     w->ready_head = w->ready_tail = NULL;
+    w->running_ready = true;
     while (t) {
         evs_task *next = t->ready_next;
 
@@ -230,6 +237,9 @@ void evs__task_run_ready(evs_worker *w)
             task_finished(t);
         t = next;
     }
+    w->running_ready = false;
+    if (w->ready_head)
+        event_add(&w->run_ev, &at_once);
 }
 
 static void task_free(evs_task *t)

@@ -78,7 +78,8 @@ struct evs_worker {
     evs__stack_pool *stacks;
     evs_task *ready_head;
     evs_task *ready_tail;
-    struct event run_ev;
+    struct event run_ev;  /* active (or due at once) while the ready list is not empty */
+    bool running_ready;   /* inside evs__task_run_ready */
     struct event lag_ev;     /* a periodic probe of the loop's latency */
     struct timespec lag_due;
     evs_task *tasks; /* every live task, for cancelling at shutdown */

@@ -2,7 +2,9 @@
 // evs_run's clean-up of what the main task leaves behind.
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -96,6 +98,39 @@ TEST(Task, YieldInterleavesTasksInOrder) {
                      },
                      nullptr));
     EXPECT_EQ("ababab", trace);
+}
+
+// asyncio's sleep(0) lets the loop poll once: a task that keeps yielding
+// must not keep the worker from reading. Without that, the loop below
+// would yield all 100,000 times before the reader saw its byte.
+TEST(Task, YieldLetsTheLoopPollForIo) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         static bool got;
+                         got = false;
+                         int fds[2];
+                         if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return 1;
+                         evs_reader *r;
+                         evs_writer *w;
+                         if (evs_stream_open_fd(fds[0], 0, &r, &w) != 0) return 2;
+                         if (write(fds[1], "x", 1) != 1) return 3;
+                         evs_task *t;
+                         evs_task_spawn(
+                             [](void *arg) -> int {
+                                 char c;
+                                 got = evs_read((evs_reader *)arg, &c, 1) == 1 && c == 'x';
+                                 return 0;
+                             },
+                             r, &t);
+                         int yields = 0;
+                         while (!got && yields < 100000 && evs_yield() == 0)
+                             yields++;
+                         evs_task_join(t, nullptr);
+                         evs_writer_free(w);
+                         close(fds[1]);
+                         return got && yields < 100 ? 0 : 10;
+                     },
+                     nullptr));
 }
 
 TEST(Task, SleepParksForAtLeastTheDelay) {
