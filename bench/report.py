@@ -113,7 +113,7 @@ def paired(test, server, ref, k):
 def fr(r, spread=None):
     if r is None:
         return "-"
-    return f"{r:.2f}x" + ("" if spread is None or r == 1 else f" ±{spread:.0f}%")
+    return f"{r:.2f}x" + ("" if spread is None else f" ±{spread:.0f}%")
 
 
 lines = []
@@ -162,8 +162,9 @@ def table(test):
         p50, _ = med(test, s, "p50_us")
         p99, _ = med(test, s, "p99_us")
         p999, _ = med(test, s, "p999_us")
-        r = paired(test, s, ref, "rps")
-        rc = paired(test, s, ref, "rps_per_core")
+        # the reference's own row: 1.00x, no spread
+        r = paired(test, s, ref, "rps")[:1 if s == ref else 2]
+        rc = paired(test, s, ref, "rps_per_core")[:1 if s == ref else 2]
         row = (f"| {s} | {fmt(rps)} ±{sp:.0f}% | {fr(*r)} | {fmt(mb)} | "
                f"{fmt(pc)} ±{psp:.0f}% | {fr(*rc)} | {fmt(cpu)} | {fmt(p50)} | {fmt(p99)} | "
                f"{fmt(p999)} | {errors(test, s)} |") if rps is not None else f"| {s} | no result |"
@@ -282,8 +283,8 @@ for s in ["evs-proto", "evs-proto-reuseport", "evs-stream"]:
 head = ["## Targets", "",
         "Ratios from this run, by req/s (the targets' measure) and by requests per "
         "server-core-second: the median of the rounds' ratios (each round measures every "
-        "server once, back to back), `±` half their min..max spread. PASS/FAIL is mechanical: "
-        "a ratio within its spread of the goal is a tie, not a verdict.", "",
+        "server once, back to back), `±` half their min..max spread. PASS/FAIL is mechanical; "
+        "read a ratio within its spread of the goal as a tie, not a verdict.", "",
         "| target | measured | goal | by req/s | by per-core |", "|---|---:|---:|---|---|"]
 for name, value, goal, ok, note in targets:
     head.append(f"| {name} | {value} | {goal} | {'PASS' if ok else '**FAIL**'} | {note} |")
