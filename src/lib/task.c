@@ -81,7 +81,7 @@ static void make_ready(evs_task *t)
     t->ready = true;
     t->ready_next = NULL;
     if (w->ready_tail) {
-        /* The first task of the list activated the run event. */
+        /* The run event is active or due already (see worker.h). */
         w->ready_tail->ready_next = t;
     } else {
         w->ready_head = t;
@@ -175,7 +175,8 @@ int evs_yield(void)
     t->parked = true;
     evs__task_wake(t, 0);
     evs__fiber_yield();
-    return t->wake_result;
+    /* A cancel while the task waited on the ready list wakes nothing. */
+    return t->cancelled ? -ECANCELED : t->wake_result;
 }
 
 /* --- life cycle -------------------------------------------------------- */
@@ -238,8 +239,9 @@ void evs__task_run_ready(evs_worker *w)
         t = next;
     }
     w->running_ready = false;
-    if (w->ready_head)
-        event_add(&w->run_ev, &at_once);
+    /* Should the timer heap have no room, run them in this pass. */
+    if (w->ready_head && event_add(&w->run_ev, &at_once) != 0)
+        event_active(&w->run_ev, EV_TIMEOUT, 0);
 }
 
 static void task_free(evs_task *t)

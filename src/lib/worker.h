@@ -78,7 +78,9 @@ struct evs_worker {
     evs__stack_pool *stacks;
     evs_task *ready_head;
     evs_task *ready_tail;
-    struct event run_ev;  /* active (or due at once) while the ready list is not empty */
+    /* Active, or due at once, whenever the ready list is not empty, except
+     * inside evs__task_run_ready, which arms it at its end. */
+    struct event run_ev;
     bool running_ready;   /* inside evs__task_run_ready */
     struct event lag_ev;     /* a periodic probe of the loop's latency */
     struct timespec lag_due;
@@ -208,7 +210,7 @@ int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry);
 void evs__task_wake(evs_task *t, int result);
 /* Wake every task parked on @q with @result. */
 void evs__task_wake_all(evs__waitq *q, int result);
-/* Run the ready tasks (the run event's callback; also used by evs_run). */
+/* Run the ready tasks (the run event's callback). */
 void evs__task_run_ready(evs_worker *w);
 /* Spawn on a given worker (which must be the calling thread's). */
 int evs__task_spawn_on(evs_worker *w, evs_task_fn fn, void *arg, evs_task **out);

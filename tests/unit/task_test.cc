@@ -133,6 +133,30 @@ TEST(Task, YieldLetsTheLoopPollForIo) {
                      nullptr));
 }
 
+// A cancel that comes while a yielding task waits on the ready list
+// wakes nothing (the task is not parked), so evs_yield reports it itself.
+TEST(Task, YieldReportsACancelThatCameWhileItWaited) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         static evs_task *yielder;
+                         evs_task *canceller;
+                         evs_task_spawn([](void *) -> int { return evs_yield(); }, nullptr,
+                                        &yielder);
+                         // Runs in the same pass, after the yielder yielded.
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 evs_task_cancel(yielder);
+                                 return 0;
+                             },
+                             nullptr, &canceller);
+                         int result = 0;
+                         if (evs_task_join(yielder, &result) != 0) return 1;
+                         evs_task_join(canceller, nullptr);
+                         return result == -ECANCELED ? 0 : 2;
+                     },
+                     nullptr));
+}
+
 TEST(Task, SleepParksForAtLeastTheDelay) {
     // libevent keeps time with CLOCK_MONOTONIC_COARSE: a timer may fire up
     // to that clock's resolution (one kernel tick) before a precise clock
