@@ -125,6 +125,7 @@ TEST(Task, YieldLetsTheLoopPollForIo) {
                          int yields = 0;
                          while (!got && yields < 100000 && evs_yield() == 0)
                              yields++;
+                         if (!got) evs_task_cancel(t);  // the reader would wait for good
                          evs_task_join(t, nullptr);
                          evs_writer_free(w);
                          close(fds[1]);
