@@ -15,8 +15,8 @@
  * reader's buffer (zero copy), valid until the next call on that reader;
  * evs_read() and evs_readexactly() copy into the caller's memory.
  *
- * One reader, one parked reader: a second task that reads while another is
- * parked on the same reader gets -EBUSY.
+ * One reader at a time: a second task that reads while another is parked
+ * on the same reader (or woken and not yet run again) gets -EBUSY.
  *
  * Thread: every function runs on the stream's worker; calls that may park
  * (marked "parks") must be made from a task.

@@ -37,8 +37,10 @@ EVS_EXTERN int evs_task_spawn(evs_task_fn fn, void *arg, evs_task **out);
  * @param result receives fn's return value (may be NULL).
  * @return 0; -ECANCELED or -ETIMEDOUT when the waiting task itself was
  *         cancelled or timed out (the handle is then still owned);
- *         -EDEADLK when a task joins itself. From outside a task (in a loop
- *         callback) only a finished task can be joined, else -EAGAIN.
+ *         -EDEADLK when a task joins itself; -EBUSY when another task is
+ *         already joining it (a handle has one owner). From outside a task
+ *         (in a loop callback) only a finished task can be joined, else
+ *         -EAGAIN.
  */
 EVS_EXTERN int evs_task_join(evs_task *task, int *result);
 
@@ -57,14 +59,17 @@ EVS_EXTERN bool evs_task_cancelled(const evs_task *task);
 /**
  * Bound every parked call of @p task to @p seconds (0 removes the bound):
  * a call still parked then returns -ETIMEDOUT. The task goes on running and
- * may park again.
+ * may park again. Timers are capped at 1e9 s (about 31 years), so INFINITY
+ * or any huge bound means none; NaN is 0.
  */
 EVS_EXTERN void evs_task_set_timeout(evs_task *task, double seconds);
 
 /** The running task, or NULL outside tasks. */
 EVS_EXTERN evs_task *evs_task_current(void);
 
-/** Park for @p seconds. @return 0, -ECANCELED or -ETIMEDOUT. Only in a task.
+/** Park for @p seconds (a negative or NaN delay is 0; INFINITY parks until
+ *  cancelled, as the 1e9 s cap is beyond any uptime).
+ *  @return 0, -ECANCELED or -ETIMEDOUT. Only in a task.
  *  The delay is measured on the loop's clock, libevent's coarse monotonic
  *  clock: the task may wake up to one kernel tick (1-4 ms) before a precise
  *  clock reaches the delay, as asyncio's sleep may end within its clock's

@@ -33,15 +33,23 @@ extern _Atomic int evs__log_level;
 #define evs__info(...) evs__log(EVS_LOG_INFO, __VA_ARGS__)
 #define evs__debug(...) evs__log(EVS_LOG_DEBUG, __VA_ARGS__)
 
+/* The longest timer: about 31 years, far beyond any uptime. Longer ones
+ * (1e300, INFINITY: "no bound") would overflow the conversion below and
+ * fire at once. */
+#define EVS__TV_MAX_SECONDS 1e9
+
 /* Seconds (double, as in the public API) to a timeval, rounded up to the
- * microsecond: a sleep of 0.05 s must never wake at 49.999 ms. */
+ * microsecond: a sleep of 0.05 s must never wake at 49.999 ms. Negative
+ * and NaN mean now. */
 static inline struct timeval evs__tv(double seconds)
 {
     struct timeval tv;
     long long us;
 
-    if (seconds < 0)
+    if (!(seconds > 0))
         seconds = 0;
+    if (seconds > EVS__TV_MAX_SECONDS)
+        seconds = EVS__TV_MAX_SECONDS;
     us = (long long)(seconds * 1e6);
     if ((double)us < seconds * 1e6)
         us++;

@@ -46,6 +46,7 @@ struct evs_reader {
     bool eof;
     int err;
     evs__waitq waiter; /* at most one task */
+    bool reading;      /* a task is inside a wait: parked, or woken and not yet run */
     size_t consume;    /* bytes of the current view, at the front, dropped by the next call */
     size_t partial;    /* after EVS_EINCOMPLETE */
     const void *partial_data;
@@ -448,12 +449,11 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
     evs_reader *r = w->reader;
     evs_transport *t = r->t;
     size_t len;
-    void *prefix = NULL;
     int rc;
 
     if (!evs_task_current() || !ctx)
         return -EINVAL;
-    if (r->waiter.head)
+    if (r->reading)
         return -EBUSY;
     if (w->closed || w->lost)
         return -EPIPE;
@@ -461,22 +461,22 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
         return -EALREADY;
     /* Bytes already read are the start of the TLS stream (a ClientHello
      * behind a PROXY header, or plaintext injected after STARTTLS): they go
-     * to TLS, never to the caller. */
+     * to TLS (which copies them), never to the caller. They leave the
+     * reader only once the transport took them: a refused upgrade loses
+     * nothing. */
     drop_view(r);
     len = buffered(r);
-    if (len > 0) {
-        prefix = malloc(len);
-        if (!prefix)
-            return -ENOMEM;
-        take(r, prefix, len);
-    }
     s->tls_result = 1; /* in progress */
     t->tls_done = tls_done;
     t->tls_done_arg = s;
-    rc = evs_transport_start_tls(t, ctx, server, opts, prefix, len);
-    free(prefix);
-    if (rc < 0)
+    rc = evs_transport_start_tls(t, ctx, server, opts, len ? r->mem + r->start : NULL, len);
+    if (rc < 0) {
+        t->tls_done = NULL;
+        t->tls_done_arg = NULL;
         return rc;
+    }
+    r->start += len;
+    settle(r);
     if (r->paused_transport) {
         r->paused_transport = false;
         evs_transport_resume_reading(t);
@@ -528,10 +528,12 @@ void *evs__stream_tag(const evs_writer *w)
 
 /* --- StreamReader ------------------------------------------------------ */
 
-/* Start of every read call: drop the last view, refuse a second reader. */
+/* Start of every read call: drop the last view, refuse a second reader.
+ * A woken reader is off the wait list but still inside its call (its
+ * buffer may be lent), so the flag, not the list, says the reader is busy. */
 static int begin(evs_reader *r)
 {
-    if (r->waiter.head)
+    if (r->reading)
         return -EBUSY;
     drop_view(r);
     r->partial = 0;
@@ -550,7 +552,9 @@ static int wait_data(evs_reader *r)
         r->paused_transport = false;
         evs_transport_resume_reading(r->t);
     }
+    r->reading = true;
     rc = evs__task_park(&r->waiter);
+    r->reading = false;
     settle(r); /* a block taken for a read that found nothing */
     return rc;
 }

@@ -161,7 +161,8 @@ int evs_sleep(double seconds)
 {
     if (!running_task)
         return -EINVAL;
-    return evs__task_park_for(NULL, seconds < 0 ? 0 : seconds, 0);
+    /* NaN sleeps as 0 does: a bound that is no number must not park forever. */
+    return evs__task_park_for(NULL, seconds > 0 ? seconds : 0, 0);
 }
 
 int evs_yield(void)
@@ -303,6 +304,9 @@ int evs_task_join(evs_task *task, int *result)
         return -EINVAL;
     if (task == self)
         return -EDEADLK;
+    /* The handle has one owner: a second joiner would find it freed. */
+    if (task->joiners.head)
+        return -EBUSY;
     while (!task->done) {
         int err;
 

@@ -1209,6 +1209,59 @@ TEST(StreamReader, CancelWhileParkedLeavesLaterDataReadable) {
     });
 }
 
+// A reader that was woken (here by a cancel) is off the wait list but still
+// inside its call, its buffer lent: a second reader must be refused until
+// it has run, and no byte may be lost or land in the wrong buffer.
+TEST(StreamReader, WokenReaderStillOwnsTheReaderUntilItRuns) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        char abuf[16];
+        memset(abuf, '?', sizeof abuf);
+        auto first = [&]() -> int { return (int)evs_read(c.r, abuf, sizeof abuf); };
+        evs_task *a = spawn(first);
+        EXPECT_EQ(0, evs_sleep(0.01));  // a is parked in evs_read, abuf lent
+        c.send("hello");
+        evs_task_cancel(a);
+        char buf[16];
+        EXPECT_EQ(-EBUSY, evs_read(c.r, buf, sizeof buf));
+        int ra = join(a);
+        std::string got;
+        if (ra == 5) {
+            got.assign(abuf, 5);  // the bytes reached a before it ran
+        } else {
+            EXPECT_EQ(-ECANCELED, ra);
+            ssize_t n = evs_read(c.r, buf, sizeof buf);
+            ASSERT_EQ(5, n);
+            got.assign(buf, 5);
+        }
+        EXPECT_EQ("hello", got);
+    });
+}
+
+// An upgrade the transport refuses (here: after write_eof) leaves the bytes
+// the reader had buffered where they were.
+TEST(StreamReader, RefusedStartTlsKeepsTheBufferedBytes) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        evs_tls_client_options o{};
+        o.no_verify = true;
+        evs_tls_context *ctx = nullptr;
+        char err[256];
+        ASSERT_EQ(0, evs_tls_client_context_new(&o, &ctx, err, sizeof err)) << err;
+        c.send("abc\n");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 4; }));
+        ASSERT_EQ(0, evs_write_eof(c.w));
+        EXPECT_EQ(-EPIPE, evs_start_tls(c.w, ctx, false, nullptr));
+        EXPECT_EQ(4u, evs_reader_buffered(c.r));
+        const void *line;
+        ASSERT_EQ(4, evs_readline(c.r, &line));
+        EXPECT_EQ("abc\n", std::string(static_cast<const char *>(line), 4));
+        evs_tls_context_unref(ctx);
+    });
+}
+
 TEST(StreamReader, CancelledReadThenDataArrivesLater) {
     run([] {
         Conn c;

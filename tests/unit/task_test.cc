@@ -1,6 +1,7 @@
 // Tasks: spawn, join, detach, cancel, sleep, yield, per-task timeouts and
 // evs_run's clean-up of what the main task leaves behind.
 #include <gtest/gtest.h>
+#include <math.h>
 
 #include <sys/socket.h>
 #include <time.h>
@@ -228,6 +229,50 @@ TEST(Task, TimeoutBoundsEveryParkedCall) {
                          if (evs_sleep(0.001) != 0) return 3;          // shorter than the bound
                          evs_task_set_timeout(evs_task_current(), 0);
                          return evs_sleep(0.03) == 0 ? 0 : 4;
+                     },
+                     nullptr));
+}
+
+TEST(Task, HugeOrInfiniteBoundsMeanNoBound) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         // A bound too large to convert once fired at once.
+                         evs_task_set_timeout(evs_task_current(), 1e300);
+                         if (evs_sleep(0.02) != 0) return 1;
+                         evs_task_set_timeout(evs_task_current(), INFINITY);
+                         if (evs_sleep(0.02) != 0) return 2;
+                         evs_task_set_timeout(evs_task_current(), NAN);  // no bound
+                         if (evs_sleep(0.02) != 0) return 3;
+                         // Sleeps that long end only by cancel (here: the timeout).
+                         evs_task_set_timeout(evs_task_current(), 0.05);
+                         if (evs_sleep(1e13) != -ETIMEDOUT) return 4;
+                         if (evs_sleep(INFINITY) != -ETIMEDOUT) return 5;
+                         evs_task_set_timeout(evs_task_current(), 0);
+                         return evs_sleep(NAN) == 0 ? 0 : 6;  // NaN is no delay
+                     },
+                     nullptr));
+}
+
+TEST(Task, ASecondJoinerIsRefused) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         static evs_task *target;
+                         static int second_rc;
+                         evs_task_spawn([](void *) -> int { return evs_sleep(0.05) == 0 ? 7 : 1; },
+                                        nullptr, &target);
+                         evs_task *joiner;
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 second_rc = evs_task_join(target, nullptr);
+                                 return 0;
+                             },
+                             nullptr, &joiner);
+                         int r = 0;
+                         evs_yield();  // the joiner parks in its join
+                         if (evs_task_join(target, &r) != -EBUSY) return 1;
+                         evs_task_join(joiner, nullptr);
+                         if (second_rc != 0) return 2;  // the first joiner got it
+                         return 0;
                      },
                      nullptr));
 }
