@@ -110,7 +110,8 @@ typedef struct evs_tls_options {
  * already read from the socket, e.g. what a reader had buffered) is fed to
  * TLS before anything else the socket delivers, never to the protocol.
  * The protocol's connection_made is NOT called again; data_received
- * delivers plaintext once the handshake is done. A failed or timed-out
+ * delivers plaintext once the handshake is done. The handshake reads even
+ * if the protocol paused reading; plaintext waits for resume_reading. A failed or timed-out
  * handshake ends in connection_lost(-EPROTO or -ETIMEDOUT).
  * @param server true for the server side.
  * @return 0, -EINVAL, -EALREADY (already TLS), -EPIPE (closing).

@@ -11,7 +11,9 @@
  * Outgoing: plaintext goes through SSL_write (writelines coalesced into full
  * records first) and the BIO hands each record to the plain transport's
  * path: the socket at once, the queue for the rest. The BIO never refuses a
- * write, so OpenSSL never sees WANT_WRITE.
+ * write, so OpenSSL never sees WANT_WRITE. Plaintext written while a
+ * handshake runs (the first, or a TLS 1.2 server's renegotiation) waits
+ * for its end, when SSL_write no longer needs the peer.
  *
  * A missing close_notify is an EOF that evs_transport_tls_peer_closed_cleanly
  * tells apart, logged at debug, never an error storm. Failed handshakes are
@@ -317,8 +319,10 @@ static void record_error(evs__tls *s, const char *fallback)
     char buf[256];
 
     /* Say which check failed ("hostname mismatch", "unable to get local
-     * issuer certificate", ...), not just "certificate verify failed". */
-    if (vr != X509_V_OK) {
+     * issuer certificate", ...), not just "certificate verify failed".
+     * Without verification the result is still set, and says nothing of
+     * why the connection failed. */
+    if (vr != X509_V_OK && (SSL_get_verify_mode(s->ssl) & SSL_VERIFY_PEER)) {
         snprintf(buf, sizeof buf, "certificate verify failed: %s",
                  X509_verify_cert_error_string(vr));
         ERR_clear_error();
@@ -452,9 +456,42 @@ size_t evs__tls_pending(const evs_transport *t)
     return t->tls->pending ? evbuffer_get_length(t->tls->pending) : 0;
 }
 
+bool evs__tls_handshaking(const evs_transport *t)
+{
+    return t->tls && !t->tls->handshake_done && !t->tls->failed;
+}
+
 /* --- the handshake and reading -------------------------------------------- */
 
 static int write_plain(evs_transport *t, const void *data, size_t len);
+
+/* What was written while a handshake ran goes out now, in order.
+ * @return 0, or the error that failed the transport. */
+static int flush_pending(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+
+    while (s->pending && evbuffer_get_length(s->pending) > 0 && !t->lost_scheduled) {
+        size_t n = evbuffer_get_length(s->pending);
+        const void *p;
+        int rc;
+
+        if (n > RECORD)
+            n = RECORD;
+        p = evbuffer_pullup(s->pending, (ev_ssize_t)n);
+        if ((rc = write_plain(t, p, n)) < 0)
+            return rc;
+        evbuffer_drain(s->pending, n);
+    }
+    if (s->pending && !t->lost_scheduled) {
+        evbuffer_free(s->pending);
+        s->pending = NULL;
+    }
+    /* The buffer may have shrunk under the low-water mark without a
+     * write event to say so. */
+    evs__transport_maybe_resume(t);
+    return 0;
+}
 
 static void handshake_finished(evs_transport *t)
 {
@@ -464,6 +501,8 @@ static void handshake_finished(evs_transport *t)
 
     s->handshake_done = true;
     event_del(&s->timer);
+    if (t->paused)
+        event_del(&t->rd_ev); /* read on through the handshake only */
     if (s->flight) {
         evbuffer_free(s->flight);
         s->flight = NULL;
@@ -476,22 +515,8 @@ static void handshake_finished(evs_transport *t)
     evs__counter_add(&t->worker->tls_handshakes, 1);
     if (SSL_session_reused(s->ssl))
         evs__counter_add(&t->worker->tls_resumed, 1);
-    /* What was written during the handshake goes out now, in order. */
-    while (s->pending && evbuffer_get_length(s->pending) > 0 && !t->lost_scheduled) {
-        size_t n = evbuffer_get_length(s->pending);
-        const void *p;
-
-        if (n > RECORD)
-            n = RECORD;
-        p = evbuffer_pullup(s->pending, (ev_ssize_t)n);
-        if (write_plain(t, p, n) < 0)
-            return;
-        evbuffer_drain(s->pending, n);
-    }
-    if (s->pending && !t->lost_scheduled) {
-        evbuffer_free(s->pending);
-        s->pending = NULL;
-    }
+    if (flush_pending(t) < 0)
+        return;
     if (s->upgrade) {
         if (t->tls_done)
             t->tls_done(t, 0, t->tls_done_arg);
@@ -618,6 +643,10 @@ void evs__tls_readable(evs_transport *t)
     new_wakeup(s);
     if (s->handshake_done || do_handshake(t))
         deliver(t);
+    /* A TLS 1.2 server's renegotiation ended in this read: what was
+     * written meanwhile goes out. */
+    if (s->pending && s->handshake_done && !SSL_in_init(s->ssl) && !t->lost_scheduled)
+        flush_pending(t);
     evs__transport_unref(t);
 }
 
@@ -690,7 +719,10 @@ static int write_records(evs_transport *t, const struct iovec *iov, int iovcnt)
     size_t staged = 0;
     int rc = 0;
 
-    if (!s->handshake_done || evs__tls_pending(t) > 0) {
+    /* During a handshake SSL_write would need the peer's answer (a TLS 1.2
+     * server may renegotiate: SSL_read then starts a new handshake), so
+     * plaintext waits, and what comes after it waits behind it. */
+    if (!s->handshake_done || SSL_in_init(s->ssl) || evs__tls_pending(t) > 0) {
         if (!s->pending && !(s->pending = evbuffer_new()))
             return -ENOMEM;
         for (int i = 0; i < iovcnt; i++)
@@ -758,6 +790,10 @@ int evs_transport_start_tls(evs_transport *t, evs_tls_context *ctx, bool server,
     rc = evs__tls_attach(t, ctx, server, opts, true, prefix, prefix_len);
     if (rc < 0)
         return rc;
+    /* A protocol that paused reading (say, while it parsed STARTTLS) holds
+     * back plaintext, not the handshake. */
+    if (t->paused && !t->eof_received)
+        event_add(&t->rd_ev, NULL);
     evs__tls_start(t);
     if (t->eof_received) {
         /* Nothing more will come: a handshake needing more bytes fails. */

@@ -330,7 +330,7 @@ void evs__transport_maybe_pause(evs_transport *t)
     }
 }
 
-static void maybe_resume_protocol(evs_transport *t)
+void evs__transport_maybe_resume(evs_transport *t)
 {
     if (!t->protocol_paused || evs_transport_get_write_buffer_size(t) > t->low)
         return;
@@ -453,7 +453,8 @@ void evs_transport_pause_reading(evs_transport *t)
     if (t->closing || t->paused)
         return;
     t->paused = true;
-    event_del(&t->rd_ev);
+    if (!evs__tls_handshaking(t))
+        event_del(&t->rd_ev);
 }
 
 void evs_transport_resume_reading(evs_transport *t)
@@ -543,7 +544,7 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
     evs__transport_ref(t);
     if (evs__transport_queued(t) == 0)
         flushed(t);
-    maybe_resume_protocol(t);
+    evs__transport_maybe_resume(t);
     evs__transport_unref(t);
 }
 

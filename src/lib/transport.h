@@ -137,6 +137,9 @@ ssize_t evs__pipe_writev(int fd, const struct iovec *iov, int iovcnt);
 void evs__transport_count_in(evs_transport *t, size_t n);
 /* Call pause_writing if the buffer went above the high watermark. */
 void evs__transport_maybe_pause(evs_transport *t);
+/* Call resume_writing if the protocol is paused and the buffer is at or
+ * under the low-water mark. */
+void evs__transport_maybe_resume(evs_transport *t);
 /* Abort every transport of @w (shutdown). */
 void evs__transport_abort_all(evs_worker *w);
 

@@ -1384,3 +1384,152 @@ TEST_F(Tls, KeysPasswordsAndMismatches) {
     EXPECT_EQ(-EINVAL, make(certs.dir + "/missing.pem", certs.server_key, nullptr, &err));
     EXPECT_NE(std::string::npos, err.find("missing.pem")) << err;
 }
+
+// --- renegotiation, paused upgrades, error text ----------------------------
+
+namespace {
+int listen_loopback(uint16_t *port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t l = sizeof a;
+    if (fd < 0 || bind(fd, (sockaddr *)&a, sizeof a) < 0 || listen(fd, 4) < 0 ||
+        getsockname(fd, (sockaddr *)&a, &l) < 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+}  // namespace
+
+// A TLS 1.2 server asks for a renegotiation and is slow to answer the
+// client's new ClientHello: a write made meanwhile waits for the new
+// handshake instead of failing the connection (SSL_write would need the
+// server's answer).
+TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
+    Ctx cctx;
+    ASSERT_TRUE(client_ctx(&cctx));
+    uint16_t port;
+    int lfd = listen_loopback(&port);
+    ASSERT_GE(lfd, 0);
+    std::string server_got;
+    std::thread srv([&] {
+        int fd = accept(lfd, nullptr, nullptr);
+        set_timeouts(fd, 5);
+        SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+        SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+        SSL_CTX_use_certificate_chain_file(ctx, certs.server.c_str());
+        SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
+        SSL *ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+        if (SSL_accept(ssl) == 1) {
+            SSL_write(ssl, "hello\n", 6);
+            SSL_renegotiate(ssl);
+            SSL_do_handshake(ssl);  // sends the HelloRequest
+            usleep(300 * 1000);     // the client writes while it waits for us
+            char c;
+            while (SSL_read(ssl, &c, 1) == 1) {
+                server_got += c;
+                if (c == '\n') break;
+            }
+            SSL_write(ssl, server_got.data(), (int)server_got.size());
+            SSL_shutdown(ssl);
+        }
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+        close(fd);
+        ERR_clear_error();
+    });
+    std::string line1, line2;
+    int wrc = 1, drc = 1;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        std::string why;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
+        if (rc < 0) return rc;
+        line1 = readline_str(r);  // the HelloRequest comes with it or next
+        evs_sleep(0.1);           // it is read: our new ClientHello is out
+        wrc = evs_write(w, "ping\n", 5);
+        drc = evs_drain(w);
+        line2 = readline_str(r);
+        evs_writer_free(w);
+        return 0;
+    });
+    srv.join();
+    close(lfd);
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ("hello\n", line1);
+    EXPECT_EQ(0, wrc);
+    EXPECT_EQ(0, drc);
+    EXPECT_EQ("ping\n", line2);
+    EXPECT_EQ("ping\n", server_got);
+}
+
+// With verification off, a handshake that fails for another reason is not
+// reported as "certificate verify failed".
+TEST_F(Tls, WithoutVerificationAFailureIsNoVerifyFailure) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx, [](evs_tls_server_options *o) {
+        o->verify_client = EVS_TLS_CLIENT_CERT_REQUIRE;
+        o->ca_file = certs.ca.c_str();
+        o->max_protocol = "TLSv1.2";
+    }));
+    ASSERT_TRUE(client_ctx(&cctx, [](evs_tls_client_options *o) {
+        o->no_verify = true;
+        o->ca_file = nullptr;
+    }));
+    Seen seen;
+    Runtime rt;
+    evs_server *s = start(rt, one_line_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string why;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
+        if (rc == 0) evs_writer_free(w);
+        return rc;
+    });
+    EXPECT_EQ(-EPROTO, rc);
+    EXPECT_FALSE(why.empty());
+    EXPECT_EQ(std::string::npos, why.find("certificate verify failed")) << why;
+}
+
+namespace {
+evs_tls_context *paused_upgrade_ctx;
+// STARTTLS with reading paused (as a protocol might while it parses the
+// command): the handshake must still read. "ready" is written at once and
+// goes out when the handshake is done; reading stays paused after it.
+void paused_upgrade_data(evs_transport *t, const void *d, size_t n, void *) {
+    if (evs_transport_is_tls(t) || n < 9 || memcmp(d, "STARTTLS\n", 9) != 0) return;
+    evs_transport_pause_reading(t);
+    evs_tls_options o{};
+    o.handshake_timeout = 5;
+    if (evs_transport_start_tls(t, paused_upgrade_ctx, true, &o, (const char *)d + 9, n - 9) == 0)
+        evs_transport_write(t, "ready\n", 6);
+}
+const evs_protocol paused_upgrade_protocol = {.data_received = paused_upgrade_data};
+}  // namespace
+
+TEST_F(Tls, StartTlsOnAPausedTransportStillHandshakes) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    paused_upgrade_ctx = sctx.c;
+    Runtime rt;
+    evs_server_options o{};
+    o.protocol = &paused_upgrade_protocol;
+    o.host = "127.0.0.1";
+    evs_server *s = nullptr;
+    ASSERT_EQ(0, evs_start_server(rt.rt, &o, &s));
+    RawTls c(evs_server_port(s));
+    ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
+    ASSERT_TRUE(c.handshake());
+    EXPECT_EQ("ready\n", c.readline());
+    // Still paused: it would not see our close, so end it without waiting.
+    EXPECT_EQ(-ETIMEDOUT, evs_runtime_stop(rt.rt, 0));
+    rt.rt = nullptr;
+}
