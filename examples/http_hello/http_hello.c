@@ -11,7 +11,9 @@
  *     "Connection: keep-alive";
  *   - pipelining: requests already buffered are answered in order, and the
  *     answers leave in as few writes as the transport can manage (drain is
- *     called only once the reader has nothing more buffered);
+ *     called once the reader has nothing more buffered, or once 64k of
+ *     answers wait, so a client that pipelines without reading is pushed
+ *     back instead of growing our write buffer);
  *   - Content-Length on every answer, a request body (Content-Length) is
  *     read and thrown away; Transfer-Encoding gets 501 (not implemented);
  *   - errors, each followed by closing the connection: 400 for a malformed
@@ -381,8 +383,13 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         if (!rq.keep_alive)
             break;
         /* Pipelined requests already here are answered before the drain,
-         * so their answers share writes. */
-        if (evs_reader_buffered(r) == 0 && evs_drain(w) < 0)
+         * so their answers share writes; but only up to 64k of them: a
+         * client that pipelines without end and never reads would always
+         * have more buffered, and we would queue its answers without limit.
+         * The drain stops us reading it until it reads. */
+        if ((evs_reader_buffered(r) == 0 ||
+             evs_transport_get_write_buffer_size(evs_writer_transport(w)) >= 64 * 1024) &&
+            evs_drain(w) < 0)
             break;
     }
     /* Returning closes the connection after flushing the answers. */

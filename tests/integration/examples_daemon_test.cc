@@ -162,6 +162,26 @@ int listen_any(uint16_t *port, int rcvbuf = 0) {
     return fd;
 }
 
+// Send @unit over and over on @fd, reading nothing, until a send times
+// out (the 2 s SO_SNDTIMEO: the server stopped reading), fails, or @cap
+// bytes went. @return the bytes sent. A server that keeps answering a
+// client that does not read must stop reading from it at some point;
+// one that does not lets this reach @cap.
+size_t send_without_reading(int fd, const std::string &unit, size_t cap = 128u << 20) {
+    std::string chunk;
+    while (chunk.size() < 256 * 1024) chunk += unit;
+    set_timeouts(fd, 2);
+    size_t sent = 0;
+    while (sent < cap) {
+        ssize_t n = send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;  // timed out (EAGAIN), or the server closed
+        sent += (size_t)n;
+        // A send cut short by the timeout ends the loop at the next call.
+    }
+    return sent;
+}
+
 // These tests need no more of a daemon than start, port and stop.
 using Daemon = DaemonProcess;
 
@@ -433,6 +453,21 @@ TEST_F(HttpHelloTest, KeptAliveAnswersFollowTheClock) {
     later.replace(later.find(d2), d2.size(), "<date>");
     EXPECT_EQ(first, later);
     close(fd);
+}
+
+// A client that pipelines requests without end and never reads: the
+// server must stop reading once its answers pile up (backpressure), not
+// queue them without limit.
+TEST_F(HttpHelloTest, PipeliningClientThatDoesNotReadIsPushedBack) {
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    size_t sent = send_without_reading(fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_GT(sent, (size_t)0);
+    EXPECT_LT(sent, (size_t)64 << 20) << "the server kept reading requests it could not answer";
+    close(fd);
+    // And it still serves others.
+    std::string ok = exchange("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    EXPECT_TRUE(contains(ok, "\r\n\r\nHello, World!")) << ok;
 }
 
 TEST_F(HttpHelloTest, ShortWrkRunHasNoErrors) {
