@@ -21,6 +21,10 @@
  *                 room again it first gets "* N messages dropped" (default);
  *   "disconnect"  the connection is aborted (the queue thrown away).
  * Either way the sender and the other clients go on at full speed.
+ * Notices a client gets about its own lines ("* line too long", a refused
+ * or accepted /nick) are not messages: its own task writes them and then
+ * drains (waits while its write buffer is past the high watermark), so a
+ * client that sends commands without reading the answers stops being read.
  *
  * Commands: "/nick NAME" renames you (letters, digits, '_' and '-', at
  * most 20), "/quit" leaves. A line longer than max_line is refused with a
@@ -213,6 +217,17 @@ static int skip_line(evs_reader *r)
     }
 }
 
+/* Answer the client itself (a notice about its own line). Unlike a
+ * message to the others, this may park: draining here stops us reading a
+ * client that sends lines without reading our answers, which would
+ * otherwise grow its write buffer without bound. @return 0, or < 0 to end
+ * the connection. */
+static int notify(evs_writer *w, const char *text, size_t len)
+{
+    int rc = evs_write(w, text, len);
+    return rc < 0 ? rc : evs_drain(w);
+}
+
 static void client_connected(evs_reader *r, evs_writer *w, void *state)
 {
     chat *ch = state;
@@ -241,8 +256,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         const char *line = view;
 
         if (len == EVS_ELIMIT) {
-            evs_write(w, "* line too long\n", 16);
-            if (skip_line(r) < 0)
+            if (notify(w, "* line too long\n", 16) < 0 || skip_line(r) < 0)
                 break;
             continue;
         }
@@ -257,7 +271,8 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         if (len > 6 && memcmp(line, "/nick ", 6) == 0) {
             char old[sizeof cl.name];
             if (!valid_name(line + 6, (size_t)len - 6)) {
-                evs_write(w, "* names are 1 to 20 letters, digits, _ or -\n", 44);
+                if (notify(w, "* names are 1 to 20 letters, digits, _ or -\n", 44) < 0)
+                    break;
                 continue;
             }
             memcpy(old, cl.name, sizeof old);
@@ -265,7 +280,8 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
             cl.name[len - 6] = '\0';
             broadcastf(ch, cl.id, "* %s is now %s\n", old, cl.name);
             n = snprintf(text, sizeof text, "* you are now %s\n", cl.name);
-            evs_write(w, text, (size_t)n);
+            if (notify(w, text, (size_t)n) < 0)
+                break;
             continue;
         }
         n = snprintf(text, sizeof text, "%s: %.*s\n", cl.name, (int)len, line);

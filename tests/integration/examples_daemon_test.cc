@@ -826,6 +826,30 @@ TEST_F(ChatTest, LinesReachEveryOtherClientOnEveryWorker) {
     for (int i = 0; i < n; i++) close(fds[i]);
 }
 
+// Notices to the sender itself ("* names are ...") are bounded like
+// messages: a client that sends bad /nick lines without end and never
+// reads must stop being read, not grow the server.
+TEST_F(ChatTest, ClientThatDoesNotReadItsNoticesIsPushedBack) {
+    start_chat();
+    std::string name;
+    int fd = join(&name);
+    ASSERT_GE(fd, 0);
+    size_t sent = send_without_reading(fd, "/nick !\n");
+    EXPECT_GT(sent, (size_t)0);
+    EXPECT_LT(sent, (size_t)64 << 20) << "the server kept reading lines it could not answer";
+    close(fd);
+    // The chat goes on for others.
+    std::string a_name, b_name;
+    int a = join(&a_name), b = join(&b_name);
+    ASSERT_GE(a, 0);
+    ASSERT_GE(b, 0);
+    ASSERT_TRUE(read_until_line(a, "* " + b_name + " joined"));
+    ASSERT_TRUE(send_text(a, "hi\n"));
+    EXPECT_TRUE(read_until_line(b, a_name + ": hi"));
+    close(a);
+    close(b);
+}
+
 TEST_F(ChatTest, NetcatClientsChat) {
     REQUIRE_TOOL(nc, "nc", "netcat-openbsd");
     start_chat();
