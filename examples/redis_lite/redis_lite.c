@@ -40,7 +40,18 @@
  * the whole shard, so it counts live keys only.
  *
  * Settings (the listener's settings group):
- *   max_bulk = "16M";   largest accepted argument (default 16M)
+ *   max_bulk    = "16M";   largest accepted argument (default 16M)
+ *   max_request = "64M";   largest total of one command's arguments
+ *                          (default the larger of 64M and max_bulk; at
+ *                          least max_bulk, at most 1G)
+ * A command is read whole before it runs, so without max_request one
+ * unfinished command (up to 1M arguments of max_bulk each) could hold
+ * gigabytes. An argument that would take the total past it is a protocol
+ * error, answered (and the connection closed) before it is read. Redis
+ * bounds a client's query buffer at 1 GB (client-query-buffer-limit);
+ * 64M is four default max_bulk arguments, more than any command here
+ * needs, and a sixteenth of that. (Tiny arguments cost their per-argument
+ * overhead, which the 1M cap on their count bounds.)
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   redis-cli -p 6380 SET greeting hello
@@ -422,6 +433,7 @@ static bool store(shard *s, const char *k, size_t kn, uint64_t h, const char *v,
 
 typedef struct redis_lite {
     size_t max_bulk;
+    size_t max_request; /* the arguments of one command, in total */
     atomic_int nworkers;
     /* shards[i] is created, used and freed on worker i only. */
     shard *shards[MAX_WORKERS];
@@ -1238,6 +1250,7 @@ static int read_request(conn *cn, arg **argv_out)
         if (count <= 0)
             continue; /* "*0" or "*-1": nothing to do, no answer */
         arg *argv = calloc((size_t)count, sizeof *argv);
+        size_t total = 0; /* argument bytes of this command so far */
         if (!argv)
             return -1;
         for (long long i = 0; i < count; i++) {
@@ -1259,6 +1272,12 @@ static int read_request(conn *cn, arg **argv_out)
                 free_args((int)i, argv);
                 return protocol_error(cn, "invalid bulk length");
             }
+            /* Refused on the declared length, before it is allocated. */
+            if ((size_t)len > cn->rl->max_request - total) {
+                free_args((int)i, argv);
+                return protocol_error(cn, "too big request");
+            }
+            total += (size_t)len;
             argv[i].p = malloc((size_t)len + 2);
             if (!argv[i].p) {
                 free_args((int)i, argv);
@@ -1322,22 +1341,34 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
 static int init(evs_settings *s, void **state)
 {
     redis_lite *rl;
-    uint64_t max_bulk = 16 * 1024 * 1024;
+    uint64_t max_bulk = 16 * 1024 * 1024, max_request = 0;
     int rc;
 
     for (size_t i = 0; i < evs_settings_count(s); i++) {
         const char *key = evs_settings_key(s, i);
-        if (strcmp(key, "max_bulk") != 0)
-            return evs_settings_fail(s, "unknown setting '%s' (expected max_bulk)", key);
+        if (strcmp(key, "max_bulk") != 0 && strcmp(key, "max_request") != 0)
+            return evs_settings_fail(s, "unknown setting '%s' (expected max_bulk, max_request)",
+                                     key);
     }
     if ((rc = evs_settings_get_size(s, "max_bulk", &max_bulk)) < 0 && rc != -ENOENT)
         return rc;
     if (max_bulk < 1 || max_bulk > 512 * 1024 * 1024)
         return evs_settings_fail(s, "max_bulk must be between 1 and 512M");
+    /* Not given, it follows a raised max_bulk rather than make that
+     * setting alone an error. */
+    rc = evs_settings_get_size(s, "max_request", &max_request);
+    if (rc == -ENOENT)
+        max_request = max_bulk > 64 * 1024 * 1024 ? max_bulk : 64 * 1024 * 1024;
+    else if (rc < 0)
+        return rc;
+    /* Below max_bulk, the largest argument could never be sent. */
+    if (max_request < max_bulk || max_request > 1024 * 1024 * 1024)
+        return evs_settings_fail(s, "max_request must be between max_bulk and 1G");
     rl = calloc(1, sizeof *rl);
     if (!rl)
         return -ENOMEM;
     rl->max_bulk = (size_t)max_bulk;
+    rl->max_request = (size_t)max_request;
     *state = rl;
     return 0;
 }

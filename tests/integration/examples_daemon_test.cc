@@ -224,9 +224,8 @@ class ExamplesTest : public ::testing::Test {
     std::string path(const std::string &name) const { return dir + "/" + name; }
     std::string next_name(const std::string &base) { return path(base + "." + std::to_string(serial++)); }
 
-    // Start evstreamd with @listeners (libconfig list entries) and wait until
-    // it lists them in its ports file.
-    Daemon &start(const std::string &listeners, const std::string &top = "") {
+    // Write a config with @listeners (libconfig list entries); its path.
+    std::string write_conf(const std::string &listeners, const std::string &top = "") {
         std::string conf = next_name("evstreamd.conf");
         // A short shutdown_timeout: a test that fails with connections
         // open must not wait the default 30 s at its end.
@@ -242,6 +241,13 @@ class ExamplesTest : public ::testing::Test {
                              "  { name = \"proxy\"; path = \"proxy.so\"; }\n"
                              ");\n"
                              "listeners = (\n" + listeners + "\n);\n");
+        return conf;
+    }
+
+    // Start evstreamd with @listeners and wait until it lists them in its
+    // ports file.
+    Daemon &start(const std::string &listeners, const std::string &top = "") {
+        std::string conf = write_conf(listeners, top);
         auto d = std::make_unique<Daemon>();
         d->err_path = next_name("daemon.err");
         d->ports_path = next_name("ports");
@@ -682,6 +688,55 @@ TEST_F(RedisLiteTest, InlineMultibulkPipeliningAndProtocolErrors) {
         EXPECT_EQ(c.error + "\r\n", all) << c.data.substr(0, 40);
         close(fd);
     }
+}
+
+// A command is read whole before it runs: the total of its arguments is
+// bounded (max_request, by default the larger of 64M and max_bulk), not
+// only each argument. With the defaults, four 16M arguments are the most
+// one command may carry; one byte more is a protocol error, answered
+// before that byte is read.
+TEST_F(RedisLiteTest, CommandOverTheDefaultMaxRequestIsAProtocolError) {
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    std::string bulk(16u << 20, 'v');
+    ASSERT_TRUE(send_text(fd, "*100\r\n"));
+    for (int i = 0; i < 4; i++)
+        ASSERT_TRUE(send_text(fd, "$16777216\r\n" + bulk + "\r\n")) << i;
+    ASSERT_TRUE(send_text(fd, "$1\r\n"));
+    // Without the bound the server waits for the 96 arguments still to
+    // come, holding 64M: the read times out.
+    set_timeouts(fd, 5);
+    EXPECT_EQ("-ERR Protocol error: too big request", read_line(fd));
+    EXPECT_EQ("<eof>", read_line(fd));
+    close(fd);
+}
+
+TEST_F(RedisLiteTest, MaxRequestSettingBoundsACommandsArguments) {
+    Daemon &d = start("  { name = \"small\"; listen = \"127.0.0.1:0\"; plugin = \"redis_lite\";"
+                      " settings = { max_bulk = \"1k\"; max_request = \"4k\"; }; }");
+    ASSERT_TRUE(d.running());
+    // MSET a <1024> b <1024> c <1024> d <n>: 3080 + n argument bytes.
+    auto mset = [](size_t last) {
+        std::string v(1024, 'x');
+        return "*9\r\n$4\r\nMSET\r\n$1\r\na\r\n$1024\r\n" + v + "\r\n$1\r\nb\r\n$1024\r\n" + v +
+               "\r\n$1\r\nc\r\n$1024\r\n" + v + "\r\n$1\r\nd\r\n$" + std::to_string(last) +
+               "\r\n" + std::string(last, 'y') + "\r\n";
+    };
+    int fd = connect_tcp(d.port("small"));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    // Exactly 4k is accepted...
+    EXPECT_EQ(std::vector<std::string>({"+OK"}), raw(fd, mset(1016), 1));
+    // ... one byte more is not, and the connection closes.
+    EXPECT_EQ(std::vector<std::string>({"-ERR Protocol error: too big request", "<eof>"}),
+              raw(fd, mset(1017), 2));
+    close(fd);
+    // A max_request below max_bulk is a configuration error.
+    std::string conf = write_conf("  { name = \"bad\"; listen = \"127.0.0.1:0\"; plugin = \"redis_lite\";"
+                                  " settings = { max_bulk = \"1k\"; max_request = 512; }; }");
+    Result t = run({daemon_path(), "-t", "-c", conf});
+    EXPECT_EQ(1, t.status) << t.out << t.err;
+    EXPECT_TRUE(contains(t.err, "max_request must be between max_bulk and 1G")) << t.err;
 }
 
 TEST_F(RedisLiteTest, RedisBenchmarkResultsAreCorrect) {
