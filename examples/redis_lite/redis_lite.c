@@ -50,8 +50,8 @@
  * error, answered (and the connection closed) before it is read. Redis
  * bounds a client's query buffer at 1 GB (client-query-buffer-limit);
  * 64M is four default max_bulk arguments, more than any command here
- * needs, and a sixteenth of that. (Tiny arguments cost their per-argument
- * overhead, which the 1M cap on their count bounds.)
+ * needs, and a sixteenth of Redis's bound. (Tiny arguments cost their
+ * per-argument overhead, which the 1M cap on their count bounds.)
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   redis-cli -p 6380 SET greeting hello
