@@ -682,7 +682,10 @@ int evs_transport_writelines(evs_transport *t, const struct iovec *iov, int iovc
     err = t->tls ? evs__tls_write(t, iov, iovcnt) : evs__transport_send(t, iov, iovcnt, total);
     if (err)
         return err;
-    if (evs_transport_get_write_buffer_size(t) > 0 && (err = check_memory(t)) < 0)
+    /* Mostly the socket took it all: nothing to cap, nothing to pause. */
+    if (evs_transport_get_write_buffer_size(t) == 0)
+        return 0;
+    if ((err = check_memory(t)) < 0)
         return err;
     evs__transport_maybe_pause(t);
     return 0;
