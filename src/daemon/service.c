@@ -509,7 +509,6 @@ static void describe_address(listener *l)
         snprintf(l->address, sizeof l->address, "%s", l->conf->listen);
 }
 
-/* Create the listener's server, not serving yet. @fds: sockets handed over. */
 static bool is_datagram(const evsd_listener_conf *c)
 {
     return c->family == EVSD_UDP || c->family == EVSD_UNIXGRAM;
@@ -532,6 +531,37 @@ static int start_datagram_listener(evsd_service *svc, listener *l, uint16_t port
     return l->dgram ? 0 : -EADDRINUSE;
 }
 
+/* A Unix socket file's owner and group, when the listener sets them. */
+static int set_socket_owner(const evsd_listener_conf *c)
+{
+    if (c->path[0] == '@' || (!c->has_owner && !c->has_group))
+        return 0;
+    if (chown(c->path, c->has_owner ? c->owner : (uid_t)-1,
+              c->has_group ? c->group : (gid_t)-1) < 0)
+        return -errno;
+    return 0;
+}
+
+/* A socket kept across a reload takes the listener's new settings. Only
+ * the owner is an error: the rest is applied as well as the kernel lets. */
+static int adjust_kept_sockets(const evsd_listener_conf *c, const int *fds, size_t nfds)
+{
+    for (size_t i = 0; i < nfds; i++) {
+        int one = 1;
+        if (listen(fds[i], c->backlog) < 0)
+            evs_log(EVS_LOG_WARN, "listener '%s': backlog: %s", c->name, strerror(errno));
+        if (c->reuseport)
+            setsockopt(fds[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    }
+    if (c->family != EVSD_UNIX)
+        return 0;
+    if (c->path[0] != '@' && c->has_mode && chmod(c->path, c->mode) < 0)
+        evs_log(EVS_LOG_WARN, "listener '%s': mode of %s: %s", c->name, c->path, strerror(errno));
+    return set_socket_owner(c);
+}
+
+/* Create the listener's server, not serving yet. @fds: sockets handed
+ * over, still the caller's if this fails. */
 static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t nfds)
 {
     const evsd_listener_conf *c = l->conf;
@@ -581,36 +611,24 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     if (c->access_log) {
         l->access_log = evsd_access_log_open(c->access_log, c->name, c->access_log_format);
         if (!l->access_log) {
+            rc = -errno;
             evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': access log %s: %s", c->file, c->line,
-                    c->name, c->access_log, strerror(errno));
-            return -errno;
+                    c->name, c->access_log, evs_strerror(rc));
+            return rc;
         }
         o.connection_closed = evsd_access_log_write;
         o.connection_closed_arg = l->access_log;
     }
-    /* A socket handed over on a reload takes this listener's settings. */
-    for (size_t i = 0; i < nfds; i++) {
-        int one = 1;
-        if (listen(fds[i], c->backlog) < 0)
-            evs_log(EVS_LOG_WARN, "listener '%s': backlog: %s", c->name, strerror(errno));
-        if (c->reuseport)
-            setsockopt(fds[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    }
-    if (nfds > 0 && c->family == EVSD_UNIX && c->path[0] != '@' && c->has_mode &&
-        chmod(c->path, c->mode) < 0)
-        evs_log(EVS_LOG_WARN, "listener '%s': mode of %s: %s", c->name, c->path, strerror(errno));
-    if (c->family == EVSD_UNIX) {
+    rc = nfds > 0 ? adjust_kept_sockets(c, fds, nfds) : 0;
+    if (rc == 0 && c->family == EVSD_UNIX) {
         o.path = c->path;
         o.mode = c->has_mode ? c->mode : 0;
         rc = evs_start_unix_server(svc->rt, &o, &l->server);
-        if (rc == 0 && c->path[0] != '@' && (c->has_owner || c->has_group) &&
-            chown(c->path, c->has_owner ? c->owner : (uid_t)-1,
-                  c->has_group ? c->group : (gid_t)-1) < 0) {
-            rc = -errno;
+        if (rc == 0 && nfds == 0 && (rc = set_socket_owner(c)) < 0) {
             evs_server_close(l->server);
             l->server = NULL;
         }
-    } else {
+    } else if (rc == 0) {
         o.host = c->host;
         o.port = c->port;
         rc = evs_start_server(svc->rt, &o, &l->server);
@@ -706,6 +724,51 @@ static void match_listeners(generation *old, generation *g)
     }
 }
 
+/* The successor of a listener whose address is unchanged serves copies
+ * (dup) of the old sockets: the old server keeps accepting on them until
+ * the reload can no longer fail, and a failure closes only the copies. */
+static int start_successor(evsd_service *svc, listener *l)
+{
+    size_t n = evs_server_sockets(l->prev->server, NULL, 0), k;
+    int *fds = calloc(n + 1, sizeof *fds);
+    int rc = 0;
+
+    if (!fds)
+        return -ENOMEM;
+    n = evs_server_sockets(l->prev->server, fds, n);
+    for (k = 0; k < n && rc == 0; k++) {
+        int fd = fcntl(fds[k], F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+            rc = -errno;
+            evs_log(EVS_LOG_ERROR, "listener '%s': cannot keep its socket: %s", l->conf->name,
+                    evs_strerror(rc));
+            break;
+        }
+        fds[k] = fd;
+    }
+    if (rc == 0)
+        rc = start_listener(svc, l, fds, n);
+    if (rc < 0)
+        while (k > 0)
+            close(fds[--k]);
+    free(fds);
+    return rc;
+}
+
+/* Stop a server of a reload that failed. A successor's sockets are copies
+ * of live ones: close them, but leave the Unix socket file, which is the
+ * old server's. */
+static void discard_server(listener *l)
+{
+    if (!l->server)
+        return;
+    if (l->prev && !is_datagram(l->conf))
+        evs_server_take_sockets(l->server, NULL, 0);
+    else
+        evs_server_close(l->server);
+    l->server = NULL;
+}
+
 int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
 {
     generation *old = svc->current, *g;
@@ -715,40 +778,32 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
     if (!g)
         return -1;
     match_listeners(old, g);
-    /* First the listeners with new sockets: a bind error leaves the old
-     * configuration untouched. */
+    /* Everything that can fail comes first, while the old servers still
+     * serve: any error leaves the old configuration untouched. */
     for (i = 0; i < g->n; i++) {
         listener *l = &g->listeners[i];
-        if (l->prev && !is_datagram(l->conf))
-            continue;
-        if (l->prev) {
+        int rc;
+
+        if (l->prev && is_datagram(l->conf)) {
             /* Datagram sockets are new ones beside the old (SO_REUSEPORT)
              * on the port the old ones got, also when port 0 was asked. */
             const char *colon = strrchr(l->prev->address, ':');
             uint16_t keep = l->conf->family == EVSD_UDP && colon ? (uint16_t)atoi(colon + 1) : 0;
-            if (start_datagram_listener(svc, l, keep) < 0)
-                goto undo;
-            continue;
+            rc = start_datagram_listener(svc, l, keep);
+        } else if (l->prev) {
+            rc = start_successor(svc, l);
+        } else {
+            rc = start_listener(svc, l, NULL, 0);
         }
-        if (start_listener(svc, l, NULL, 0) < 0)
+        if (rc < 0)
             goto undo;
     }
-    /* Then hand the unchanged sockets over; nothing is dropped from their
-     * accept queues. */
+    /* Nothing fails from here. The old servers let go of the sockets
+     * their successors share; nothing is dropped from the accept queues. */
     for (i = 0; i < g->n; i++) {
-        listener *l = &g->listeners[i], *prev = l->prev;
-        int fds[16];
-        size_t n;
-
-        if (l->server || l->dgram || !prev)
-            continue;
-        n = evs_server_take_sockets(prev->server, fds, 16);
-        if (n > 16)
-            n = 16;
-        if (start_listener(svc, l, fds, n) < 0) {
-            for (size_t k = 0; k < n; k++)
-                close(fds[k]);
-        }
+        listener *l = &g->listeners[i];
+        if (l->prev && l->server)
+            evs_server_take_sockets(l->prev->server, NULL, 0);
     }
     serve_all(g);
     /* Old listeners not carried over stop; all old instances retire when
@@ -766,11 +821,8 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
 undo:
     for (i = 0; i < old->n; i++)
         old->listeners[i].claimed = false;
-    for (i = 0; i < g->n; i++) {
-        if (g->listeners[i].server)
-            evs_server_close(g->listeners[i].server);
-        g->listeners[i].server = NULL;
-    }
+    for (i = 0; i < g->n; i++)
+        discard_server(&g->listeners[i]);
     generation_free(svc, g);
     return -1;
 }

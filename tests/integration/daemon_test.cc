@@ -934,6 +934,49 @@ TEST_F(DaemonTest, SighupWithBadConfigKeepsTheOldOne) {
     close(live);
 }
 
+// Failures that only show once the listener is made (its access log, its
+// plugin's mode) come before the old sockets are given up: the reload
+// fails and the old listener keeps its port.
+TEST_F(DaemonTest, SighupFailingOnAKeptListenerKeepsTheOldOne) {
+    std::string conf = write("evstreamd.conf", config(upper_listener("up", "a:")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("up");
+    int live = connect_tcp(port);
+    ASSERT_GE(live, 0);
+    EXPECT_EQ("a:ONE", ask(live, "one"));
+
+    std::string no_log = "  { name = \"up\"; listen = \"127.0.0.1:0\"; plugin = \"line_upper\";\n"
+                         "    settings = { prefix = \"b:\"; };\n"
+                         "    access_log = { file = \"" + path("missing/dir/a.log") + "\"; }; }";
+    std::string datagram_plugin = "  { name = \"up\"; listen = \"127.0.0.1:0\"; plugin = \"udp_echo\"; }";
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {"access log cannot be opened", config(no_log)},
+        {"datagram plugin on a TCP address",
+         config(datagram_plugin, "", ",\n  { name = \"udp_echo\"; path = \"udp_echo.so\"; }")},
+    };
+    size_t failures = 0;
+    for (auto &b : bad) {
+        SCOPED_TRACE(b.first);
+        write_file(conf, b.second);
+        d.signal(SIGHUP);
+        failures++;
+        ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reload failed") >= failures; }))
+            << d.err();
+        ASSERT_TRUE(d.running());
+        EXPECT_EQ(0u, count_of(d.err(), "reloaded ")) << d.err();
+        EXPECT_EQ(port, d.port("up")) << d.ports_text();
+        EXPECT_EQ("a:TWO", ask(live, "two"));
+        int fd = connect_tcp(port);
+        ASSERT_GE(fd, 0) << "the old listener lost its socket; log:\n" << d.err();
+        EXPECT_EQ("a:THREE", ask(fd, "three")) << d.err();
+        close(fd);
+    }
+    EXPECT_TRUE(contains(d.err(), "access log")) << d.err();
+    EXPECT_TRUE(contains(d.err(), "serves datagrams")) << d.err();
+    close(live);
+}
+
 TEST_F(DaemonTest, SighupRemovingListenerStopsItsPortButNotItsConnections) {
     // Both on port 0: each must keep its own socket across the reload.
     std::string conf = write("evstreamd.conf",
