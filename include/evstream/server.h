@@ -185,6 +185,19 @@ EVS_EXTERN int evs_server_wait_closed(evs_server *s);
  */
 EVS_EXTERN size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n);
 
+/**
+ * Free a server once it is closed and done with: its last connection has
+ * ended and its last stream handler has returned. Closes it first if it
+ * is not. A program that starts and closes servers for a long time (a
+ * reload) calls it to give their memory back; evs_runtime_stop() frees
+ * the others. It waits for the acceptor and every worker to run what was
+ * posted to them before, so call it from a thread that is none of them,
+ * and not while evs_runtime_stop() runs.
+ * @return 0 (@p s is gone), -EBUSY (connections or handlers remain:
+ * call again later) or -ESHUTDOWN (the runtime is stopping; it frees @p s).
+ */
+EVS_EXTERN int evs_server_free(evs_server *s);
+
 /** The listening fds (the seed's Server.sockets). @return how many there
  *  are (at most @p n are stored). Any thread. */
 EVS_EXTERN size_t evs_server_sockets(const evs_server *s, int *fds, size_t n);

@@ -766,6 +766,7 @@ static void discard_server(listener *l)
         evs_server_take_sockets(l->server, NULL, 0);
     else
         evs_server_close(l->server);
+    evs_server_free(l->server); /* never served: or else the runtime frees it */
     l->server = NULL;
 }
 
@@ -836,7 +837,12 @@ void evsd_service_reap(evsd_service *svc)
 
         for (size_t i = 0; i < g->n; i++) {
             listener *l = &g->listeners[i];
-            if (l->inst && (!l->server || evs_server_connections(l->server) == 0)) {
+            /* A server is freed after its last connection and handler
+             * (it holds a TLS context, a session cache, a per-address
+             * table); only then is its instance surely unused. */
+            if (l->server && evs_server_free(l->server) == 0)
+                l->server = NULL;
+            if (l->inst && !l->server) {
                 evsd_datagram_stop(svc->rt, l->dgram); /* datagrams have no connections */
                 l->dgram = NULL;
                 retire_instance(svc, l->inst);

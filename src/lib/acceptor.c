@@ -384,7 +384,8 @@ void evs__acceptor_stop(evs_worker *acceptor, void *unused)
     pthread_mutex_lock(&rt->lock);
     s = rt->servers;
     pthread_mutex_unlock(&rt->lock);
-    /* Servers are only ever added at the head, so this walk is safe. */
+    /* Servers are only ever added at the head, and removed only on this
+     * thread (evs_server_free), so this walk is safe. */
     for (; s; s = s->next) {
         if (!atomic_exchange(&s->closed, true))
             evs__acceptor_remove(acceptor, s);

@@ -542,6 +542,109 @@ size_t evs_server_sockets(const evs_server *s, int *fds, size_t n)
     return count;
 }
 
+/* Threads that have run everything posted to them before a point. */
+typedef struct quiesce {
+    evs_server *server;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int pending;
+} quiesce;
+
+static void quiesce_pass(evs_worker *w, void *arg)
+{
+    quiesce *q = arg;
+
+    EVS_UNUSED(w);
+    pthread_mutex_lock(&q->lock);
+    if (--q->pending == 0)
+        pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+}
+
+/* On the acceptor, the only thread that removes servers from the list:
+ * its stop walks the list without the lock. */
+static void acceptor_forget(evs_worker *acceptor, void *arg)
+{
+    quiesce *q = arg;
+    evs_runtime *rt = acceptor->rt;
+
+    pthread_mutex_lock(&rt->lock);
+    for (evs_server **pp = &rt->servers; *pp; pp = &(*pp)->next) {
+        if (*pp == q->server) {
+            *pp = q->server->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&rt->lock);
+    quiesce_pass(acceptor, q);
+}
+
+/* Post @fn(@q) to each of @n threads and wait for those it reached.
+ * @return false when a thread's inbox is closed (the runtime stops). */
+static bool pass_through(evs_worker *const *threads, int n, evs_worker_fn fn, quiesce *q)
+{
+    bool all = true;
+
+    pthread_mutex_lock(&q->lock);
+    q->pending = n;
+    pthread_mutex_unlock(&q->lock);
+    for (int i = 0; i < n; i++) {
+        if (evs_worker_post(threads[i], fn, q) < 0) {
+            all = false;
+            quiesce_pass(threads[i], q);
+        }
+    }
+    pthread_mutex_lock(&q->lock);
+    while (q->pending > 0)
+        pthread_cond_wait(&q->cond, &q->lock);
+    pthread_mutex_unlock(&q->lock);
+    return all;
+}
+
+/* Before the free, every thread must be done with @s: the acceptor has
+ * run what was posted for it (adding, closing, taking its sockets, and
+ * the posts those made to workers) and dropped it from the list, so no
+ * one posts for it again; then each worker has run those posts and left
+ * any callback still holding @s (the close that counted its last
+ * connection). */
+static bool quiesce_server(evs_server *s)
+{
+    evs_runtime *rt = s->rt;
+    evs_worker *acceptor = &rt->acceptor, **workers;
+    quiesce q = {.server = s};
+    bool done;
+
+    workers = malloc((size_t)rt->nworkers * sizeof *workers);
+    if (!workers)
+        return false;
+    for (int i = 0; i < rt->nworkers; i++)
+        workers[i] = &rt->workers[i];
+    pthread_mutex_init(&q.lock, NULL);
+    pthread_cond_init(&q.cond, NULL);
+    done = pass_through(&acceptor, 1, acceptor_forget, &q);
+    /* A worker that cannot be reached leaves @s unlisted and unfreed: a
+     * leak, in a race with evs_runtime_stop the caller was told to avoid. */
+    if (done)
+        done = pass_through(workers, rt->nworkers, quiesce_pass, &q);
+    pthread_cond_destroy(&q.cond);
+    pthread_mutex_destroy(&q.lock);
+    free(workers);
+    return done;
+}
+
+int evs_server_free(evs_server *s)
+{
+    if (!s)
+        return -EINVAL;
+    evs_server_close(s);
+    if (atomic_load(&s->conns) > 0 || atomic_load(&s->handlers) > 0)
+        return -EBUSY;
+    if (atomic_load(&s->rt->stopping) || !quiesce_server(s))
+        return -ESHUTDOWN;
+    evs__server_free(s);
+    return 0;
+}
+
 uint16_t evs_server_port(const evs_server *s)
 {
     return s->port;
@@ -626,6 +729,7 @@ static int run_handler(void *arg)
 
     s->opts.client_connected(evs_writer_reader(w), w, s->opts.arg);
     evs_writer_free(w);
+    atomic_fetch_sub(&s->handlers, 1);
     return 0;
 }
 
@@ -650,9 +754,12 @@ static void start_handler(evs_writer *wr, void *arg)
 {
     evs_server *s = arg;
 
-    EVS_UNUSED(s);
+    /* Counted until it returns: the connection may end first, and the
+     * server must outlive the handler (evs_server_free). */
+    atomic_fetch_add(&s->handlers, 1);
     if (evs__task_spawn_on(evs_transport_worker(evs_writer_transport(wr)), run_handler, wr,
                            NULL) < 0) {
+        atomic_fetch_sub(&s->handlers, 1);
         evs__warn("cannot start a handler task: out of memory or stack space");
         evs_transport_abort(evs_writer_transport(wr));
         evs_writer_free(wr);

@@ -48,6 +48,7 @@ struct evs_server {
     _Atomic bool serving;
     _Atomic bool closed;
     _Atomic size_t conns;
+    _Atomic size_t handlers;   /* stream handlers spawned and not returned */
     _Atomic bool limit_paused; /* at opts.max_connections */
     _Atomic uint64_t accepted;
     _Atomic uint64_t closed_count;
@@ -69,7 +70,8 @@ struct evs_server {
     double last_reject_log;
     bool keep_path;            /* sockets handed over: leave the file */
 
-    evs_server *next; /* the runtime's list, under rt->lock */
+    evs_server *next; /* the runtime's list, under rt->lock; only the
+                         acceptor removes from it (evs_server_free) */
 };
 
 struct evs_runtime {

@@ -1533,3 +1533,48 @@ TEST_F(Tls, StartTlsOnAPausedTransportStillHandshakes) {
     EXPECT_EQ(-ETIMEDOUT, evs_runtime_stop(rt.rt, 0));
     rt.rt = nullptr;
 }
+
+// --- freeing a closed server --------------------------------------------------
+
+namespace {
+std::atomic<int> ssl_ctx_freed{0};
+void note_ssl_ctx_free(void *, void *ptr, CRYPTO_EX_DATA *, int, long, void *) {
+    if (ptr) ssl_ctx_freed++;
+}
+}  // namespace
+
+// A server holds its TLS context (with its session cache) until it is
+// freed: a reloading daemon frees each closed server once its last
+// connection and handler are done, not only at evs_runtime_stop.
+TEST_F(Tls, ClosedServerIsFreedWithItsContextAfterItsLastConnection) {
+    static int idx = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, note_ssl_ctx_free);
+    ASSERT_GE(idx, 0);
+    ssl_ctx_freed = 0;
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    SSL_CTX *raw = static_cast<SSL_CTX *>(evs_tls_context_ssl_ctx(sctx.c));
+    ASSERT_EQ(1, SSL_CTX_set_ex_data(raw, idx, &ssl_ctx_freed));
+    Runtime rt;
+    evs_server *s = start(rt, echo_handler, nullptr, sctx.c);
+    ASSERT_NE(nullptr, s);
+    evs_tls_context_unref(sctx.c);  // the server's reference is the last one
+    sctx.c = nullptr;
+
+    // A connection (still in its handshake) keeps the server.
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_GE(fd, 0);
+    for (int i = 0; i < 5000 && evs_server_connections(s) == 0; i++) usleep(1000);
+    ASSERT_EQ(1u, evs_server_connections(s));
+    EXPECT_EQ(-EBUSY, evs_server_free(s));
+    EXPECT_FALSE(evs_server_is_serving(s));  // but it is closed
+    EXPECT_EQ(0, ssl_ctx_freed.load());
+
+    close(fd);
+    int rc = -EBUSY;
+    for (int i = 0; i < 5000 && rc == -EBUSY; i++) {
+        usleep(1000);
+        rc = evs_server_free(s);
+    }
+    ASSERT_EQ(0, rc);
+    EXPECT_EQ(1, ssl_ctx_freed.load()) << "the server kept its TLS context";
+}
