@@ -97,6 +97,25 @@ static void maybe_forget(evs_server *s, ip_entry **pp)
     }
 }
 
+/* Entries are dropped at release only if their bucket is full by then, and
+ * a refused address never releases: without a sweep every address ever
+ * seen would stay. So each admit and release also looks at one bucket of
+ * the table, in turn, and drops what says nothing any more. */
+static void sweep_one_bucket(evs_server *s, double now)
+{
+    ip_entry **pp = &s->ip_table[s->ip_sweep];
+
+    s->ip_sweep = (s->ip_sweep + 1) % BUCKETS;
+    while (*pp) {
+        ip_entry *e = *pp;
+
+        refill(s, e, now);
+        maybe_forget(s, pp);
+        if (*pp == e)
+            pp = &e->next;
+    }
+}
+
 int evs__iplimit_admit(evs_server *s, uint64_t key)
 {
     double now = now_seconds();
@@ -131,22 +150,38 @@ int evs__iplimit_admit(evs_server *s, uint64_t key)
         if (s->opts.connection_rate_per_ip > 0)
             e->tokens -= 1;
     }
+    sweep_one_bucket(s, now);
     pthread_mutex_unlock(&s->ip_lock);
     return rc;
 }
 
 void evs__iplimit_release(evs_server *s, uint64_t key)
 {
+    double now = now_seconds();
     ip_entry **pp;
 
     pthread_mutex_lock(&s->ip_lock);
     if (s->ip_table && *(pp = slot(s, key))) {
         if ((*pp)->count > 0)
             (*pp)->count--;
-        refill(s, *pp, now_seconds());
+        refill(s, *pp, now);
         maybe_forget(s, pp);
     }
+    if (s->ip_table)
+        sweep_one_bucket(s, now);
     pthread_mutex_unlock(&s->ip_lock);
+}
+
+size_t evs__iplimit_entries(evs_server *s)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&s->ip_lock);
+    for (size_t i = 0; s->ip_table && i < BUCKETS; i++)
+        for (ip_entry *e = s->ip_table[i]; e; e = e->next)
+            n++;
+    pthread_mutex_unlock(&s->ip_lock);
+    return n;
 }
 
 void evs__iplimit_free(evs_server *s)

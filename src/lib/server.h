@@ -64,6 +64,7 @@ struct evs_server {
     /* Per-address limits (iplimit.c). */
     pthread_mutex_t ip_lock;
     struct ip_entry **ip_table;
+    size_t ip_sweep;           /* the table's next bucket to sweep, under ip_lock */
     _Atomic uint64_t rejected_per_ip;
     _Atomic uint64_t rejected_rate;
     unsigned long rejects_unlogged; /* under ip_lock */
@@ -105,6 +106,8 @@ void evs__iplimit_release(evs_server *s, uint64_t key);
 void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_storage *peer,
                          socklen_t plen);
 void evs__iplimit_free(evs_server *s);
+/* How many addresses the table holds (tests). */
+size_t evs__iplimit_entries(evs_server *s);
 
 /* PROXY protocol (proxy_stage.c). */
 int evs__cidr_parse(const char *text, evs__cidr *out);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "helpers.h"
+#include "iplimit_probe.h"
 
 using namespace evs_test;
 
@@ -730,4 +731,31 @@ TEST(ServerReusePort, TakeSocketsHandsEveryWorkersSocketToASuccessor) {
     // Closed: the port is free again.
     int fd = connect_tcp(port);
     EXPECT_LT(fd, 0);
+}
+
+// Every address leaves an entry while it has connections or an unfilled
+// bucket; once neither holds, the sweep (a bucket of the table at each
+// admit and release) drops it, also for addresses that were only refused.
+TEST(ServerIpLimit, ForgottenAddressesAreSweptAway) {
+    // 1000 a second, bucket of 1: an address used once refills in 1 ms.
+    evs_server *s = probe_iplimit_server(1000, 1, 0);
+    ASSERT_NE(nullptr, s);
+    const uint64_t one = 0xFFFFFFFF00000000ULL;
+    for (uint64_t a = 1; a <= 200; a++) {
+        ASSERT_EQ(0, probe_iplimit_admit(s, one | a));
+        // Usually refused (the bucket of 1 is empty), unless 1 ms passed.
+        if (probe_iplimit_admit(s, one | a) == 0) probe_iplimit_release(s, one | a);
+        probe_iplimit_release(s, one | a);
+    }
+    EXPECT_GE(probe_iplimit_entries(s), 1u);
+    usleep(20 * 1000);  // at least 1 ms: every bucket has refilled by then
+    // One address coming and going sweeps the whole table (4096 buckets)
+    // at one bucket per admit and per release; it refills between its own
+    // connections, or is refused, which sweeps as well.
+    const uint64_t busy = one | 0xABCDEF;
+    for (int i = 0; i < 4096; i++) {
+        if (probe_iplimit_admit(s, busy) == 0) probe_iplimit_release(s, busy);
+    }
+    EXPECT_LE(probe_iplimit_entries(s), 1u) << "only the busy address may be left";
+    probe_iplimit_server_free(s);
 }
