@@ -180,6 +180,9 @@ static void arm_retry(evs_worker *acceptor, void *arg)
 
     if (evtimer_pending(&rt->retry_ev, NULL))
         return; /* another thread's EMFILE, same pause */
+    /* An accept that worked since the last step ended that episode. */
+    if (atomic_exchange(&rt->worker_accepted, false))
+        rt->retry_delay = 0;
     if (rt->retry_delay <= 0)
         rt->retry_delay = 0.1;
     /* Logged once per back-off step, not per failed accept. */
@@ -244,6 +247,15 @@ static void pause_server(evs_server *s)
         set_listening(s->rt);
 }
 
+/* A worker may not touch the acceptor's back-off state: it leaves a flag
+ * that the acceptor reads at the next step. Stored only when not set yet,
+ * so accepting keeps the flag's cache line shared, not bouncing. */
+static void note_worker_accept(evs_runtime *rt)
+{
+    if (!atomic_load_explicit(&rt->worker_accepted, memory_order_relaxed))
+        atomic_store_explicit(&rt->worker_accepted, true, memory_order_relaxed);
+}
+
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
     evs__listener *l = arg;
@@ -294,6 +306,8 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
         }
         if (!l->owner)
             rt->retry_delay = 0; /* the acceptor's back-off state */
+        else
+            note_worker_accept(rt);
         dispatch(s, l->owner, fd, &peer, plen);
     }
 }

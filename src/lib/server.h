@@ -89,6 +89,7 @@ struct evs_runtime {
     _Atomic bool fd_paused;       /* accepting stopped by EMFILE */
     struct event retry_ev;        /* re-enables accepting after EMFILE */
     double retry_delay;           /* acceptor thread */
+    _Atomic bool worker_accepted; /* a worker's own socket accepted since the last back-off step */
 
     pthread_mutex_t lock;
     evs_server *servers;
