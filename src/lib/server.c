@@ -632,14 +632,27 @@ static bool quiesce_server(evs_server *s)
     return done;
 }
 
+static bool server_busy(evs_server *s)
+{
+    return atomic_load(&s->conns) > 0 || atomic_load(&s->handlers) > 0;
+}
+
 int evs_server_free(evs_server *s)
 {
     if (!s)
         return -EINVAL;
     evs_server_close(s);
-    if (atomic_load(&s->conns) > 0 || atomic_load(&s->handlers) > 0)
+    if (server_busy(s))
         return -EBUSY;
     if (atomic_load(&s->rt->stopping) || !quiesce_server(s))
+        return -ESHUTDOWN;
+    /* Until they ran the close, the acceptor and the workers that own
+     * their sockets (one worker, reuseport) could still accept: look again
+     * now that none can, and pass through the workers once more, so the
+     * end of such a connection has left its callback before the free. */
+    if (server_busy(s))
+        return -EBUSY;
+    if (!quiesce_server(s))
         return -ESHUTDOWN;
     evs__server_free(s);
     return 0;
