@@ -190,6 +190,18 @@ int tls_connect(const char *host, uint16_t port, evs_tls_context *ctx, evs_reade
     return rc;
 }
 
+// Connect (in a task of its own) and close at once: 0, or why it failed.
+int try_tls_connect(const char *host, uint16_t port, evs_tls_context *ctx, std::string *why,
+                    const char *server_hostname = nullptr) {
+    return run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect(host, port, ctx, &r, &w, server_hostname, why);
+        if (rc == 0) evs_writer_free(w);
+        return rc;
+    });
+}
+
 std::string readline_str(evs_reader *r) {
     const void *p;
     ssize_t n = evs_readline(r, &p);
@@ -647,13 +659,7 @@ TEST_F(Tls, HostnameAndIpVerification) {
     evs_server *sn = start(rt, echo_handler, &seen2, noip.c);
     ASSERT_TRUE(s && sn);
     auto attempt = [&](const char *host, uint16_t port, const char *name, std::string *why) {
-        return run([&]() -> int {
-            evs_reader *r;
-            evs_writer *w;
-            int rc = tls_connect(host, port, cctx.c, &r, &w, name, why);
-            if (rc == 0) evs_writer_free(w);
-            return rc;
-        });
+        return try_tls_connect(host, port, cctx.c, why, name);
     };
     std::string why;
     EXPECT_EQ(-EPROTO, attempt("127.0.0.1", evs_server_port(s), "wrong.test", &why));
@@ -680,13 +686,7 @@ TEST_F(Tls, HostnameAndIpVerification) {
     Ctx other;
     ASSERT_TRUE(client_ctx(&other, [](evs_tls_client_options *o) { o->ca_file = certs.wrong_ca.c_str(); }));
     why.clear();
-    int rc = run([&]() -> int {
-        evs_reader *r;
-        evs_writer *w;
-        int rc = tls_connect("localhost", evs_server_port(s), other.c, &r, &w, nullptr, &why);
-        if (rc == 0) evs_writer_free(w);
-        return rc;
-    });
+    int rc = try_tls_connect("localhost", evs_server_port(s), other.c, &why);
     EXPECT_EQ(-EPROTO, rc);
     EXPECT_NE(std::string::npos, why.find("certificate verify failed")) << why;
 }
@@ -712,13 +712,7 @@ TEST_F(Tls, OldProtocolVersionsRefused) {
     ASSERT_NE(nullptr, s);
     uint16_t port = evs_server_port(s);
     std::string why;
-    int rc = run([&]() -> int {
-        evs_reader *r;
-        evs_writer *w;
-        int rc = tls_connect("localhost", port, old.c, &r, &w, nullptr, &why);
-        if (rc == 0) evs_writer_free(w);
-        return rc;
-    });
+    int rc = try_tls_connect("localhost", port, old.c, &why);
     EXPECT_EQ(-EPROTO, rc);
     EXPECT_NE(std::string::npos, why.find("protocol version")) << why;
     EXPECT_TRUE(eventually([&] { return rt.stats().tls_failed == 1; }));
@@ -1487,13 +1481,7 @@ TEST_F(Tls, WithoutVerificationAFailureIsNoVerifyFailure) {
     ASSERT_NE(nullptr, s);
     uint16_t port = evs_server_port(s);
     std::string why;
-    int rc = run([&]() -> int {
-        evs_reader *r;
-        evs_writer *w;
-        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
-        if (rc == 0) evs_writer_free(w);
-        return rc;
-    });
+    int rc = try_tls_connect("localhost", port, cctx.c, &why);
     EXPECT_EQ(-EPROTO, rc);
     EXPECT_FALSE(why.empty());
     EXPECT_EQ(std::string::npos, why.find("certificate verify failed")) << why;
