@@ -194,7 +194,8 @@ EVS_EXTERN size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n);
  * posted to them before, so call it from a thread that is none of them,
  * and not while evs_runtime_stop() runs.
  * @return 0 (@p s is gone), -EBUSY (connections or handlers remain:
- * call again later) or -ESHUTDOWN (the runtime is stopping; it frees @p s).
+ * call again later), -EDEADLK (called on a worker or the acceptor) or
+ * -ESHUTDOWN (the runtime is stopping; it frees @p s).
  */
 EVS_EXTERN int evs_server_free(evs_server *s);
 

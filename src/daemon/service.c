@@ -542,22 +542,32 @@ static int set_socket_owner(const evsd_listener_conf *c)
     return 0;
 }
 
-/* A socket kept across a reload takes the listener's new settings. Only
- * the owner is an error: the rest is applied as well as the kernel lets. */
-static int adjust_kept_sockets(const evsd_listener_conf *c, const int *fds, size_t nfds)
+/* A socket kept across a reload takes the listener's new settings once
+ * the reload can no longer fail (before, a failed reload would leave the
+ * running listener with them): as well as the kernel lets, with a warning
+ * for what it refuses. */
+static void adjust_kept_sockets(const listener *l)
 {
-    for (size_t i = 0; i < nfds; i++) {
+    const evsd_listener_conf *c = l->conf;
+    size_t n = evs_server_sockets(l->server, NULL, 0);
+    int *fds = calloc(n + 1, sizeof *fds), rc;
+
+    n = fds ? evs_server_sockets(l->server, fds, n) : 0;
+    for (size_t i = 0; i < n; i++) {
         int one = 1;
         if (listen(fds[i], c->backlog) < 0)
             evs_log(EVS_LOG_WARN, "listener '%s': backlog: %s", c->name, strerror(errno));
         if (c->reuseport)
             setsockopt(fds[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     }
+    free(fds);
     if (c->family != EVSD_UNIX)
-        return 0;
+        return;
     if (c->path[0] != '@' && c->has_mode && chmod(c->path, c->mode) < 0)
         evs_log(EVS_LOG_WARN, "listener '%s': mode of %s: %s", c->name, c->path, strerror(errno));
-    return set_socket_owner(c);
+    if ((rc = set_socket_owner(c)) < 0)
+        evs_log(EVS_LOG_WARN, "listener '%s': owner of %s: %s", c->name, c->path,
+                evs_strerror(rc));
 }
 
 /* Create the listener's server, not serving yet. @fds: sockets handed
@@ -619,8 +629,7 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
         o.connection_closed = evsd_access_log_write;
         o.connection_closed_arg = l->access_log;
     }
-    rc = nfds > 0 ? adjust_kept_sockets(c, fds, nfds) : 0;
-    if (rc == 0 && c->family == EVSD_UNIX) {
+    if (c->family == EVSD_UNIX) {
         o.path = c->path;
         o.mode = c->has_mode ? c->mode : 0;
         rc = evs_start_unix_server(svc->rt, &o, &l->server);
@@ -628,7 +637,7 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
             evs_server_close(l->server);
             l->server = NULL;
         }
-    } else if (rc == 0) {
+    } else {
         o.host = c->host;
         o.port = c->port;
         rc = evs_start_server(svc->rt, &o, &l->server);
@@ -803,8 +812,10 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
      * their successors share; nothing is dropped from the accept queues. */
     for (i = 0; i < g->n; i++) {
         listener *l = &g->listeners[i];
-        if (l->prev && l->server)
+        if (l->prev && l->server) {
             evs_server_take_sockets(l->prev->server, NULL, 0);
+            adjust_kept_sockets(l);
+        }
     }
     serve_all(g);
     /* Old listeners not carried over stop; all old instances retire when

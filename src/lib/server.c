@@ -607,7 +607,7 @@ static bool pass_through(evs_worker *const *threads, int n, evs_worker_fn fn, qu
  * one posts for it again; then each worker has run those posts and left
  * any callback still holding @s (the close that counted its last
  * connection). */
-static bool quiesce_server(evs_server *s)
+static bool quiesce_server(evs_server *s, bool forget)
 {
     evs_runtime *rt = s->rt;
     evs_worker *acceptor = &rt->acceptor, **workers;
@@ -621,7 +621,7 @@ static bool quiesce_server(evs_server *s)
         workers[i] = &rt->workers[i];
     pthread_mutex_init(&q.lock, NULL);
     pthread_cond_init(&q.cond, NULL);
-    done = pass_through(&acceptor, 1, acceptor_forget, &q);
+    done = pass_through(&acceptor, 1, forget ? acceptor_forget : quiesce_pass, &q);
     /* A worker that cannot be reached leaves @s unlisted and unfreed: a
      * leak, in a race with evs_runtime_stop the caller was told to avoid. */
     if (done)
@@ -641,19 +641,24 @@ int evs_server_free(evs_server *s)
 {
     if (!s)
         return -EINVAL;
+    /* The round trips below wait for the acceptor and every worker. */
+    if (evs_worker_current())
+        return -EDEADLK;
     evs_server_close(s);
     if (server_busy(s))
         return -EBUSY;
-    if (atomic_load(&s->rt->stopping) || !quiesce_server(s))
+    if (atomic_load(&s->rt->stopping) || !quiesce_server(s, false))
         return -ESHUTDOWN;
     /* Until they ran the close, the acceptor and the workers that own
      * their sockets (one worker, reuseport) could still accept: look again
-     * now that none can, and pass through the workers once more, so the
-     * end of such a connection has left its callback before the free. */
+     * now that none can. Then the acceptor unlists the server (it stays
+     * listed until now, so that a refusal leaves it to evs_runtime_stop)
+     * and the workers are passed once more, so the end of such a
+     * connection has left its callback before the free. */
     if (server_busy(s))
         return -EBUSY;
-    if (!quiesce_server(s))
-        return -ESHUTDOWN;
+    if (!quiesce_server(s, true))
+        return -ESHUTDOWN; /* unlisted, not freed: the runtime is going */
     evs__server_free(s);
     return 0;
 }

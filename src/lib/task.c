@@ -304,17 +304,19 @@ int evs_task_join(evs_task *task, int *result)
         return -EINVAL;
     if (task == self)
         return -EDEADLK;
-    /* The handle has one owner: a second joiner would find it freed. */
-    if (task->joiners.head)
+    /* The handle has one owner: a second joiner would find it freed. The
+     * flag, not the wait list, says a join is under way: a woken joiner
+     * is off the list until it runs. */
+    if (task->joining)
         return -EBUSY;
+    task->joining = true;
     while (!task->done) {
-        int err;
+        int err = self ? evs__task_park(&task->joiners) : -EAGAIN;
 
-        if (!self)
-            return -EAGAIN;
-        err = evs__task_park(&task->joiners);
-        if (err < 0)
+        if (err < 0) {
+            task->joining = false;
             return err;
+        }
     }
     if (result)
         *result = task->result;

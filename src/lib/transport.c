@@ -283,8 +283,14 @@ void evs_transport_close(evs_transport *t)
         return;
     t->closing = true;
     event_del(&t->rd_ev);
-    if (t->tls)
+    if (t->tls) {
+        /* Plaintext held for a handshake (a TLS 1.2 server's
+         * renegotiation) cannot go out once we stop reading: say it was
+         * dropped (a parked drain gets -EPIPE), do not pretend. */
+        if (evs__tls_pending(t) > 0)
+            t->dropped = true;
         evs__tls_close(t); /* queues close_notify, bounds the flush */
+    }
     if (evs__transport_queued(t) == 0)
         schedule_lost(t);
     /* else write_cb finishes the close once the buffer is flushed */

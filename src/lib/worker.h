@@ -195,6 +195,7 @@ struct evs_task {
     evs_task *wait_next;
     evs_task *wait_prev;
     evs__waitq joiners;
+    bool joining;          /* a join is under way (parked, or woken and not yet run) */
 
     evs_task *all_next;
     evs_task *all_prev;

@@ -277,6 +277,39 @@ TEST(Task, ASecondJoinerIsRefused) {
                      nullptr));
 }
 
+// The first joiner, woken by the end of the task but not yet run again,
+// still owns the handle: a join made in that gap is refused too (it freed
+// the handle under the first joiner).
+TEST(Task, AJoinerWokenButNotYetRunStillOwnsTheHandle) {
+    EXPECT_EQ(0, run_task(
+                     [](void *) -> int {
+                         static evs_task *target;
+                         static int first_rc = -1, first_result = -1;
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 evs_yield();
+                                 return 7;
+                             },
+                             nullptr, &target);
+                         evs_task *joiner;
+                         evs_task_spawn(
+                             [](void *) -> int {
+                                 first_rc = evs_task_join(target, &first_result);
+                                 return 0;
+                             },
+                             nullptr, &joiner);
+                         // Two passes: the target ends in the second and
+                         // wakes the joiner, which runs in the third.
+                         evs_yield();
+                         evs_yield();
+                         int r = 0;
+                         if (evs_task_join(target, &r) != -EBUSY) return 1;
+                         evs_task_join(joiner, nullptr);
+                         return first_rc == 0 && first_result == 7 ? 0 : 2;
+                     },
+                     nullptr));
+}
+
 TEST(Task, DetachedTaskRunsToCompletion) {
     static int done;
     done = 0;

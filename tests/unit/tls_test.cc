@@ -1398,10 +1398,39 @@ int listen_loopback(uint16_t *port) {
 }
 }  // namespace
 
-// A TLS 1.2 server asks for a renegotiation and is slow to answer the
-// client's new ClientHello: a write made meanwhile waits for the new
-// handshake instead of failing the connection (SSL_write would need the
-// server's answer).
+// A TLS 1.2 server: says "hello", asks for a renegotiation and is slow to
+// answer the client's new ClientHello, then echoes one line.
+void renegotiating_server(int lfd, std::string *got) {
+    int fd = accept(lfd, nullptr, nullptr);
+    set_timeouts(fd, 5);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_use_certificate_chain_file(ctx, certs.server.c_str());
+    SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) {
+        SSL_write(ssl, "hello\n", 6);
+        SSL_renegotiate(ssl);
+        SSL_do_handshake(ssl);  // sends the HelloRequest
+        usleep(300 * 1000);     // the client writes while it waits for us
+        char c;
+        while (SSL_read(ssl, &c, 1) == 1) {
+            *got += c;
+            if (c == '\n') break;
+        }
+        SSL_write(ssl, got->data(), (int)got->size());
+        SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    ERR_clear_error();
+}
+
+// A write made while the server renegotiates waits for the new handshake
+// instead of failing the connection (SSL_write would need the server's
+// answer).
 TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
     Ctx cctx;
     ASSERT_TRUE(client_ctx(&cctx));
@@ -1409,33 +1438,7 @@ TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
     int lfd = listen_loopback(&port);
     ASSERT_GE(lfd, 0);
     std::string server_got;
-    std::thread srv([&] {
-        int fd = accept(lfd, nullptr, nullptr);
-        set_timeouts(fd, 5);
-        SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-        SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
-        SSL_CTX_use_certificate_chain_file(ctx, certs.server.c_str());
-        SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
-        SSL *ssl = SSL_new(ctx);
-        SSL_set_fd(ssl, fd);
-        if (SSL_accept(ssl) == 1) {
-            SSL_write(ssl, "hello\n", 6);
-            SSL_renegotiate(ssl);
-            SSL_do_handshake(ssl);  // sends the HelloRequest
-            usleep(300 * 1000);     // the client writes while it waits for us
-            char c;
-            while (SSL_read(ssl, &c, 1) == 1) {
-                server_got += c;
-                if (c == '\n') break;
-            }
-            SSL_write(ssl, server_got.data(), (int)server_got.size());
-            SSL_shutdown(ssl);
-        }
-        SSL_free(ssl);
-        SSL_CTX_free(ctx);
-        close(fd);
-        ERR_clear_error();
-    });
+    std::thread srv(renegotiating_server, lfd, &server_got);
     std::string line1, line2;
     int wrc = 1, drc = 1;
     int rc = run([&]() -> int {
@@ -1460,6 +1463,48 @@ TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
     EXPECT_EQ(0, drc);
     EXPECT_EQ("ping\n", line2);
     EXPECT_EQ("ping\n", server_got);
+}
+
+// Closing before that new handshake is done cannot send what waits for
+// it: a task draining the writer learns so (-EPIPE), instead of 0, which
+// says everything went out.
+TEST_F(Tls, CloseDuringARenegotiationReportsTheHeldWritesDropped) {
+    Ctx cctx;
+    ASSERT_TRUE(client_ctx(&cctx));
+    uint16_t port;
+    int lfd = listen_loopback(&port);
+    ASSERT_GE(lfd, 0);
+    std::string server_got;
+    std::thread srv(renegotiating_server, lfd, &server_got);
+    static evs_writer *drained;
+    static int drain_rc;
+    int wrc = 1;
+    drain_rc = 1;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        std::string why;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
+        if (rc < 0) return rc;
+        readline_str(r);
+        evs_sleep(0.1);
+        std::string big(128 * 1024, 'x');  // over the high-water mark: drain parks
+        wrc = evs_write(w, big.data(), big.size());
+        drained = w;
+        evs_task *d;
+        evs_task_spawn([](void *) -> int { return drain_rc = evs_drain(drained); }, nullptr, &d);
+        evs_yield();
+        evs_close(w);
+        evs_task_join(d, nullptr);
+        evs_writer_free(w);
+        return 0;
+    });
+    srv.join();
+    close(lfd);
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ(0, wrc);
+    EXPECT_EQ(-EPIPE, drain_rc);
+    EXPECT_EQ("", server_got);
 }
 
 // With verification off, a handshake that fails for another reason is not
