@@ -579,9 +579,9 @@ static void acceptor_forget(evs_worker *acceptor, void *arg)
     quiesce_pass(acceptor, q);
 }
 
-/* Post @fn(@q) to each of @n threads and wait for those it reached.
+/* Post @fn(@q) to each of the @n threads and wait for those it reached.
  * @return false when a thread's inbox is closed (the runtime stops). */
-static bool pass_through(evs_worker *const *threads, int n, evs_worker_fn fn, quiesce *q)
+static bool pass_through(evs_worker *threads, int n, evs_worker_fn fn, quiesce *q)
 {
     bool all = true;
 
@@ -589,9 +589,9 @@ static bool pass_through(evs_worker *const *threads, int n, evs_worker_fn fn, qu
     q->pending = n;
     pthread_mutex_unlock(&q->lock);
     for (int i = 0; i < n; i++) {
-        if (evs_worker_post(threads[i], fn, q) < 0) {
+        if (evs_worker_post(&threads[i], fn, q) < 0) {
             all = false;
-            quiesce_pass(threads[i], q);
+            quiesce_pass(&threads[i], q);
         }
     }
     pthread_mutex_lock(&q->lock);
@@ -610,25 +610,19 @@ static bool pass_through(evs_worker *const *threads, int n, evs_worker_fn fn, qu
 static bool quiesce_server(evs_server *s, bool forget)
 {
     evs_runtime *rt = s->rt;
-    evs_worker *acceptor = &rt->acceptor, **workers;
     quiesce q = {.server = s};
     bool done;
 
-    workers = malloc((size_t)rt->nworkers * sizeof *workers);
-    if (!workers)
-        return false;
-    for (int i = 0; i < rt->nworkers; i++)
-        workers[i] = &rt->workers[i];
     pthread_mutex_init(&q.lock, NULL);
     pthread_cond_init(&q.cond, NULL);
-    done = pass_through(&acceptor, 1, forget ? acceptor_forget : quiesce_pass, &q);
-    /* A worker that cannot be reached leaves @s unlisted and unfreed: a
-     * leak, in a race with evs_runtime_stop the caller was told to avoid. */
+    done = pass_through(&rt->acceptor, 1, forget ? acceptor_forget : quiesce_pass, &q);
+    /* With @forget, a worker that cannot be reached leaves @s unlisted and
+     * unfreed: a leak, in a race with evs_runtime_stop the caller was told
+     * to avoid. */
     if (done)
-        done = pass_through(workers, rt->nworkers, quiesce_pass, &q);
+        done = pass_through(rt->workers, rt->nworkers, quiesce_pass, &q);
     pthread_cond_destroy(&q.cond);
     pthread_mutex_destroy(&q.lock);
-    free(workers);
     return done;
 }
 

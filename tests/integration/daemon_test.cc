@@ -236,6 +236,17 @@ std::string plugin_entry(const std::string &name, const std::string &tail = "") 
     return ",\n  { name = \"" + name + "\"; path = \"" + test_plugin(name) + "\"; }" + tail;
 }
 
+// Write @text as @d's config, SIGHUP, and wait for the daemon's @nth
+// "reload failed"; it keeps running.
+void reload_expecting_failure(Daemon &d, const std::string &conf, const std::string &text,
+                              size_t nth) {
+    write_file(conf, text);
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reload failed") >= nth; }))
+        << d.err();
+    ASSERT_TRUE(d.running());
+}
+
 class DaemonTest : public ::testing::Test {
   protected:
     std::string dir;
@@ -904,12 +915,7 @@ TEST_F(DaemonTest, SighupWithBadConfigKeepsTheOldOne) {
     size_t failures = 0;
     for (auto &b : bad) {
         SCOPED_TRACE(b.first);
-        write_file(conf, b.second);
-        d.signal(SIGHUP);
-        failures++;
-        ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reload failed") >= failures; }))
-            << d.err();
-        ASSERT_TRUE(d.running());
+        ASSERT_NO_FATAL_FAILURE(reload_expecting_failure(d, conf, b.second, ++failures));
         // The old configuration still serves, old and new connections alike.
         EXPECT_EQ("a:TWO", ask(live, "two"));
         int fd = connect_tcp(port);
@@ -958,12 +964,7 @@ TEST_F(DaemonTest, SighupFailingOnAKeptListenerKeepsTheOldOne) {
     size_t failures = 0;
     for (auto &b : bad) {
         SCOPED_TRACE(b.first);
-        write_file(conf, b.second);
-        d.signal(SIGHUP);
-        failures++;
-        ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reload failed") >= failures; }))
-            << d.err();
-        ASSERT_TRUE(d.running());
+        ASSERT_NO_FATAL_FAILURE(reload_expecting_failure(d, conf, b.second, ++failures));
         EXPECT_EQ(0u, count_of(d.err(), "reloaded ")) << d.err();
         EXPECT_EQ(port, d.port("up")) << d.ports_text();
         EXPECT_EQ("a:TWO", ask(live, "two"));

@@ -1124,11 +1124,9 @@ TEST_F(Tls, WritesBeforeTheHandshakeEndsGoFirstOverTls) {
     ASSERT_TRUE(default_server_ctx(&sctx));
     early_ctx = sctx.c;
     Runtime rt;
-    evs_server_options o{};
-    o.protocol = &early_protocol;
-    o.host = "127.0.0.1";
-    evs_server *s = nullptr;
-    ASSERT_EQ(0, evs_start_server(rt.rt, &o, &s));
+    evs_server *s = start(rt, nullptr, nullptr, nullptr,
+                          [](evs_server_options *o) { o->protocol = &early_protocol; });
+    ASSERT_NE(nullptr, s);
     for (int i = 0; i < 2; i++) {  // the held buffer is made per connection
         RawTls c(evs_server_port(s));
         ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
@@ -1145,13 +1143,9 @@ TEST_F(Tls, ProtocolModeEcho) {
     ASSERT_TRUE(client_ctx(&cctx));
     ProtoSeen ps;
     Runtime rt;
-    evs_server_options o{};
-    o.protocol = &tls_echo_protocol;
-    o.arg = &ps;
-    o.host = "127.0.0.1";
-    o.tls = sctx.c;
-    evs_server *s = nullptr;
-    ASSERT_EQ(0, evs_start_server(rt.rt, &o, &s));
+    evs_server *s = start(rt, nullptr, &ps, sctx.c,
+                          [](evs_server_options *o) { o->protocol = &tls_echo_protocol; });
+    ASSERT_NE(nullptr, s);
     uint16_t port = evs_server_port(s);
     const std::string data = pattern(300000, 3);
     std::string back(data.size(), '\0');
@@ -1553,11 +1547,9 @@ TEST_F(Tls, StartTlsOnAPausedTransportStillHandshakes) {
     ASSERT_TRUE(default_server_ctx(&sctx));
     paused_upgrade_ctx = sctx.c;
     Runtime rt;
-    evs_server_options o{};
-    o.protocol = &paused_upgrade_protocol;
-    o.host = "127.0.0.1";
-    evs_server *s = nullptr;
-    ASSERT_EQ(0, evs_start_server(rt.rt, &o, &s));
+    evs_server *s = start(rt, nullptr, nullptr, nullptr,
+                          [](evs_server_options *o) { o->protocol = &paused_upgrade_protocol; });
+    ASSERT_NE(nullptr, s);
     RawTls c(evs_server_port(s));
     ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
     ASSERT_TRUE(c.handshake());
