@@ -110,6 +110,17 @@ EVS_EXTERN int evs_runtime_broadcast(evs_runtime *rt, evs_worker_fn fn, void *ar
  */
 EVS_EXTERN int evs_worker_post(evs_worker *worker, evs_worker_fn fn, void *arg);
 
+/**
+ * Run fn(worker, arg) on @p worker's thread, as evs_worker_post() does,
+ * and wait until it has returned: for work that must happen on the
+ * worker before the caller goes on (to read or change what the worker
+ * owns). Two workers calling each other at once would wait for good.
+ * @return 0, -ENOMEM, -ESHUTDOWN when the worker is stopping (fn is not
+ * run), or -EDEADLK when called on @p worker's own thread.
+ * Thread: any but @p worker's.
+ */
+EVS_EXTERN int evs_worker_call(evs_worker *worker, evs_worker_fn fn, void *arg);
+
 /** The worker running the calling thread, or NULL outside workers. */
 EVS_EXTERN evs_worker *evs_worker_current(void);
 /** The worker's id: 0..N-1 (-1 for the private loop of evs_run()). Any thread. */

@@ -170,7 +170,8 @@ EVS_EXTERN bool evs_server_is_serving(const evs_server *s);
 EVS_EXTERN void evs_server_close(evs_server *s);
 
 /**
- * Wait until the server is closed and all its connections have ended.
+ * Wait until the server is closed (its listening sockets too: the port is
+ * free) and all its connections have ended.
  * In a task it parks; elsewhere it blocks the thread.
  * @return 0, or -ECANCELED / -ETIMEDOUT in a task.
  */

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -26,34 +25,17 @@ struct evsd_datagram {
     char *unlink_path;   /* our unixgram socket file ... */
     dev_t path_dev;      /* ... as long as it is still ours */
     ino_t path_ino;
-    /* Waiting for the workers. */
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int pending;
-    int failures;
+    int failures;        /* of the last on_workers */
 };
 
-static void done_one(evsd_datagram *set, bool failed)
-{
-    pthread_mutex_lock(&set->lock);
-    set->failures += failed;
-    if (--set->pending == 0)
-        pthread_cond_signal(&set->cond);
-    pthread_mutex_unlock(&set->lock);
-}
-
-/* Post @fn to the first set->n workers and wait for all of them. */
+/* Run @fn on the first set->n workers, one after the other.
+ * @return how many failed or could not be reached. */
 static int on_workers(evs_runtime *rt, evsd_datagram *set, evs_worker_fn fn)
 {
-    set->pending = set->n;
     set->failures = 0;
     for (int i = 0; i < set->n; i++)
-        if (evs_worker_post(evs_runtime_worker(rt, i), fn, set) < 0)
-            done_one(set, true);
-    pthread_mutex_lock(&set->lock);
-    while (set->pending > 0)
-        pthread_cond_wait(&set->cond, &set->lock);
-    pthread_mutex_unlock(&set->lock);
+        if (evs_worker_call(evs_runtime_worker(rt, i), fn, set) < 0)
+            set->failures++;
     return set->failures;
 }
 
@@ -64,9 +46,10 @@ static void open_here(evs_worker *w, void *arg)
     int rc = evs_datagram_new(set->fds[i], 0, set->proto, set->ctx, &set->eps[i]);
 
     set->fds[i] = -1; /* taken (closed on failure) */
-    if (rc < 0)
+    if (rc < 0) {
         evs_log(EVS_LOG_ERROR, "worker %d: datagram endpoint: %s", i, evs_strerror(rc));
-    done_one(set, rc < 0);
+        set->failures++;
+    }
 }
 
 static void close_here(evs_worker *w, void *arg)
@@ -77,7 +60,6 @@ static void close_here(evs_worker *w, void *arg)
     if (set->eps[i])
         evs_datagram_close(set->eps[i]); /* connection_lost follows; then it is freed */
     set->eps[i] = NULL;
-    done_one(set, false);
 }
 
 static void free_set(evsd_datagram *set)
@@ -93,8 +75,6 @@ static void free_set(evsd_datagram *set)
             unlink(set->unlink_path);
         free(set->unlink_path);
     }
-    pthread_cond_destroy(&set->cond);
-    pthread_mutex_destroy(&set->lock);
     free(set->fds);
     free(set->eps);
     free(set);
@@ -207,8 +187,6 @@ evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
 
     if (!set)
         return NULL;
-    pthread_mutex_init(&set->lock, NULL);
-    pthread_cond_init(&set->cond, NULL);
     set->n = c->family == EVSD_UDP ? workers : 1;
     set->fds = malloc((size_t)set->n * sizeof *set->fds);
     set->eps = calloc((size_t)workers, sizeof *set->eps);

@@ -283,52 +283,30 @@ typedef struct fanout {
     int (*fn)(evs_worker *w, instance *in);
     instance **list;
     size_t n;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int pending;
     int failures;
 } fanout;
 
 static void fanout_run(evs_worker *w, void *arg)
 {
     fanout *f = arg;
-    int failures = 0;
 
     for (size_t i = 0; i < f->n; i++)
         if (f->list[i] && f->fn(w, f->list[i]) < 0)
-            failures++;
-    pthread_mutex_lock(&f->lock);
-    f->failures += failures;
-    if (--f->pending == 0)
-        pthread_cond_signal(&f->cond);
-    pthread_mutex_unlock(&f->lock);
+            f->failures++;
 }
 
-/* Run fn(worker, instance) for each instance on every worker; wait.
- * @return the number of failed calls. */
+/* Run fn(worker, instance) for each instance on every worker, one worker
+ * after the other. @return the number of failed calls (a worker that
+ * cannot be reached counts once). */
 static int on_all_workers(evs_runtime *rt, int (*fn)(evs_worker *, instance *), instance **list,
                           size_t n)
 {
     fanout f = {.fn = fn, .list = list, .n = n};
     int workers = evs_runtime_worker_count(rt);
 
-    pthread_mutex_init(&f.lock, NULL);
-    pthread_cond_init(&f.cond, NULL);
-    f.pending = workers;
-    for (int i = 0; i < workers; i++) {
-        if (evs_worker_post(evs_runtime_worker(rt, i), fanout_run, &f) < 0) {
-            pthread_mutex_lock(&f.lock);
-            f.pending--;
+    for (int i = 0; i < workers; i++)
+        if (evs_worker_call(evs_runtime_worker(rt, i), fanout_run, &f) < 0)
             f.failures++;
-            pthread_mutex_unlock(&f.lock);
-        }
-    }
-    pthread_mutex_lock(&f.lock);
-    while (f.pending > 0)
-        pthread_cond_wait(&f.cond, &f.lock);
-    pthread_mutex_unlock(&f.lock);
-    pthread_cond_destroy(&f.cond);
-    pthread_mutex_destroy(&f.lock);
     return f.failures;
 }
 

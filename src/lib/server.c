@@ -428,13 +428,27 @@ void evs_server_close(evs_server *s)
         evs__acceptor_remove(&s->rt->acceptor, s); /* acceptor already gone */
 }
 
+/* A listening socket is still open: the close posted to the acceptor
+ * (or to the worker that owns the socket) has not run yet. */
+static bool listening(evs_server *s)
+{
+    bool open = false;
+
+    pthread_mutex_lock(&s->rt->lock);
+    for (size_t i = 0; i < s->nlisteners && !open; i++)
+        open = s->listeners[i].fd >= 0;
+    pthread_mutex_unlock(&s->rt->lock);
+    return open;
+}
+
 int evs_server_wait_closed(evs_server *s)
 {
     struct timespec nap = {0, 2 * 1000 * 1000};
 
     /* Servers span workers, so there is no one queue to park on: look
-     * every few milliseconds (this is a shutdown path, not a hot one). */
-    while (!atomic_load(&s->closed) || atomic_load(&s->conns) > 0) {
+     * every few milliseconds (this is a shutdown path, not a hot one).
+     * As with asyncio, the port is free once this returns. */
+    while (!atomic_load(&s->closed) || atomic_load(&s->conns) > 0 || listening(s)) {
         if (evs_task_current()) {
             int rc = evs_sleep(0.005);
             if (rc < 0)
@@ -452,9 +466,6 @@ typedef struct take_request {
     int *fds;
     size_t n;
     size_t count;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool done;
 } take_request;
 
 /* On a worker that accepted from @l: forget the socket, now another
@@ -501,10 +512,6 @@ static void acceptor_take(evs_worker *acceptor, void *arg)
     }
     s->keep_path = true;
     pthread_mutex_unlock(&s->rt->lock);
-    pthread_mutex_lock(&rq->lock);
-    rq->done = true;
-    pthread_cond_signal(&rq->cond);
-    pthread_mutex_unlock(&rq->lock);
 }
 
 size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n)
@@ -513,18 +520,8 @@ size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n)
 
     if (atomic_exchange(&s->closed, true))
         return 0;
-    pthread_mutex_init(&rq.lock, NULL);
-    pthread_cond_init(&rq.cond, NULL);
-    if (evs_worker_post(&s->rt->acceptor, acceptor_take, &rq) == 0) {
-        pthread_mutex_lock(&rq.lock);
-        while (!rq.done)
-            pthread_cond_wait(&rq.cond, &rq.lock);
-        pthread_mutex_unlock(&rq.lock);
-    } else {
+    if (evs_worker_call(&s->rt->acceptor, acceptor_take, &rq) < 0)
         acceptor_take(&s->rt->acceptor, &rq); /* the acceptor is gone */
-    }
-    pthread_cond_destroy(&rq.cond);
-    pthread_mutex_destroy(&rq.lock);
     return rq.count;
 }
 
@@ -542,88 +539,49 @@ size_t evs_server_sockets(const evs_server *s, int *fds, size_t n)
     return count;
 }
 
-/* Threads that have run everything posted to them before a point. */
-typedef struct quiesce {
-    evs_server *server;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int pending;
-} quiesce;
-
-static void quiesce_pass(evs_worker *w, void *arg)
+static void nothing(evs_worker *w, void *arg)
 {
-    quiesce *q = arg;
-
     EVS_UNUSED(w);
-    pthread_mutex_lock(&q->lock);
-    if (--q->pending == 0)
-        pthread_cond_signal(&q->cond);
-    pthread_mutex_unlock(&q->lock);
+    EVS_UNUSED(arg);
 }
 
 /* On the acceptor, the only thread that removes servers from the list:
  * its stop walks the list without the lock. */
 static void acceptor_forget(evs_worker *acceptor, void *arg)
 {
-    quiesce *q = arg;
+    evs_server *s = arg;
     evs_runtime *rt = acceptor->rt;
 
     pthread_mutex_lock(&rt->lock);
     for (evs_server **pp = &rt->servers; *pp; pp = &(*pp)->next) {
-        if (*pp == q->server) {
-            *pp = q->server->next;
+        if (*pp == s) {
+            *pp = s->next;
             break;
         }
     }
     pthread_mutex_unlock(&rt->lock);
-    quiesce_pass(acceptor, q);
-}
-
-/* Post @fn(@q) to each of the @n threads and wait for those it reached.
- * @return false when a thread's inbox is closed (the runtime stops). */
-static bool pass_through(evs_worker *threads, int n, evs_worker_fn fn, quiesce *q)
-{
-    bool all = true;
-
-    pthread_mutex_lock(&q->lock);
-    q->pending = n;
-    pthread_mutex_unlock(&q->lock);
-    for (int i = 0; i < n; i++) {
-        if (evs_worker_post(&threads[i], fn, q) < 0) {
-            all = false;
-            quiesce_pass(&threads[i], q);
-        }
-    }
-    pthread_mutex_lock(&q->lock);
-    while (q->pending > 0)
-        pthread_cond_wait(&q->cond, &q->lock);
-    pthread_mutex_unlock(&q->lock);
-    return all;
 }
 
 /* Before the free, every thread must be done with @s: the acceptor has
  * run what was posted for it (adding, closing, taking its sockets, and
- * the posts those made to workers) and dropped it from the list, so no
- * one posts for it again; then each worker has run those posts and left
- * any callback still holding @s (the close that counted its last
- * connection). */
+ * the posts those made to workers), and with @forget dropped it from the
+ * list, so no one posts for it again; then each worker has run those
+ * posts and left any callback still holding @s (the close that counted
+ * its last connection). A call runs after everything posted before it.
+ * @return false when a thread cannot be reached (the runtime stops). */
 static bool quiesce_server(evs_server *s, bool forget)
 {
     evs_runtime *rt = s->rt;
-    quiesce q = {.server = s};
-    bool done;
 
-    pthread_mutex_init(&q.lock, NULL);
-    pthread_cond_init(&q.cond, NULL);
-    done = pass_through(&rt->acceptor, 1, forget ? acceptor_forget : quiesce_pass, &q);
+    if (evs_worker_call(&rt->acceptor, forget ? acceptor_forget : nothing, s) < 0)
+        return false;
     /* With @forget, a worker that cannot be reached leaves @s unlisted and
      * unfreed: a leak, in a race with evs_runtime_stop the caller was told
      * to avoid. */
-    if (done)
-        done = pass_through(rt->workers, rt->nworkers, quiesce_pass, &q);
-    pthread_cond_destroy(&q.cond);
-    pthread_mutex_destroy(&q.lock);
-    return done;
+    for (int i = 0; i < rt->nworkers; i++)
+        if (evs_worker_call(&rt->workers[i], nothing, NULL) < 0)
+            return false;
+    return true;
 }
 
 static bool server_busy(evs_server *s)

@@ -360,14 +360,62 @@ int evs_worker_post(evs_worker *worker, evs_worker_fn fn, void *arg)
     return err;
 }
 
-static bool inbox_empty(evs_worker *w)
+/* A caller of evs_worker_call, waiting on its own stack. */
+typedef struct worker_call {
+    evs_worker_fn fn;
+    void *arg;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+} worker_call;
+
+static void run_call(evs_worker *w, void *arg)
 {
-    bool empty;
+    worker_call *c = arg;
+
+    c->fn(w, c->arg);
+    pthread_mutex_lock(&c->lock);
+    c->done = true;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+int evs_worker_call(evs_worker *worker, evs_worker_fn fn, void *arg)
+{
+    worker_call c = {.fn = fn, .arg = arg};
+    int err;
+
+    if (!worker || !fn)
+        return -EINVAL;
+    if (worker == current_worker)
+        return -EDEADLK;
+    pthread_mutex_init(&c.lock, NULL);
+    pthread_cond_init(&c.cond, NULL);
+    err = evs_worker_post(worker, run_call, &c);
+    if (err == 0) {
+        pthread_mutex_lock(&c.lock);
+        while (!c.done)
+            pthread_cond_wait(&c.cond, &c.lock);
+        pthread_mutex_unlock(&c.lock);
+    }
+    pthread_cond_destroy(&c.cond);
+    pthread_mutex_destroy(&c.lock);
+    return err;
+}
+
+/* True once the inbox is empty and closed: from then on a post fails
+ * instead of waiting in an inbox that no one reads (a caller of
+ * evs_worker_call would wait for good). */
+static bool inbox_close_if_empty(evs_worker *w)
+{
+    bool closed;
 
     pthread_mutex_lock(&w->inbox_lock);
-    empty = w->inbox_head == NULL;
+    if (w->inbox_head == NULL)
+        w->inbox_closed = true;
+    closed = w->inbox_closed && w->inbox_head == NULL;
     pthread_mutex_unlock(&w->inbox_lock);
-    return empty;
+    return closed;
 }
 
 void evs__worker_loop(evs_worker *w)
@@ -375,8 +423,10 @@ void evs__worker_loop(evs_worker *w)
     /* After exit is asked, keep going until the aborted transports have
      * delivered connection_lost, the cancelled tasks have returned and
      * every message accepted into the inbox has run (a posted function
-     * owns its argument: it must not be dropped). */
-    while (!w->exit_loop || w->transports.head || w->closables || w->tasks || !inbox_empty(w)) {
+     * owns its argument: it must not be dropped). The inbox closes last,
+     * once nothing else is left. */
+    while (!w->exit_loop || w->transports.head || w->closables || w->tasks ||
+           !inbox_close_if_empty(w)) {
         if (event_base_loop(w->base, EVLOOP_ONCE) < 0) {
             evs__error("worker %d: event loop failed", w->id);
             break;

@@ -129,6 +129,49 @@ TEST(Runtime, PostRunsOnTheWorkerThreadInOrder) {
     EXPECT_EQ(0, evs_runtime_stop(rt, 1));
 }
 
+struct CallLog {
+    evs_worker *ran_on = nullptr;
+    int self_call = 0;
+    int cross_call = 1;
+    evs_worker *cross_ran_on = nullptr;
+    std::vector<int> posted;  // written on worker 1 only
+};
+
+TEST(Runtime, CallReturnsOnceItRanAfterWhatWasPostedBefore) {
+    evs_runtime *rt = start_runtime(2);
+    evs_worker *w0 = evs_runtime_worker(rt, 0), *w1 = evs_runtime_worker(rt, 1);
+    CallLog log;
+    for (int i = 0; i < 100; i++)
+        ASSERT_EQ(0, evs_worker_post(
+                         w1, [](evs_worker *, void *arg) { ((CallLog *)arg)->posted.push_back(1); },
+                         &log));
+    // No waiting loop: the call itself is the wait. Plain fields: TSan
+    // checks that the call orders them.
+    ASSERT_EQ(0, evs_worker_call(
+                     w1,
+                     [](evs_worker *w, void *arg) {
+                         CallLog *l = (CallLog *)arg;
+                         l->ran_on = evs_worker_current();
+                         l->self_call = evs_worker_call(w, [](evs_worker *, void *) {}, nullptr);
+                         // A worker may call another (that is not calling it).
+                         l->cross_call = evs_worker_call(
+                             evs_runtime_worker(evs_worker_runtime(w), 0),
+                             [](evs_worker *, void *a) {
+                                 ((CallLog *)a)->cross_ran_on = evs_worker_current();
+                             },
+                             l);
+                     },
+                     &log));
+    EXPECT_EQ(w1, log.ran_on);
+    EXPECT_EQ(100u, log.posted.size());
+    EXPECT_EQ(-EDEADLK, log.self_call);
+    EXPECT_EQ(0, log.cross_call);
+    EXPECT_EQ(w0, log.cross_ran_on);
+    EXPECT_EQ(-EINVAL, evs_worker_call(nullptr, [](evs_worker *, void *) {}, nullptr));
+    EXPECT_EQ(-EINVAL, evs_worker_call(w0, nullptr, nullptr));
+    EXPECT_EQ(0, evs_runtime_stop(rt, 1));
+}
+
 TEST(Runtime, BroadcastRunsOnceOnEveryWorker) {
     evs_runtime *rt = start_runtime(3);
     static std::atomic<int> mask;
