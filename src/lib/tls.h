@@ -30,8 +30,9 @@ int evs__tls_write(evs_transport *t, const struct iovec *iov, int iovcnt);
 void evs__tls_close(evs_transport *t);
 /* Plaintext held until the handshake (or a renegotiation) is done. */
 size_t evs__tls_pending(const evs_transport *t);
-/* True while the transport's TLS handshake is not done: it reads even when
- * the protocol paused reading (pausing holds back plaintext, not TLS). */
+/* True while a TLS handshake runs (the first, or a TLS 1.2 server's
+ * renegotiation): the transport reads even when the protocol paused reading
+ * (pausing holds back plaintext, not TLS). */
 bool evs__tls_handshaking(const evs_transport *t);
 /* Begin the handshake (a client sends its hello). */
 void evs__tls_start(evs_transport *t);

@@ -13,7 +13,9 @@
  * path: the socket at once, the queue for the rest. The BIO never refuses a
  * write, so OpenSSL never sees WANT_WRITE. Plaintext written while a
  * handshake runs (the first, or a TLS 1.2 server's renegotiation) waits
- * for its end, when SSL_write no longer needs the peer.
+ * for its end, when SSL_write no longer needs the peer; the handshake reads
+ * on while the protocol has paused reading (SSL_peek, for a renegotiation),
+ * so that end comes without the protocol reading.
  *
  * A missing close_notify is an EOF that evs_transport_tls_peer_closed_cleanly
  * tells apart, logged at debug, never an error storm. Failed handshakes are
@@ -456,9 +458,21 @@ size_t evs__tls_pending(const evs_transport *t)
     return t->tls->pending ? evbuffer_get_length(t->tls->pending) : 0;
 }
 
+/* A TLS 1.2 server asked for a new handshake (its HelloRequest sets
+ * OpenSSL's renegotiate flag until that handshake ends), or a handshake
+ * message is still coming in. */
+static bool renegotiating(const evs__tls *s)
+{
+    return SSL_renegotiate_pending(s->ssl) || SSL_in_init(s->ssl);
+}
+
+/* Reading goes on through a handshake, the first or a renegotiation, even
+ * while the protocol has paused it. */
 bool evs__tls_handshaking(const evs_transport *t)
 {
-    return t->tls && !t->tls->handshake_done && !t->tls->failed;
+    const evs__tls *s = t->tls;
+
+    return s && !s->failed && (!s->handshake_done || renegotiating(s));
 }
 
 /* --- the handshake and reading -------------------------------------------- */
@@ -570,18 +584,45 @@ static void peer_eof(evs_transport *t)
         evs_transport_close(t);
 }
 
+/* After an SSL_read or SSL_peek that returned @n <= 0: nothing to do for
+ * now (WANT_READ), or the end of the connection. */
+static void read_ended(evs_transport *t, int n)
+{
+    evs__tls *s = t->tls;
+    int err = SSL_get_error(s->ssl, n);
+
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
+        return;
+    if (err == SSL_ERROR_ZERO_RETURN) {
+        s->close_notify = true;
+        peer_eof(t);
+        return;
+    }
+    if (s->tcp_eof) { /* the socket ended without close_notify */
+        ERR_clear_error();
+        peer_eof(t);
+        return;
+    }
+    if (s->io_error) {
+        ERR_clear_error();
+        evs__transport_fatal(t, s->io_error);
+        return;
+    }
+    record_error(s, "TLS error");
+    evs__debug("TLS connection error: %s", s->error ? s->error : "unknown");
+    evs__transport_fatal(t, -EPROTO);
+}
+
 /* Decrypt and deliver until OpenSSL has nothing more or reading pauses. */
-static void deliver(evs_transport *t)
+static void read_plaintext(evs_transport *t)
 {
     evs__tls *s = t->tls;
     const evs_protocol *p;
 
-    note_io(t);
-
     while (!t->closing && !t->paused) {
         void *buf;
         size_t len;
-        int n, err;
+        int n;
 
         /* Nothing inside OpenSSL and the socket empty: SSL_read could only
          * say WANT_READ, and get_buffer would reserve memory (a stream
@@ -610,29 +651,46 @@ static void deliver(evs_transport *t)
                 p->data_received(t, buf, (size_t)n, t->ctx);
             continue;
         }
-        err = SSL_get_error(s->ssl, n);
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-            return;
-        if (err == SSL_ERROR_ZERO_RETURN) {
-            s->close_notify = true;
-            peer_eof(t);
-            return;
-        }
-        if (s->tcp_eof) { /* the socket ended without close_notify */
-            ERR_clear_error();
-            peer_eof(t);
-            return;
-        }
-        if (s->io_error) {
-            ERR_clear_error();
-            evs__transport_fatal(t, s->io_error);
-            return;
-        }
-        record_error(s, "TLS error");
-        evs__debug("TLS connection error: %s", s->error ? s->error : "unknown");
-        evs__transport_fatal(t, -EPROTO);
+        read_ended(t, n);
         return;
     }
+}
+
+/* Drive a renegotiation where SSL_read does not. Writes made during it are
+ * held until it ends (write_records), so it must go on while the protocol
+ * has paused reading: pausing holds back plaintext, not TLS, and a task
+ * that drains before it reads would otherwise wait for good. And after a
+ * wakeup's last SSL_read: OpenSSL begins the new handshake only in a call
+ * that finds no record behind the HelloRequest, and if SSL_write began it,
+ * it would need the server's answer and fail. SSL_peek drives the
+ * handshake as SSL_read does but takes no plaintext; plaintext that comes
+ * before the handshake's end holds it back until the protocol reads again,
+ * as it would hold back any paused transport. An EOF or an error met on the
+ * way is reported at once: held writes could never go out.
+ * @return true when plaintext waits for a protocol that reads. */
+static bool renegotiate(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+    char c;
+    int n;
+
+    clear_errors();
+    n = SSL_peek(s->ssl, &c, 1);
+    if (n > 0 && !t->paused)
+        return true;
+    if (n <= 0)
+        read_ended(t, n);
+    if (t->paused && !t->closing && (n > 0 || !renegotiating(s)))
+        event_del(&t->rd_ev); /* reading resumes with the protocol */
+    return false;
+}
+
+static void deliver(evs_transport *t)
+{
+    note_io(t);
+    do
+        read_plaintext(t);
+    while (!t->closing && renegotiating(t->tls) && renegotiate(t));
 }
 
 void evs__tls_readable(evs_transport *t)

@@ -6,6 +6,7 @@
 // OpenSSL clients and `openssl s_client` where the peer must be foreign.
 #include <gtest/gtest.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -1499,6 +1500,150 @@ TEST_F(Tls, CloseDuringARenegotiationReportsTheHeldWritesDropped) {
     EXPECT_EQ(0, wrc);
     EXPECT_EQ(-EPIPE, drain_rc);
     EXPECT_EQ("", server_got);
+}
+
+namespace {
+// A TLS 1.2 server that renegotiates before it answers: it sends a
+// HelloRequest and, without waiting for the new handshake, @first bytes of
+// plaintext; then it reads a request of @want bytes (finishing the
+// handshake on the way) and answers "got N\n". With @together the two go
+// in one send, so the client reads them in one recv (and OpenSSL puts off
+// the new handshake: a record waits behind the request); otherwise the
+// plaintext goes once the client's new ClientHello is here, so the client
+// reads it inside the new handshake.
+void renegotiate_then_read(int lfd, bool together, size_t first, size_t want, size_t *got) {
+    int fd = accept(lfd, nullptr, nullptr);
+    set_timeouts(fd, 5);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_use_certificate_chain_file(ctx, certs.server.c_str());
+    SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
+    SSL *ssl = SSL_new(ctx);
+    BIO *wb = BIO_new_socket(fd, BIO_NOCLOSE);
+    SSL_set0_rbio(ssl, BIO_new_socket(fd, BIO_NOCLOSE));
+    SSL_set0_wbio(ssl, wb);
+    if (SSL_accept(ssl) == 1) {
+        std::string data = pattern(first, 5);
+        if (together) {
+            BIO *mem = BIO_new(BIO_s_mem());
+            BIO_up_ref(wb);
+            SSL_set0_wbio(ssl, mem);
+        }
+        SSL_renegotiate(ssl);
+        SSL_do_handshake(ssl);  // sends the HelloRequest
+        if (!together) {
+            pollfd pfd = {fd, POLLIN, 0};
+            poll(&pfd, 1, 5000);  // the new ClientHello
+        }
+        SSL_write(ssl, data.data(), (int)data.size());
+        if (together) {
+            char *p;
+            long n = BIO_get_mem_data(SSL_get_wbio(ssl), &p);
+            write_all(fd, p, (size_t)n);
+            SSL_set0_wbio(ssl, wb);
+        }
+        std::vector<char> buf(16384);
+        int n;
+        while (*got < want && (n = SSL_read(ssl, buf.data(), (int)buf.size())) > 0)
+            *got += (size_t)n;
+        std::string reply = "got " + std::to_string(*got) + "\n";
+        SSL_write(ssl, reply.data(), (int)reply.size());
+        SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    ERR_clear_error();
+}
+
+struct RenegotiationRun {
+    int rc = 1, wrc = 1, drc = 1;
+    bool paused = false;
+    ssize_t n = 0;
+    std::string first, line;
+    long renegotiations = 0;
+    size_t server_got = 0;
+};
+
+// A client of renegotiate_then_read whose reader pauses above 2 KiB, below
+// the server's 3000 bytes. With @pause it lets them pause the reader, then
+// writes a request over the high-water mark and drains it, and only then
+// reads; without, it reads them first.
+RenegotiationRun renegotiation_run(evs_tls_context *cctx, bool together, bool pause) {
+    const size_t first = 3000, limit = 1024, request = 128 * 1024;
+    RenegotiationRun out;
+    uint16_t port;
+    int lfd = listen_loopback(&port);
+    if (lfd < 0) return out;
+    std::thread srv(renegotiate_then_read, lfd, together, first, request, &out.server_got);
+    out.rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx, &r, &w, nullptr, nullptr, limit);
+        if (rc < 0) return rc;
+        evs_transport *t = evs_writer_transport(w);
+        out.first.resize(first);
+        if (pause) {
+            // Poll (bounded by the task's timeout) until the reader pauses.
+            while (evs_transport_is_reading(t) && evs_sleep(0.005) == 0) {
+            }
+            out.paused = !evs_transport_is_reading(t) && !evs_transport_is_closing(t);
+        } else {
+            out.n = evs_readexactly(r, &out.first[0], first);
+        }
+        std::string big(request, 'x');
+        out.wrc = evs_write(w, big.data(), big.size());
+        out.drc = evs_drain(w);
+        if (pause) out.n = evs_readexactly(r, &out.first[0], first);
+        out.line = readline_str(r);
+        out.renegotiations = SSL_total_renegotiations(static_cast<SSL *>(evs_transport_tls_ssl(t)));
+        evs_writer_free(w);
+        return 0;
+    });
+    srv.join();
+    close(lfd);
+    return out;
+}
+
+void expect_renegotiated(const RenegotiationRun &run) {
+    EXPECT_EQ(0, run.rc);
+    EXPECT_EQ(0, run.wrc);
+    EXPECT_EQ(0, run.drc);
+    EXPECT_EQ(3000, run.n);
+    EXPECT_TRUE(run.first == pattern(3000, 5));
+    EXPECT_EQ("got 131072\n", run.line);
+    EXPECT_EQ(131072u, run.server_got);
+    EXPECT_EQ(1, run.renegotiations);
+}
+}  // namespace
+
+// The server's plaintext came inside its renegotiation and paused the
+// reader before the new handshake ended. A request written now waits for
+// that handshake, so it must still be read: the handler drains before it
+// reads, and the server reads (with plain TCP, or without the
+// renegotiation, this works). It was not: evs_drain waited for good.
+// Also when the plaintext came with the HelloRequest, so that OpenSSL put
+// off the new handshake and the paused reader has to begin it.
+TEST_F(Tls, PausedReaderStillReadsAServerRenegotiation) {
+    Ctx cctx;
+    ASSERT_TRUE(client_ctx(&cctx));
+    for (bool together : {false, true}) {
+        SCOPED_TRACE(together ? "plaintext with the HelloRequest" : "plaintext in the handshake");
+        RenegotiationRun run = renegotiation_run(cctx.c, together, true);
+        EXPECT_TRUE(run.paused);
+        expect_renegotiated(run);
+    }
+}
+
+// A HelloRequest read with plaintext behind it: OpenSSL begins the new
+// handshake at the next call that finds no record waiting. A write made
+// then went to SSL_write, which began it and needed the server's answer,
+// and failed the connection ("TLS write failed"); the read that took the
+// plaintext now begins it, and the write waits for its end.
+TEST_F(Tls, WriteAfterAHelloRequestWithPlaintextWaitsForTheRenegotiation) {
+    Ctx cctx;
+    ASSERT_TRUE(client_ctx(&cctx));
+    expect_renegotiated(renegotiation_run(cctx.c, true, false));
 }
 
 // With verification off, a handshake that fails for another reason is not
