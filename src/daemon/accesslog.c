@@ -6,8 +6,9 @@
  */
 #include "accesslog.h"
 
+#include "logging.h"
+
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,9 +34,9 @@ evsd_access_log *evsd_access_log_open(const char *path, const char *listener, co
 
     if (!log)
         return NULL;
-    log->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    log->fd = evsd_log_file_open(path);
     if (log->fd < 0) {
-        int e = errno;
+        int e = -log->fd;
         free(log);
         errno = e;
         return NULL;
@@ -57,9 +58,9 @@ int evsd_access_log_reopen_all(void)
 
     pthread_mutex_lock(&all_lock);
     for (evsd_access_log *log = all; log; log = log->next) {
-        int fd = open(log->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        int fd = evsd_log_file_open(log->path);
         if (fd < 0) {
-            rc = -errno;
+            rc = fd;
             continue;
         }
         pthread_rwlock_wrlock(&log->lock);

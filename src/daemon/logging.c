@@ -54,10 +54,38 @@ static void sink(evs_log_level level, int worker, const char *msg, void *arg)
     (void)rc;
 }
 
-static int open_file(const char *path)
+#define LOG_FILE_FLAGS (O_WRONLY | O_APPEND | O_CLOEXEC)
+#define LOG_FILE_MODE 0640
+
+int evsd_log_file_open(const char *path)
 {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    int fd = open(path, LOG_FILE_FLAGS | O_CREAT, LOG_FILE_MODE);
     return fd < 0 ? -errno : fd;
+}
+
+int evsd_log_file_check(const char *path)
+{
+    /* The same open as evsd_log_file_open, so that the kernel decides as
+     * it would then (permissions, a missing directory, a directory at the
+     * path, a read-only file system); only the creation differs. An
+     * existing file is opened for append and closed: unchanged. A missing
+     * one is created only if nobody else did (O_EXCL), and removed again,
+     * so a check leaves no empty file behind. */
+    int fd = open(path, LOG_FILE_FLAGS);
+    bool created = false;
+
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(path, LOG_FILE_FLAGS | O_CREAT | O_EXCL, LOG_FILE_MODE);
+        created = fd >= 0;
+        if (fd < 0 && errno == EEXIST) /* created meanwhile by someone else */
+            fd = open(path, LOG_FILE_FLAGS);
+    }
+    if (fd < 0)
+        return -errno;
+    if (created)
+        unlink(path);
+    close(fd);
+    return 0;
 }
 
 int evsd_log_open(const char *target, evs_log_level level)
@@ -69,7 +97,7 @@ int evsd_log_open(const char *target, evs_log_level level)
         sys = true;
         openlog("evstreamd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
     } else if (strcmp(target, "stderr") != 0) {
-        fd = open_file(target);
+        fd = evsd_log_file_open(target);
         if (fd < 0)
             return fd;
     }
@@ -86,13 +114,20 @@ int evsd_log_open(const char *target, evs_log_level level)
     return 0;
 }
 
+int evsd_log_check(const char *target)
+{
+    if (strcmp(target, "syslog") == 0 || strcmp(target, "stderr") == 0)
+        return 0; /* nothing to open that could fail */
+    return evsd_log_file_check(target);
+}
+
 int evsd_log_reopen(void)
 {
     int fd;
 
     if (!log_path)
         return 0;
-    fd = open_file(log_path);
+    fd = evsd_log_file_open(log_path);
     if (fd < 0)
         return fd;
     pthread_mutex_lock(&lock);

@@ -48,7 +48,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: evstreamd [options]\n"
             "  -c, --config FILE      configuration file (default %s)\n"
-            "  -t, --test             check the configuration and the plugins, bind nothing\n"
+            "  -t, --test             check what a start checks before binding, bind nothing\n"
             "  -d, --daemon           run in the background\n"
             "  -p, --pidfile FILE     write the process id to FILE (locked while running)\n"
             "  -w, --workers N        worker threads (overrides the config)\n"
@@ -278,6 +278,27 @@ static void apply_log(const evsd_config *cfg, const options *o)
                 evs_strerror(rc));
 }
 
+/* -t: what a start does before it binds, with the same functions and
+ * without their effects; every problem is printed, one per line. Binding,
+ * the pidfile, worker_start and the switch to `user` are left out (see
+ * docs/config.md). @return 0 or -1. */
+static int test_config(const evsd_config *cfg, const char *config_path)
+{
+    int failures = 0, rc;
+
+    if (evsd_check_process(cfg, stderr) < 0)
+        failures++;
+    if (evsd_service_check(cfg, stderr) < 0)
+        failures++;
+    /* A start does not fail on its log file (apply_log logs to stderr
+     * instead), so -t does not either; it warns. */
+    rc = evsd_log_check(cfg->log_file);
+    if (rc < 0)
+        fprintf(stderr, "%s: warning: log file %s: %s; evstreamd would log to stderr\n",
+                config_path, cfg->log_file, evs_strerror(rc));
+    return failures ? -1 : 0;
+}
+
 static void reload(evsd_service *svc, const char *path, const options *o)
 {
     evsd_config *cfg;
@@ -384,7 +405,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (o.test) {
-        rc = evsd_check_plugins(cfg, stderr);
+        rc = test_config(cfg, config_path);
         if (rc == 0)
             printf("evstreamd: configuration %s OK\n", config_path);
         else
@@ -393,7 +414,6 @@ int main(int argc, char **argv)
         free(config_path);
         return rc == 0 ? 0 : 1;
     }
-
 
     if (o.daemonize)
         ready_fd = daemonize();

@@ -28,11 +28,27 @@ static bool any_stream_listener(const evsd_config *cfg)
     return cfg->nlisteners > 0;
 }
 
-static int raise_nofile(const evsd_config *cfg)
+/* Without a user to switch to, root serves only when the config says so. */
+static int check_root(const evsd_config *cfg, char *err, size_t errlen)
+{
+    if (geteuid() == 0 && !cfg->user && !cfg->allow_root) {
+        snprintf(err, errlen,
+                 "%s: refusing to run as root: set user = \"...\" (evstreamd binds as root, "
+                 "then switches) or allow_root = true",
+                 cfg->path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Raise RLIMIT_NOFILE to what max_connections needs. @return 0 (*@raised:
+ * the new limit, or 0 when it was high enough), or -1 with why in @err. */
+static int raise_nofile(const evsd_config *cfg, rlim_t *raised, char *err, size_t errlen)
 {
     struct rlimit rl;
     rlim_t need = (rlim_t)cfg->limits.max_connections + FD_OVERHEAD;
 
+    *raised = 0;
     if (cfg->limits.max_connections == 0 || getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
     if (rl.rlim_cur >= need)
@@ -40,21 +56,22 @@ static int raise_nofile(const evsd_config *cfg)
     if (rl.rlim_max < need && geteuid() == 0)
         rl.rlim_max = need; /* root may raise the hard limit too */
     if (rl.rlim_max < need) {
-        evs_log(EVS_LOG_ERROR,
-                "max_connections = %llu needs %llu file descriptors, but the hard limit is "
-                "%llu: raise it (LimitNOFILE= in the unit, or ulimit -Hn) or lower "
-                "max_connections",
-                (unsigned long long)cfg->limits.max_connections, (unsigned long long)need,
-                (unsigned long long)rl.rlim_max);
+        snprintf(err, errlen,
+                 "%s: max_connections = %llu needs %llu file descriptors, but the hard limit "
+                 "is %llu: raise it (LimitNOFILE= in the unit, or ulimit -Hn) or lower "
+                 "max_connections",
+                 cfg->path, (unsigned long long)cfg->limits.max_connections,
+                 (unsigned long long)need, (unsigned long long)rl.rlim_max);
         return -1;
     }
     rl.rlim_cur = need;
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
-        evs_log(EVS_LOG_ERROR, "cannot raise RLIMIT_NOFILE to %llu: %s", (unsigned long long)need,
-                strerror(errno));
+        snprintf(err, errlen, "%s: max_connections = %llu: cannot raise RLIMIT_NOFILE to %llu: %s",
+                 cfg->path, (unsigned long long)cfg->limits.max_connections,
+                 (unsigned long long)need, strerror(errno));
         return -1;
     }
-    evs_log(EVS_LOG_INFO, "raised the open file limit to %llu", (unsigned long long)need);
+    *raised = need;
     return 0;
 }
 
@@ -78,17 +95,43 @@ static void check_map_count(const evsd_config *cfg)
                 have, (unsigned long long)cfg->limits.max_connections, need);
 }
 
+int evsd_check_process(const evsd_config *cfg, FILE *errors)
+{
+    char err[512];
+    rlim_t raised;
+    int failures = 0;
+
+    if (check_root(cfg, err, sizeof err) < 0) {
+        fprintf(errors, "%s\n", err);
+        failures++;
+    }
+    /* The kernel alone knows whether the limit can be raised (root's
+     * ceiling is fs.nr_open): ask it by raising this process's own limit,
+     * which ends with `-t` a moment later. */
+    if (raise_nofile(cfg, &raised, err, sizeof err) < 0) {
+        fprintf(errors, "%s\n", err);
+        failures++;
+    }
+    return failures ? -1 : 0;
+}
+
 int evsd_prepare_process(const evsd_config *cfg)
 {
-    if (geteuid() == 0 && !cfg->user && !cfg->allow_root) {
-        evs_log(EVS_LOG_ERROR, "refusing to run as root: set user = \"...\" (evstreamd binds "
-                               "as root, then switches) or allow_root = true");
+    char err[512];
+    rlim_t raised;
+
+    if (check_root(cfg, err, sizeof err) < 0) {
+        evs_log(EVS_LOG_ERROR, "%s", err);
         return -1;
     }
     if (cfg->has_umask)
         umask((mode_t)cfg->umask_value);
-    if (raise_nofile(cfg) < 0)
+    if (raise_nofile(cfg, &raised, err, sizeof err) < 0) {
+        evs_log(EVS_LOG_ERROR, "%s", err);
         return -1;
+    }
+    if (raised)
+        evs_log(EVS_LOG_INFO, "raised the open file limit to %llu", (unsigned long long)raised);
     check_map_count(cfg);
     return 0;
 }

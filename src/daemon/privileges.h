@@ -5,12 +5,20 @@
 #ifndef EVSD_PRIVILEGES_H
 #define EVSD_PRIVILEGES_H
 
+#include <stdio.h>
+
 #include "config.h"
 
 /* Before binding: refuse root without user or allow_root, set the umask,
  * raise RLIMIT_NOFILE to what max_connections needs, warn about
  * vm.max_map_count. @return 0 or -1 (logged). */
 int evsd_prepare_process(const evsd_config *cfg);
+/* What evsd_prepare_process would refuse, with the same code (`evstreamd
+ * -t`): root without user or allow_root, a file descriptor limit that
+ * cannot reach what max_connections needs. Judged for the user and limits
+ * this process runs with. @return 0, or -1 after printing every problem,
+ * one per line, to @errors. */
+int evsd_check_process(const evsd_config *cfg, FILE *errors);
 /* After binding: switch to the configured user and group. @return 0 or -1. */
 int evsd_drop_privileges(const evsd_config *cfg);
 

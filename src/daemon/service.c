@@ -14,6 +14,7 @@
 
 #include "accesslog.h"
 #include "datagram.h"
+#include "logging.h"
 #include "systemd.h"
 
 #include <errno.h>
@@ -145,7 +146,13 @@ static const evsd_plugin_conf *find_plugin_conf(const evsd_config *cfg, const ch
     return NULL;
 }
 
-/* Load the listener's plugin and init an instance. Reasons go to @err. */
+static bool is_datagram(const evsd_listener_conf *c)
+{
+    return c->family == EVSD_UDP || c->family == EVSD_UNIXGRAM;
+}
+
+/* Load the listener's plugin, check that its mode fits the address, and
+ * init an instance. Reasons go to @err. */
 static instance *instance_new(const evsd_config *cfg, const evsd_listener_conf *l, char *err,
                               size_t errlen)
 {
@@ -170,6 +177,21 @@ static instance *instance_new(const evsd_config *cfg, const evsd_listener_conf *
     }
     in->desc = evs_plugin_get(in->plugin->handle);
     in->conf = l;
+    /* Datagram plugins serve udp: and unixgram: addresses, and only those.
+     * Checked before init, so a plugin that cannot serve here never starts. */
+    if (is_datagram(l) != (in->desc->mode == EVS_PLUGIN_DATAGRAM)) {
+        if (is_datagram(l))
+            snprintf(err, errlen, "%s:%d: listener '%s': plugin '%s' is not a datagram plugin",
+                     l->file, l->line, l->name, l->plugin);
+        else
+            snprintf(err, errlen,
+                     "%s:%d: listener '%s': plugin '%s' serves datagrams: use a udp: or "
+                     "unixgram: address",
+                     l->file, l->line, l->name, l->plugin);
+        plugin_put(in->plugin);
+        free(in);
+        return NULL;
+    }
     if (in->desc->init) {
         settings = evs_settings_from_libconfig(l->settings);
         rc = settings ? in->desc->init(settings, &in->state) : -ENOMEM;
@@ -249,32 +271,6 @@ static int make_tls(const evsd_listener_conf *l, evs_tls_context **out, char *er
     if (rc < 0)
         snprintf(err, errlen, "%s:%d: listener '%s': tls: %s", l->file, l->line, l->name, why);
     return rc;
-}
-
-int evsd_check_plugins(const evsd_config *cfg, FILE *errors)
-{
-    char err[1024];
-    int failures = 0;
-    instance **made = calloc(cfg->nlisteners + 1, sizeof *made);
-
-    for (size_t i = 0; i < cfg->nlisteners; i++) {
-        evs_tls_context *tls;
-
-        made[i] = instance_new(cfg, &cfg->listeners[i], err, sizeof err);
-        if (!made[i]) {
-            fprintf(errors, "%s\n", err);
-            failures++;
-        }
-        if (make_tls(&cfg->listeners[i], &tls, err, sizeof err) < 0) {
-            fprintf(errors, "%s\n", err);
-            failures++;
-        }
-        evs_tls_context_unref(tls);
-    }
-    for (size_t i = 0; i < cfg->nlisteners; i++)
-        instance_free(made[i]);
-    free(made);
-    return failures ? -1 : 0;
 }
 
 /* --- running something on every worker and waiting ---------------------- */
@@ -426,12 +422,80 @@ static void generation_free(evsd_service *svc, generation *g)
     free(g);
 }
 
+/* A problem found while preparing a listener: on @errors for `-t`, in the
+ * log (NULL) for a start or a reload. */
+static void report(FILE *errors, const char *what)
+{
+    if (errors)
+        fprintf(errors, "%s\n", what);
+    else
+        evs_log(EVS_LOG_ERROR, "%s", what);
+}
+
+/* Everything a listener needs before its socket: its plugin instance
+ * (loaded, its mode fitting the address, init run), its TLS context and
+ * its access log. A start, a reload and `-t` all come through here, so
+ * `-t` finds what they would. With @check (-t) the access log file is
+ * only tried (evsd_log_file_check): a check leaves no file behind.
+ * @return the number of problems, each reported. */
+static int prepare_listener(const evsd_config *cfg, listener *l, bool check, FILE *errors)
+{
+    const evsd_listener_conf *c = l->conf;
+    char err[1024];
+    int failures = 0, rc;
+
+    l->inst = instance_new(cfg, c, err, sizeof err);
+    if (!l->inst) {
+        report(errors, err);
+        failures++;
+    }
+    if (make_tls(c, &l->tls, err, sizeof err) < 0) {
+        report(errors, err);
+        failures++;
+    }
+    if (c->access_log) {
+        if (check) {
+            rc = evsd_log_file_check(c->access_log);
+        } else {
+            l->access_log = evsd_access_log_open(c->access_log, c->name, c->access_log_format);
+            rc = l->access_log ? 0 : -errno;
+        }
+        if (rc < 0) {
+            snprintf(err, sizeof err, "%s:%d: listener '%s': access log %s: %s", c->file,
+                     c->line, c->name, c->access_log, evs_strerror(rc));
+            report(errors, err);
+            failures++;
+        }
+    }
+    return failures;
+}
+
+int evsd_service_check(const evsd_config *cfg, FILE *errors)
+{
+    listener *ls = calloc(cfg->nlisteners + 1, sizeof *ls);
+    int failures = 0;
+
+    if (!ls) {
+        fprintf(errors, "evstreamd: out of memory\n");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        ls[i].conf = &cfg->listeners[i];
+        failures += prepare_listener(cfg, &ls[i], true, errors);
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        instance_free(ls[i].inst);
+        evs_tls_context_unref(ls[i].tls);
+    }
+    free(ls);
+    return failures ? -1 : 0;
+}
+
 /* Make the generation's instances and start them on the workers. */
 static generation *generation_new(evsd_service *svc, evsd_config *cfg)
 {
     generation *g = calloc(1, sizeof *g);
     instance **list;
-    char err[1024];
     int failures = 0;
 
     if (!g)
@@ -444,15 +508,7 @@ static generation *generation_new(evsd_service *svc, evsd_config *cfg)
         listener *l = &g->listeners[i];
         l->conf = &cfg->listeners[i];
         l->key = evsd_listener_key(l->conf);
-        l->inst = instance_new(cfg, l->conf, err, sizeof err);
-        if (!l->inst) {
-            evs_log(EVS_LOG_ERROR, "%s", err);
-            failures++;
-        }
-        if (make_tls(l->conf, &l->tls, err, sizeof err) < 0) {
-            evs_log(EVS_LOG_ERROR, "%s", err);
-            failures++;
-        }
+        failures += prepare_listener(cfg, l, false, NULL);
         list[i] = l->inst;
     }
     g->live = g->n;
@@ -487,21 +543,11 @@ static void describe_address(listener *l)
         snprintf(l->address, sizeof l->address, "%s", l->conf->listen);
 }
 
-static bool is_datagram(const evsd_listener_conf *c)
-{
-    return c->family == EVSD_UDP || c->family == EVSD_UNIXGRAM;
-}
-
 static int start_datagram_listener(evsd_service *svc, listener *l, uint16_t port)
 {
-    const evs_plugin *d = l->inst->desc;
+    const evs_plugin *d = l->inst->desc; /* a datagram plugin: instance_new checked */
     evsd_listener_conf c = *l->conf;
 
-    if (d->mode != EVS_PLUGIN_DATAGRAM) {
-        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': plugin '%s' is not a datagram plugin",
-                l->conf->file, l->conf->line, l->conf->name, l->conf->plugin);
-        return -EINVAL;
-    }
     if (port)
         c.port = port;
     l->dgram = evsd_datagram_start(svc->rt, &c, d->datagram, l->inst->state, l->address,
@@ -558,11 +604,6 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
 
     if (is_datagram(c))
         return start_datagram_listener(svc, l, 0);
-    if (l->inst->desc->mode == EVS_PLUGIN_DATAGRAM) {
-        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': plugin '%s' serves datagrams: use a "
-                "udp: or unixgram: address", c->file, c->line, c->name, c->plugin);
-        return -EINVAL;
-    }
     memset(&o, 0, sizeof o);
     if (l->inst->desc->mode == EVS_PLUGIN_STREAM)
         o.client_connected = l->inst->desc->client_connected;
@@ -596,14 +637,7 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     o.proxy_trusted = (const char *const *)c->proxy_trusted;
     o.nproxy_trusted = c->nproxy_trusted;
     o.proxy_timeout = c->proxy_timeout;
-    if (c->access_log) {
-        l->access_log = evsd_access_log_open(c->access_log, c->name, c->access_log_format);
-        if (!l->access_log) {
-            rc = -errno;
-            evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': access log %s: %s", c->file, c->line,
-                    c->name, c->access_log, evs_strerror(rc));
-            return rc;
-        }
+    if (l->access_log) { /* opened by prepare_listener */
         o.connection_closed = evsd_access_log_write;
         o.connection_closed_arg = l->access_log;
     }

@@ -13,11 +13,14 @@
 typedef struct evsd_service evsd_service;
 
 /*
- * Load the plugins of @cfg and init one instance per listener, without
- * binding anything (what `evstreamd -t` checks).
- * @return 0, or -1 after printing the reasons to @errors.
+ * What evsd_service_start and evsd_service_reload do for each listener of
+ * @cfg before binding, with the same code (`evstreamd -t`): load its plugin
+ * and check that its mode fits the address, init an instance (then fini
+ * it), build its TLS context and try its access log file (leaving no new
+ * file behind). Binds nothing, starts no worker.
+ * @return 0, or -1 after printing every problem, one per line, to @errors.
  */
-int evsd_check_plugins(const evsd_config *cfg, FILE *errors);
+int evsd_service_check(const evsd_config *cfg, FILE *errors);
 
 /* Start serving @cfg (taken over) on a new runtime with @workers (0: from
  * the config). @return the service or NULL after logging why. */

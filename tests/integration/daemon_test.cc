@@ -11,10 +11,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -518,6 +520,20 @@ ConfigError config_error_case(const std::string &name) {
                                 "127.0.0.1:0", "settings_echo")),
                 "",
                 {"listener 'l'", "settings.int: expected an integer"}};
+    // Found when a listener is prepared, before binding: -t must find them too.
+    if (name == "AccessLogCannotBeOpened")
+        return {config(listener("access_log = { file = \"no_such_dir/access.log\"; };",
+                                "127.0.0.1:0", "echo", true)),
+                "",
+                {"listener 'l'", "access log", "/no_such_dir/access.log: No such file or directory"}};
+    if (name == "DatagramPluginOnStreamAddress")
+        return {config(listener("", "127.0.0.1:0", "udp_echo", true), "workers = 2;\n",
+                       ",\n  { name = \"udp_echo\"; path = \"udp_echo.so\"; }"),
+                "",
+                {"listener 'l'", "plugin 'udp_echo' serves datagrams"}};
+    if (name == "StreamPluginOnDatagramAddress")
+        return {config(listener("", "udp:127.0.0.1:0", "echo", true)), "",
+                {"listener 'l'", "plugin 'echo' is not a datagram plugin"}};
     if (name == "ErrorInIncludedFile")
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
@@ -586,7 +602,9 @@ INSTANTIATE_TEST_SUITE_P(
                       "UndeclaredPlugin", "MissingPluginFile", "PluginAbiMismatch",
                       "PluginWithoutDescriptor", "PluginWithUndefinedSymbol", "PluginInitFails",
                       "PluginInitFailsWithSettings", "PluginRejectsSettingType",
-                      "ErrorInIncludedFile", "SyntaxErrorInIncludedFile"),
+                      "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress",
+                      "StreamPluginOnDatagramAddress", "ErrorInIncludedFile",
+                      "SyntaxErrorInIncludedFile"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 
 TEST_F(DaemonTest, EveryConfigErrorIsReportedAtOnce) {
@@ -661,21 +679,75 @@ TEST_F(DaemonTest, TestModeSaysOkAndBindsNothing) {
     uint16_t port = free_port();
     ASSERT_NE(0, port);
     std::string sock = path("t.sock");
+    // -t tries the log files: a new one must not be left behind, an old
+    // one must not change.
+    std::string old_log = write("old-access.log", "a line from before\n");
+    struct timespec times[2] = {{1000000000, 0}, {1000000000, 0}};
+    ASSERT_EQ(0, utimensat(AT_FDCWD, old_log.c_str(), times, 0));
     std::string conf = write(
         "evstreamd.conf",
         config("  { name = \"tcp\"; listen = \"127.0.0.1:" + std::to_string(port) +
-                   "\"; plugin = \"line_upper\"; settings = { prefix = \"x\"; }; },\n"
-                   "  { name = \"unix\"; listen = \"unix:" + sock + "\"; plugin = \"echo\"; }"));
+                   "\"; plugin = \"line_upper\"; settings = { prefix = \"x\"; };\n"
+                   "    access_log = { file = \"new-access.log\"; }; },\n"
+                   "  { name = \"unix\"; listen = \"unix:" + sock + "\"; plugin = \"echo\";\n"
+                   "    access_log = { file = \"old-access.log\"; }; }",
+               "log = { file = \"evstreamd.log\"; };\n"));
     std::string pidfile = path("t.pid");
     Result t = run({"-t", "-c", conf, "-p", pidfile});
     EXPECT_EQ(0, t.status) << t.err;
     EXPECT_TRUE(contains(t.out, "configuration " + conf + " OK")) << t.out;
+    EXPECT_EQ("", t.err);
     // Nothing was bound or created: the port is ours to take.
     int fd = bind_tcp(port);
     EXPECT_GE(fd, 0) << "port " << port << " is not free after -t: " << strerror(errno);
     if (fd >= 0) close(fd);
     EXPECT_FALSE(file_exists(sock));
     EXPECT_FALSE(file_exists(pidfile));
+    EXPECT_FALSE(file_exists(path("new-access.log")));
+    EXPECT_FALSE(file_exists(path("evstreamd.log")));
+    EXPECT_EQ("a line from before\n", read_file(old_log));
+    struct stat st;
+    ASSERT_EQ(0, stat(old_log.c_str(), &st));
+    EXPECT_EQ(1000000000, st.st_mtim.tv_sec);
+}
+
+// A start only warns when its log file cannot be opened (it logs to stderr
+// instead), so -t warns and still says OK.
+TEST_F(DaemonTest, TestModeWarnsAboutALogFileItCannotOpen) {
+    std::string conf = write("evstreamd.conf",
+                             config("  { listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "log = { file = \"no_such_dir/evstreamd.log\"; };\n"));
+    Result t = run({"-t", "-c", conf});
+    EXPECT_EQ(0, t.status) << t.err;
+    EXPECT_TRUE(contains(t.out, "configuration " + conf + " OK")) << t.out;
+    EXPECT_TRUE(contains(t.err, conf + ": warning: log file " + path("no_such_dir/evstreamd.log") +
+                                    ": No such file or directory"))
+        << t.err;
+}
+
+// max_connections needs file descriptors: a start that cannot raise its
+// limit that far refuses to run, and so does -t (run with the same limits).
+TEST_F(DaemonTest, TestModeChecksTheFileDescriptorLimitLikeAStart) {
+    const unsigned long long need = 10000000ULL + 256;  // max_connections + the daemon's overhead
+    struct rlimit rl;
+    ASSERT_EQ(0, getrlimit(RLIMIT_NOFILE, &rl));
+    unsigned long long ceiling = rl.rlim_max;
+    if (geteuid() == 0) ceiling = std::stoull(read_file("/proc/sys/fs/nr_open"));  // root's ceiling
+    if (ceiling >= need) GTEST_SKIP() << "this system allows " << need << " file descriptors";
+    std::string conf = write(
+        "evstreamd.conf",
+        config("  { listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+               "limits = { shutdown_timeout = \"3s\"; max_connections = 10000000; };\n"));
+    Result t = run({"-t", "-c", conf});
+    EXPECT_EQ(1, t.status);
+    EXPECT_FALSE(contains(t.out, "OK")) << t.out;
+    EXPECT_TRUE(contains(t.err, conf + ": max_connections = 10000000")) << t.err;
+    EXPECT_TRUE(contains(t.err, "configuration " + conf + " has errors")) << t.err;
+    std::string ports = path("ports");
+    Result s = run({"-c", conf, "--ports-file", ports});
+    EXPECT_EQ(1, s.status);
+    EXPECT_TRUE(contains(s.err, conf + ": max_connections = 10000000")) << s.err;
+    EXPECT_FALSE(file_exists(ports));
 }
 
 TEST_F(DaemonTest, VersionHelpAndBadOptions) {

@@ -403,6 +403,11 @@ TEST(Ops, RootNeedsUserOrAllowRootAndDropsToTheUser) {
     Result r = run_daemon(conf, {});
     EXPECT_EQ(1, r.status);
     EXPECT_NE(std::string::npos, r.out.find("refusing to run as root")) << r.out;
+    // -t refuses it too, naming the file.
+    Result t = run_daemon(conf, {"-t"});
+    EXPECT_EQ(1, t.status);
+    EXPECT_NE(std::string::npos, t.out.find(conf + ": refusing to run as root")) << t.out;
+    EXPECT_NE(std::string::npos, t.out.find("configuration " + conf + " has errors")) << t.out;
 
     // With user = "nobody" it binds as root, then runs as nobody.
     chmod(dir.c_str(), 0755);
