@@ -506,23 +506,35 @@ static void flushed(evs_transport *t)
         schedule_lost(t);
 }
 
-/* Send as much of the queue as the socket takes. sendmsg() with
- * MSG_NOSIGNAL rather than evbuffer_write(): writev() would raise SIGPIPE
- * in an embedding program that has not ignored it. */
+/* One write of @iov to the socket (or pipe), retried on EINTR. With
+ * MSG_NOSIGNAL rather than writev(), which would raise SIGPIPE in an
+ * embedding program that has not ignored it. One buffer, the usual case
+ * (an echo, a TLS record), goes through send(): the kernel takes it
+ * without sendmsg()'s copies of a message header and an iovec array. */
+static ssize_t send_iov(evs_transport *t, const struct iovec *iov, int iovcnt)
+{
+    struct msghdr msg = {.msg_iov = (struct iovec *)iov,
+                         .msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt)};
+    ssize_t n;
+
+    do {
+        if (t->is_pipe)
+            n = evs__pipe_writev(t->wfd, iov, (int)msg.msg_iovlen);
+        else if (iovcnt == 1)
+            n = send(t->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        else
+            n = sendmsg(t->fd, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+/* Send as much of the queue as the socket takes. */
 static ssize_t flush_queue(evs_transport *t)
 {
     struct iovec iov[64];
-    struct msghdr msg;
     int n = evbuffer_peek(t->out, -1, NULL, (struct evbuffer_iovec *)iov, 64);
-    ssize_t sent;
+    ssize_t sent = send_iov(t, iov, n > 64 ? 64 : n);
 
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = iov;
-    msg.msg_iovlen = (size_t)(n > 64 ? 64 : n);
-    do
-        sent = t->is_pipe ? evs__pipe_writev(t->wfd, iov, (int)msg.msg_iovlen)
-                          : sendmsg(t->fd, &msg, MSG_NOSIGNAL);
-    while (sent < 0 && errno == EINTR);
     if (sent > 0) {
         evbuffer_drain(t->out, (size_t)sent);
         account(t, (size_t)sent, 0);
@@ -645,15 +657,7 @@ int evs__transport_send(evs_transport *t, const struct iovec *iov, int iovcnt, s
         return 0;
     if (evs__transport_queued(t) == 0) {
         /* Nothing queued: try the socket first. */
-        struct msghdr msg;
-
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = (struct iovec *)iov;
-        msg.msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
-        do
-            n = t->is_pipe ? evs__pipe_writev(t->wfd, iov, (int)msg.msg_iovlen)
-                           : sendmsg(t->fd, &msg, MSG_NOSIGNAL);
-        while (n < 0 && errno == EINTR);
+        n = send_iov(t, iov, iovcnt);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
                 err = -errno;
