@@ -115,8 +115,10 @@ EVS_EXTERN int evs_worker_post(evs_worker *worker, evs_worker_fn fn, void *arg);
  * and wait until it has returned: for work that must happen on the
  * worker before the caller goes on (to read or change what the worker
  * owns). Two workers calling each other at once would wait for good.
- * @return 0, -ENOMEM, -ESHUTDOWN when the worker is stopping (fn is not
- * run), or -EDEADLK when called on @p worker's own thread.
+ * The message waits on the caller's stack: no allocation, no -ENOMEM.
+ * @return 0, -EINVAL (no worker or fn), -ESHUTDOWN when the worker is
+ * stopping (fn is not run), or -EDEADLK when called on @p worker's own
+ * thread.
  * Thread: any but @p worker's.
  */
 EVS_EXTERN int evs_worker_call(evs_worker *worker, evs_worker_fn fn, void *arg);

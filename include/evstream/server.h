@@ -170,10 +170,11 @@ EVS_EXTERN bool evs_server_is_serving(const evs_server *s);
 EVS_EXTERN void evs_server_close(evs_server *s);
 
 /**
- * Wait until the server is closed (its listening sockets too: the port is
- * free) and all its connections have ended.
- * In a task it parks; elsewhere it blocks the thread.
- * @return 0, or -ECANCELED / -ETIMEDOUT in a task.
+ * Wait until the server is closed (its listening sockets too, unless
+ * evs_server_take_sockets handed them over) and all its connections have
+ * ended. In a task it parks; elsewhere it blocks the thread.
+ * @return 0, -ECANCELED / -ETIMEDOUT in a task, or -EDEADLK on a worker
+ *         outside a task (its loop could not close what it waits for).
  */
 EVS_EXTERN int evs_server_wait_closed(evs_server *s);
 

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,29 +64,48 @@ int evsd_log_file_open(const char *path)
     return fd < 0 ? -errno : fd;
 }
 
+/* Whether @dir takes a new file. An unnamed one (O_TMPFILE) asks the
+ * kernel without a name ever appearing; where the file system has no
+ * O_TMPFILE, the access rules stand in for it. */
+static int dir_takes_files(const char *dir)
+{
+    int fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, LOG_FILE_MODE);
+
+    if (fd >= 0) {
+        close(fd);
+        return 0;
+    }
+    if (errno != EOPNOTSUPP && errno != EISDIR)
+        return -errno;
+    return faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) == 0 ? 0 : -errno;
+}
+
 int evsd_log_file_check(const char *path)
 {
-    /* The same open as evsd_log_file_open, so that the kernel decides as
-     * it would then (permissions, a missing directory, a directory at the
-     * path, a read-only file system); only the creation differs. An
-     * existing file is opened for append and closed: unchanged. A missing
-     * one is created only if nobody else did (O_EXCL), and removed again,
-     * so a check leaves no empty file behind. */
-    int fd = open(path, LOG_FILE_FLAGS);
-    bool created = false;
+    /* An existing file: the open evsd_log_file_open makes, without
+     * O_CREAT, so that the kernel decides as it would then (permissions, a
+     * directory at the path, a read-only file system), and the file stays
+     * as it was. O_NONBLOCK: a FIFO without a reader (ENXIO) must not hang
+     * the check. A missing file is never created, not even for a moment: a
+     * running evstreamd reopening its logs could take it for its own. */
+    int fd = open(path, LOG_FILE_FLAGS | O_NONBLOCK);
+    char *copy;
+    int rc;
 
-    if (fd < 0 && errno == ENOENT) {
-        fd = open(path, LOG_FILE_FLAGS | O_CREAT | O_EXCL, LOG_FILE_MODE);
-        created = fd >= 0;
-        if (fd < 0 && errno == EEXIST) /* created meanwhile by someone else */
-            fd = open(path, LOG_FILE_FLAGS);
+    if (fd >= 0) {
+        close(fd);
+        return 0;
     }
-    if (fd < 0)
+    if (errno == ENXIO)
+        return 0;
+    if (errno != ENOENT)
         return -errno;
-    if (created)
-        unlink(path);
-    close(fd);
-    return 0;
+    copy = strdup(path);
+    if (!copy)
+        return -ENOMEM;
+    rc = dir_takes_files(dirname(copy));
+    free(copy);
+    return rc;
 }
 
 int evsd_log_open(const char *target, evs_log_level level)

@@ -491,19 +491,27 @@ int evsd_service_check(const evsd_config *cfg, FILE *errors)
     return failures ? -1 : 0;
 }
 
-/* Make the generation's instances and start them on the workers. */
+/* Make the generation's instances and start them on the workers. Takes
+ * @cfg: on failure it is freed. */
 static generation *generation_new(evsd_service *svc, evsd_config *cfg)
 {
     generation *g = calloc(1, sizeof *g);
-    instance **list;
+    instance **list = calloc(cfg->nlisteners + 1, sizeof *list);
     int failures = 0;
 
-    if (!g)
+    if (g)
+        g->listeners = calloc(cfg->nlisteners + 1, sizeof *g->listeners);
+    if (!g || !g->listeners || !list) {
+        evs_log(EVS_LOG_ERROR, "cannot load the configuration: out of memory");
+        if (g)
+            free(g->listeners);
+        free(g);
+        free(list);
+        evsd_config_free(cfg);
         return NULL;
+    }
     g->cfg = cfg;
     g->n = cfg->nlisteners;
-    g->listeners = calloc(g->n + 1, sizeof *g->listeners);
-    list = calloc(g->n + 1, sizeof *list);
     for (size_t i = 0; i < g->n; i++) {
         listener *l = &g->listeners[i];
         l->conf = &cfg->listeners[i];

@@ -356,12 +356,14 @@ void evs__listener_close(evs_worker *owner, void *arg)
     if (l->ev_added)
         event_del(&l->ev);
     l->ev_added = false;
+    /* Closed under the lock: once a thread sees -1 (evs_server_wait_closed),
+     * the port is free. */
     pthread_mutex_lock(&rt->lock);
     fd = l->fd;
     l->fd = -1;
-    pthread_mutex_unlock(&rt->lock);
     if (fd >= 0)
         close(fd);
+    pthread_mutex_unlock(&rt->lock);
 }
 
 void evs__acceptor_remove(evs_worker *acceptor, void *arg)

@@ -445,9 +445,14 @@ int evs_server_wait_closed(evs_server *s)
 {
     struct timespec nap = {0, 2 * 1000 * 1000};
 
+    /* A worker's loop closes its sockets and connections: blocked, it
+     * would wait for itself. */
+    if (evs_worker_current() && !evs_task_current())
+        return -EDEADLK;
     /* Servers span workers, so there is no one queue to park on: look
      * every few milliseconds (this is a shutdown path, not a hot one).
-     * As with asyncio, the port is free once this returns. */
+     * As with asyncio, the listening sockets are closed once this
+     * returns (or handed over, by evs_server_take_sockets). */
     while (!atomic_load(&s->closed) || atomic_load(&s->conns) > 0 || listening(s)) {
         if (evs_task_current()) {
             int rc = evs_sleep(0.005);
@@ -520,8 +525,10 @@ size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n)
 
     if (atomic_exchange(&s->closed, true))
         return 0;
+    /* Refused when the acceptor is gone, or when this is the acceptor:
+     * either way no one else touches its events now. */
     if (evs_worker_call(&s->rt->acceptor, acceptor_take, &rq) < 0)
-        acceptor_take(&s->rt->acceptor, &rq); /* the acceptor is gone */
+        acceptor_take(&s->rt->acceptor, &rq);
     return rq.count;
 }
 

@@ -668,7 +668,7 @@ static void read_plaintext(evs_transport *t)
  * as it would hold back any paused transport. An EOF or an error met on the
  * way is reported at once: held writes could never go out.
  * @return true when plaintext waits for a protocol that reads. */
-static bool renegotiate(evs_transport *t)
+static bool drive_renegotiation(evs_transport *t)
 {
     evs__tls *s = t->tls;
     char c;
@@ -688,9 +688,14 @@ static bool renegotiate(evs_transport *t)
 static void deliver(evs_transport *t)
 {
     note_io(t);
-    do
+    for (;;) {
         read_plaintext(t);
-    while (!t->closing && renegotiating(t->tls) && renegotiate(t));
+        if (t->closing || !renegotiating(t->tls))
+            return;
+        if (!drive_renegotiation(t))
+            return;
+        /* Plaintext came first, and the protocol reads: deliver it. */
+    }
 }
 
 void evs__tls_readable(evs_transport *t)
@@ -777,6 +782,15 @@ static int write_records(evs_transport *t, const struct iovec *iov, int iovcnt)
     size_t staged = 0;
     int rc = 0;
 
+    /* A HelloRequest read with a record behind it leaves the new handshake
+     * for later, and a write from data_received comes before the read that
+     * would begin it: SSL_write would begin it, need the server's answer
+     * and fail. Begin it here, where WANT_READ is no failure (OpenSSL
+     * begins only once no record waits), and hold the plaintext below. */
+    if (s->handshake_done && SSL_renegotiate_pending(s->ssl) && !SSL_in_init(s->ssl)) {
+        clear_errors();
+        SSL_do_handshake(s->ssl);
+    }
     /* During a handshake SSL_write would need the peer's answer (a TLS 1.2
      * server may renegotiate: SSL_read then starts a new handshake), so
      * plaintext waits, and what comes after it waits behind it. */

@@ -146,22 +146,21 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 static void run_message(evs_worker *w, evs__msg *m)
 {
     if (m->fn) {
+        /* A caller's message may be gone once its function returned. */
+        bool owned = m->caller_owned;
+
         m->fn(w, m->arg);
-        free(m);
+        if (!owned)
+            free(m);
     } else {
         evs__server_accept_on_worker(w, m); /* takes m */
     }
 }
 
-static void inbox_cb(evutil_socket_t fd, short what, void *arg)
+static void run_inbox(evs_worker *w)
 {
-    evs_worker *w = arg;
     evs__msg *m, *next;
-    uint64_t n;
 
-    EVS_UNUSED(what);
-    if (read(fd, &n, sizeof n) < 0 && errno != EAGAIN)
-        evs__warn("worker %d: inbox read: %s", w->id, strerror(errno));
     pthread_mutex_lock(&w->inbox_lock);
     m = w->inbox_head;
     w->inbox_head = w->inbox_tail = NULL;
@@ -170,6 +169,17 @@ static void inbox_cb(evutil_socket_t fd, short what, void *arg)
         next = m->next;
         run_message(w, m);
     }
+}
+
+static void inbox_cb(evutil_socket_t fd, short what, void *arg)
+{
+    evs_worker *w = arg;
+    uint64_t n;
+
+    EVS_UNUSED(what);
+    if (read(fd, &n, sizeof n) < 0 && errno != EAGAIN)
+        evs__warn("worker %d: inbox read: %s", w->id, strerror(errno));
+    run_inbox(w);
 }
 
 #define LAG_PROBE_US 100000
@@ -274,7 +284,8 @@ void evs__worker_fini(evs_worker *w)
         next = m->next;
         if (!m->fn && m->fd >= 0)
             close(m->fd);
-        free(m);
+        if (!m->caller_owned)
+            free(m);
     }
     w->inbox_head = w->inbox_tail = NULL;
     if (w->dns) {
@@ -360,8 +371,10 @@ int evs_worker_post(evs_worker *worker, evs_worker_fn fn, void *arg)
     return err;
 }
 
-/* A caller of evs_worker_call, waiting on its own stack. */
+/* A caller of evs_worker_call, waiting on its own stack, message and all:
+ * a call cannot fail for want of memory. */
 typedef struct worker_call {
+    evs__msg msg;
     evs_worker_fn fn;
     void *arg;
     pthread_mutex_t lock;
@@ -389,9 +402,13 @@ int evs_worker_call(evs_worker *worker, evs_worker_fn fn, void *arg)
         return -EINVAL;
     if (worker == current_worker)
         return -EDEADLK;
+    c.msg.fn = run_call;
+    c.msg.arg = &c;
+    c.msg.fd = -1;
+    c.msg.caller_owned = true;
     pthread_mutex_init(&c.lock, NULL);
     pthread_cond_init(&c.cond, NULL);
-    err = evs_worker_post(worker, run_call, &c);
+    err = evs__worker_push(worker, &c.msg);
     if (err == 0) {
         pthread_mutex_lock(&c.lock);
         while (!c.done)
@@ -403,32 +420,34 @@ int evs_worker_call(evs_worker *worker, evs_worker_fn fn, void *arg)
     return err;
 }
 
-/* True once the inbox is empty and closed: from then on a post fails
- * instead of waiting in an inbox that no one reads (a caller of
- * evs_worker_call would wait for good). */
-static bool inbox_close_if_empty(evs_worker *w)
+/* Whether the loop may end: exit was asked, the aborted transports have
+ * delivered connection_lost, the cancelled tasks have returned, and
+ * every message accepted into the inbox has run (a posted function owns
+ * its argument, and a caller of evs_worker_call waits for it). True
+ * closes the inbox: from then on a post fails instead of waiting in an
+ * inbox that no one reads. */
+static bool loop_done(evs_worker *w)
 {
-    bool closed;
+    bool done;
 
+    if (!w->exit_loop || w->transports.head || w->closables || w->tasks)
+        return false;
     pthread_mutex_lock(&w->inbox_lock);
-    if (w->inbox_head == NULL)
+    done = w->inbox_head == NULL;
+    if (done)
         w->inbox_closed = true;
-    closed = w->inbox_closed && w->inbox_head == NULL;
     pthread_mutex_unlock(&w->inbox_lock);
-    return closed;
+    return done;
 }
 
 void evs__worker_loop(evs_worker *w)
 {
-    /* After exit is asked, keep going until the aborted transports have
-     * delivered connection_lost, the cancelled tasks have returned and
-     * every message accepted into the inbox has run (a posted function
-     * owns its argument: it must not be dropped). The inbox closes last,
-     * once nothing else is left. */
-    while (!w->exit_loop || w->transports.head || w->closables || w->tasks ||
-           !inbox_close_if_empty(w)) {
+    while (!loop_done(w)) {
         if (event_base_loop(w->base, EVLOOP_ONCE) < 0) {
             evs__error("worker %d: event loop failed", w->id);
+            /* Still run what was posted: its senders may be waiting. */
+            evs__worker_close_inbox(w);
+            run_inbox(w);
             break;
         }
     }

@@ -30,6 +30,7 @@ typedef struct evs__msg {
     struct evs_server *server;
     uint64_t ip_key; /* per-address accounting, when ip_counted */
     bool ip_counted;
+    bool caller_owned; /* on the stack of an evs_worker_call: never freed here */
     socklen_t peerlen;
     struct sockaddr_storage peer;
 } evs__msg;

@@ -301,6 +301,39 @@ TEST_P(ServerWorkers, CloseStopsListeningAndWaitClosedWaitsForConnections) {
     closer.join();
 }
 
+// As with asyncio, the port is free once wait_closed returns: no retry.
+// On a worker outside a task it would wait for its own loop: refused.
+TEST(Server, WaitClosedLeavesThePortFreeAndRefusesToBlockAWorker) {
+    for (int workers : {1, 2}) {
+        SCOPED_TRACE(workers);
+        Runtime r(workers);
+        evs_server_options o{};
+        o.client_connected = greeter;
+        o.host = "127.0.0.1";
+        evs_server *s;
+        ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+        uint16_t port = evs_server_port(s);
+        evs_server_close(s);
+        int on_worker = 1;
+        struct Arg {
+            evs_server *s;
+            int *rc;
+        } arg{s, &on_worker};
+        ASSERT_EQ(0, evs_worker_call(
+                         evs_runtime_worker(r.rt, 0),
+                         [](evs_worker *, void *a) {
+                             Arg *x = static_cast<Arg *>(a);
+                             *x->rc = evs_server_wait_closed(x->s);
+                         },
+                         &arg));
+        EXPECT_EQ(-EDEADLK, on_worker);
+        EXPECT_EQ(0, evs_server_wait_closed(s));
+        int fd = connect_tcp(port);
+        EXPECT_LT(fd, 0);
+        if (fd >= 0) close(fd);
+    }
+}
+
 TEST(Server, UnixSocketFileIsRemovedOnClose) {
     Runtime r;
     std::string dir = make_temp_dir();

@@ -1646,6 +1646,85 @@ TEST_F(Tls, WriteAfterAHelloRequestWithPlaintextWaitsForTheRenegotiation) {
     expect_renegotiated(renegotiation_run(cctx.c, true, false));
 }
 
+namespace {
+// A protocol-mode client of renegotiate_then_read: it writes its request
+// from data_received, the moment the server's 3000 bytes are in.
+struct EagerClient {
+    size_t got = 0;
+    int wrc = 1;
+    std::string tail;  // what came after the 3000 bytes
+    long renegotiations = -1;
+    int lost = 1;
+    bool done = false;
+};
+
+void eager_data(evs_transport *t, const void *d, size_t n, void *ctx) {
+    EagerClient *c = static_cast<EagerClient *>(ctx);
+    size_t before = c->got;
+    c->got += n;
+    if (c->got > 3000) c->tail.append((const char *)d + (before < 3000 ? 3000 - before : 0),
+                                      c->got - (before < 3000 ? 3000 : before));
+    if (before < 3000 && c->got >= 3000) {
+        std::string big(128 * 1024, 'x');
+        c->wrc = evs_transport_write(t, big.data(), big.size());
+    }
+    if (c->tail.find('\n') != std::string::npos) {
+        c->renegotiations = SSL_total_renegotiations(static_cast<SSL *>(evs_transport_tls_ssl(t)));
+        evs_transport_close(t);
+    }
+}
+
+void eager_lost(evs_transport *, int err, void *ctx) {
+    EagerClient *c = static_cast<EagerClient *>(ctx);
+    c->lost = err;
+    c->done = true;
+}
+}  // namespace
+
+// The same HelloRequest with plaintext behind it, to a protocol that
+// writes from data_received: the write comes before any read could begin
+// the new handshake. SSL_write began it and failed the connection with
+// -EPROTO; the write now begins it and is held until its end.
+TEST_F(Tls, WriteFromDataReceivedAfterAHelloRequestWaitsForTheRenegotiation) {
+    Ctx cctx;
+    ASSERT_TRUE(client_ctx(&cctx));
+    uint16_t port;
+    int lfd = listen_loopback(&port);
+    ASSERT_GE(lfd, 0);
+    size_t server_got = 0;
+    std::thread srv(renegotiate_then_read, lfd, true, 3000, 128 * 1024, &server_got);
+    static const evs_protocol proto = [] {
+        evs_protocol p{};
+        p.data_received = eager_data;
+        p.connection_lost = eager_lost;
+        return p;
+    }();
+    EagerClient c;
+    int rc = run([&]() -> int {
+        int fd = connect_tcp(port);
+        if (fd < 0) return -errno;
+        evs_transport *t;
+        int err = evs_transport_new(fd, &proto, &c, &t);
+        if (err < 0) return err;
+        evs_tls_options o{};
+        o.server_hostname = "localhost";
+        err = evs_transport_start_tls(t, cctx.c, false, &o, nullptr, 0);
+        if (err < 0) return err;
+        // Bounded by the task's timeout: a stall fails, it does not hang.
+        while (!c.done && evs_sleep(0.005) == 0) {
+        }
+        return c.done ? 0 : -ETIMEDOUT;
+    });
+    srv.join();
+    close(lfd);
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ(0, c.wrc);
+    EXPECT_EQ(0, c.lost);
+    EXPECT_EQ("got 131072\n", c.tail);
+    EXPECT_EQ(131072u, server_got);
+    EXPECT_EQ(1, c.renegotiations);
+}
+
 // With verification off, a handshake that fails for another reason is not
 // reported as "certificate verify failed".
 TEST_F(Tls, WithoutVerificationAFailureIsNoVerifyFailure) {
