@@ -1393,15 +1393,22 @@ int listen_loopback(uint16_t *port) {
 }
 }  // namespace
 
+// A raw OpenSSL server context limited to TLS 1.2, the last version that
+// renegotiates, with the test server's certificate.
+static SSL_CTX *tls12_server_ctx() {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_use_certificate_chain_file(ctx, certs.server.c_str());
+    SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
+    return ctx;
+}
+
 // A TLS 1.2 server: says "hello", asks for a renegotiation and is slow to
 // answer the client's new ClientHello, then echoes one line.
 void renegotiating_server(int lfd, std::string *got) {
     int fd = accept(lfd, nullptr, nullptr);
     set_timeouts(fd, 5);
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_use_certificate_chain_file(ctx, certs.server.c_str());
-    SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
+    SSL_CTX *ctx = tls12_server_ctx();
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
     if (SSL_accept(ssl) == 1) {
@@ -1514,10 +1521,7 @@ namespace {
 void renegotiate_then_read(int lfd, bool together, size_t first, size_t want, size_t *got) {
     int fd = accept(lfd, nullptr, nullptr);
     set_timeouts(fd, 5);
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_use_certificate_chain_file(ctx, certs.server.c_str());
-    SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
+    SSL_CTX *ctx = tls12_server_ctx();
     SSL *ssl = SSL_new(ctx);
     BIO *wb = BIO_new_socket(fd, BIO_NOCLOSE);
     SSL_set0_rbio(ssl, BIO_new_socket(fd, BIO_NOCLOSE));
