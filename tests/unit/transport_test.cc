@@ -1913,16 +1913,17 @@ TEST(Transport, IdleTimeoutCountsProgressEitherWay) {
     in_loop([&] {
         Pair p;
         evs_transport *t = wrap(p.mine(), r);
-        ASSERT_EQ(0, evs_transport_set_idle_timeout(t, 0.1));
-        // Incoming bytes, then outgoing ones, each more often than the
-        // timeout: the connection stays up well past it.
+        // Incoming bytes, then outgoing ones, each 20 times more often than
+        // the timeout (a margin for a loaded sanitizer build): the
+        // connection stays up well past it.
+        ASSERT_EQ(0, evs_transport_set_idle_timeout(t, 1.0));
         for (int i = 0; i < 6; i++) {
             ASSERT_TRUE(peer_send(p.peer(), "x"));
-            evs_sleep(0.04);
+            evs_sleep(0.05);
         }
         for (int i = 0; i < 6; i++) {
             ASSERT_EQ(0, evs_transport_write(t, "y", 1));
-            evs_sleep(0.04);
+            evs_sleep(0.05);
         }
         EXPECT_EQ(0, r.lost);
         reads_seen = (int)r.data.size();
@@ -1957,12 +1958,12 @@ TEST(Transport, FirstByteTimeoutOnlyUntilTheFirstByte) {
         evs_transport *ta = wrap(a.mine(), silent);
         evs_transport *tb = wrap(b.mine(), talker);
         evs_timeouts to{};
-        to.first_byte = 0.1;
+        to.first_byte = 0.5;  // a margin for a loaded sanitizer build
         ASSERT_EQ(0, evs_transport_set_timeouts(ta, &to));
         ASSERT_EQ(0, evs_transport_set_timeouts(tb, &to));
         ASSERT_TRUE(peer_send(b.peer(), "hi"));
         ASSERT_TRUE(lost_once(silent));
-        evs_sleep(0.2);  // well past the first-byte bound
+        evs_sleep(0.2);  // past the first-byte bound
         EXPECT_EQ(0, talker.lost);
         evs_transport_close(tb);
         ASSERT_TRUE(lost_once(talker));
