@@ -513,17 +513,19 @@ static void flushed(evs_transport *t)
  * without sendmsg()'s copies of a message header and an iovec array. */
 static ssize_t send_iov(evs_transport *t, const struct iovec *iov, int iovcnt)
 {
-    struct msghdr msg = {.msg_iov = (struct iovec *)iov,
-                         .msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt)};
     ssize_t n;
 
+    if (iovcnt > IOV_MAX)
+        iovcnt = IOV_MAX;
     do {
-        if (t->is_pipe)
-            n = evs__pipe_writev(t->wfd, iov, (int)msg.msg_iovlen);
-        else if (iovcnt == 1)
+        if (t->is_pipe) {
+            n = evs__pipe_writev(t->wfd, iov, iovcnt);
+        } else if (iovcnt == 1) {
             n = send(t->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
-        else
+        } else {
+            struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
             n = sendmsg(t->fd, &msg, MSG_NOSIGNAL);
+        }
     } while (n < 0 && errno == EINTR);
     return n;
 }

@@ -174,6 +174,14 @@ evs_server *start(Runtime &r, evs_client_connected_cb cb, void *arg, evs_tls_con
     return s;
 }
 
+// A plain TCP server whose connections run @p (STARTTLS tests).
+evs_server *start_protocol(Runtime &r, const evs_protocol *p) {
+    return start(r, nullptr, nullptr, nullptr, [p](evs_server_options *o) { o->protocol = p; });
+}
+
+// The command STARTTLS tests upgrade on; what follows it is TLS's prefix.
+bool is_starttls(const void *d, size_t n) { return n >= 9 && memcmp(d, "STARTTLS\n", 9) == 0; }
+
 // Connect a library client (from a task) with TLS.
 int tls_connect(const char *host, uint16_t port, evs_tls_context *ctx, evs_reader **r,
                 evs_writer **w, const char *server_hostname = nullptr, std::string *why = nullptr,
@@ -1110,7 +1118,7 @@ void early_data(evs_transport *t, const void *d, size_t n, void *) {
     }
     // The ClientHello may come in the same segment: it is TLS's prefix.
     const char *p = static_cast<const char *>(d);
-    if (n < 9 || memcmp(p, "STARTTLS\n", 9) != 0) return;
+    if (!is_starttls(p, n)) return;
     if (evs_transport_start_tls(t, early_ctx, true, nullptr, p + 9, n - 9) == 0) {
         evs_transport_write(t, "early ", 6);
         evs_transport_write(t, "words\n", 6);
@@ -1125,8 +1133,7 @@ TEST_F(Tls, WritesBeforeTheHandshakeEndsGoFirstOverTls) {
     ASSERT_TRUE(default_server_ctx(&sctx));
     early_ctx = sctx.c;
     Runtime rt;
-    evs_server *s = start(rt, nullptr, nullptr, nullptr,
-                          [](evs_server_options *o) { o->protocol = &early_protocol; });
+    evs_server *s = start_protocol(rt, &early_protocol);
     ASSERT_NE(nullptr, s);
     for (int i = 0; i < 2; i++) {  // the held buffer is made per connection
         RawTls c(evs_server_port(s));
@@ -1760,7 +1767,7 @@ evs_tls_context *paused_upgrade_ctx;
 // command): the handshake must still read. "ready" is written at once and
 // goes out when the handshake is done; reading stays paused after it.
 void paused_upgrade_data(evs_transport *t, const void *d, size_t n, void *) {
-    if (evs_transport_is_tls(t) || n < 9 || memcmp(d, "STARTTLS\n", 9) != 0) return;
+    if (evs_transport_is_tls(t) || !is_starttls(d, n)) return;
     evs_transport_pause_reading(t);
     evs_tls_options o{};
     o.handshake_timeout = 5;
@@ -1775,8 +1782,7 @@ TEST_F(Tls, StartTlsOnAPausedTransportStillHandshakes) {
     ASSERT_TRUE(default_server_ctx(&sctx));
     paused_upgrade_ctx = sctx.c;
     Runtime rt;
-    evs_server *s = start(rt, nullptr, nullptr, nullptr,
-                          [](evs_server_options *o) { o->protocol = &paused_upgrade_protocol; });
+    evs_server *s = start_protocol(rt, &paused_upgrade_protocol);
     ASSERT_NE(nullptr, s);
     RawTls c(evs_server_port(s));
     ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
