@@ -151,7 +151,9 @@ EVS_EXTERN int evs_write_eof(evs_writer *w);
 EVS_EXTERN bool evs_can_write_eof(const evs_writer *w);
 /** Close the stream: flush what is buffered, then close. Idempotent. */
 EVS_EXTERN void evs_close(evs_writer *w);
-/** Wait until the connection is closed. Parks. @return 0 or -ECANCELED/-ETIMEDOUT. */
+/** Wait until the connection is closed. Parks.
+ *  @return 0 once it is closed (evs_close, an abort, the peer's close);
+ *          the error it was lost with (e.g. -ECONNRESET); -ECANCELED/-ETIMEDOUT. */
 EVS_EXTERN int evs_wait_closed(evs_writer *w);
 /** True when the stream is closed or closing. */
 EVS_EXTERN bool evs_is_closing(const evs_writer *w);

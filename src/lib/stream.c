@@ -62,6 +62,7 @@ struct evs_writer {
     bool lost;     /* connection_lost seen */
     int lost_err;  /* what drain() reports after the loss */
     bool paused;   /* the transport asked us to pause writing */
+    int lost_cause; /* the error the connection was lost with; 0 for a close or an abort */
     evs__waitq drainers;
     evs__waitq closers;
 };
@@ -316,6 +317,7 @@ static void sp_connection_lost(evs_transport *t, int err, void *ctx)
     else
         r->eof = true;
     w->lost = true;
+    w->lost_cause = err;
     /* Waiters whose bytes all went out get 0; if bytes were dropped they
      * get the error (or -EPIPE for an abort). */
     w->lost_err = err ? err : (t->dropped ? -EPIPE : 0);
@@ -914,7 +916,8 @@ int evs_wait_closed(evs_writer *w)
         if (rc < 0)
             return rc;
     }
-    return 0;
+    /* As asyncio's wait_closed() raises what connection_lost() carried. */
+    return w->lost_cause;
 }
 
 bool evs_is_closing(const evs_writer *w)

@@ -1134,6 +1134,7 @@ TEST(StreamReader, ResetDeliversBufferedBytesThenTheError) {
         EXPECT_FALSE(evs_at_eof(c.r));  // a reset is not EOF
         EXPECT_LT(evs_write(c.w, "x", 1), 0);
         EXPECT_TRUE(evs_is_closing(c.w));
+        EXPECT_EQ(-ECONNRESET, evs_wait_closed(c.w));
     });
 }
 
@@ -1414,7 +1415,23 @@ TEST(StreamWriter, DrainAfterThePeerResetsReturnsAnError) {
         EXPECT_LT(evs_write(c.w, "x", 1), 0);
         EXPECT_EQ(-EPIPE, evs_write_eof(c.w));
         EXPECT_TRUE(wait_until([&] { return evs_transport_get_fd(evs_writer_transport(c.w)) < 0; }));
+        // wait_closed reports the loss, as asyncio's raises it.
+        EXPECT_EQ(rc, evs_wait_closed(c.w));
+    });
+}
+
+TEST(StreamWriter, AnAbortDropsTheQueueAndWaitClosedReturnsZero) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
+        fill_above_high(c, 16384);
+        evs_transport_abort(c.t());
+        // The queued bytes are dropped: drain says so; the abort itself is
+        // no error, so wait_closed returns 0 (asyncio: connection_lost(None)).
+        EXPECT_EQ(-EPIPE, evs_drain(c.w));
         EXPECT_EQ(0, evs_wait_closed(c.w));
+        EXPECT_TRUE(evs_is_closing(c.w));
     });
 }
 
