@@ -2,6 +2,7 @@
 // global connection limit, fd exhaustion, counters and stopping.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
@@ -9,7 +10,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -291,6 +294,109 @@ TEST(Runtime, FdExhaustionPausesAcceptingAndRecovers) {
     close(client);
     close(c2);
     evs_runtime_stop(rt, 5);
+}
+
+namespace {
+
+// The delays of the "not accepting for Xs" warnings, in order, while it
+// is in scope.
+struct BackOffLog {
+    BackOffLog() { evs_log_set_handler(capture, this); }
+    ~BackOffLog() { evs_log_set_handler(nullptr, nullptr); }
+
+    std::mutex mu;
+    std::vector<std::string> delays;
+
+    size_t size() {
+        std::lock_guard<std::mutex> g(mu);
+        return delays.size();
+    }
+    std::string at(size_t i) {
+        std::lock_guard<std::mutex> g(mu);
+        return i < delays.size() ? delays[i] : "";
+    }
+    // Polls (no task here to park) for at most 10 s.
+    bool wait_for(size_t n) {
+        for (int i = 0; i < 10000 && size() < n; i++) usleep(1000);
+        return size() >= n;
+    }
+
+    static void capture(evs_log_level, int, const char *msg, void *arg) {
+        static const char key[] = "not accepting for ";
+        const char *p = strstr(msg, key);
+        if (!p) return;
+        auto *log = (BackOffLog *)arg;
+        std::lock_guard<std::mutex> g(log->mu);
+        log->delays.push_back(p + sizeof key - 1);
+    }
+};
+
+// Leaves no fd number free for the server's side of the next connection:
+// a lower limit, and its free numbers (holes below it) taken; undone by
+// the destructor.
+struct FdsExhausted {
+    struct rlimit saved;
+    std::vector<int> fillers;
+
+    FdsExhausted() {
+        getrlimit(RLIMIT_NOFILE, &saved);
+        struct rlimit low = saved;
+        low.rlim_cur = (rlim_t)count_open_fds();
+        EXPECT_EQ(0, setrlimit(RLIMIT_NOFILE, &low));
+        for (int fd; (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;)
+            fillers.push_back(fd);
+    }
+    ~FdsExhausted() {
+        for (int fd : fillers) close(fd);
+        EXPECT_EQ(0, setrlimit(RLIMIT_NOFILE, &saved));
+    }
+};
+
+}  // namespace
+
+// One accept that works ends an episode: the next EMFILE pauses for the
+// first step again, whether the acceptor (two workers) or the worker
+// owning the listener (one worker) made that accept.
+TEST(Runtime, FdBackOffGrowsThenStartsOverAfterAnAccept) {
+    for (int workers : {1, 2}) {
+        SCOPED_TRACE(workers);
+        BackOffLog log;
+        evs_runtime *rt = start_runtime(workers);
+        uint16_t port = serve(rt, greet_echo);
+        struct sockaddr_in sin{};
+        sin.sin_family = AF_INET;
+        sin.sin_port = htons(port);
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int c1 = socket(AF_INET, SOCK_STREAM, 0);
+        int c2 = socket(AF_INET, SOCK_STREAM, 0);
+        set_timeouts(c1);
+        set_timeouts(c2);
+        bool two_steps;
+        {
+            FdsExhausted no_fds;
+            ASSERT_EQ(0, connect(c1, (struct sockaddr *)&sin, sizeof sin));
+            two_steps = log.wait_for(2);  // 0.1 s, then a retry that fails
+        }
+        ASSERT_TRUE(two_steps) << log.size() << " pauses logged";
+        EXPECT_EQ("0.1s", log.at(0));
+        EXPECT_EQ("0.2s", log.at(1));
+        EXPECT_GE(read_worker_id(c1), 0);  // accepted once fds are back
+
+        size_t before = log.size();
+        bool paused_again;
+        {
+            FdsExhausted no_fds;
+            ASSERT_EQ(0, connect(c2, (struct sockaddr *)&sin, sizeof sin));
+            paused_again = log.wait_for(before + 1);
+        }
+        ASSERT_TRUE(paused_again);
+        EXPECT_EQ("0.1s", log.at(before));  // not 0.4 s: the back-off started over
+        EXPECT_GE(read_worker_id(c2), 0);
+
+        close(c1);
+        close(c2);
+        evs_runtime_stop(rt, 5);
+    }
 }
 
 TEST(Runtime, ThousandConcurrentEchoConnectionsThroughTwoWorkers) {
