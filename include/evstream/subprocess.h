@@ -23,9 +23,12 @@
  * Return codes follow the seed: the exit status (0-255), or -N when the
  * child was killed by signal N.
  *
- * Lifetime: close (or free) every process before its worker stops (for
- * evs_run(): before the task returns); a child still running then is not
- * watched any more.
+ * Lifetime: a worker that stops (evs_runtime_stop's abort, or the end of
+ * evs_run()) kills every child it still watches with SIGKILL, as closing
+ * its transport would, and its loop runs until they are reaped: the
+ * subprocess transport's process_exited and connection_lost still come,
+ * and a released Process is freed. Close or wait for children first to
+ * end them more gently.
  *
  * Thread: every function runs on the worker that spawned the process.
  */
@@ -148,7 +151,7 @@ EVS_EXTERN int evs_process_terminate(evs_process *p);
 EVS_EXTERN int evs_process_kill(evs_process *p);
 /** Release the process: its pipes are closed (stdin flushed first). A
  *  child still running is not killed; it is reaped in the background when
- *  it exits (while the worker runs). */
+ *  it exits, or killed and reaped when the worker stops first. */
 EVS_EXTERN void evs_process_free(evs_process *p);
 
 #ifdef __cplusplus

@@ -29,6 +29,11 @@ extern char **environ;
 /* --- the child and its watcher ---------------------------------------------- */
 
 typedef struct child {
+    /* Tracked by the worker while watched: if the worker stops first, it
+     * kills the child, and its loop runs until the child is reaped, so
+     * neither a zombie nor the owner's record (a released Process, a
+     * subprocess transport awaiting connection_lost) outlives it. */
+    evs__closable closable;
     evs_worker *worker;
     pid_t pid;
     int pidfd;
@@ -40,18 +45,24 @@ typedef struct child {
     void *arg;
 } child;
 
-static void child_reaped(child *c, int status)
+static void child_stop_watching(child *c)
 {
-    c->exited = true;
-    c->returncode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
     if (c->watching) {
         event_del(&c->ev);
+        evs__worker_untrack(c->worker, &c->closable);
         c->watching = false;
     }
     if (c->pidfd >= 0) {
         close(c->pidfd);
         c->pidfd = -1;
     }
+}
+
+static void child_reaped(child *c, int status)
+{
+    c->exited = true;
+    c->returncode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+    child_stop_watching(c);
     if (c->on_exit)
         c->on_exit(c, c->arg);
 }
@@ -78,6 +89,23 @@ static bool child_poll(child *c)
         return true;
     }
     return false;
+}
+
+static int child_signal(child *c, int sig)
+{
+    if (c->exited)
+        return -ESRCH;
+    /* Poll first: the pid of a reaped child may belong to someone else. */
+    if (child_poll(c))
+        return -ESRCH;
+    return kill(c->pid, sig) < 0 ? -errno : 0;
+}
+
+/* The worker stops (an abort): end the child, as closing its transport
+ * would. The watch stays until it is reaped; @c may be gone on return. */
+static void child_abort(evs__closable *cl)
+{
+    child_signal(EVS_CONTAINER_OF(cl, child, closable), SIGKILL);
 }
 
 static void child_cb(evutil_socket_t fd, short what, void *arg)
@@ -107,28 +135,12 @@ static void child_watch(child *c)
         event_add(&c->ev, &tv);
     }
     c->watching = true;
-}
-
-static void child_stop_watching(child *c)
-{
-    if (c->watching) {
-        event_del(&c->ev);
-        c->watching = false;
-    }
-    if (c->pidfd >= 0) {
-        close(c->pidfd);
-        c->pidfd = -1;
-    }
-}
-
-static int child_signal(child *c, int sig)
-{
-    if (c->exited)
-        return -ESRCH;
-    /* Poll first: the pid of a reaped child may belong to someone else. */
-    if (child_poll(c))
-        return -ESRCH;
-    return kill(c->pid, sig) < 0 ? -errno : 0;
+    c->closable.abort = child_abort;
+    evs__worker_track(c->worker, &c->closable);
+    /* Spawned while the worker stops (by a cancelled task): no poll here,
+     * the exit is reported from the loop. */
+    if (c->worker->stopping)
+        kill(c->pid, SIGKILL);
 }
 
 /* --- spawning ------------------------------------------------------------------ */

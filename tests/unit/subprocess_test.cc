@@ -536,6 +536,37 @@ TEST_F(SubprocessTest, FreeingARunningProcessStillReapsIt) {
     });
 }
 
+TEST_F(SubprocessTest, TheLoopEndingKillsAndReapsAReleasedChild) {
+    int pid = -1;
+    run([&] {
+        evs_process_options o = opts({"sleep", "30"});
+        evs_process *p = nullptr;
+        ASSERT_EQ(0, evs_process_spawn(&o, &p));
+        pid = evs_process_pid(p);
+        evs_process_free(p);  // still running: to be reaped in the background
+    });
+    // The loop did not end before the child: killed, reaped (no zombie),
+    // and its record freed (ASan would report the leak).
+    ASSERT_GT(pid, 0);
+    EXPECT_EQ(-1, kill(pid, 0));
+    EXPECT_EQ(ESRCH, errno);
+}
+
+TEST_F(SubprocessTest, TheLoopEndingKillsAnOpenSubprocessAndReportsItsEnd) {
+    Rec r;
+    run([&] {
+        evs_process_options o = opts({"sleep", "30"});
+        o.stdout_mode = EVS_STDIO_PIPE;
+        evs_subprocess *p = nullptr;
+        ASSERT_EQ(0, evs_subprocess_exec(&o, &kProto, &r, &p));
+    });  // never closed
+    EXPECT_EQ(1, r.exited);
+    EXPECT_EQ(-SIGKILL, r.code_at_exit);
+    EXPECT_EQ(1, r.lost);
+    ASSERT_FALSE(r.order.empty());
+    EXPECT_EQ("lost", r.order.back());
+}
+
 TEST_F(SubprocessTest, OtherChildrenOfTheProgramAreNotReaped) {
     // A child of "the embedding program", started without evstream.
     pid_t mine = fork();
