@@ -102,10 +102,18 @@ static int child_signal(child *c, int sig)
 }
 
 /* The worker stops (an abort): end the child, as closing its transport
- * would. The watch stays until it is reaped; @c may be gone on return. */
+ * would; the watch reaps it in the loop. Not child_signal(): its poll
+ * could reap here and run the owner's callbacks (process_exited,
+ * connection_lost) inside the worker's abort. waitid(WNOWAIT) only looks:
+ * still running, so the pid is still ours to signal. */
 static void child_abort(evs__closable *cl)
 {
-    child_signal(EVS_CONTAINER_OF(cl, child, closable), SIGKILL);
+    child *c = EVS_CONTAINER_OF(cl, child, closable);
+    siginfo_t info;
+
+    memset(&info, 0, sizeof info);
+    if (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0)
+        kill(c->pid, SIGKILL);
 }
 
 static void child_cb(evutil_socket_t fd, short what, void *arg)
