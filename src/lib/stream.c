@@ -60,9 +60,8 @@ struct evs_writer {
     evs_reader *reader;
     bool closed;   /* close() called */
     bool lost;     /* connection_lost seen */
-    int lost_err;  /* what drain() reports after the loss */
     bool paused;   /* the transport asked us to pause writing */
-    int lost_cause; /* the error the connection was lost with; 0 for a close or an abort */
+    int lost_err;  /* the error the connection was lost with; 0 for a close or an abort */
     evs__waitq drainers;
     evs__waitq closers;
 };
@@ -306,6 +305,16 @@ static bool sp_eof_received(evs_transport *t, void *ctx)
     return true;
 }
 
+/* What a call learns of a lost connection: the error it was lost with;
+ * -EPIPE if it ended without one but dropped queued bytes (an abort);
+ * else @otherwise (0 for a drain: every byte went out). */
+static int loss_error(const evs_writer *w, int otherwise)
+{
+    if (w->lost_err)
+        return w->lost_err;
+    return w->reader->t->dropped ? -EPIPE : otherwise;
+}
+
 static void sp_connection_lost(evs_transport *t, int err, void *ctx)
 {
     evs_reader *r = ctx;
@@ -317,14 +326,11 @@ static void sp_connection_lost(evs_transport *t, int err, void *ctx)
     else
         r->eof = true;
     w->lost = true;
-    w->lost_cause = err;
-    /* Waiters whose bytes all went out get 0; if bytes were dropped they
-     * get the error (or -EPIPE for an abort). */
-    w->lost_err = err ? err : (t->dropped ? -EPIPE : 0);
+    w->lost_err = err;
     evs__task_wake_all(&s->made_waiters, 0);
     evs__task_wake_all(&s->tls_waiters, 0);
     evs__task_wake_all(&r->waiter, 0);
-    evs__task_wake_all(&w->drainers, w->lost_err);
+    evs__task_wake_all(&w->drainers, loss_error(w, 0));
     evs__task_wake_all(&w->closers, 0);
     /* A server's pair whose handler never started (a failed TLS handshake
      * or PROXY header) belongs to nobody else: free it here. */
@@ -417,7 +423,7 @@ int evs__stream_wait_made(evs_writer *w)
     }
     if (s->made)
         return 0;
-    return w->lost_err ? w->lost_err : -ECONNRESET;
+    return loss_error(w, -ECONNRESET);
 }
 
 int evs__stream_open(evs_worker *wk, int fd, size_t limit, evs_reader **r, evs_writer **wr,
@@ -489,7 +495,7 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
             return rc;
     }
     if (s->tls_result == 1)
-        return w->lost_err ? w->lost_err : -ECONNRESET;
+        return loss_error(w, -ECONNRESET);
     return s->tls_result;
 }
 
@@ -846,7 +852,7 @@ static int writable(const evs_writer *w)
     if (w->closed)
         return -EPIPE;
     if (w->lost)
-        return w->lost_err ? w->lost_err : -EPIPE;
+        return loss_error(w, -EPIPE);
     return 0;
 }
 
@@ -873,7 +879,7 @@ int evs_drain(evs_writer *w)
     int rc;
 
     if (w->lost)
-        return w->lost_err ? w->lost_err : -EPIPE;
+        return loss_error(w, -EPIPE);
     while (w->paused) {
         if (!evs_task_current())
             return -EINVAL;
@@ -917,7 +923,7 @@ int evs_wait_closed(evs_writer *w)
             return rc;
     }
     /* As asyncio's wait_closed() raises what connection_lost() carried. */
-    return w->lost_cause;
+    return w->lost_err;
 }
 
 bool evs_is_closing(const evs_writer *w)

@@ -580,8 +580,7 @@ void evs_process_free(evs_process *p)
     p->in = p->outw = p->errw = NULL;
     /* Wake anyone still waiting: they must not touch p after this. */
     evs__task_wake_all(&p->waiters, -ECANCELED);
-    if (child_poll(&p->c)) {
-        child_stop_watching(&p->c);
+    if (child_poll(&p->c)) { /* reaped: the watch is gone with it */
         free(p);
         return;
     }

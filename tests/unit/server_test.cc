@@ -136,6 +136,16 @@ void greeter(evs_reader *r, evs_writer *w, void *) {
     evs_read(r, &c, 1);  // until the client goes away
 }
 
+// A greeter server on 127.0.0.1 with default options, or nullptr.
+evs_server *start_greeter(evs_runtime *rt) {
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    evs_server *s = nullptr;
+    EXPECT_EQ(0, evs_start_server(rt, &o, &s));
+    return s;
+}
+
 std::string read_line(int fd) {
     std::string s;
     char c;
@@ -274,11 +284,8 @@ TEST(Server, AdoptsAnExistingListeningSocket) {
 
 TEST_P(ServerWorkers, CloseStopsListeningAndWaitClosedWaitsForConnections) {
     Runtime r(GetParam());
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
-    evs_server *s;
-    ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+    evs_server *s = start_greeter(r.rt);
+    ASSERT_NE(nullptr, s);
     uint16_t port = evs_server_port(s);
     int fd = connect_tcp(port);
     ASSERT_EQ(0u, read_line(fd).rfind("limit=", 0));
@@ -307,11 +314,8 @@ TEST(Server, WaitClosedLeavesThePortFreeAndRefusesToBlockAWorker) {
     for (int workers : {1, 2}) {
         SCOPED_TRACE(workers);
         Runtime r(workers);
-        evs_server_options o{};
-        o.client_connected = greeter;
-        o.host = "127.0.0.1";
-        evs_server *s;
-        ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
+        evs_server *s = start_greeter(r.rt);
+        ASSERT_NE(nullptr, s);
         uint16_t port = evs_server_port(s);
         evs_server_close(s);
         int on_worker = 1;

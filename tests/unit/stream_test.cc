@@ -209,6 +209,13 @@ size_t fill_above_high(Conn &c, size_t high) {
     return total;
 }
 
+// Watermarks of 16 KiB / 4 KiB, and the queue filled above the high one
+// (the peer does not read). @return the bytes written.
+size_t queue_above_high(Conn &c) {
+    EXPECT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
+    return fill_above_high(c, 16384);
+}
+
 // A peer thread that reads to EOF; joined (after a shutdown when the test
 // bailed out early) before the socket goes away.
 struct PeerReader {
@@ -1376,8 +1383,7 @@ TEST(StreamWriter, SeveralTasksDrainingOneWriterAllWake) {
     run([] {
         Conn c;
         ASSERT_TRUE(c.ok());
-        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
-        size_t total = fill_above_high(c, 16384);
+        size_t total = queue_above_high(c);
         int woke = 0;
         auto drainer = [&]() -> int {
             int rc = evs_drain(c.w);
@@ -1397,8 +1403,7 @@ TEST(StreamWriter, DrainAfterThePeerResetsReturnsAnError) {
     run([] {
         Conn c(Kind::Tcp);
         ASSERT_TRUE(c.ok());
-        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
-        fill_above_high(c, 16384);
+        queue_above_high(c);
         int rc_parked = 1;
         auto drainer = [&]() -> int { return rc_parked = evs_drain(c.w); };
         evs_task *d = spawn(drainer);
@@ -1424,8 +1429,7 @@ TEST(StreamWriter, AnAbortDropsTheQueueAndWaitClosedReturnsZero) {
     run([] {
         Conn c;
         ASSERT_TRUE(c.ok());
-        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
-        fill_above_high(c, 16384);
+        queue_above_high(c);
         evs_transport_abort(c.t());
         // The queued bytes are dropped: drain says so; the abort itself is
         // no error, so wait_closed returns 0 (asyncio: connection_lost(None)).
@@ -1451,8 +1455,7 @@ TEST(StreamWriter, DrainWhenThePeerClosesASocketpairReturnsAnError) {
     run([] {
         Conn c;
         ASSERT_TRUE(c.ok());
-        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 16384, 4096));
-        fill_above_high(c, 16384);
+        queue_above_high(c);
         auto drainer = [&]() -> int { return evs_drain(c.w); };
         evs_task *d = spawn(drainer);
         EXPECT_EQ(0, evs_sleep(0.01));
