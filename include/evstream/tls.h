@@ -135,7 +135,11 @@ EVS_EXTERN int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server,
 
 /** True once the transport speaks TLS (also during the handshake). */
 EVS_EXTERN bool evs_transport_is_tls(const evs_transport *t);
-/** The OpenSSL SSL object (the seed's "ssl_object"), or NULL. */
+/** The OpenSSL SSL object (the seed's "ssl_object"), or NULL. It is for
+ *  inspection (certificates, session, ALPN, keying material): the transport
+ *  drives every read, write and handshake on it, so calls that change its
+ *  state (SSL_renegotiate, SSL_key_update, SSL_shutdown, SSL_set_bio) are
+ *  not supported. */
 EVS_EXTERN void *evs_transport_tls_ssl(const evs_transport *t);
 /** The peer's certificate as an X509 * (not a new reference), or NULL. */
 EVS_EXTERN void *evs_transport_tls_peer_certificate(const evs_transport *t);
