@@ -303,24 +303,36 @@ static void get_size(errlist *e, const config_setting_t *g, const char *key, uin
     *out = n;
 }
 
-static void get_count(errlist *e, const config_setting_t *g, const char *key, long long min,
-                      long long max, uint64_t *out)
+/* An integer in [min, max] into @out; false (and @out untouched) when
+ * @key is absent or wrong, which was reported. */
+static bool get_integer(errlist *e, const config_setting_t *g, const char *key, long long min,
+                        long long max, long long *out)
 {
     const config_setting_t *v = config_setting_get_member(g, key);
     long long n;
 
     if (!v)
-        return;
+        return false;
     if (!is_int(v)) {
         bad(e, v, "expected an integer");
-        return;
+        return false;
     }
     n = config_setting_get_int64(v);
     if (n < min || n > max) {
         bad(e, v, "%lld is out of range (%lld to %lld)", n, min, max);
-        return;
+        return false;
     }
-    *out = (uint64_t)n;
+    *out = n;
+    return true;
+}
+
+static void get_count(errlist *e, const config_setting_t *g, const char *key, long long min,
+                      long long max, uint64_t *out)
+{
+    long long n;
+
+    if (get_integer(e, g, key, min, max, &n))
+        *out = (uint64_t)n;
 }
 
 static void get_duration(errlist *e, const config_setting_t *g, const char *key, double max,
@@ -363,21 +375,10 @@ static void get_bool(errlist *e, const config_setting_t *g, const char *key, boo
 static void get_int(errlist *e, const config_setting_t *g, const char *key, long long min,
                     long long max, int *out)
 {
-    const config_setting_t *v = config_setting_get_member(g, key);
     long long n;
 
-    if (!v)
-        return;
-    if (!is_int(v)) {
-        bad(e, v, "expected an integer");
-        return;
-    }
-    n = config_setting_get_int64(v);
-    if (n < min || n > max) {
-        bad(e, v, "%lld is out of range (%lld to %lld)", n, min, max);
-        return;
-    }
-    *out = (int)n;
+    if (get_integer(e, g, key, min, max, &n))
+        *out = (int)n;
 }
 
 /* --- sections ---------------------------------------------------------- */
