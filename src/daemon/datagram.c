@@ -7,6 +7,7 @@
 #include "datagram.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@ struct evsd_datagram {
     dev_t path_dev;      /* ... as long as it is still ours */
     ino_t path_ino;
     int failures;        /* of the last on_workers */
+    const struct evsd_datagram *prev; /* evsd_datagram_succeed: the set to copy */
 };
 
 /* Run @fn on the first set->n workers, one after the other.
@@ -205,6 +207,66 @@ evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
         return NULL;
     }
     return set;
+}
+
+/* On worker i: a copy of the predecessor's socket there. */
+static void dup_here(evs_worker *w, void *arg)
+{
+    evsd_datagram *set = arg;
+    int i = evs_worker_id(w);
+    int fd = set->prev->eps[i] ? evs_datagram_get_fd(set->prev->eps[i]) : -1;
+
+    set->fds[i] = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (set->fds[i] < 0)
+        set->failures++;
+}
+
+evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
+                                     const evs_datagram_protocol *proto, void *ctx)
+{
+    int workers = evs_runtime_worker_count(rt);
+    evsd_datagram *set = calloc(1, sizeof *set);
+
+    if (!set)
+        return NULL;
+    set->n = prev->n;
+    set->fds = malloc((size_t)set->n * sizeof *set->fds);
+    set->eps = calloc((size_t)workers, sizeof *set->eps);
+    set->proto = proto;
+    set->ctx = ctx;
+    set->prev = prev;
+    if (!set->fds || !set->eps) {
+        free(set->fds);
+        free(set->eps);
+        free(set);
+        return NULL;
+    }
+    for (int i = 0; i < set->n; i++)
+        set->fds[i] = -1;
+    /* No unlink_path yet: until evsd_datagram_take_over, the file is prev's. */
+    if (on_workers(rt, set, dup_here) > 0 || on_workers(rt, set, open_here) > 0) {
+        evs_log(EVS_LOG_ERROR, "datagram listener: cannot keep its socket");
+        evsd_datagram_stop(rt, set);
+        return NULL;
+    }
+    set->prev = NULL;
+    return set;
+}
+
+void evsd_datagram_take_over(evsd_datagram *set, evsd_datagram *prev, const evsd_listener_conf *c)
+{
+    set->unlink_path = prev->unlink_path;
+    set->path_dev = prev->path_dev;
+    set->path_ino = prev->path_ino;
+    prev->unlink_path = NULL;
+    if (!set->unlink_path)
+        return;
+    if ((c->has_mode && chmod(c->path, c->mode) < 0) ||
+        ((c->has_owner || c->has_group) &&
+         chown(c->path, c->has_owner ? c->owner : (uid_t)-1, c->has_group ? c->group : (gid_t)-1) <
+             0))
+        evs_log(EVS_LOG_WARN, "listener '%s': mode or owner of %s: %s", c->name, c->path,
+                strerror(errno));
 }
 
 void evsd_datagram_stop(evs_runtime *rt, evsd_datagram *set)

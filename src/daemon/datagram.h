@@ -19,6 +19,15 @@ typedef struct evsd_datagram evsd_datagram;
 evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
                                    const evs_datagram_protocol *proto, void *ctx, char *address,
                                    size_t alen);
+/* A reload's successor of @prev (same address): endpoints with @proto and
+ * @ctx on copies (dup) of @prev's sockets, so nothing is bound again (a
+ * privileged port stays reachable after the switch to `user`, and a failed
+ * reload leaves @prev's unixgram file alone). @return the set or NULL. */
+evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
+                                     const evs_datagram_protocol *proto, void *ctx);
+/* The reload succeeded: @set now owns the socket file (removed when it
+ * stops) and takes @c's mode and owner. */
+void evsd_datagram_take_over(evsd_datagram *set, evsd_datagram *prev, const evsd_listener_conf *c);
 /* Close every endpoint (on its worker, waiting) and free the set. */
 void evsd_datagram_stop(evs_runtime *rt, evsd_datagram *set);
 

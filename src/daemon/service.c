@@ -815,11 +815,12 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
         int rc;
 
         if (l->prev && is_datagram(l->conf)) {
-            /* Datagram sockets are new ones beside the old (SO_REUSEPORT)
-             * on the port the old ones got, also when port 0 was asked. */
-            const char *colon = strrchr(l->prev->address, ':');
-            uint16_t keep = l->conf->family == EVSD_UDP && colon ? (uint16_t)atoi(colon + 1) : 0;
-            rc = start_datagram_listener(svc, l, keep);
+            /* Datagram sockets are copies of the old ones: nothing is bound
+             * again, and a failure leaves the old socket (and file) alone. */
+            l->dgram = evsd_datagram_succeed(svc->rt, l->prev->dgram, l->inst->desc->datagram,
+                                             l->inst->state);
+            snprintf(l->address, sizeof l->address, "%s", l->prev->address);
+            rc = l->dgram ? 0 : -EADDRINUSE;
         } else if (l->prev) {
             rc = start_successor(svc, l);
         } else {
@@ -836,6 +837,8 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
             evs_server_take_sockets(l->prev->server, NULL, 0);
             adjust_kept_sockets(l);
         }
+        if (l->prev && l->dgram)
+            evsd_datagram_take_over(l->dgram, l->prev->dgram, l->conf);
     }
     serve_all(g);
     /* Old listeners not carried over stop; all old instances retire when

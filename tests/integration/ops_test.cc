@@ -521,6 +521,52 @@ TEST(Ops, UdpAndUnixgramListenersServeDatagramPlugins) {
     remove_dir(dir);
 }
 
+TEST(Ops, FailedReloadKeepsTheUnixgramListener) {
+    std::string dir = make_temp_dir();
+    std::string gram = dir + "/gram.sock";
+    std::string good = datagram_conf("{ name = \"gram\"; listen = \"unixgram:" + gram +
+                                     "\"; plugin = \"udp_echo\"; },\n"
+                                     "{ name = \"tcp\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }");
+    Daemon d(dir, good);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", gram.c_str());
+    EXPECT_EQ("before", udp_ask((struct sockaddr *)&sun, sizeof sun, "before", dir + "/c1.sock"));
+    // The reload fails on another listener: a port somebody else holds.
+    int busy = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sin;
+    ASSERT_EQ(0, bind(busy, (struct sockaddr *)&sin, sizeof sin));
+    ASSERT_EQ(0, listen(busy, 1));
+    getsockname(busy, (struct sockaddr *)&sin, &sl);
+    write_file(dir + "/evstreamd.conf",
+               datagram_conf("{ name = \"gram\"; listen = \"unixgram:" + gram +
+                             "\"; plugin = \"udp_echo\"; },\n"
+                             "{ name = \"tcp\"; listen = \"127.0.0.1:" +
+                             std::to_string(ntohs(sin.sin_port)) + "\"; plugin = \"echo\"; }"));
+    d.signal(SIGHUP);
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(d.log).find("reload failed") != std::string::npos;
+    })) << read_file(d.log);
+    struct stat st;
+    EXPECT_EQ(0, stat(gram.c_str(), &st)) << "the running listener's socket file is gone";
+    EXPECT_EQ("after", udp_ask((struct sockaddr *)&sun, sizeof sun, "after", dir + "/c2.sock"));
+    close(busy);
+    // A reload that succeeds keeps it too, on the same socket.
+    write_file(dir + "/evstreamd.conf", good);
+    d.signal(SIGHUP);
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(d.log).find("reloaded") != std::string::npos;
+    })) << read_file(d.log);
+    EXPECT_EQ("reloaded", udp_ask((struct sockaddr *)&sun, sizeof sun, "reloaded", dir + "/c3.sock"));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    EXPECT_NE(0, stat(gram.c_str(), &st));  // removed at stop
+    remove_dir(dir);
+}
+
 TEST(Ops, DatagramAndStreamPluginsAreNotMixedUp) {
     std::string dir = make_temp_dir();
     for (const char *listeners :
