@@ -1042,7 +1042,10 @@ static void read_admin(errlist *e, const config_setting_t *g, evsd_config *c)
     l->backlog = 64;
     l->limits = c->limits;
     l->limits.reject_message = xstrdup(c->limits.reject_message); /* each its own copy */
-    parse_listen(e, config_setting_get_member(g, "listen"), listen, l);
+    if (parse_listen(e, config_setting_get_member(g, "listen"), listen, l) &&
+        l->family != EVSD_TCP && l->family != EVSD_UNIX)
+        bad(e, config_setting_get_member(g, "listen"),
+            "the admin listener serves HTTP: expected \"host:port\" or \"unix:/path\"");
     read_unix_owner(e, g, l);
 }
 

@@ -118,8 +118,12 @@ int evsd_log_open(const char *target, evs_log_level level)
         openlog("evstreamd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
     } else if (strcmp(target, "stderr") != 0) {
         fd = evsd_log_file_open(target);
-        if (fd < 0)
+        if (fd < 0) {
+            /* The sink stays as it was; the level applies all the same. */
+            evs_log_set_level(level);
+            evs_log_set_handler(sink, NULL);
             return fd;
+        }
     }
     pthread_mutex_lock(&lock);
     if (log_fd > 2)

@@ -270,12 +270,27 @@ static char *absolute(const char *path)
     return abs ? abs : strdup(path);
 }
 
-static void apply_log(const evsd_config *cfg, const options *o)
+static char *pidfile_path, *ports_path; /* -p and --ports-file, absolute */
+
+/* @path made absolute against the working directory (it may not exist yet). */
+static char *absolute_new(const char *path)
+{
+    char cwd[PATH_MAX];
+    char *out;
+
+    if (path[0] == '/' || !getcwd(cwd, sizeof cwd))
+        return strdup(path);
+    out = malloc(strlen(cwd) + strlen(path) + 2);
+    if (out)
+        sprintf(out, "%s/%s", cwd, path);
+    return out;
+}
+
+static void apply_log(const evsd_config *cfg, const options *o, const char *instead)
 {
     int rc = evsd_log_open(cfg->log_file, o->has_level ? o->level : cfg->log_level);
     if (rc < 0)
-        evs_log(EVS_LOG_ERROR, "log file %s: %s; logging to stderr", cfg->log_file,
-                evs_strerror(rc));
+        evs_log(EVS_LOG_ERROR, "log file %s: %s; %s", cfg->log_file, evs_strerror(rc), instead);
 }
 
 /* -t: what a start does before it binds, with the same functions and
@@ -322,7 +337,7 @@ static void reload(evsd_service *svc, const char *path, const options *o)
         memset(&tmp, 0, sizeof tmp);
         tmp.log_file = log_file;
         tmp.log_level = level;
-        apply_log(&tmp, o);
+        apply_log(&tmp, o, "logging where it logged before");
         evs_log(EVS_LOG_INFO, "reloaded %s", path);
         write_ports(svc, o->ports_file);
     }
@@ -398,6 +413,11 @@ int main(int argc, char **argv)
     if ((rc = parse_args(argc, argv, &o)) != 0)
         return rc;
     config_path = absolute(o.config);
+    /* -d changes to "/": name the pidfile and ports file from here. */
+    if (o.pidfile)
+        o.pidfile = pidfile_path = absolute_new(o.pidfile);
+    if (o.ports_file)
+        o.ports_file = ports_path = absolute_new(o.ports_file);
     cfg = load_config(config_path, false);
     if (!cfg) {
         fprintf(stderr, "evstreamd: configuration %s has errors\n", config_path);
@@ -417,7 +437,7 @@ int main(int argc, char **argv)
 
     if (o.daemonize)
         ready_fd = daemonize();
-    apply_log(cfg, &o);
+    apply_log(cfg, &o, "logging to stderr");
     if (evsd_prepare_process(cfg) < 0) {
         report_ready(&ready_fd, 1);
         evsd_config_free(cfg);

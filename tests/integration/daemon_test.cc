@@ -534,6 +534,9 @@ ConfigError config_error_case(const std::string &name) {
     if (name == "StreamPluginOnDatagramAddress")
         return {config(listener("", "udp:127.0.0.1:0", "echo", true)), "",
                 {"listener 'l'", "plugin 'echo' is not a datagram plugin"}};
+    if (name == "AdminOnDatagramAddress")  // it served HTTP on a random port of every interface
+        return {config(ok, "workers = 2;\nadmin = { listen = \"unixgram:/tmp/evs-admin.sock\"; }; #@\n"),
+                "", {"admin.listen: the admin listener serves HTTP"}};
     if (name == "ErrorInIncludedFile")
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
@@ -603,7 +606,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "PluginWithoutDescriptor", "PluginWithUndefinedSymbol", "PluginInitFails",
                       "PluginInitFailsWithSettings", "PluginRejectsSettingType",
                       "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress",
-                      "StreamPluginOnDatagramAddress", "ErrorInIncludedFile",
+                      "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress", "ErrorInIncludedFile",
                       "SyntaxErrorInIncludedFile"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 
@@ -727,6 +730,19 @@ TEST_F(DaemonTest, TestModeWarnsAboutALogFileItCannotOpen) {
 
 // max_connections needs file descriptors: a start that cannot raise its
 // limit that far refuses to run, and so does -t (run with the same limits).
+// A log file that cannot be opened leaves the log on stderr, at the
+// configured level (it fell back to the library's default, warn).
+TEST_F(DaemonTest, LogLevelAppliesWhenTheLogFileCannotBeOpened) {
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "log = { file = \"no_such_dir/evstreamd.log\"; level = \"info\"; };\n"));
+    Daemon &d = launch({"-c", conf});
+    ASSERT_TRUE(eventually(20, [&] { return file_exists(d.ports_path); })) << read_file(d.err_path);
+    std::string err = read_file(d.err_path);
+    EXPECT_TRUE(contains(err, "No such file or directory; logging to stderr")) << err;
+    EXPECT_TRUE(contains(err, "[main] listening on 127.0.0.1:")) << err;
+}
+
 TEST_F(DaemonTest, TestModeChecksTheFileDescriptorLimitLikeAStart) {
     const unsigned long long need = 10000000ULL + 256;  // max_connections + the daemon's overhead
     struct rlimit rl;
@@ -1216,7 +1232,13 @@ TEST_F(DaemonTest, DaemonModeBackgroundsAndStopsByPidfile) {
         ~Unreaper() { prctl(PR_SET_CHILD_SUBREAPER, 0); }
     } unreaper;
 
-    Daemon &parent = launch({"-d", "-c", conf, "-p", pidfile});
+    // A relative pidfile names a file in the directory evstreamd started in,
+    // not in "/" where the background process runs.
+    char cwd[4096];
+    ASSERT_NE(nullptr, getcwd(cwd, sizeof cwd));
+    ASSERT_EQ(0, chdir(path("").c_str()));
+    Daemon &parent = launch({"-d", "-c", conf, "-p", "evstreamd.pid"});
+    ASSERT_EQ(0, chdir(cwd));
     // The parent exits 0 once the daemon serves, and not before.
     ASSERT_EQ(0, parent.wait(30)) << parent.err();
     ASSERT_TRUE(file_exists(parent.ports_path));
