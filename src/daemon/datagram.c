@@ -151,6 +151,16 @@ static int bind_unixgram(const evsd_listener_conf *c, evsd_datagram *set, char *
                         c->file, c->line, c->name, c->path);
                 return -1;
             }
+            /* Somebody's live socket answers a connect(); a stale one refuses. */
+            int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, len) == 0;
+            if (probe >= 0)
+                close(probe);
+            if (live) {
+                evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot bind %s: %s", c->file,
+                        c->line, c->name, c->path, strerror(EADDRINUSE));
+                return -1;
+            }
             unlink(c->path);
         }
     }

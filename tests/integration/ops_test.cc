@@ -567,6 +567,28 @@ TEST(Ops, FailedReloadKeepsTheUnixgramListener) {
     remove_dir(dir);
 }
 
+TEST(Ops, LiveUnixgramSocketIsNotStolen) {
+    std::string dir = make_temp_dir(), other = make_temp_dir();
+    std::string gram = dir + "/gram.sock";
+    std::string conf = datagram_conf("{ name = \"gram\"; listen = \"unixgram:" + gram +
+                                     "\"; plugin = \"udp_echo\"; }");
+    Daemon first(dir, conf);
+    ASSERT_TRUE(first.ready()) << read_file(first.log);
+    Daemon second(other, conf);
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(second.log).find("Address already in use") != std::string::npos;
+    })) << read_file(second.log);
+    second.stop();
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", gram.c_str());
+    EXPECT_EQ("still here", udp_ask((struct sockaddr *)&sun, sizeof sun, "still here",
+                                    dir + "/c.sock"));
+    EXPECT_EQ(0, WEXITSTATUS(first.stop()));
+    remove_dir(other);
+    remove_dir(dir);
+}
+
 TEST(Ops, DatagramAndStreamPluginsAreNotMixedUp) {
     std::string dir = make_temp_dir();
     for (const char *listeners :
