@@ -551,14 +551,11 @@ static void describe_address(listener *l)
         snprintf(l->address, sizeof l->address, "%s", l->conf->listen);
 }
 
-static int start_datagram_listener(evsd_service *svc, listener *l, uint16_t port)
+static int start_datagram_listener(evsd_service *svc, listener *l)
 {
     const evs_plugin *d = l->inst->desc; /* a datagram plugin: instance_new checked */
-    evsd_listener_conf c = *l->conf;
 
-    if (port)
-        c.port = port;
-    l->dgram = evsd_datagram_start(svc->rt, &c, d->datagram, l->inst->state, l->address,
+    l->dgram = evsd_datagram_start(svc->rt, l->conf, d->datagram, l->inst->state, l->address,
                                    sizeof l->address);
     return l->dgram ? 0 : -EADDRINUSE;
 }
@@ -611,7 +608,7 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     int rc;
 
     if (is_datagram(c))
-        return start_datagram_listener(svc, l, 0);
+        return start_datagram_listener(svc, l);
     memset(&o, 0, sizeof o);
     if (l->inst->desc->mode == EVS_PLUGIN_STREAM)
         o.client_connected = l->inst->desc->client_connected;
