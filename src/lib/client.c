@@ -133,7 +133,21 @@ static int connect_one(evs_worker *w, int family, const struct sockaddr *addr, s
         goto fail;
     if (connect(fd, addr, len) == 0)
         return fd;
-    if (errno != EINPROGRESS && errno != EAGAIN) {
+    /* EAGAIN: a Unix listener's backlog is full. Nothing is in progress
+     * (the unconnected socket is writable at once, with no SO_ERROR), so
+     * waiting for writability would hand out a socket that is not
+     * connected: try again until the timeout, as a blocking connect waits. */
+    for (double waited = 0; errno == EAGAIN; waited += 0.01) {
+        if (waited >= timeout) {
+            rc = -ETIMEDOUT;
+            goto fail;
+        }
+        if ((rc = evs__task_park_for(NULL, 0.01, 0)) < 0)
+            goto fail;
+        if (connect(fd, addr, len) == 0)
+            return fd;
+    }
+    if (errno != EINPROGRESS) {
         rc = -errno;
         goto fail;
     }

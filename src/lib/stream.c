@@ -396,6 +396,7 @@ int evs__stream_create(evs_worker *wk, int fd, int family, size_t limit, evs_rea
         return err;
     }
     evs__transport_ref(t); /* the pair's reference */
+    t->lost_unmade = true; /* a pair that never got made frees itself there */
     s->reader.t = t;
     *r = &s->reader;
     *wr = &s->writer;

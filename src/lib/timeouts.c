@@ -30,6 +30,11 @@ void evs__timeouts_write(evs_transport *t)
     event_base_gettimeofday_cached(t->worker->base, &t->timers->last_write);
 }
 
+void evs__timeouts_resumed(evs_transport *t)
+{
+    event_base_gettimeofday_cached(t->worker->base, &t->timers->reading_since);
+}
+
 /* Seconds left before the earliest timeout, or < 0 with *which set when one
  * has passed. A huge value when none applies now. */
 static double remaining(evs_transport *t, const struct timeval *now, const char **which)
@@ -37,7 +42,7 @@ static double remaining(evs_transport *t, const struct timeval *now, const char 
     const evs__timers *tm = t->timers;
     const evs_timeouts *to = &tm->to;
     double left = 1e18;
-    struct timeval last_io;
+    struct timeval last_io, read_from;
 
 #define CHECK(cond, limit, elapsed, name)                                                          \
     do {                                                                                           \
@@ -53,11 +58,12 @@ static double remaining(evs_transport *t, const struct timeval *now, const char 
     } while (0)
 
     last_io = timercmp(&tm->last_read, &tm->last_write, >) ? tm->last_read : tm->last_write;
+    read_from = timercmp(&tm->last_read, &tm->reading_since, >) ? tm->last_read : tm->reading_since;
     CHECK(true, to->lifetime, since(now, &t->started), "lifetime");
     CHECK(true, to->idle, since(now, &last_io), "idle");
     CHECK(t->bytes_in == 0, to->first_byte, since(now, &t->started), "first byte");
     CHECK(t->bytes_in > 0 && evs_transport_is_reading(t) && !t->eof_received, to->read,
-          since(now, &tm->last_read), "read");
+          since(now, &read_from), "read");
     CHECK(evs_transport_get_write_buffer_size(t) > 0, to->write, since(now, &tm->last_write),
           "write");
 #undef CHECK

@@ -424,6 +424,8 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
         }
     }
     t->tls = s;
+    if (!upgrade)
+        t->made = false; /* connection_made comes after the handshake */
     evtimer_assign(&s->timer, t->worker->base, timer_cb, t);
     hs = opts && opts->handshake_timeout > 0 ? opts->handshake_timeout : DEFAULT_HANDSHAKE_TIMEOUT;
     struct timeval tv = evs__tv(hs);

@@ -165,6 +165,7 @@ int evs__transport_create(evs_worker *w, int fd, int family, const evs_protocol 
 void evs__transport_made(evs_transport *t)
 {
     evs__transport_ref(t);
+    t->made = true;
     if (t->proto->connection_made)
         t->proto->connection_made(t, t->ctx);
     evs__transport_unref(t);
@@ -230,7 +231,10 @@ static void run_lost(evs_transport *t)
     if (t->closed_hook)
         t->closed_hook(t, t->closed_hook_arg);
     t->lost = true;
-    if (t->proto->connection_lost)
+    /* As asyncio's SSL transport: a protocol that never got connection_made
+     * (a failed or timed-out handshake) hears nothing of the end either;
+     * its ctx may still be the server's argument, not a connection's state. */
+    if (t->proto->connection_lost && (t->made || t->lost_unmade))
         t->proto->connection_lost(t, t->error, t->ctx);
     /* asyncio closes the socket after connection_lost, so peername and
      * friends still work inside it. */
@@ -468,6 +472,8 @@ void evs_transport_resume_reading(evs_transport *t)
     if (t->closing || !t->paused)
         return;
     t->paused = false;
+    if (t->timers)
+        evs__timeouts_resumed(t);
     if (!t->eof_received) {
         event_add(&t->rd_ev, NULL);
         /* Plaintext may wait inside OpenSSL with nothing left on the

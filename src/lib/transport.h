@@ -21,6 +21,7 @@ typedef struct evs__timers {
     evs_timeouts to;
     struct timeval last_read;
     struct timeval last_write;
+    struct timeval reading_since; /* the last resume_reading: the read timeout counts from here */
 } evs__timers;
 
 /* Kept small: an idle connection costs this struct and little else. What
@@ -53,6 +54,8 @@ struct evs_transport {
     bool protocol_paused;
     bool lost_scheduled;
     bool lost;           /* connection_lost has been called */
+    bool made;           /* the protocol got connection_made (TLS: after the handshake) */
+    bool lost_unmade;    /* call connection_lost even without connection_made (stream pairs) */
     bool dropped;        /* buffered bytes were thrown away (abort, error) */
     bool is_tcp;
     /* Not a socket (pipe, FIFO, tty): read()/writev() instead of
@@ -129,6 +132,8 @@ void evs__transport_deliver(evs_transport *t, const void *data, size_t len);
  * went from empty to non-empty. */
 void evs__timeouts_read(evs_transport *t);
 void evs__timeouts_write(evs_transport *t);
+/* Reading resumed: time spent paused does not count for the read timeout. */
+void evs__timeouts_resumed(evs_transport *t);
 
 /* writev() on a pipe without dying of SIGPIPE (pipe.c). */
 ssize_t evs__pipe_writev(int fd, const struct iovec *iov, int iovcnt);

@@ -270,3 +270,55 @@ TEST(Client, CancelDuringConnectReturnsECANCELED) {
     for (int fd : fillers) close(fd);
     close(lfd);
 }
+
+// --- review probes -----------------------------------------------------------
+
+#include <sys/un.h>
+#include <fcntl.h>
+
+// A non-blocking connect() to a Unix listener whose backlog is full fails
+// with EAGAIN: no connection is in progress (unlike TCP's EINPROGRESS), and
+// the unconnected socket is writable at once. evs_open_unix_connection must
+// not return such a socket as a connection.
+TEST(Client, ReviewUnixBacklogFullIsNotAConnection) {
+    static std::string path;
+    std::string dir = make_temp_dir();
+    path = dir + "/full.sock";
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sun, sizeof sun));
+    ASSERT_EQ(0, listen(lfd, 0));
+    std::vector<int> fillers;
+    for (int i = 0; i < 16; i++) {  // fill the backlog
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno == EAGAIN) {
+            close(fd);
+            break;
+        }
+        fillers.push_back(fd);
+    }
+    static int write_rc, peer_rc;
+    int rc = run_task(
+        [](void *) -> int {
+            evs_reader *r;
+            evs_writer *w;
+            evs_connect_options o{};
+            o.timeout = 0.3;
+            int err = evs_open_unix_connection(path.c_str(), &o, &r, &w);
+            if (err) return err;
+            struct sockaddr_storage ss;
+            socklen_t len;
+            peer_rc = evs_transport_get_peername(evs_writer_transport(w), &ss, &len);
+            write_rc = evs_write(w, "x", 1);
+            evs_writer_free(w);
+            return 0;
+        },
+        nullptr);
+    for (int fd : fillers) close(fd);
+    close(lfd);
+    remove_dir(dir);
+    EXPECT_EQ(-ETIMEDOUT, rc) << "returned a pair on a socket that is not connected: peername -> "
+                     << peer_rc << ", write -> " << write_rc;
+}

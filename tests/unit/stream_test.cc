@@ -1711,3 +1711,26 @@ TEST(StreamReaderFastPath, BufferedReadsDoNotSwitchTasks) {
         nullptr);
     EXPECT_EQ(0, rc);
 }
+
+/* --- review probes ----------------------------------------------------- */
+
+// The per-task timeout "bounds every parked call": a readexactly() that
+// keeps getting one byte at a time, each within the bound, must still
+// return -ETIMEDOUT once it has been parked for longer than the bound.
+TEST(Review, DISABLED_TaskTimeoutBoundsTheWholeReadexactly) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {"a", "b", "c", "d", "e", "f", "g", "h"}, false, 0.1};
+        evs_task *ft = spawn(f);
+        evs_task_set_timeout(evs_task_current(), 0.25);
+        char buf[16];
+        auto t0 = std::chrono::steady_clock::now();
+        ssize_t n = evs_readexactly(c.r, buf, 8);
+        double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        evs_task_set_timeout(evs_task_current(), kMainTimeout);
+        EXPECT_EQ(-ETIMEDOUT, n) << "readexactly was parked " << secs << " s under a 0.25 s bound";
+        EXPECT_LT(secs, 0.5);
+        join(ft);
+    });
+}

@@ -1837,3 +1837,56 @@ TEST_F(Tls, ClosedServerIsFreedWithItsContextAfterItsLastConnection) {
     ASSERT_EQ(0, rc);
     EXPECT_EQ(1, ssl_ctx_freed.load()) << "the server kept its TLS context";
 }
+
+// --- review probes ---------------------------------------------------------
+
+namespace {
+struct RvSeen {
+    std::atomic<int> made{0};
+    std::atomic<int> lost{0};
+    std::atomic<int> lost_without_made{0};
+    std::atomic<void *> lost_ctx{nullptr};
+};
+RvSeen *rv_seen;
+void rv_made(evs_transport *, void *) { rv_seen->made++; }
+void rv_lost(evs_transport *, int, void *ctx) {
+    if (rv_seen->made.load() == 0) rv_seen->lost_without_made++;
+    rv_seen->lost_ctx = ctx;
+    rv_seen->lost++;
+}
+const evs_protocol rv_protocol = {.connection_made = rv_made, .connection_lost = rv_lost};
+}  // namespace
+
+// protocol.h: connection_made -> ... -> connection_lost. asyncio's SSL
+// transport never calls the app protocol's connection_lost when its
+// connection_made never ran (failed handshake). Here a protocol-mode TLS
+// server's protocol gets connection_lost(ctx = the server's arg) for a
+// connection it never saw.
+TEST_F(Tls, ReviewFailedHandshakeCallsConnectionLostWithoutConnectionMade) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    RvSeen seen;
+    rv_seen = &seen;
+    static int server_arg;
+    Runtime rt;
+    evs_server *s = start(rt, nullptr, &server_arg, sctx.c,
+                          [](evs_server_options *o) { o->protocol = &rv_protocol; });
+    ASSERT_NE(nullptr, s);
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(write_all(fd, "GET / HTTP/1.0\r\n\r\n", 18));  // not a ClientHello
+    char buf[512];
+    while (recv(fd, buf, sizeof buf, 0) > 0) {
+    }
+    close(fd);
+    // The connection is over once the server counted it closed.
+    EXPECT_TRUE(eventually([&] {
+        evs_server_stats st;
+        evs_server_stats_get(s, &st);
+        return st.tls_failed >= 1 && st.active == 0;
+    }, 3));
+    EXPECT_EQ(0, seen.made.load());
+    EXPECT_EQ(0, seen.lost_without_made.load())
+        << "connection_lost ran with ctx=" << seen.lost_ctx.load() << " (the server arg is "
+        << (void *)&server_arg << ")";
+}

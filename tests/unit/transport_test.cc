@@ -2051,3 +2051,30 @@ TEST(Transport, WriteBufferCapFailsWithENOBUFSAndAborts) {
     EXPECT_EQ(-ENOBUFS, rc);
     EXPECT_EQ(-ENOBUFS, r.lost_err);
 }
+
+/* --- review probes ----------------------------------------------------- */
+
+// The read timeout counts "no byte received while reading (not paused)":
+// time spent paused must not count once reading resumes.
+TEST(Review, ReadTimeoutDoesNotCountTimeSpentPaused) {
+    Rec r;
+    bool lost_soon_after_resume = true;
+    in_loop([&] {
+        Pair p;
+        evs_transport *t = wrap(p.mine(), r);
+        ASSERT_TRUE(peer_send(p.peer(), "x"));
+        ASSERT_TRUE(wait_for([&] { return r.data.size() == 1; }));
+        evs_timeouts to{};
+        to.read = 0.5;
+        ASSERT_EQ(0, evs_transport_set_timeouts(t, &to));
+        evs_transport_pause_reading(t);
+        evs_sleep(1.1);             // paused: no read timeout
+        ASSERT_EQ(0, r.lost);
+        evs_transport_resume_reading(t);
+        evs_sleep(0.45);            // less than the read timeout since reading resumed
+        lost_soon_after_resume = r.lost > 0;
+        if (!r.lost) evs_transport_close(t);
+        ASSERT_TRUE(lost_once(r));
+    });
+    EXPECT_FALSE(lost_soon_after_resume) << "lost_err=" << r.lost_err;
+}
