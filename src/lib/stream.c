@@ -416,9 +416,10 @@ void evs__stream_on_made(evs_writer *w, evs__stream_made_fn fn, void *arg)
 int evs__stream_wait_made(evs_writer *w)
 {
     evs_stream *s = stream_of_writer(w);
+    double began = 0;
 
     while (!s->made && !w->lost) {
-        int rc = evs__task_park(&s->made_waiters);
+        int rc = evs__task_park_in_call(&s->made_waiters, &began);
         if (rc < 0)
             return rc;
     }
@@ -459,6 +460,7 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
     evs_transport *t = r->t;
     size_t len;
     int rc;
+    double began = 0;
 
     if (!evs_task_current() || !ctx)
         return -EINVAL;
@@ -491,7 +493,7 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
         evs_transport_resume_reading(t);
     }
     while (s->tls_result == 1 && !w->lost) {
-        rc = evs__task_park(&s->tls_waiters);
+        rc = evs__task_park_in_call(&s->tls_waiters, &began);
         if (rc < 0)
             return rc;
     }
@@ -550,8 +552,9 @@ static int begin(evs_reader *r)
     return 0;
 }
 
-/* Park until the buffer changes, EOF or an error. */
-static int wait_data(evs_reader *r)
+/* Park until the buffer changes, EOF or an error. @began: the calling
+ * read's start, so the task's timeout bounds the whole read. */
+static int wait_data(evs_reader *r, double *began)
 {
     int rc;
 
@@ -562,7 +565,7 @@ static int wait_data(evs_reader *r)
         evs_transport_resume_reading(r->t);
     }
     r->reading = true;
-    rc = evs__task_park(&r->waiter);
+    rc = evs__task_park_in_call(&r->waiter, began);
     r->reading = false;
     settle(r); /* a block taken for a read that found nothing */
     return rc;
@@ -575,7 +578,7 @@ static void consumed(evs_reader *r)
 
 /* Park with @buf lent to the transport (see the top of the file).
  * @return bytes that landed in @buf, 0 if none, or a negative errno. */
-static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n)
+static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n, double *began)
 {
     int rc;
     size_t got;
@@ -583,7 +586,7 @@ static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n)
     r->lent = buf;
     r->lent_len = n;
     r->lent_got = 0;
-    rc = wait_data(r);
+    rc = wait_data(r, began);
     got = r->lent_got;
     r->lent = NULL;
     r->lent_got = 0;
@@ -597,6 +600,7 @@ ssize_t evs_read(evs_reader *r, void *buf, size_t n)
 {
     int rc = begin(r);
     size_t len;
+    double began = 0;
 
     if (rc)
         return rc;
@@ -609,7 +613,7 @@ ssize_t evs_read(evs_reader *r, void *buf, size_t n)
             return r->err;
         if (r->eof)
             return 0;
-        if ((got = wait_data_lent(r, buf, n)) != 0)
+        if ((got = wait_data_lent(r, buf, n, &began)) != 0)
             return got;
     }
     if (len > n)
@@ -623,6 +627,7 @@ ssize_t evs_read_to_eof(evs_reader *r, void *buf, size_t max)
 {
     int rc = begin(r);
     size_t len;
+    double began = 0;
 
     if (rc)
         return rc;
@@ -631,7 +636,7 @@ ssize_t evs_read_to_eof(evs_reader *r, void *buf, size_t max)
             return EVS_ELIMIT;
         if (r->err)
             return r->err;
-        if ((rc = wait_data(r)) < 0)
+        if ((rc = wait_data(r, &began)) < 0)
             return rc;
     }
     len = buffered(r);
@@ -646,6 +651,7 @@ ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
 {
     int rc = begin(r);
     size_t len;
+    double began = 0;
 
     if (rc)
         return rc;
@@ -659,7 +665,7 @@ ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
             consumed(r);
             return EVS_EINCOMPLETE;
         }
-        if ((rc = wait_data(r)) < 0)
+        if ((rc = wait_data(r, &began)) < 0)
             return rc;
     }
     take(r, buf, n);
@@ -716,6 +722,7 @@ ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
 {
     size_t len;
     int rc;
+    double began = 0;
 
     if (!data)
         return -EINVAL; /* before begin(): a refused call drops no view */
@@ -729,7 +736,7 @@ ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
             return r->err;
         if (r->eof)
             return 0;
-        if ((rc = wait_data(r)) < 0)
+        if ((rc = wait_data(r, &began)) < 0)
             return rc;
     }
     if (len > n)
@@ -746,6 +753,7 @@ static ssize_t read_until(evs_reader *r, const evs_separator *seps, size_t nseps
 {
     size_t maxsep = 0, from = 0, which = 0;
     int rc = begin(r);
+    double began = 0;
 
     if (rc)
         return rc;
@@ -790,7 +798,7 @@ static ssize_t read_until(evs_reader *r, const evs_separator *seps, size_t nseps
         }
         if (r->err)
             return r->err;
-        if ((rc = wait_data(r)) < 0)
+        if ((rc = wait_data(r, &began)) < 0)
             return rc;
     }
 }
@@ -878,13 +886,14 @@ int evs_writelines(evs_writer *w, const struct iovec *iov, int iovcnt)
 int evs_drain(evs_writer *w)
 {
     int rc;
+    double began = 0;
 
     if (w->lost)
         return loss_error(w, -EPIPE);
     while (w->paused) {
         if (!evs_task_current())
             return -EINVAL;
-        rc = evs__task_park(&w->drainers);
+        rc = evs__task_park_in_call(&w->drainers, &began);
         if (rc < 0 || w->lost)
             return rc;
     }
@@ -914,12 +923,14 @@ void evs_close(evs_writer *w)
 
 int evs_wait_closed(evs_writer *w)
 {
+    double began = 0;
+
     while (!w->lost) {
         int rc;
 
         if (!evs_task_current())
             return -EINVAL;
-        rc = evs__task_park(&w->closers);
+        rc = evs__task_park_in_call(&w->closers, &began);
         if (rc < 0)
             return rc;
     }

@@ -535,11 +535,13 @@ pid_t evs_process_pid(const evs_process *p)
 
 int evs_process_wait(evs_process *p, int *code)
 {
+    double began = 0;
+
     while (!p->c.exited) {
         int rc;
         if (!evs_task_current())
             return -EINVAL;
-        rc = evs__task_park(&p->waiters);
+        rc = evs__task_park_in_call(&p->waiters, &began);
         if (rc < 0)
             return rc;
     }

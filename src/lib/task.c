@@ -11,6 +11,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "worker.h"
 
@@ -155,6 +156,31 @@ int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry)
 int evs__task_park(evs__waitq *q)
 {
     return evs__task_park_for(q, -1, 0);
+}
+
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int evs__task_park_in_call(evs__waitq *q, double *began)
+{
+    evs_task *t = running_task;
+    double now, left;
+
+    /* Only a bounded task pays for the clock. */
+    if (!t || t->cancelled || t->timeout <= 0)
+        return evs__task_park(q);
+    now = monotonic_seconds();
+    if (*began == 0)
+        *began = now;
+    left = t->timeout - (now - *began);
+    if (left <= 0)
+        return -ETIMEDOUT;
+    return evs__task_park_for(q, left, -ETIMEDOUT);
 }
 
 int evs_sleep(double seconds)

@@ -208,6 +208,11 @@ struct evs_task {
 int evs__task_park(evs__waitq *q);
 /* Park for at most @seconds (< 0: no extra bound beyond the task's timeout). */
 int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry);
+/* evs__task_park for one of the waits of a call that may park several
+ * times (readexactly until its bytes are in): the task's timeout bounds the
+ * call as a whole. @began starts at 0 in the call and is kept by the
+ * first wait. */
+int evs__task_park_in_call(evs__waitq *q, double *began);
 /* Make a parked task ready with @result. No-op when it is not parked. */
 void evs__task_wake(evs_task *t, int result);
 /* Wake every task parked on @q with @result. */

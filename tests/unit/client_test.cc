@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <string>
@@ -271,16 +272,11 @@ TEST(Client, CancelDuringConnectReturnsECANCELED) {
     close(lfd);
 }
 
-// --- review probes -----------------------------------------------------------
-
-#include <sys/un.h>
-#include <fcntl.h>
-
 // A non-blocking connect() to a Unix listener whose backlog is full fails
 // with EAGAIN: no connection is in progress (unlike TCP's EINPROGRESS), and
 // the unconnected socket is writable at once. evs_open_unix_connection must
 // not return such a socket as a connection.
-TEST(Client, ReviewUnixBacklogFullIsNotAConnection) {
+TEST(Client, UnixListenerWithAFullBacklogIsNotAConnection) {
     static std::string path;
     std::string dir = make_temp_dir();
     path = dir + "/full.sock";
