@@ -105,12 +105,13 @@ static evs_worker *pick_worker(evs_runtime *rt)
  * least-connections see connections still in flight to a worker. */
 static void count_accepted(evs_server *s, evs_worker *w)
 {
-    atomic_fetch_add(&s->rt->conns, 1);
-    atomic_fetch_add(&s->conns, 1);
+    /* s->conns and rt->conns were reserved before the accept (take_slot). */
     atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
     evs__counter_add(&w->accepted, 1);
 }
+
+static void release_slot(evs_server *s);
 
 /* The message that takes an accepted connection to its worker. */
 static void fill_msg(evs__msg *m, evs_server *s, int fd, const struct sockaddr_storage *peer,
@@ -140,6 +141,7 @@ static void dispatch(evs_server *s, evs_worker *here, int fd, const struct socka
         int rc = evs__iplimit_admit(s, key);
         if (rc < 0) {
             evs__iplimit_reject(s, fd, rc, peer, plen);
+            release_slot(s);
             return;
         }
         counted = true;
@@ -159,6 +161,7 @@ static void dispatch(evs_server *s, evs_worker *here, int fd, const struct socka
         if (counted)
             evs__iplimit_release(s, key);
         close(fd);
+        release_slot(s);
         return;
     }
     fill_msg(m, s, fd, peer, plen, key, counted);
@@ -213,6 +216,53 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     atomic_store(&rt->fd_paused, false);
     if (!paused(rt))
         set_listening(rt);
+}
+
+/* Count a connection against @max before accepting it: the check and the
+ * count are one step, so workers accepting on their own sockets at once
+ * cannot all pass a limit that has room for one. 0: no limit. */
+static bool reserve(_Atomic size_t *count, size_t max)
+{
+    size_t v = atomic_load(count);
+
+    do {
+        if (max > 0 && v >= max)
+            return false;
+    } while (!atomic_compare_exchange_weak(count, &v, v + 1));
+    return true;
+}
+
+/* @return 0 (counted), 1 (at the runtime's limit) or 2 (at the server's). */
+static int take_slot(evs_server *s)
+{
+    evs_runtime *rt = s->rt;
+
+    if (!reserve(&rt->conns, rt->max_connections))
+        return 1;
+    if (!reserve(&s->conns, s->opts.max_connections)) {
+        atomic_fetch_sub(&rt->conns, 1);
+        /* Another thread may have paused on our reservation. */
+        if (atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false))
+            evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
+        return 2;
+    }
+    return 0;
+}
+
+/* Undo take_slot() for a connection that was not accepted (or refused at
+ * once); a thread that paused on the reservation is woken, as by a close. */
+static void release_slot(evs_server *s)
+{
+    evs_runtime *rt = s->rt;
+    bool resume;
+
+    atomic_fetch_sub(&s->conns, 1);
+    atomic_fetch_sub(&rt->conns, 1);
+    resume = atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false);
+    if (atomic_load(&s->limit_paused) && atomic_exchange(&s->limit_paused, false))
+        resume = true;
+    if (resume)
+        evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
 }
 
 static bool at_limit(evs_runtime *rt)
@@ -272,16 +322,19 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
         socklen_t plen = sizeof peer;
         int fd;
 
-        if (at_limit(rt)) {
-            pause_for_limit(rt);
-            return;
-        }
-        if (server_at_limit(s)) {
-            pause_server(s);
+        int full = take_slot(s);
+        if (full) {
+            if (full == 1)
+                pause_for_limit(rt);
+            else
+                pause_server(s);
             return;
         }
         fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
+            int err = errno;
+            release_slot(s);
+            errno = err;
             switch (errno) {
             case EAGAIN:
 #if EAGAIN != EWOULDBLOCK

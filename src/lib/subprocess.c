@@ -91,13 +91,19 @@ static bool child_poll(child *c)
     return false;
 }
 
+/* Look without reaping (WNOWAIT): reaping here would run the owner's
+ * callbacks (process_exited, connection_lost, which frees a subprocess
+ * transport) inside the caller's call. The watch reports the exit from
+ * the loop. A child not reaped yet keeps its pid, so the kill is safe. */
 static int child_signal(child *c, int sig)
 {
+    siginfo_t info;
+
     if (c->exited)
         return -ESRCH;
-    /* Poll first: the pid of a reaped child may belong to someone else. */
-    if (child_poll(c))
-        return -ESRCH;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid != 0)
+        return -ESRCH; /* exited (reported from the loop), or reaped by someone else */
     return kill(c->pid, sig) < 0 ? -errno : 0;
 }
 
