@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -60,8 +61,7 @@ TEST(Review, ReusePortMaxConnectionsIsNeverExceeded) {
         for (int w = 0; w < 2; w++)
             evs_worker_post(evs_runtime_worker(rt, w), [](evs_worker *, void *) {
                 ++parked;
-                while (!go.load()) {
-                }
+                while (!go.load()) sched_yield();
             }, nullptr);
         while (parked.load() < 2) usleep(100);
         std::vector<int> fds;
@@ -76,6 +76,9 @@ TEST(Review, ReusePortMaxConnectionsIsNeverExceeded) {
         // let everything drain
         for (int k = 0; k < 2000 && (evs_server_connections(s) > 0 || g_live.load() > 0); k++)
             usleep(1000);
+        if (getenv("REVIEW_VERBOSE"))
+            fprintf(stderr, "round %d conns %zu live %d max %d\n", round, evs_server_connections(s),
+                    g_live.load(), g_max.load());
     }
     EXPECT_LE(g_max.load(), 1) << "handlers running at once with max_connections=1";
     EXPECT_LE(max_conns, 1u) << "server connections with max_connections=1";
