@@ -83,7 +83,8 @@ EVS_EXTERN int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **ou
  * and cancel the tasks that remain, join every thread and free everything,
  * including the servers. @p rt is invalid afterwards. A negative @p timeout
  * waits for the handlers as long as they take.
- * @return 0, or -ETIMEDOUT when connections had to be aborted.
+ * @return 0, -ETIMEDOUT when connections had to be aborted, or -EDEADLK
+ * (nothing done) when called on one of @p rt's own threads.
  * Thread: the thread that created the runtime (never a worker).
  */
 EVS_EXTERN int evs_runtime_stop(evs_runtime *rt, double timeout);

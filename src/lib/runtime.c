@@ -245,6 +245,10 @@ int evs_runtime_stop(evs_runtime *rt, double timeout)
 
     if (!rt)
         return -EINVAL;
+    /* On one of its own threads it would join itself and free the loop it
+     * runs on. */
+    if (evs_worker_current() && evs_worker_current()->rt == rt)
+        return -EDEADLK;
     atomic_store(&rt->stopping, true);
 
     /* 1. Stop accepting: close every listener, end the acceptor. */

@@ -134,3 +134,27 @@ TEST(Review, SubprocessKillDoesNotRunConnectionLostInsideTheCall) {
     EXPECT_EQ(0, run_in_task(f));
     EXPECT_EQ(1, r.lost);
 }
+
+// evs_runtime_stop from one of the runtime's own workers (a handler that
+// decides to shut down): it joins its own thread and frees the base it is
+// running on. It should refuse with -EDEADLK, as evs_server_free does.
+TEST(Review, RuntimeStopOnAWorkerRefusesInsteadOfFreeingItsOwnLoop) {
+    evs_runtime_options ro{};
+    ro.workers = 2;
+    evs_runtime *rt;
+    ASSERT_EQ(0, evs_runtime_new(&ro, &rt));
+    static std::atomic<int> rc{1};
+    static std::atomic<bool> done{false};
+    rc = 1;
+    done = false;
+    ASSERT_EQ(0, evs_worker_post(evs_runtime_worker(rt, 0), [](evs_worker *w, void *) {
+        rc = evs_runtime_stop(evs_worker_runtime(w), 0);
+        done = true;
+    }, nullptr));
+    for (int i = 0; i < 5000 && !done.load(); i++) usleep(1000);
+    ASSERT_TRUE(done.load()) << "evs_runtime_stop on a worker never returned";
+    EXPECT_EQ(-EDEADLK, rc.load());
+    if (rc.load() == -EDEADLK) {
+        EXPECT_EQ(0, evs_runtime_stop(rt, 5));
+    }
+}
