@@ -536,6 +536,8 @@ size_t evs_server_sockets(const evs_server *s, int *fds, size_t n)
 {
     size_t count = 0;
 
+    /* The acceptor and the owning workers close sockets under the lock. */
+    pthread_mutex_lock(&s->rt->lock);
     for (size_t i = 0; i < s->nlisteners; i++) {
         if (s->listeners[i].fd < 0)
             continue;
@@ -543,6 +545,7 @@ size_t evs_server_sockets(const evs_server *s, int *fds, size_t n)
             fds[count] = s->listeners[i].fd;
         count++;
     }
+    pthread_mutex_unlock(&s->rt->lock);
     return count;
 }
 

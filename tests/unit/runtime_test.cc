@@ -519,3 +519,27 @@ TEST(Runtime, StoppingAnIdleRuntimeLeavesNoFdBehind) {
     }
     EXPECT_EQ(before, count_open_fds());
 }
+
+// evs_runtime_stop from one of the runtime's own workers (a handler that
+// decides to shut down) would join its own thread and free the base it runs
+// on: it refuses with -EDEADLK, as evs_server_free does.
+TEST(Runtime, StopOnItsOwnWorkerRefusesInsteadOfFreeingItsLoop) {
+    evs_runtime_options ro{};
+    ro.workers = 2;
+    evs_runtime *rt;
+    ASSERT_EQ(0, evs_runtime_new(&ro, &rt));
+    static std::atomic<int> rc{1};
+    static std::atomic<bool> done{false};
+    rc = 1;
+    done = false;
+    ASSERT_EQ(0, evs_worker_post(evs_runtime_worker(rt, 0), [](evs_worker *w, void *) {
+        rc = evs_runtime_stop(evs_worker_runtime(w), 0);
+        done = true;
+    }, nullptr));
+    for (int i = 0; i < 5000 && !done.load(); i++) usleep(1000);
+    ASSERT_TRUE(done.load()) << "evs_runtime_stop on a worker never returned";
+    EXPECT_EQ(-EDEADLK, rc.load());
+    if (rc.load() == -EDEADLK) {
+        EXPECT_EQ(0, evs_runtime_stop(rt, 5));
+    }
+}

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -795,4 +796,67 @@ TEST(ServerIpLimit, ForgottenAddressesAreSweptAway) {
     }
     EXPECT_LE(probe_iplimit_entries(s), 1u) << "only the busy address may be left";
     probe_iplimit_server_free(s);
+}
+
+namespace {
+
+std::atomic<int> g_live{0}, g_max{0}; // handlers running at once, and the most seen
+
+void holding_handler(evs_reader *r, evs_writer *, void *) {
+    int now = ++g_live;
+    int m = g_max.load();
+    while (now > m && !g_max.compare_exchange_weak(m, now)) {
+    }
+    char buf[64];
+    while (evs_read(r, buf, sizeof buf) > 0) {
+    }
+    --g_live;
+}
+
+}  // namespace
+
+// max_connections = 1 with reuse_port and 2 workers: each worker accepts
+// on its own socket at the same time, so the limit check and the count
+// must be one step (a reservation), or both pass a limit with room for one.
+TEST(ServerReusePort, MaxConnectionsIsNeverExceeded) {
+    evs_runtime_options ro{};
+    ro.workers = 2;
+    ro.max_connections = 1;
+    evs_runtime *rt;
+    ASSERT_EQ(0, evs_runtime_new(&ro, &rt));
+    evs_server_options o{};
+    o.client_connected = holding_handler;
+    o.host = "127.0.0.1";
+    o.reuse_port = true;
+    evs_server *s;
+    ASSERT_EQ(0, evs_start_server(rt, &o, &s));
+    size_t max_conns = 0;
+    for (int round = 0; round < 20 && g_max.load() <= 1 && max_conns <= 1; round++) {
+        // Hold both workers, queue connections on both sockets, let go.
+        static std::atomic<bool> go;
+        static std::atomic<int> parked;
+        go = false;
+        parked = 0;
+        for (int w = 0; w < 2; w++)
+            evs_worker_post(evs_runtime_worker(rt, w), [](evs_worker *, void *) {
+                ++parked;
+                while (!go.load()) sched_yield();
+            }, nullptr);
+        while (parked.load() < 2) usleep(100);
+        std::vector<int> fds;
+        for (int i = 0; i < 16; i++) fds.push_back(connect_tcp(evs_server_port(s)));
+        go = true;
+        for (int k = 0; k < 50; k++) {
+            size_t c = evs_server_connections(s);
+            if (c > max_conns) max_conns = c;
+            usleep(1000);
+        }
+        for (int fd : fds) close(fd);
+        // let everything drain
+        for (int k = 0; k < 2000 && (evs_server_connections(s) > 0 || g_live.load() > 0); k++)
+            usleep(1000);
+    }
+    EXPECT_LE(g_max.load(), 1) << "handlers running at once with max_connections=1";
+    EXPECT_LE(max_conns, 1u) << "server connections with max_connections=1";
+    evs_runtime_stop(rt, 5);
 }

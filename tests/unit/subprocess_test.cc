@@ -617,3 +617,54 @@ TEST_F(SubprocessTest, StdioFromAGivenFd) {
     EXPECT_EQ("to file", line);
     remove_dir(dir);
 }
+
+namespace {
+struct SpRec {
+    int exited = 0, lost = 0;
+    bool in_kill = false;
+    int lost_inside_kill = 0;
+};
+void sp_exited(evs_subprocess *, void *ctx) { static_cast<SpRec *>(ctx)->exited++; }
+void sp_lost(evs_subprocess *, int, void *ctx) {
+    auto *r = static_cast<SpRec *>(ctx);
+    r->lost++;
+    if (r->in_kill) r->lost_inside_kill++;
+}
+const evs_subprocess_protocol kSp = {
+    .connection_made = nullptr,
+    .pipe_data_received = nullptr,
+    .pipe_connection_lost = nullptr,
+    .process_exited = sp_exited,
+    .connection_lost = sp_lost,
+    .pause_writing = nullptr,
+    .resume_writing = nullptr,
+};
+}  // namespace
+
+// The child has exited but the loop has not seen it yet: kill() must not
+// reap it, or process_exited and connection_lost would run inside the call
+// and free the transport under the caller (as asyncio, no callback runs
+// inside kill()).
+TEST(SubprocessKill, DoesNotRunConnectionLostInsideTheCall) {
+    SpRec r;
+    auto f = [&] {
+        const char *argv[] = {"/bin/true", nullptr};
+        evs_process_options o{};
+        o.argv = argv;
+        o.stdin_mode = o.stdout_mode = o.stderr_mode = EVS_STDIO_DEVNULL;
+        evs_subprocess *p = nullptr;
+        ASSERT_EQ(0, evs_subprocess_exec(&o, &kSp, &r, &p));
+        usleep(300 * 1000);  // the child exits; the loop does not run
+        r.in_kill = true;
+        int rc = evs_subprocess_kill(p);
+        r.in_kill = false;
+        EXPECT_EQ(0, r.lost_inside_kill) << "connection_lost ran inside evs_subprocess_kill (rc "
+                                        << rc << "); p is freed now";
+        if (r.lost == 0) {
+            evs_subprocess_close(p);  // the seed's kill-then-close
+            wait_until([&] { return r.lost == 1; });
+        }
+    };
+    EXPECT_EQ(0, run_in_task(f));
+    EXPECT_EQ(1, r.lost);
+}
