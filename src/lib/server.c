@@ -465,12 +465,20 @@ int evs_server_wait_closed(evs_server *s)
     return 0;
 }
 
+/* For evs_worker_call: a round trip, to wait for what was posted before. */
+static void nothing(evs_worker *w, void *arg)
+{
+    EVS_UNUSED(w);
+    EVS_UNUSED(arg);
+}
+
 /* On the acceptor: stop watching the sockets and give them away. */
 typedef struct take_request {
     evs_server *server;
     int *fds;
     size_t n;
     size_t count;
+    bool posted; /* a worker owning a socket lets go of it by a post */
 } take_request;
 
 /* On a worker that accepted from @l: forget the socket, now another
@@ -506,8 +514,10 @@ static void acceptor_take(evs_worker *acceptor, void *arg)
         rq->count++;
         /* A worker's socket: the worker lets go of it (or closes it). */
         if (l->owner &&
-            evs_worker_post(l->owner, keep ? release_listener : evs__listener_close, l) == 0)
+            evs_worker_post(l->owner, keep ? release_listener : evs__listener_close, l) == 0) {
+            rq->posted = true;
             continue;
+        }
         if (l->ev_added)
             event_del(&l->ev);
         l->ev_added = false;
@@ -529,6 +539,13 @@ size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n)
      * either way no one else touches its events now. */
     if (evs_worker_call(&s->rt->acceptor, acceptor_take, &rq) < 0)
         acceptor_take(&s->rt->acceptor, &rq);
+    /* Until the owners ran their posts, their events still watch the fds:
+     * a caller closing one could have its number reused under a live
+     * event. A call runs after what was posted before it. (On a worker,
+     * its own post runs when the caller returns to the loop.) */
+    if (rq.posted)
+        for (int i = 0; i < s->rt->nworkers; i++)
+            evs_worker_call(&s->rt->workers[i], nothing, NULL);
     return rq.count;
 }
 
@@ -547,12 +564,6 @@ size_t evs_server_sockets(const evs_server *s, int *fds, size_t n)
     }
     pthread_mutex_unlock(&s->rt->lock);
     return count;
-}
-
-static void nothing(evs_worker *w, void *arg)
-{
-    EVS_UNUSED(w);
-    EVS_UNUSED(arg);
 }
 
 /* On the acceptor, the only thread that removes servers from the list:
