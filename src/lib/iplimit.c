@@ -54,6 +54,10 @@ bool evs__ip_key(const struct sockaddr_storage *peer, uint64_t *key)
             *key = 0xFFFFFFFF00000000ULL | a;
         } else {
             memcpy(key, a6->s6_addr, 8); /* the /64 */
+            /* A prefix whose high half reads as IPv4's mark would share an
+             * IPv4 address's key: it shares its neighbour /64's instead. */
+            if ((*key >> 32) == 0xFFFFFFFFu)
+                *key ^= UINT64_C(1) << 32;
         }
         return true;
     }

@@ -39,3 +39,8 @@ unsigned probe_iplimit_entries(evs_server *s)
 {
     return (unsigned)evs__iplimit_entries(s);
 }
+
+int probe_ip_key(const void *peer, uint64_t *key)
+{
+    return evs__ip_key(peer, key) ? 0 : -1;
+}

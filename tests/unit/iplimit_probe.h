@@ -17,6 +17,9 @@ int probe_iplimit_admit(evs_server *s, uint64_t key);
 void probe_iplimit_release(evs_server *s, uint64_t key);
 /* How many addresses the table remembers. */
 unsigned probe_iplimit_entries(evs_server *s);
+/* The table's key for a peer address (a struct sockaddr_storage): 0, or
+ * -1 when the address has none (a Unix peer). */
+int probe_ip_key(const void *peer, uint64_t *key);
 
 #ifdef __cplusplus
 }

@@ -860,3 +860,41 @@ TEST(ServerReusePort, MaxConnectionsIsNeverExceeded) {
     EXPECT_LE(max_conns, 1u) << "server connections with max_connections=1";
     evs_runtime_stop(rt, 5);
 }
+
+namespace {
+sockaddr_storage peer_of(int family, const char *text) {
+    sockaddr_storage ss{};
+    ss.ss_family = (sa_family_t)family;
+    void *where = family == AF_INET ? (void *)&((sockaddr_in *)&ss)->sin_addr
+                                    : (void *)&((sockaddr_in6 *)&ss)->sin6_addr;
+    EXPECT_EQ(1, inet_pton(family, text, where)) << text;
+    return ss;
+}
+uint64_t key_of(int family, const char *text) {
+    sockaddr_storage ss = peer_of(family, text);
+    uint64_t key = 0;
+    EXPECT_EQ(0, probe_ip_key(&ss, &key)) << text;
+    return key;
+}
+}  // namespace
+
+// Per-address limits count an IPv4 address, or an IPv6 /64, as one peer:
+// an IPv4-mapped address is its IPv4 address, and no IPv6 prefix shares a
+// key with an IPv4 address (whatever the bytes of the prefix).
+TEST(ServerIpLimit, KeysKeepIPv4AndIPv6Apart) {
+    EXPECT_EQ(key_of(AF_INET, "1.2.3.4"), key_of(AF_INET6, "::ffff:1.2.3.4"));
+    EXPECT_NE(key_of(AF_INET, "1.2.3.4"), key_of(AF_INET, "1.2.3.5"));
+    EXPECT_EQ(key_of(AF_INET6, "2001:db8:1:2::1"), key_of(AF_INET6, "2001:db8:1:2:ffff::9"));
+    EXPECT_NE(key_of(AF_INET6, "2001:db8:1:2::1"), key_of(AF_INET6, "2001:db8:1:3::1"));
+    // Every IPv6 /64 whose bytes 0-3 or 4-7 are all ones, against the IPv4
+    // address that the other half spells.
+    const char *v6[] = {"ffff:ffff:102:304::1", "102:304:ffff:ffff::1", "2001:db8:ffff:ffff::1"};
+    const char *v4[] = {"1.2.3.4", "32.1.13.184", "255.255.255.255"};
+    for (const char *a : v6)
+        for (const char *b : v4)
+            EXPECT_NE(key_of(AF_INET6, a), key_of(AF_INET, b)) << a << " vs " << b;
+    sockaddr_storage un{};
+    un.ss_family = AF_UNIX;
+    uint64_t key;
+    EXPECT_EQ(-1, probe_ip_key(&un, &key));
+}
