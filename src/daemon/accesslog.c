@@ -10,6 +10,8 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@ struct evsd_access_log {
     char *listener;
     char *format;
     int fd;
+    atomic_bool failing; /* the last write failed (warned once per episode) */
     pthread_rwlock_t lock;
     evsd_access_log *next; /* every open log, for the reopen */
 };
@@ -117,14 +120,28 @@ static const char *reason(const evs_connection_info *info, char *buf, size_t len
     }
 }
 
+/* A value, with what could break the line or its fields (control bytes,
+ * spaces, DEL, backslash) as \xHH: a Unix client names its own address,
+ * so "$peer" may hold a newline and forge a line. */
 static size_t append(char *line, size_t off, size_t cap, const char *s)
 {
-    size_t n = strlen(s);
+    static const char hex[] = "0123456789abcdef";
 
-    if (off + n >= cap)
-        n = cap - off - 1;
-    memcpy(line + off, s, n);
-    return off + n;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        bool escape = c <= ' ' || c == 0x7f || c == '\\';
+        if (off + (escape ? 4 : 1) >= cap)
+            break;
+        if (escape) {
+            line[off++] = '\\';
+            line[off++] = 'x';
+            line[off++] = hex[c >> 4];
+            line[off++] = hex[c & 15];
+        } else {
+            line[off++] = (char)c;
+        }
+    }
+    return off;
 }
 
 void evsd_access_log_write(const evs_connection_info *info, void *arg)
@@ -178,7 +195,15 @@ void evsd_access_log_write(const evs_connection_info *info, void *arg)
     }
     line[off++] = '\n';
     pthread_rwlock_rdlock(&log->lock);
-    if (write(log->fd, line, off) < 0)
-        evs_log(EVS_LOG_DEBUG, "access log %s: %s", log->path, strerror(errno));
+    ssize_t w = write(log->fd, line, off);
+    if (w != (ssize_t)off) {
+        /* A full disk loses lines: say so (once, not once a line). */
+        if (!atomic_exchange(&log->failing, true))
+            evs_log(EVS_LOG_WARN, "access log %s: %s: lines are lost", log->path,
+                    w < 0 ? strerror(errno) : "short write");
+    } else if (atomic_load_explicit(&log->failing, memory_order_relaxed) &&
+               atomic_exchange(&log->failing, false)) {
+        evs_log(EVS_LOG_WARN, "access log %s: writing again", log->path);
+    }
     pthread_rwlock_unlock(&log->lock);
 }

@@ -150,9 +150,21 @@ static int load_cert(const char *certfile, const char *keyfile, const char *pass
     while (c->leaf && (x = PEM_read_X509(f, NULL, NULL, NULL)))
         sk_X509_push(c->chain, x);
     fclose(f);
-    ERR_clear_error(); /* the read that ends the chain leaves "no start line" */
-    if (!c->leaf)
+    if (!c->leaf) {
+        ERR_clear_error();
         return fail(err, errlen, "%s: no PEM certificate in the file%s", certfile, NULL);
+    }
+    /* The read that ends the chain leaves "no start line" (the end of the
+     * file); anything else is a chain certificate that cannot be read, which
+     * must not be dropped silently (clients would get an incomplete chain). */
+    unsigned long last = ERR_peek_last_error();
+    if (last && !(ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE)) {
+        char which[16];
+        snprintf(which, sizeof which, "%d", sk_X509_num(c->chain) + 2);
+        return fail(err, errlen, "%s: certificate %s in the file (the chain) cannot be read",
+                    certfile, which);
+    }
+    ERR_clear_error();
     if (password_file && read_password(password_file, password, sizeof password, err, errlen) < 0)
         return -EINVAL;
     f = fopen(keyfile, "r");
@@ -283,15 +295,19 @@ static int parse_version(const char *v, int *out)
 
 static int set_versions(SSL_CTX *ctx, const char *min, const char *max, char *err, size_t errlen)
 {
-    int v;
+    int v, vmax;
 
     if (parse_version(min ? min : "TLSv1.2", &v) < 0)
         return fail(err, errlen, "min_protocol '%s': expected TLSv1.2 or TLSv1.3%s", min, NULL);
     SSL_CTX_set_min_proto_version(ctx, v);
     if (max) {
-        if (parse_version(max, &v) < 0)
+        if (parse_version(max, &vmax) < 0)
             return fail(err, errlen, "max_protocol '%s': expected TLSv1.2 or TLSv1.3%s", max, NULL);
-        SSL_CTX_set_max_proto_version(ctx, v);
+        /* Every handshake would fail with "no protocols available". */
+        if (vmax < v)
+            return fail(err, errlen, "max_protocol '%s' is below min_protocol '%s'", max,
+                        min ? min : "TLSv1.2");
+        SSL_CTX_set_max_proto_version(ctx, vmax);
     }
     return 0;
 }

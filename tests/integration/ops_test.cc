@@ -282,6 +282,34 @@ TEST(Ops, AccessLogHasALinePerConnectionAndReopensOnSIGUSR1) {
     remove_dir(dir);
 }
 
+// A Unix client names its own address: a newline in it must not forge a
+// line of the access log, nor spaces shift its fields.
+TEST(Ops, AccessLogEscapesThePeerAddress) {
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"u\"; listen = \"unix:" + dir + "/u.sock\"; plugin = \"echo\";\n"
+                            "  access_log = { file = \"access.log\"; format = \"$peer $listener $reason\"; }; }"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    std::string self = dir + "/c\nforged 1.2.3.4";
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_un me{}, srv{};
+    me.sun_family = srv.sun_family = AF_UNIX;
+    snprintf(me.sun_path, sizeof me.sun_path, "%s", self.c_str());
+    snprintf(srv.sun_path, sizeof srv.sun_path, "%s/u.sock", dir.c_str());
+    ASSERT_EQ(0, bind(fd, (sockaddr *)&me, sizeof me));
+    ASSERT_EQ(0, connect(fd, (sockaddr *)&srv, sizeof srv));
+    ASSERT_TRUE(write_all(fd, "x\n", 2));
+    char back[2];
+    ASSERT_TRUE(read_exact(fd, back, 2));
+    close(fd);
+    unlink(self.c_str());
+    std::string logfile = dir + "/access.log";
+    ASSERT_TRUE(eventually(10, [&] { return read_file(logfile).find('\n') != std::string::npos; }));
+    EXPECT_EQ("unix:" + dir + "/c\\x0aforged\\x201.2.3.4 u closed\n", read_file(logfile));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 TEST(Ops, AccessLogFormatErrorsNameTheLine) {
     std::string dir = make_temp_dir();
     std::string conf = dir + "/bad.conf";

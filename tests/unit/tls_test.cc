@@ -1381,6 +1381,87 @@ TEST_F(Tls, KeysPasswordsAndMismatches) {
     EXPECT_NE(std::string::npos, err.find("missing.pem")) << err;
 }
 
+static std::string slurp(const std::string &path) {
+    std::string out;
+    char buf[4096];
+    size_t n;
+    FILE *f = fopen(path.c_str(), "r");
+    while (f && (n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+    if (f) fclose(f);
+    return out;
+}
+
+static void spill(const std::string &path, const std::string &text) {
+    FILE *f = fopen(path.c_str(), "w");
+    ASSERT_NE(nullptr, f);
+    fwrite(text.data(), 1, text.size(), f);
+    fclose(f);
+}
+
+// A chain certificate that cannot be read (a damaged or cut-off PEM block)
+// fails the context instead of being dropped: clients would otherwise get
+// an incomplete chain from a server whose configuration checked OK.
+TEST_F(Tls, UnreadableChainCertificateIsAnError) {
+    std::string ca = slurp(certs.ca);
+    std::string damaged = ca;
+    size_t body = damaged.find('\n') + 5;  // inside the base64 of the first line
+    damaged[body] = '#';
+    std::string cut = ca.substr(0, ca.size() / 2);
+    for (const std::string &chain : {damaged, cut}) {
+        std::string file = certs.dir + "/chain.pem";
+        spill(file, slurp(certs.server) + chain);
+        evs_tls_certificate c{};
+        c.certificate = file.c_str();
+        c.key = certs.server_key.c_str();
+        evs_tls_server_options o{};
+        o.certificates = &c;
+        o.ncertificates = 1;
+        evs_tls_context *ctx = nullptr;
+        char err[512] = "";
+        EXPECT_EQ(-EINVAL, evs_tls_server_context_new(&o, &ctx, err, sizeof err));
+        EXPECT_EQ(nullptr, ctx);
+        EXPECT_NE(std::string::npos, std::string(err).find("chain")) << err;
+        evs_tls_context_unref(ctx);
+    }
+    // A certificate and its key in one file, or text after the chain, are fine.
+    std::string file = certs.dir + "/combined.pem";
+    spill(file, slurp(certs.server_key) + slurp(certs.server) + ca + "comment\n");
+    evs_tls_certificate c{};
+    c.certificate = file.c_str();
+    c.key = file.c_str();
+    evs_tls_server_options o{};
+    o.certificates = &c;
+    o.ncertificates = 1;
+    evs_tls_context *ctx = nullptr;
+    char err[512] = "";
+    EXPECT_EQ(0, evs_tls_server_context_new(&o, &ctx, err, sizeof err)) << err;
+    evs_tls_context_unref(ctx);
+}
+
+// min_protocol above max_protocol leaves no version: every handshake would
+// fail ("no protocols available"), so the context is refused.
+TEST_F(Tls, MinProtocolAboveMaxIsAnError) {
+    evs_tls_certificate c{};
+    c.certificate = certs.server.c_str();
+    c.key = certs.server_key.c_str();
+    evs_tls_server_options o{};
+    o.certificates = &c;
+    o.ncertificates = 1;
+    o.min_protocol = "TLSv1.3";
+    o.max_protocol = "TLSv1.2";
+    evs_tls_context *ctx = nullptr;
+    char err[512] = "";
+    EXPECT_EQ(-EINVAL, evs_tls_server_context_new(&o, &ctx, err, sizeof err));
+    EXPECT_NE(std::string::npos, std::string(err).find("below min_protocol")) << err;
+    evs_tls_client_options co{};
+    co.min_protocol = "TLSv1.3";
+    co.max_protocol = "TLSv1.2";
+    EXPECT_EQ(-EINVAL, evs_tls_client_context_new(&co, &ctx, err, sizeof err));
+    o.max_protocol = "TLSv1.3";
+    EXPECT_EQ(0, evs_tls_server_context_new(&o, &ctx, err, sizeof err)) << err;
+    evs_tls_context_unref(ctx);
+}
+
 // --- renegotiation, paused upgrades, error text ----------------------------
 
 namespace {
