@@ -934,12 +934,15 @@ STAT(bytes_out)
 STAT(tls_handshakes)
 STAT(tls_failed)
 STAT(tls_resumed)
+STAT(proxy_rejected)
+STAT(rejected_per_ip)
+STAT(rejected_rate)
 #undef STAT
 
-static void listener_family(FILE *f, generation *g, const char *name, const char *type,
-                            const char *help, const char *extra, stat_fn get)
+/* One sample per listener; @extra: more labels (",reason=\"...\""). */
+static void listener_samples(FILE *f, generation *g, const char *name, const char *extra,
+                             stat_fn get)
 {
-    family(f, name, type, help);
     for (size_t i = 0; i < g->n; i++) {
         evs_server_stats st;
         if (!g->listeners[i].server)
@@ -949,6 +952,32 @@ static void listener_family(FILE *f, generation *g, const char *name, const char
         label(f, g->listeners[i].conf->name);
         fprintf(f, "\"%s} %llu\n", extra, (unsigned long long)get(&st));
     }
+}
+
+static void listener_family(FILE *f, generation *g, const char *name, const char *type,
+                            const char *help, stat_fn get)
+{
+    family(f, name, type, help);
+    listener_samples(f, g, name, "", get);
+}
+
+/* Connections ended before their handler ran, one sample per reason. */
+static void rejected_family(FILE *f, generation *g)
+{
+    static const struct {
+        const char *reason;
+        stat_fn get;
+    } reasons[] = {
+        {",reason=\"tls_handshake\"", stat_tls_failed},
+        {",reason=\"proxy_protocol\"", stat_proxy_rejected},
+        {",reason=\"per_ip_limit\"", stat_rejected_per_ip},
+        {",reason=\"rate_limit\"", stat_rejected_rate},
+    };
+    const char *name = "evstream_listener_connections_rejected_total";
+
+    family(f, name, "counter", "Connections ended before the handler ran, by reason.");
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+        listener_samples(f, g, name, reasons[i].reason, reasons[i].get);
 }
 
 void evsd_service_metrics(evsd_service *svc, FILE *f)
@@ -965,24 +994,22 @@ void evsd_service_metrics(evsd_service *svc, FILE *f)
     pthread_mutex_lock(&svc->view_lock);
     generation *g = svc->current;
     listener_family(f, g, "evstream_listener_connections_accepted_total", "counter",
-                    "Connections accepted (since the listener's last reload).", "", stat_accepted);
+                    "Connections accepted (since the listener's last reload).", stat_accepted);
     listener_family(f, g, "evstream_listener_connections_active", "gauge", "Connections open now.",
-                    "", stat_active);
+                    stat_active);
     listener_family(f, g, "evstream_listener_connections_closed_total", "counter",
-                    "Connections closed.", "", stat_closed);
-    listener_family(f, g, "evstream_listener_connections_rejected_total", "counter",
-                    "Connections ended before the handler ran, by reason.",
-                    ",reason=\"tls_handshake\"", stat_tls_failed);
+                    "Connections closed.", stat_closed);
+    rejected_family(f, g);
     listener_family(f, g, "evstream_listener_received_bytes_total", "counter",
-                    "Bytes received by closed connections.", "", stat_bytes_in);
+                    "Bytes received by closed connections.", stat_bytes_in);
     listener_family(f, g, "evstream_listener_sent_bytes_total", "counter",
-                    "Bytes sent by closed connections.", "", stat_bytes_out);
+                    "Bytes sent by closed connections.", stat_bytes_out);
     listener_family(f, g, "evstream_listener_tls_handshakes_total", "counter",
-                    "TLS handshakes that completed.", "", stat_tls_handshakes);
+                    "TLS handshakes that completed.", stat_tls_handshakes);
     listener_family(f, g, "evstream_listener_tls_handshake_failures_total", "counter",
-                    "TLS handshakes that failed or timed out.", "", stat_tls_failed);
+                    "TLS handshakes that failed or timed out.", stat_tls_failed);
     listener_family(f, g, "evstream_listener_tls_resumed_total", "counter",
-                    "TLS handshakes that resumed a session.", "", stat_tls_resumed);
+                    "TLS handshakes that resumed a session.", stat_tls_resumed);
     pthread_mutex_unlock(&svc->view_lock);
 
     family(f, "evstream_worker_connections_active", "gauge", "Connections open on the worker.");
@@ -1060,12 +1087,14 @@ void evsd_service_status(evsd_service *svc, FILE *f)
         fprintf(f,
                 ",\"tls\":%s,\"accepted\":%llu,\"active\":%llu,\"closed\":%llu,"
                 "\"bytes_in\":%llu,\"bytes_out\":%llu,\"tls_handshakes\":%llu,"
-                "\"tls_failed\":%llu,\"tls_resumed\":%llu}",
+                "\"tls_failed\":%llu,\"tls_resumed\":%llu,\"proxy_rejected\":%llu,"
+                "\"rejected_per_ip\":%llu,\"rejected_rate\":%llu}",
                 l->tls ? "true" : "false", (unsigned long long)st.accepted,
                 (unsigned long long)st.active, (unsigned long long)st.closed,
                 (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
                 (unsigned long long)st.tls_handshakes, (unsigned long long)st.tls_failed,
-                (unsigned long long)st.tls_resumed);
+                (unsigned long long)st.tls_resumed, (unsigned long long)st.proxy_rejected,
+                (unsigned long long)st.rejected_per_ip, (unsigned long long)st.rejected_rate);
     }
     pthread_mutex_unlock(&svc->view_lock);
     fprintf(f, "]}\n");

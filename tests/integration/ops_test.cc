@@ -259,6 +259,45 @@ TEST(Ops, MetricsArePrometheusTextAndCountConnections) {
     remove_dir(dir);
 }
 
+// Connections refused before their handler ran are counted by reason, in
+// /metrics and in /status.
+TEST(Ops, MetricsCountRejectionsByReason) {
+    if (!have_curl()) GTEST_SKIP() << "curl is not installed";
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"limited\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
+                            "  limits = { max_connections_per_ip = 1; }; }",
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    int first = connect_tcp(d.port("limited"));
+    ASSERT_TRUE(write_all(first, "x", 1));
+    char c;
+    ASSERT_TRUE(read_exact(first, &c, 1));  // served, and held open
+    for (int i = 0; i < 2; i++) {
+        int extra = connect_tcp(d.port("limited"));
+        read_to_eof(extra);  // refused: over the per-address limit
+        close(extra);
+    }
+    std::string base = "http://127.0.0.1:" + std::to_string(d.port("admin"));
+    const std::string per_ip = "evstream_listener_connections_rejected_total{listener=\"limited\",reason=\"per_ip_limit\"}";
+    std::map<std::string, double> samples;
+    ASSERT_TRUE(eventually(10, [&] {
+        samples.clear();
+        std::string text = curl(base + "/metrics");
+        EXPECT_EQ("", prometheus_errors(text, &samples)) << text;
+        return samples[per_ip] == 2;
+    })) << samples[per_ip];
+    for (const char *reason : {"tls_handshake", "proxy_protocol", "rate_limit"})
+        EXPECT_EQ(0, samples.at("evstream_listener_connections_rejected_total{listener=\"limited\",reason=\"" +
+                                std::string(reason) + "\"}"))
+            << reason;
+    std::string status = curl(base + "/status");
+    EXPECT_TRUE(Json::valid(status)) << status;
+    EXPECT_NE(std::string::npos, status.find("\"rejected_per_ip\":2")) << status;
+    close(first);
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 TEST(Ops, AccessLogHasALinePerConnectionAndReopensOnSIGUSR1) {
     std::string dir = make_temp_dir();
     Daemon d(dir, base_conf("{ name = \"logged\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
