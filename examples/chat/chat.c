@@ -135,22 +135,28 @@ static void deliver_posted(evs_worker *w, void *arg)
     message_unref(m);
 }
 
-/* Send text (the caller's line, newline included) to every other client. */
-static void broadcast(chat *ch, uint64_t sender, const char *text, size_t len)
+/* A message of @len bytes for the caller to fill in, or NULL. */
+static message *message_new(chat *ch, uint64_t sender, size_t len)
+{
+    message *m = malloc(sizeof *m + len);
+
+    if (!m)
+        return NULL;
+    atomic_init(&m->refs, 1);
+    m->chat = ch;
+    m->sender = sender;
+    m->len = len;
+    return m;
+}
+
+/* Deliver @m to every other client, and drop the caller's reference. */
+static void message_send(message *m)
 {
     evs_worker *self = evs_worker_current();
     evs_runtime *rt = evs_worker_runtime(self);
     int me = evs_worker_id(self);
     int n = evs_runtime_worker_count(rt);
-    message *m = malloc(sizeof *m + len);
 
-    if (!m)
-        return;
-    atomic_init(&m->refs, 1);
-    m->chat = ch;
-    m->sender = sender;
-    m->len = len;
-    memcpy(m->text, text, len);
     for (int i = 0; i < n; i++) {
         if (i == me)
             continue;
@@ -158,8 +164,19 @@ static void broadcast(chat *ch, uint64_t sender, const char *text, size_t len)
         if (evs_worker_post(evs_runtime_worker(rt, i), deliver_posted, m) < 0)
             message_unref(m); /* that worker is stopping */
     }
-    deliver_here(ch, me, m);
+    deliver_here(m->chat, me, m);
     message_unref(m);
+}
+
+/* Send text (the caller's line, newline included) to every other client. */
+static void broadcast(chat *ch, uint64_t sender, const char *text, size_t len)
+{
+    message *m = message_new(ch, sender, len);
+
+    if (!m)
+        return;
+    memcpy(m->text, text, len);
+    message_send(m);
 }
 
 static void broadcastf(chat *ch, uint64_t sender, const char *fmt, ...)
@@ -284,8 +301,17 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
                 break;
             continue;
         }
-        n = snprintf(text, sizeof text, "%s: %.*s\n", cl.name, (int)len, line);
-        broadcast(ch, cl.id, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
+        /* "name: line\n", sized for the line: max_line may be up to 1M, so
+         * a fixed buffer would cut long lines (and their newline) off. */
+        size_t nlen = strlen(cl.name);
+        message *m = message_new(ch, cl.id, nlen + 2 + (size_t)len + 1);
+        if (m) {
+            memcpy(m->text, cl.name, nlen);
+            memcpy(m->text + nlen, ": ", 2);
+            memcpy(m->text + nlen + 2, line, (size_t)len);
+            m->text[m->len - 1] = '\n';
+            message_send(m);
+        }
     }
 
     if (cl.prev)

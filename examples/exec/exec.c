@@ -13,7 +13,8 @@
  *
  * Two tasks move the bytes: a spawned one copies connection -> child's
  * stdin (EOF from the client closes the child's stdin; if the child stops
- * reading, the client's bytes are read and dropped), and the handler copies
+ * reading, the client's bytes are read and dropped; after the client's EOF
+ * it waits for the connection to end), and the handler copies
  * child's stdout -> connection. When the child has closed its stdout and
  * exited, the connection is closed after flushing. When the client goes
  * away (a reset, a failed write, the listener's idle timeout) the child gets
@@ -31,7 +32,7 @@
  *                                 into stdout, sent to the client)
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
- *   printf 'hello\n' | nc -q1 127.0.0.1 8895
+ *   printf 'hello\n' | nc -q1 127.0.0.1 8898
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* struct ucred */
@@ -72,6 +73,7 @@ typedef struct session {
     bool reading_stdout; /* the handler is parked on the child's stdout */
     bool client_gone;
     evs_reader *r;
+    evs_writer *w;
     evs_process *proc;
     evs_task *handler;
 } session;
@@ -391,25 +393,31 @@ static int input_pump(void *arg)
         session_unref(s);
         return 0;
     }
+    /* The client's EOF (or half-close) is the child's EOF. */
+    if (in)
+        evs_close(in);
+    /* After a half-close the child may go on (and write its answer), but
+     * the connection can still end without us reading anything more: a
+     * reset, a failed write, the idle timeout. Wait for that, or else a
+     * child that neither reads nor writes would outlive its client. */
     if (n == 0) {
-        /* The client's EOF (or half-close) is the child's EOF. */
-        if (in)
-            evs_close(in);
-    } else {
-        /* A reset, the idle timeout, the daemon stopping: the client is gone. */
-        s->client_gone = true;
-        if (in)
-            evs_close(in);
-        stop_child(s);
-        /* The child is gone, but a grandchild may still hold its stdout
-         * open: if the handler is still parked there after a moment,
-         * cancel it so that the connection ends. */
-        for (int i = 0; i < 50 && !s->over && s->reading_stdout; i++)
-            if (evs_sleep(POLL_STEP) < 0)
-                break;
-        if (!s->over && s->reading_stdout)
-            evs_task_cancel(s->handler);
+        (void)evs_wait_closed(s->w); /* how it ended does not matter */
+        if (s->over) {
+            session_unref(s);
+            return 0;
+        }
     }
+    /* A reset, the idle timeout, the daemon stopping: the client is gone. */
+    s->client_gone = true;
+    stop_child(s);
+    /* The child is gone, but a grandchild may still hold its stdout
+     * open: if the handler is still parked there after a moment,
+     * cancel it so that the connection ends. */
+    for (int i = 0; i < 50 && !s->over && s->reading_stdout; i++)
+        if (evs_sleep(POLL_STEP) < 0)
+            break;
+    if (!s->over && s->reading_stdout)
+        evs_task_cancel(s->handler);
     session_unref(s);
     return 0;
 }
@@ -452,6 +460,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
     evs_log(EVS_LOG_DEBUG, "exec: started %s, pid %ld", c->argv[0], (long)evs_process_pid(s->proc));
     s->refs = 2;
     s->r = r;
+    s->w = w;
     s->handler = evs_task_current();
     if (evs_task_spawn(input_pump, s, &pump) < 0) {
         s->refs = 1;

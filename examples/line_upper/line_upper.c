@@ -96,8 +96,10 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         char out[4096];
 
         if (n == EVS_ELIMIT) {
-            evs_write(w, "ERR line too long\n", 18);
-            if (skip_line(r) < 0)
+            /* Drain like any answer: a client that sends overlong lines
+             * without reading must stop being read, not grow our buffer. */
+            if (evs_write(w, "ERR line too long\n", 18) < 0 || evs_drain(w) < 0 ||
+                skip_line(r) < 0)
                 break;
             continue;
         }

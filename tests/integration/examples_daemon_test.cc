@@ -197,7 +197,7 @@ class ExamplesTest : public ::testing::Test {
         ASSERT_FALSE(dir.empty());
         ASSERT_EQ(0, access(daemon_path().c_str(), X_OK))
             << daemon_path() << " is missing: build it first (or set EVS_TEST_BUILDDIR)";
-        for (const char *p : {"http_hello", "redis_lite", "chat", "proxy"})
+        for (const char *p : {"http_hello", "redis_lite", "chat", "proxy", "line_upper"})
             ASSERT_TRUE(file_exists(plugin_dir() + "/" + p + ".so"))
                 << p << ".so is not in " << plugin_dir() << ": run make first";
     }
@@ -238,7 +238,8 @@ class ExamplesTest : public ::testing::Test {
                              "  { name = \"http_hello\"; path = \"http_hello.so\"; },\n"
                              "  { name = \"redis_lite\"; path = \"redis_lite.so\"; },\n"
                              "  { name = \"chat\"; path = \"chat.so\"; },\n"
-                             "  { name = \"proxy\"; path = \"proxy.so\"; }\n"
+                             "  { name = \"proxy\"; path = \"proxy.so\"; },\n"
+                             "  { name = \"line_upper\"; path = \"line_upper.so\"; }\n"
                              ");\n"
                              "listeners = (\n" + listeners + "\n);\n");
         return conf;
@@ -905,6 +906,23 @@ TEST_F(ChatTest, ClientThatDoesNotReadItsNoticesIsPushedBack) {
     close(b);
 }
 
+// max_line may be up to 1M: a line longer than any fixed buffer must reach
+// the others whole, newline included, not cut off and glued to the next.
+TEST_F(ChatTest, LongLinesUnderALargeMaxLineArriveWhole) {
+    start_chat("max_line = \"8k\"; max_queue = \"64k\";");
+    std::string a_name, b_name;
+    int a = join(&a_name), b = join(&b_name);
+    ASSERT_GE(a, 0);
+    ASSERT_GE(b, 0);
+    ASSERT_TRUE(read_until_line(a, "* " + b_name + " joined"));
+    const std::string long_line(5000, 'x');
+    ASSERT_TRUE(send_text(a, long_line + "\nnext\n"));
+    EXPECT_EQ(a_name + ": " + long_line, read_line(b));
+    EXPECT_EQ(a_name + ": next", read_line(b));
+    close(a);
+    close(b);
+}
+
 TEST_F(ChatTest, NetcatClientsChat) {
     REQUIRE_TOOL(nc, "nc", "netcat-openbsd");
     start_chat();
@@ -1286,4 +1304,30 @@ TEST_F(ProxyTest, TlsTerminationAndTlsToTheUpstream) {
     r = run({curl, "-sS", "http://127.0.0.1:" + std::to_string(px.port("wrong-name")) + "/"});
     EXPECT_NE(0, r.status);
     EXPECT_TRUE(eventually(10, [&] { return contains(px.err(), "hostname mismatch"); })) << px.err();
+}
+
+// =============================================================================
+// line_upper
+// =============================================================================
+
+// "ERR line too long" is an answer like any other: a client that sends
+// overlong lines without end and never reads must stop being read, not
+// make the server queue an error line per max_line bytes it sends.
+TEST_F(ExamplesTest, LineUpperClientSendingLongLinesWithoutReadingIsPushedBack) {
+    Daemon &d = start("  { name = \"upper\"; listen = \"127.0.0.1:0\"; plugin = \"line_upper\";"
+                      " settings = { max_line = \"16\"; }; }");
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("upper"));
+    ASSERT_GE(fd, 0);
+    size_t sent = send_without_reading(fd, std::string(17, 'a') + "\n");
+    EXPECT_GT(sent, (size_t)0);
+    EXPECT_LT(sent, (size_t)64 << 20) << "the server kept reading lines it could not answer";
+    close(fd);
+    // It still serves, and still skips a long line and goes on.
+    int c = connect_tcp(d.port("upper"));
+    ASSERT_GE(c, 0);
+    ASSERT_TRUE(send_text(c, std::string(40, 'b') + "\nhi\n"));
+    EXPECT_EQ("ERR line too long", read_line(c));
+    EXPECT_EQ("HI", read_line(c));
+    close(c);
 }

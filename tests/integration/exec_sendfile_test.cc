@@ -286,6 +286,40 @@ TEST_F(ExecSendfileTest, ClientsLeavingEarlyLeaveNoChildOrZombie) {
     close(fd2);
 }
 
+// A client's EOF closes the child's stdin, but the child may go on: it still
+// gets its answer out after a half-close, and once the connection ends (here
+// by the idle timeout) a child that neither reads nor writes is stopped.
+TEST_F(ExecSendfileTest, ChildOutlivingAHalfClosedClientIsStoppedWhenTheConnectionEnds) {
+    Daemon &d = start(
+        "  { name = \"late\"; listen = \"127.0.0.1:0\"; plugin = \"exec\";\n"
+        "    settings = { argv = [\"/bin/sh\", \"-c\", \"cat >/dev/null; sleep 0.3; echo done\"]; }; },\n"
+        "  { name = \"silent\"; listen = \"127.0.0.1:0\"; plugin = \"exec\";\n"
+        "    limits = { idle_timeout = \"1s\"; };\n"
+        "    settings = { argv = [\"/bin/sleep\", \"60\"]; }; }");
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("late"));
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(write_all(fd, "input\n", 6));
+    shutdown(fd, SHUT_WR);
+    EXPECT_EQ("done\n", read_to_eof(fd));
+    close(fd);
+    expect_no_children("after the answer");
+
+    for (int i = 0; i < 2; i++) {
+        int c = connect_tcp(d.port("silent"));
+        ASSERT_GE(c, 0);
+        std::vector<ProcInfo> kids;
+        ASSERT_TRUE(eventually(10, [&] {
+            kids = children_of(d.pid);
+            return kids.size() == 1;
+        })) << describe(kids);
+        if (i == 0)
+            shutdown(c, SHUT_WR);  // half-close, still connected
+        close(c);  // then gone (a FIN: the server learns nothing more)
+        expect_no_children("after the client left and the idle timeout");
+    }
+}
+
 TEST_F(ExecSendfileTest, MissingArgvFailsTheConfigCheck) {
     std::string conf = config("  { name = \"noargv\"; listen = \"127.0.0.1:0\"; plugin = \"exec\";\n"
                               "    settings = { cwd = \"/\"; }; }");
