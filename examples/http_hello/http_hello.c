@@ -203,6 +203,16 @@ static int parse_request_line(request *rq, const char *line, size_t n)
     return 0;
 }
 
+/* True when a "head" is nothing but line ends: empty lines before a
+ * request line, which RFC 9112 2.2 asks a server to ignore. */
+static bool only_line_ends(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != '\r' && p[i] != '\n')
+            return false;
+    return true;
+}
+
 /* Parse a whole head (request line, headers, and the empty line).
  * @return 0 or the status of the error answer. */
 static int parse_head(request *rq, const char *head, size_t n)
@@ -364,6 +374,8 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
                 answer(w, 400, false, true, false);
             break;
         }
+        if (only_line_ends(head, (size_t)n))
+            continue;
         status = parse_head(&rq, head, (size_t)n);
         if (status) {
             answer(w, status, false, true, false);

@@ -797,12 +797,22 @@ static int make_parts(call *c, int nworkers)
 /* The next RESP value of a part's output (an MGET answer). */
 static void take_bulk(part *p, buf *out)
 {
+    static const char no_answer[] = "-ERR no answer for this key\r\n";
+    size_t left = p->out.len - p->cursor;
     const char *s = p->out.data + p->cursor;
-    const char *nl = memchr(s, '\n', p->out.len - p->cursor);
-    size_t len = (size_t)(nl - s) + 1;
+    const char *nl = left ? memchr(s, '\n', left) : NULL;
+    size_t len = nl ? (size_t)(nl - s) + 1 : 0;
 
-    if (s[0] == '$' && s[1] != '-')
+    if (nl && s[0] == '$' && s[1] != '-')
         len += (size_t)strtoull(s + 1, NULL, 10) + 2;
+    /* A part that failed (no shard, no memory) answered one error line for
+     * all its keys, or less than a whole answer: its other keys get an
+     * error of their own instead of a read past its output. */
+    if (!nl || len > left) {
+        buf_add(out, no_answer, sizeof no_answer - 1);
+        p->cursor = p->out.len;
+        return;
+    }
     buf_add(out, s, len);
     p->cursor += len;
 }

@@ -412,6 +412,19 @@ TEST_F(HttpHelloTest, PipelinedRequestsAreAnsweredInOrder) {
     EXPECT_EQ(all.size() - 13, all.rfind("Hello, World!"));
 }
 
+// Empty lines before a request line are ignored (RFC 9112 2.2), however
+// many there are, CRLF or bare LF.
+TEST_F(HttpHelloTest, EmptyLinesBeforeARequestAreIgnored) {
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_text(fd, "\r\n\r\n\r\nGET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+                              "\n\n\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+    std::string all = read_all(fd);
+    close(fd);
+    EXPECT_EQ(2u, count_of(all, "HTTP/1.1 200 OK\r\n")) << all;
+    EXPECT_EQ(0u, count_of(all, " 400 ")) << all;
+}
+
 // The usual answer is formatted once a second and reused: its Date must
 // still follow the clock, and nothing else in it may change.
 TEST_F(HttpHelloTest, KeptAliveAnswersFollowTheClock) {
