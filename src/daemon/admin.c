@@ -1,7 +1,7 @@
 /*
  * admin.c - a tiny HTTP/1.1 server for /metrics and /status. One request
  * per connection (Connection: close), GET and HEAD only, request head
- * bounded to 8 KiB; anything else gets the proper status code.
+ * bounded to 8 KiB in all; anything else gets the proper status code.
  */
 #include "admin.h"
 
@@ -20,20 +20,49 @@ static void respond(evs_writer *w, int code, const char *reason, const char *typ
     char hdr[256];
     int n = snprintf(hdr, sizeof hdr,
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
-                     code, reason, type, len);
+                     "%sConnection: close\r\n\r\n",
+                     code, reason, type, len, code == 405 ? "Allow: GET, HEAD\r\n" : "");
     struct iovec iov[2] = {{hdr, (size_t)n}, {(void *)body, head ? 0 : len}};
 
     evs_writelines(w, iov, 2);
+}
+
+/* "METHOD SP target SP HTTP/1.x" into @method and @path (the target
+ * without its query; "" when too long to be one of ours).
+ * @return false when the line is malformed. */
+static bool parse_request_line(const char *line, size_t n, char method[16], char path[64])
+{
+    const char *end = line + n, *sp1, *sp2, *q;
+
+    while (end > line && (end[-1] == '\n' || end[-1] == '\r'))
+        end--;
+    sp1 = memchr(line, ' ', (size_t)(end - line));
+    if (!sp1 || sp1 == line || sp1 - line >= 16)
+        return false;
+    sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
+    if (!sp2 || sp2 == sp1 + 1 || end - sp2 - 1 != 8 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0)
+        return false;
+    memcpy(method, line, (size_t)(sp1 - line));
+    method[sp1 - line] = '\0';
+    q = memchr(sp1 + 1, '?', (size_t)(sp2 - sp1 - 1)); /* a scraper's params are not ours */
+    if (!q)
+        q = sp2;
+    if (q - sp1 - 1 < 64) {
+        memcpy(path, sp1 + 1, (size_t)(q - sp1 - 1));
+        path[q - sp1 - 1] = '\0';
+    } else {
+        path[0] = '\0';
+    }
+    return true;
 }
 
 static void admin_client(evs_reader *r, evs_writer *w, void *arg)
 {
     evsd_service *svc = arg;
     const void *view;
-    char method[16], target[256], version[16];
+    char method[16], target[64];
     char *body = NULL;
-    size_t len = 0;
+    size_t len = 0, total;
     ssize_t n;
     FILE *f;
     bool head;
@@ -46,21 +75,14 @@ static void admin_client(evs_reader *r, evs_writer *w, void *arg)
             respond(w, 414, "URI Too Long", "text/plain", "request line too long\n", 22, false);
         return;
     }
-    {
-        char line[512];
-        size_t l = (size_t)n < sizeof line - 1 ? (size_t)n : sizeof line - 1;
-        memcpy(line, view, l);
-        line[l] = '\0';
-        if (sscanf(line, "%15s %255s %15s", method, target, version) != 3 ||
-            strncmp(version, "HTTP/1.", 7) != 0) {
-            respond(w, 400, "Bad Request", "text/plain", "bad request\n", 12, false);
-            return;
-        }
+    if (!parse_request_line(view, (size_t)n, method, target)) {
+        respond(w, 400, "Bad Request", "text/plain", "bad request\n", 12, false);
+        return;
     }
-    /* Skip the headers up to the empty line. */
-    for (;;) {
+    /* Skip the headers up to the empty line, within the head's bound. */
+    for (total = (size_t)n;; total += (size_t)n) {
         n = evs_readline(r, &view);
-        if (n == EVS_ELIMIT) {
+        if (n == EVS_ELIMIT || (n > 0 && total + (size_t)n > HEAD_LIMIT)) {
             respond(w, 431, "Request Header Fields Too Large", "text/plain", "headers too large\n",
                     18, false);
             return;

@@ -259,6 +259,49 @@ TEST(Ops, MetricsArePrometheusTextAndCountConnections) {
     remove_dir(dir);
 }
 
+// The admin listener's HTTP: a scraper's query string is ignored, other
+// methods get 405 with Allow, unknown or overlong targets 404, a malformed
+// line 400, and headers past 8 KiB in all 431.
+TEST(Ops, AdminAnswersEveryRequestWithTheRightStatus) {
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    auto ask = [&](const std::string &request) {
+        int fd = connect_tcp(d.port("admin"));
+        EXPECT_GE(fd, 0);
+        EXPECT_TRUE(write_all(fd, request.data(), request.size()));
+        set_timeouts(fd, 10);
+        std::string answer = read_to_eof(fd);
+        close(fd);
+        return answer;
+    };
+    auto status_of = [](const std::string &answer) { return answer.substr(0, answer.find("\r\n")); };
+    std::string ok = ask("GET /metrics?name[]=evstream_uptime_seconds HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_EQ("HTTP/1.1 200 OK", status_of(ok));
+    EXPECT_NE(std::string::npos, ok.find("evstream_uptime_seconds ")) << ok;
+    std::string head = ask("HEAD /status HTTP/1.0\r\n\r\n");
+    EXPECT_EQ("HTTP/1.1 200 OK", status_of(head));
+    EXPECT_EQ(head.size(), head.find("\r\n\r\n") + 4) << "HEAD has no body";
+    std::string post = ask("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    EXPECT_EQ("HTTP/1.1 405 Method Not Allowed", status_of(post));
+    EXPECT_NE(std::string::npos, post.find("\r\nAllow: GET, HEAD\r\n")) << post;
+    EXPECT_EQ("HTTP/1.1 404 Not Found", status_of(ask("GET /nope HTTP/1.1\r\n\r\n")));
+    EXPECT_EQ("HTTP/1.1 404 Not Found",
+              status_of(ask("GET /" + std::string(300, 'a') + " HTTP/1.1\r\n\r\n")));
+    // A bad request line is answered at once: send nothing after it, so
+    // that no unread byte turns the close into a reset.
+    EXPECT_EQ("HTTP/1.1 400 Bad Request", status_of(ask("HELLO\r\n")));
+    EXPECT_EQ("HTTP/1.1 400 Bad Request", status_of(ask("GET /metrics HTTP/2.0\r\n")));
+    // Short headers, many of them: the one that takes the head past 8 KiB
+    // is the last sent, so nothing is left unread (no reset) when it ends.
+    std::string many = "GET /metrics HTTP/1.1\r\n";
+    for (int i = 0; many.size() <= 8192; i++) many += "X-Filler-" + std::to_string(i) + ": 0123456789\r\n";
+    EXPECT_EQ("HTTP/1.1 431 Request Header Fields Too Large", status_of(ask(many)));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 // Connections refused before their handler ran are counted by reason, in
 // /metrics and in /status.
 TEST(Ops, MetricsCountRejectionsByReason) {
