@@ -182,9 +182,10 @@ EVS_EXTERN int evs_server_wait_closed(evs_server *s);
  * Stop serving and hand the listening sockets to the caller, for a reload:
  * a new server adopts them with opts.fds, so connections waiting in the
  * kernel's queue are not lost. The Unix socket file stays. Live
- * connections go on. When it returns no thread watches the sockets any
- * more, so the caller may close them (called on a worker that owned one,
- * that worker lets go when the caller returns to its loop). @return how
+ * connections go on. Called outside the workers, it returns once no
+ * thread watches the sockets any more, so the caller may close them; on a
+ * worker, the workers owning reuse_port sockets let go of them when they
+ * next run their loops. @return how
  * many fds there are (at most @p n stored; the caller owns the stored
  * ones). Thread: any but the acceptor.
  */

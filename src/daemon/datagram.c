@@ -151,9 +151,12 @@ static int bind_unixgram(const evsd_listener_conf *c, evsd_datagram *set, char *
                         c->file, c->line, c->name, c->path);
                 return -1;
             }
-            /* Somebody's live socket answers a connect(); a stale one refuses. */
+            /* Only a socket nobody is bound to refuses a connect(): anything
+             * else (it answers, is a stream socket, is not ours to write
+             * to) may be somebody's live socket, so its file stays. */
             int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-            bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, len) == 0;
+            bool live = probe < 0 || connect(probe, (struct sockaddr *)&sun, len) == 0 ||
+                        errno != ECONNREFUSED;
             if (probe >= 0)
                 close(probe);
             if (live) {

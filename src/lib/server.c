@@ -541,9 +541,9 @@ size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n)
         acceptor_take(&s->rt->acceptor, &rq);
     /* Until the owners ran their posts, their events still watch the fds:
      * a caller closing one could have its number reused under a live
-     * event. A call runs after what was posted before it. (On a worker,
-     * its own post runs when the caller returns to the loop.) */
-    if (rq.posted)
+     * event. A call runs after what was posted before it. Not on a worker:
+     * two workers waiting for each other would wait for good. */
+    if (rq.posted && !evs_worker_current())
         for (int i = 0; i < s->rt->nworkers; i++)
             evs_worker_call(&s->rt->workers[i], nothing, NULL);
     return rq.count;

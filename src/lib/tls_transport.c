@@ -381,6 +381,10 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
     BIO *bio;
     double hs;
 
+    /* connection_made comes after the handshake; a failure here (after
+     * a PROXY stage that was "made") must not end in connection_lost. */
+    if (!upgrade)
+        t->made = false;
     if (!ctx || ctx->server != server)
         return -EINVAL;
     s = calloc(1, sizeof *s);
@@ -424,8 +428,6 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
         }
     }
     t->tls = s;
-    if (!upgrade)
-        t->made = false; /* connection_made comes after the handshake */
     evtimer_assign(&s->timer, t->worker->base, timer_cb, t);
     hs = opts && opts->handshake_timeout > 0 ? opts->handshake_timeout : DEFAULT_HANDSHAKE_TIMEOUT;
     struct timeval tv = evs__tv(hs);

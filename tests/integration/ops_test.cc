@@ -699,6 +699,32 @@ TEST(Ops, LiveUnixgramSocketIsNotStolen) {
     remove_dir(dir);
 }
 
+// A live stream socket at a unixgram path (another server's unix:
+// listener) does not answer a datagram connect, yet is not stale: its
+// file stays, and the listener fails with Address already in use.
+TEST(Ops, LiveStreamSocketIsNotTakenForAStaleUnixgramFile) {
+    std::string dir = make_temp_dir();
+    std::string path = dir + "/taken.sock";
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(lfd, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sun, sizeof sun));
+    ASSERT_EQ(0, listen(lfd, 4));
+    Daemon d(dir, datagram_conf("{ name = \"gram\"; listen = \"unixgram:" + path +
+                                "\"; plugin = \"udp_echo\"; }"));
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(d.log).find("Address already in use") != std::string::npos;
+    })) << read_file(d.log);
+    d.stop();
+    int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_EQ(0, connect(c, (struct sockaddr *)&sun, sizeof sun)) << "the listener lost its file";
+    close(c);
+    close(lfd);
+    remove_dir(dir);
+}
+
 TEST(Ops, DatagramAndStreamPluginsAreNotMixedUp) {
     std::string dir = make_temp_dir();
     for (const char *listeners :
