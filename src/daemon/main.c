@@ -272,6 +272,12 @@ static char *absolute(const char *path)
 
 static char *pidfile_path, *ports_path; /* -p and --ports-file, absolute */
 
+static void free_paths(void)
+{
+    free(pidfile_path);
+    free(ports_path);
+}
+
 /* @path made absolute against the working directory (it may not exist yet). */
 static char *absolute_new(const char *path)
 {
@@ -418,6 +424,11 @@ int main(int argc, char **argv)
         o.pidfile = pidfile_path = absolute_new(o.pidfile);
     if (o.ports_file)
         o.ports_file = ports_path = absolute_new(o.ports_file);
+    atexit(free_paths); /* every return below */
+    if ((o.pidfile && !pidfile_path) || (o.ports_file && !ports_path)) {
+        fprintf(stderr, "evstreamd: out of memory\n");
+        return 1;
+    }
     cfg = load_config(config_path, false);
     if (!cfg) {
         fprintf(stderr, "evstreamd: configuration %s has errors\n", config_path);
