@@ -185,9 +185,8 @@ EVS_EXTERN int evs_server_wait_closed(evs_server *s);
  * connections go on. Called outside the workers, it returns once no
  * thread watches the sockets any more, so the caller may close them; on a
  * worker, the workers owning reuse_port sockets let go of them when they
- * next run their loops. @return how
- * many fds there are (at most @p n stored; the caller owns the stored
- * ones). Thread: any but the acceptor.
+ * next run their loops. @return how many fds there are (at most @p n
+ * stored; the caller owns the stored ones). Thread: any but the acceptor.
  */
 EVS_EXTERN size_t evs_server_take_sockets(evs_server *s, int *fds, size_t n);
 

@@ -61,8 +61,9 @@ EVS_EXTERN bool evs_task_cancelled(const evs_task *task);
  * a call still parked then returns -ETIMEDOUT. The bound is for the call as
  * a whole: evs_readexactly that gets its bytes in several pieces times out
  * @p seconds after it began to wait, whatever came in between (what came
- * stays buffered). The task goes on running and may park again. Timers are capped at 1e9 s (about 31 years), so INFINITY
- * or any huge bound means none; NaN is 0.
+ * stays buffered). The task goes on running and may park again. Timers are
+ * capped at 1e9 s (about 31 years), so INFINITY or any huge bound means
+ * none; NaN is 0.
  */
 EVS_EXTERN void evs_task_set_timeout(evs_task *task, double seconds);
 

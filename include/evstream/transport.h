@@ -95,7 +95,8 @@ EVS_EXTERN int evs_transport_set_write_buffer_limits(evs_transport *t, ssize_t h
 typedef struct evs_timeouts {
     double idle;       /**< no byte moved in either direction */
     double first_byte; /**< no byte received since the connection started */
-    double read;       /**< no byte received while reading: counts from the last byte or the last resume_reading, so time paused does not count */
+    double read;       /**< no byte received while reading (from the last byte or
+                            the last resume_reading: time paused does not count) */
     double write;      /**< bytes queued but none taken by the peer (it stopped reading) */
     double lifetime;   /**< total time since the connection started */
 } evs_timeouts;

@@ -127,6 +127,17 @@ static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *addre
     return 0;
 }
 
+/* The socket file's mode and owner, when the listener sets them. */
+static void apply_file_settings(const evsd_listener_conf *c)
+{
+    if ((c->has_mode && chmod(c->path, c->mode) < 0) ||
+        ((c->has_owner || c->has_group) &&
+         chown(c->path, c->has_owner ? c->owner : (uid_t)-1, c->has_group ? c->group : (gid_t)-1) <
+             0))
+        evs_log(EVS_LOG_WARN, "listener '%s': mode or owner of %s: %s", c->name, c->path,
+                strerror(errno));
+}
+
 static int bind_unixgram(const evsd_listener_conf *c, evsd_datagram *set, char *address,
                          size_t alen)
 {
@@ -181,12 +192,7 @@ static int bind_unixgram(const evsd_listener_conf *c, evsd_datagram *set, char *
             set->path_dev = st.st_dev;
             set->path_ino = st.st_ino;
         }
-        if ((c->has_mode && chmod(c->path, c->mode) < 0) ||
-            ((c->has_owner || c->has_group) &&
-             chown(c->path, c->has_owner ? c->owner : (uid_t)-1,
-                   c->has_group ? c->group : (gid_t)-1) < 0))
-            evs_log(EVS_LOG_WARN, "listener '%s': mode or owner of %s: %s", c->name, c->path,
-                    strerror(errno));
+        apply_file_settings(c);
     }
     set->fds[0] = fd;
     snprintf(address, alen, "unixgram:%s", c->path);
@@ -272,14 +278,8 @@ void evsd_datagram_take_over(evsd_datagram *set, evsd_datagram *prev, const evsd
     set->path_dev = prev->path_dev;
     set->path_ino = prev->path_ino;
     prev->unlink_path = NULL;
-    if (!set->unlink_path)
-        return;
-    if ((c->has_mode && chmod(c->path, c->mode) < 0) ||
-        ((c->has_owner || c->has_group) &&
-         chown(c->path, c->has_owner ? c->owner : (uid_t)-1, c->has_group ? c->group : (gid_t)-1) <
-             0))
-        evs_log(EVS_LOG_WARN, "listener '%s': mode or owner of %s: %s", c->name, c->path,
-                strerror(errno));
+    if (set->unlink_path)
+        apply_file_settings(c);
 }
 
 void evsd_datagram_stop(evs_runtime *rt, evsd_datagram *set)

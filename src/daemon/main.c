@@ -264,11 +264,6 @@ static void report_ready(int *fd, char status)
 
 /* --- main -------------------------------------------------------------- */
 
-static char *absolute(const char *path)
-{
-    char *abs = realpath(path, NULL);
-    return abs ? abs : strdup(path);
-}
 
 static char *pidfile_path, *ports_path; /* -p and --ports-file, absolute */
 
@@ -278,12 +273,16 @@ static void free_paths(void)
     free(ports_path);
 }
 
-/* @path made absolute against the working directory (it may not exist yet). */
-static char *absolute_new(const char *path)
+/* @path made absolute against the starting directory (-d changes to "/"):
+ * its real path when it exists, else joined to the working directory (a
+ * pidfile not written yet). */
+static char *absolute(const char *path)
 {
     char cwd[PATH_MAX];
-    char *out;
+    char *out = realpath(path, NULL);
 
+    if (out)
+        return out;
     if (path[0] == '/' || !getcwd(cwd, sizeof cwd))
         return strdup(path);
     out = malloc(strlen(cwd) + strlen(path) + 2);
@@ -421,11 +420,11 @@ int main(int argc, char **argv)
     config_path = absolute(o.config);
     /* -d changes to "/": name the pidfile and ports file from here. */
     if (o.pidfile)
-        o.pidfile = pidfile_path = absolute_new(o.pidfile);
+        o.pidfile = pidfile_path = absolute(o.pidfile);
     if (o.ports_file)
-        o.ports_file = ports_path = absolute_new(o.ports_file);
+        o.ports_file = ports_path = absolute(o.ports_file);
     atexit(free_paths); /* every return below */
-    if ((o.pidfile && !pidfile_path) || (o.ports_file && !ports_path)) {
+    if (!config_path || (o.pidfile && !pidfile_path) || (o.ports_file && !ports_path)) {
         fprintf(stderr, "evstreamd: out of memory\n");
         return 1;
     }

@@ -111,7 +111,54 @@ static void count_accepted(evs_server *s, evs_worker *w)
     evs__counter_add(&w->accepted, 1);
 }
 
-static void release_slot(evs_server *s);
+/* Wake the acceptor if it paused at the runtime's limit or at @s's (NULL:
+ * only the runtime's): a slot was given back. */
+static void resume_after_release(evs_runtime *rt, evs_server *s)
+{
+    bool resume = atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false);
+
+    if (s && atomic_load(&s->limit_paused) && atomic_exchange(&s->limit_paused, false))
+        resume = true;
+    if (resume)
+        evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
+}
+
+/* Count a connection against @max before accepting it: the check and the
+ * count are one step, so workers accepting on their own sockets at once
+ * cannot all pass a limit that has room for one. 0: no limit. */
+static bool reserve(_Atomic size_t *count, size_t max)
+{
+    size_t v = atomic_load(count);
+
+    do {
+        if (max > 0 && v >= max)
+            return false;
+    } while (!atomic_compare_exchange_weak(count, &v, v + 1));
+    return true;
+}
+
+/* @return 0 (counted), 1 (at the runtime's limit) or 2 (at the server's). */
+static int take_slot(evs_server *s)
+{
+    evs_runtime *rt = s->rt;
+
+    if (!reserve(&rt->conns, rt->max_connections))
+        return 1;
+    if (!reserve(&s->conns, s->opts.max_connections)) {
+        atomic_fetch_sub(&rt->conns, 1);
+        resume_after_release(rt, NULL); /* another thread may have paused on it */
+        return 2;
+    }
+    return 0;
+}
+
+/* Give back take_slot()'s slot: the connection closed, or was never made. */
+static void release_slot(evs_server *s)
+{
+    atomic_fetch_sub(&s->conns, 1);
+    atomic_fetch_sub(&s->rt->conns, 1);
+    resume_after_release(s->rt, s);
+}
 
 /* The message that takes an accepted connection to its worker. */
 static void fill_msg(evs__msg *m, evs_server *s, int fd, const struct sockaddr_storage *peer,
@@ -216,53 +263,6 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     atomic_store(&rt->fd_paused, false);
     if (!paused(rt))
         set_listening(rt);
-}
-
-/* Count a connection against @max before accepting it: the check and the
- * count are one step, so workers accepting on their own sockets at once
- * cannot all pass a limit that has room for one. 0: no limit. */
-static bool reserve(_Atomic size_t *count, size_t max)
-{
-    size_t v = atomic_load(count);
-
-    do {
-        if (max > 0 && v >= max)
-            return false;
-    } while (!atomic_compare_exchange_weak(count, &v, v + 1));
-    return true;
-}
-
-/* @return 0 (counted), 1 (at the runtime's limit) or 2 (at the server's). */
-static int take_slot(evs_server *s)
-{
-    evs_runtime *rt = s->rt;
-
-    if (!reserve(&rt->conns, rt->max_connections))
-        return 1;
-    if (!reserve(&s->conns, s->opts.max_connections)) {
-        atomic_fetch_sub(&rt->conns, 1);
-        /* Another thread may have paused on our reservation. */
-        if (atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false))
-            evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
-        return 2;
-    }
-    return 0;
-}
-
-/* Undo take_slot() for a connection that was not accepted (or refused at
- * once); a thread that paused on the reservation is woken, as by a close. */
-static void release_slot(evs_server *s)
-{
-    evs_runtime *rt = s->rt;
-    bool resume;
-
-    atomic_fetch_sub(&s->conns, 1);
-    atomic_fetch_sub(&rt->conns, 1);
-    resume = atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false);
-    if (atomic_load(&s->limit_paused) && atomic_exchange(&s->limit_paused, false))
-        resume = true;
-    if (resume)
-        evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
 }
 
 static bool at_limit(evs_runtime *rt)
@@ -464,19 +464,10 @@ void evs__acceptor_stop(evs_worker *acceptor, void *unused)
 
 void evs__connection_closed(evs_server *s, evs_worker *w)
 {
-    evs_runtime *rt = s->rt;
-
     atomic_fetch_add_explicit(&s->closed_count, 1, memory_order_relaxed);
-    atomic_fetch_sub(&s->conns, 1);
     atomic_fetch_sub_explicit(&w->active, 1, memory_order_relaxed);
     evs__counter_add(&w->closed, 1);
-    atomic_fetch_sub(&rt->conns, 1);
-    /* The first close after the acceptor paused at a limit wakes it. */
-    bool resume = atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false);
-    if (atomic_load(&s->limit_paused) && atomic_exchange(&s->limit_paused, false))
-        resume = true;
-    if (resume)
-        evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
+    release_slot(s); /* the first close after a pause at a limit wakes the acceptor */
 }
 
 void evs__acceptor_init(evs_runtime *rt)

@@ -137,8 +137,8 @@ static int connect_one(evs_worker *w, int family, const struct sockaddr *addr, s
      * (the unconnected socket is writable at once, with no SO_ERROR), so
      * waiting for writability would hand out a socket that is not
      * connected: try again until the timeout, as a blocking connect waits. */
-    for (double waited = 0; errno == EAGAIN; waited += 0.01) {
-        if (waited >= timeout) {
+    for (double deadline = evs__monotonic() + timeout; errno == EAGAIN;) {
+        if (evs__monotonic() >= deadline) {
             rc = -ETIMEDOUT;
             goto fail;
         }

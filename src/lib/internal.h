@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include <evstream.h>
 
@@ -37,6 +38,16 @@ extern _Atomic int evs__log_level;
  * (1e300, INFINITY: "no bound") would overflow the conversion below and
  * fire at once. */
 #define EVS__TV_MAX_SECONDS 1e9
+
+/* Monotonic seconds, for deadlines and rates that wall-clock steps must
+ * not move. */
+static inline double evs__monotonic(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* Seconds (double, as in the public API) to a timeval, rounded up to the
  * microsecond: a sleep of 0.05 s must never wake at 49.999 ms. Negative

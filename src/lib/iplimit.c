@@ -25,14 +25,6 @@ typedef struct ip_entry {
 
 #define BUCKETS 4096
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 bool evs__iplimit_enabled(const evs_server *s)
 {
     return s->opts.max_connections_per_ip > 0 || s->opts.connection_rate_per_ip > 0;
@@ -122,7 +114,7 @@ static void sweep_one_bucket(evs_server *s, double now)
 
 int evs__iplimit_admit(evs_server *s, uint64_t key)
 {
-    double now = now_seconds();
+    double now = evs__monotonic();
     ip_entry **pp, *e;
     int rc = 0;
 
@@ -161,7 +153,7 @@ int evs__iplimit_admit(evs_server *s, uint64_t key)
 
 void evs__iplimit_release(evs_server *s, uint64_t key)
 {
-    double now = now_seconds();
+    double now = evs__monotonic();
     ip_entry **pp;
 
     pthread_mutex_lock(&s->ip_lock);
@@ -208,7 +200,7 @@ void evs__iplimit_free(evs_server *s)
 void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_storage *peer,
                          socklen_t plen)
 {
-    double now = now_seconds();
+    double now = evs__monotonic();
     char who[128];
 
     if (why == -EMFILE)

@@ -216,22 +216,15 @@ static bool workers_idle(evs_runtime *rt)
     return true;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Wait up to @timeout seconds (< 0: forever) for the workers to go idle.
  * A short sleep between looks: this runs once, at shutdown. */
 static bool wait_idle(evs_runtime *rt, double timeout)
 {
-    double deadline = now() + timeout;
+    double deadline = evs__monotonic() + timeout;
     struct timespec nap = {0, 2 * 1000 * 1000};
 
     while (!workers_idle(rt)) {
-        if (timeout >= 0 && now() >= deadline)
+        if (timeout >= 0 && evs__monotonic() >= deadline)
             return false;
         nanosleep(&nap, NULL);
     }

@@ -11,7 +11,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "worker.h"
 
@@ -158,14 +157,6 @@ int evs__task_park(evs__waitq *q)
     return evs__task_park_for(q, -1, 0);
 }
 
-static double monotonic_seconds(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int evs__task_park_in_call(evs__waitq *q, double *began)
 {
     evs_task *t = running_task;
@@ -174,7 +165,7 @@ int evs__task_park_in_call(evs__waitq *q, double *began)
     /* Only a bounded task pays for the clock. */
     if (!t || t->cancelled || t->timeout <= 0)
         return evs__task_park(q);
-    now = monotonic_seconds();
+    now = evs__monotonic();
     if (*began == 0)
         *began = now;
     left = t->timeout - (now - *began);
