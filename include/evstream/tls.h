@@ -48,17 +48,19 @@ typedef struct evs_tls_server_options {
     const char *min_protocol; /**< "TLSv1.2" (default) or "TLSv1.3" */
     const char *max_protocol; /**< NULL: the highest OpenSSL supports */
     const char *ciphers;      /**< TLS 1.2 cipher list (OpenSSL syntax) */
-    const char *ciphersuites; /**< TLS 1.3 ciphersuites */
+    const char *ciphersuites; /**< TLS 1.3 ciphersuites; "" = no TLS 1.3 */
     const char *groups;       /**< key-exchange groups, e.g. "X25519:P-256" */
     /** ALPN protocols in server preference order, e.g. {"h2", "http/1.1"}. */
     const char *const *alpn;
     size_t nalpn;
-    bool alpn_required; /**< no overlap (or no ALPN from the client) fails the handshake */
+    bool alpn_required; /**< no overlap (or no ALPN from the client) fails the handshake;
+                             needs nalpn > 0 */
     evs_tls_verify_client verify_client;
-    const char *ca_file; /**< CAs that sign client certificates */
-    int verify_depth;    /**< 0 = OpenSSL's default */
+    const char *ca_file; /**< CAs that sign client certificates; needs verify_client */
+    int verify_depth;    /**< 0 = OpenSSL's default; other values need verify_client */
     bool no_tickets;     /**< disable session tickets (resumption by id remains) */
-    double ticket_rotation; /**< seconds between ticket key rotations; 0 = 12 h */
+    double ticket_rotation; /**< seconds between ticket key rotations; 0 = 12 h; must be 0
+                                 with no_tickets */
 } evs_tls_server_options;
 
 /** Client context options. Zero-initialise: verification is on. */

@@ -724,6 +724,16 @@ static void read_cert(errlist *e, const config_setting_t *g, const char *confdir
     c->password_file = path_setting(e, g, "password_file", false, confdir);
 }
 
+/* A setting that another one turns off is an error, not ignored: the
+ * operator expects it to act (a ca_file that verifies no client). */
+static void only_with(errlist *e, const config_setting_t *g, const char *key, const char *needs)
+{
+    const config_setting_t *v = config_setting_get_member(g, key);
+
+    if (v)
+        bad(e, v, "has no effect without %s", needs);
+}
+
 static evsd_tls_conf *read_tls(errlist *e, const config_setting_t *g, const evsd_config *c)
 {
     static const char *const keys[] = {
@@ -777,6 +787,9 @@ static evsd_tls_conf *read_tls(errlist *e, const config_setting_t *g, const evsd
     t->groups = xstrdup(get_string(e, g, "groups", false));
     t->alpn = string_list(e, g, "alpn", &t->nalpn);
     get_bool(e, g, "alpn_required", &t->alpn_required);
+    if (t->alpn_required && t->nalpn == 0)
+        bad(e, config_setting_get_member(g, "alpn_required"),
+            "alpn_required needs alpn = [\"...\"], the protocols to require");
     if ((s = get_string(e, g, "client_certificates", false))) {
         if (strcmp(s, "none") == 0)
             t->verify_client = EVS_TLS_CLIENT_CERT_NONE;
@@ -792,9 +805,15 @@ static evsd_tls_conf *read_tls(errlist *e, const config_setting_t *g, const evsd
     if (t->verify_client != EVS_TLS_CLIENT_CERT_NONE && !t->ca_file)
         bad(e, g, "client_certificates needs ca_file (the CAs that sign client certificates)");
     get_int(e, g, "verify_depth", 1, 100, &t->verify_depth);
+    if (t->verify_client == EVS_TLS_CLIENT_CERT_NONE) {
+        only_with(e, g, "ca_file", "client_certificates = \"optional\" or \"require\"");
+        only_with(e, g, "verify_depth", "client_certificates = \"optional\" or \"require\"");
+    }
     t->session_tickets = true;
     get_bool(e, g, "session_tickets", &t->session_tickets);
     get_duration(e, g, "ticket_rotation", MAX_SECONDS, &t->ticket_rotation);
+    if (!t->session_tickets)
+        only_with(e, g, "ticket_rotation", "session_tickets = true");
     free(confdir);
     return t;
 }

@@ -387,6 +387,47 @@ static evs_tls_context *wrap(SSL_CTX *ctx, bool server)
     return c;
 }
 
+/* Options that would be ignored: each means the operator expects something
+ * (a verified client, a required protocol, rotating keys) that would not
+ * happen. */
+static int check_server_options(const evs_tls_server_options *o, char *err, size_t errlen)
+{
+    if (o->alpn_required && o->nalpn == 0)
+        return fail(err, errlen, "alpn_required needs alpn protocols to require%s%s", NULL, NULL);
+    if (o->verify_client == EVS_TLS_CLIENT_CERT_NONE && (o->ca_file || o->verify_depth))
+        return fail(err, errlen,
+                    "ca_file and verify_depth apply to client certificates, which are not "
+                    "asked for (set client certificates to optional or require)%s%s",
+                    NULL, NULL);
+    if (o->no_tickets && o->ticket_rotation > 0)
+        return fail(err, errlen, "ticket_rotation applies to session tickets, which are off%s%s",
+                    NULL, NULL);
+    return 0;
+}
+
+/* The cipher lists and the protocol range together must leave a suite:
+ * "ciphersuites" set to "" with TLS 1.3 only, for one, would fail every
+ * handshake. */
+static int check_some_cipher(SSL_CTX *ctx, char *err, size_t errlen)
+{
+    SSL *ssl = SSL_new(ctx);
+    STACK_OF(SSL_CIPHER) *usable;
+    int n;
+
+    if (!ssl)
+        return -ENOMEM;
+    usable = SSL_get1_supported_ciphers(ssl);
+    n = usable ? sk_SSL_CIPHER_num(usable) : 0;
+    sk_SSL_CIPHER_free(usable);
+    SSL_free(ssl);
+    if (n <= 0)
+        return fail(err, errlen,
+                    "no cipher suite is usable with the allowed TLS versions (see ciphers, "
+                    "ciphersuites, min_protocol and max_protocol)%s%s",
+                    NULL, NULL);
+    return 0;
+}
+
 int evs_tls_server_context_new(const evs_tls_server_options *o, evs_tls_context **out, char *err,
                                size_t errlen)
 {
@@ -399,8 +440,10 @@ int evs_tls_server_context_new(const evs_tls_server_options *o, evs_tls_context 
         err[0] = '\0';
     if (!o || !out || o->ncertificates == 0 || !o->certificates)
         return fail(err, errlen, "a TLS server needs a certificate and a key%s%s", NULL, NULL);
-    pthread_once(&extra_once, make_extra_index);
     ERR_clear_error();
+    if ((rc = check_server_options(o, err, errlen)) < 0)
+        return rc;
+    pthread_once(&extra_once, make_extra_index);
     ctx = SSL_CTX_new(TLS_server_method());
     x = calloc(1, sizeof *x);
     if (!ctx || !x) {
@@ -447,6 +490,8 @@ int evs_tls_server_context_new(const evs_tls_server_options *o, evs_tls_context 
         rc = fail(err, errlen, "ciphersuites '%s': no usable suite%s", o->ciphersuites, NULL);
         goto fail;
     }
+    if ((rc = check_some_cipher(ctx, err, errlen)) < 0)
+        goto fail;
     if (o->groups && SSL_CTX_set1_groups_list(ctx, o->groups) != 1) {
         rc = fail(err, errlen, "groups '%s': unknown group%s", o->groups, NULL);
         goto fail;

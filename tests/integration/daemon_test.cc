@@ -537,6 +537,21 @@ ConfigError config_error_case(const std::string &name) {
     if (name == "AdminOnDatagramAddress")  // it served HTTP on a random port of every interface
         return {config(ok, "workers = 2;\nadmin = { listen = \"unixgram:/tmp/evs-admin.sock\"; }; #@\n"),
                 "", {"admin.listen: the admin listener serves HTTP"}};
+    // TLS settings that something else turns off: ignoring them would leave
+    // clients unverified, or protocols unrequired, where the operator expects it.
+    const std::string tls = "tls = { certificate = \"c.pem\"; key = \"k.pem\";\n      ";
+    if (name == "TlsCaFileWithoutClientCertificates")
+        return {config(listener(tls + "ca_file = \"ca.pem\"; #@\n    };")), "",
+                {"listeners[0].tls.ca_file: has no effect without client_certificates"}};
+    if (name == "TlsVerifyDepthWithoutClientCertificates")
+        return {config(listener(tls + "client_certificates = \"none\";\n      verify_depth = 3; #@\n    };")),
+                "", {"listeners[0].tls.verify_depth: has no effect without client_certificates"}};
+    if (name == "TlsAlpnRequiredWithoutAlpn")
+        return {config(listener(tls + "alpn = [];\n      alpn_required = true; #@\n    };")), "",
+                {"listeners[0].tls.alpn_required: alpn_required needs alpn"}};
+    if (name == "TlsTicketRotationWithoutTickets")
+        return {config(listener(tls + "session_tickets = false;\n      ticket_rotation = \"1h\"; #@\n    };")),
+                "", {"listeners[0].tls.ticket_rotation: has no effect without session_tickets = true"}};
     if (name == "ErrorInIncludedFile")
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
@@ -606,7 +621,9 @@ INSTANTIATE_TEST_SUITE_P(
                       "PluginWithoutDescriptor", "PluginWithUndefinedSymbol", "PluginInitFails",
                       "PluginInitFailsWithSettings", "PluginRejectsSettingType",
                       "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress",
-                      "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress", "ErrorInIncludedFile",
+                      "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
+                      "TlsCaFileWithoutClientCertificates", "TlsVerifyDepthWithoutClientCertificates",
+                      "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "ErrorInIncludedFile",
                       "SyntaxErrorInIncludedFile"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 

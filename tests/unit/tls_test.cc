@@ -1462,6 +1462,51 @@ TEST_F(Tls, MinProtocolAboveMaxIsAnError) {
     evs_tls_context_unref(ctx);
 }
 
+// Options that something else turns off are refused, not ignored: a
+// ca_file without client verification would leave clients unverified.
+TEST_F(Tls, OptionsThatWouldBeIgnoredAreErrors) {
+    evs_tls_certificate c{};
+    c.certificate = certs.server.c_str();
+    c.key = certs.server_key.c_str();
+    auto refused = [&](const std::function<void(evs_tls_server_options *)> &set, const char *why) {
+        evs_tls_server_options o{};
+        o.certificates = &c;
+        o.ncertificates = 1;
+        set(&o);
+        evs_tls_context *ctx = nullptr;
+        char err[512] = "";
+        EXPECT_EQ(-EINVAL, evs_tls_server_context_new(&o, &ctx, err, sizeof err)) << why;
+        EXPECT_EQ(nullptr, ctx);
+        EXPECT_NE(std::string::npos, std::string(err).find(why)) << err;
+        evs_tls_context_unref(ctx);
+    };
+    refused([](evs_tls_server_options *o) { o->alpn_required = true; }, "alpn_required needs alpn");
+    refused([&](evs_tls_server_options *o) { o->ca_file = certs.ca.c_str(); }, "ca_file and verify_depth");
+    refused([](evs_tls_server_options *o) { o->verify_depth = 3; }, "ca_file and verify_depth");
+    refused([](evs_tls_server_options *o) {
+        o->no_tickets = true;
+        o->ticket_rotation = 60;
+    }, "ticket_rotation");
+    // No TLS 1.3 suite with TLS 1.3 only, or no TLS 1.2 cipher with TLS 1.2 only.
+    refused([](evs_tls_server_options *o) {
+        o->min_protocol = "TLSv1.3";
+        o->ciphersuites = "";
+    }, "no cipher suite is usable");
+    refused([](evs_tls_server_options *o) {
+        o->max_protocol = "TLSv1.2";
+        o->ciphers = "aNULL";
+    }, "no cipher suite is usable");
+    // An empty TLS 1.3 list with TLS 1.2 allowed still leaves TLS 1.2.
+    evs_tls_server_options o{};
+    o.certificates = &c;
+    o.ncertificates = 1;
+    o.ciphersuites = "";
+    evs_tls_context *ctx = nullptr;
+    char err[512] = "";
+    EXPECT_EQ(0, evs_tls_server_context_new(&o, &ctx, err, sizeof err)) << err;
+    evs_tls_context_unref(ctx);
+}
+
 // --- renegotiation, paused upgrades, error text ----------------------------
 
 namespace {
