@@ -152,8 +152,10 @@ EVS_EXTERN bool evs_can_write_eof(const evs_writer *w);
 /** Close the stream: flush what is buffered, then close. Idempotent. */
 EVS_EXTERN void evs_close(evs_writer *w);
 /** Wait until the connection is closed. Parks.
- *  @return 0 once it is closed (evs_close, an abort, the peer's close);
- *          the error it was lost with (e.g. -ECONNRESET); -ECANCELED/-ETIMEDOUT. */
+ *  @return 0 once it is closed (evs_close, an abort); the error it was lost
+ *          with (e.g. -ECONNRESET); -ECANCELED/-ETIMEDOUT. The peer's EOF
+ *          alone does not close it: as in asyncio, a plain connection stays
+ *          half-open for writing, so call evs_close() after reading EOF. */
 EVS_EXTERN int evs_wait_closed(evs_writer *w);
 /** True when the stream is closed or closing. */
 EVS_EXTERN bool evs_is_closing(const evs_writer *w);
@@ -180,7 +182,11 @@ EVS_EXTERN int evs_stream_open_fd(int fd, size_t limit, evs_reader **r, evs_writ
  * evs_stream_open_fd()): closes the writer if open, then frees reader and
  * writer; the transport finishes flushing in the background. Pairs handed
  * to a server's client_connected are released by the server when the
- * handler returns; do not free those.
+ * handler returns; do not free those. Tasks parked in a call on the pair
+ * at that moment return from it (the reader at EOF, drain and wait_closed
+ * done, or the connection's error); no task may start a call on it after.
+ * A pair still open when its loop ends (evs_run's function returned, or
+ * the runtime stopped) is freed with the loop.
  */
 EVS_EXTERN void evs_writer_free(evs_writer *w);
 

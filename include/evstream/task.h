@@ -48,7 +48,11 @@ EVS_EXTERN int evs_task_join(evs_task *task, int *result);
 EVS_EXTERN void evs_task_detach(evs_task *task);
 
 /** Cancel @p task (idempotent): its parked call returns -ECANCELED, and so
- *  does every later parking call. A finished task is not affected. */
+ *  does every later parking call. A finished task is not affected. A task
+ *  cancelled before it first ran still runs: asyncio would drop a coroutine
+ *  that never started, but in C its function is what releases @p arg, so it
+ *  starts with evs_task_cancelled() true and its first parking call returns
+ *  -ECANCELED. */
 EVS_EXTERN void evs_task_cancel(evs_task *task);
 
 /** True once the task's function returned. */

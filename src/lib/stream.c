@@ -72,6 +72,9 @@ typedef struct evs_stream {
     evs_reader reader;
     evs_writer writer;
     bool released;
+    unsigned inside;            /* tasks inside a call on the pair (see enter()) */
+    struct evs_stream *orphan_next; /* lost and not released: the worker's list */
+    struct evs_stream *orphan_prev;
     void *tag;
     bool made;                  /* connection_made (after the TLS handshake) */
     evs__stream_made_fn on_made;
@@ -98,6 +101,68 @@ static void stream_free(evs_stream *s)
     free(s->reader.retired);
     evs__transport_unref(s->reader.t);
     free(s);
+}
+
+/* A lost pair that nobody released yet: if its worker ends first, the
+ * worker frees it (evs_run's function may return without evs_writer_free;
+ * nothing can use the pair once its loop is gone). */
+static void orphan_add(evs_stream *s)
+{
+    evs_worker *w = s->reader.t->worker;
+
+    s->orphan_prev = NULL;
+    s->orphan_next = w->orphan_streams;
+    if (s->orphan_next)
+        s->orphan_next->orphan_prev = s;
+    w->orphan_streams = s;
+}
+
+static void orphan_remove(evs_stream *s)
+{
+    evs_worker *w = s->reader.t->worker;
+
+    if (s->orphan_prev)
+        s->orphan_prev->orphan_next = s->orphan_next;
+    else if (w->orphan_streams == s)
+        w->orphan_streams = s->orphan_next;
+    if (s->orphan_next)
+        s->orphan_next->orphan_prev = s->orphan_prev;
+    s->orphan_next = s->orphan_prev = NULL;
+}
+
+void evs__stream_free_orphans(evs_worker *w)
+{
+    while (w->orphan_streams) {
+        evs_stream *s = w->orphan_streams;
+
+        orphan_remove(s);
+        stream_free(s);
+    }
+}
+
+/* Free the pair once nothing can reach it: its connection is gone, its
+ * owner released it (or, for a server pair whose handler never started,
+ * there is no owner), and no task is inside a call on it. */
+static void maybe_free(evs_stream *s)
+{
+    if (s->inside == 0 && s->writer.lost && (s->released || (s->on_made && !s->made)))
+        stream_free(s);
+}
+
+/* Every call that may park brackets itself with enter() and leave(): a
+ * task parked on the pair when another task releases it (evs_writer_free)
+ * is woken by the loss and must still find the pair when it resumes. The
+ * last call to leave frees it. */
+static void enter(evs_stream *s)
+{
+    s->inside++;
+}
+
+static ssize_t leave(evs_stream *s, ssize_t rc)
+{
+    s->inside--;
+    maybe_free(s);
+    return rc;
 }
 
 /* --- the reader's buffer --------------------------------------------- */
@@ -333,9 +398,10 @@ static void sp_connection_lost(evs_transport *t, int err, void *ctx)
     evs__task_wake_all(&w->drainers, loss_error(w, 0));
     evs__task_wake_all(&w->closers, 0);
     /* A server's pair whose handler never started (a failed TLS handshake
-     * or PROXY header) belongs to nobody else: free it here. */
-    if (s->released || (s->on_made && !s->made))
-        stream_free(s);
+     * or PROXY header) belongs to nobody else: maybe_free() frees it. */
+    if (!s->released && !(s->on_made && !s->made))
+        orphan_add(s);
+    maybe_free(s);
 }
 
 static void sp_pause_writing(evs_transport *t, void *ctx)
@@ -453,7 +519,7 @@ static void tls_done(evs_transport *t, int err, void *arg)
     evs__task_wake_all(&s->tls_waiters, 0);
 }
 
-int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tls_options *opts)
+static int start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tls_options *opts)
 {
     evs_stream *s = stream_of_writer(w);
     evs_reader *r = w->reader;
@@ -502,6 +568,14 @@ int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tl
     return s->tls_result;
 }
 
+int evs_start_tls(evs_writer *w, evs_tls_context *ctx, bool server, const evs_tls_options *opts)
+{
+    evs_stream *s = stream_of_writer(w);
+
+    enter(s);
+    return (int)leave(s, start_tls(w, ctx, server, opts));
+}
+
 int evs_stream_open_fd(int fd, size_t limit, evs_reader **r, evs_writer **w)
 {
     evs_worker *wk = evs_worker_current();
@@ -524,7 +598,8 @@ void evs_writer_free(evs_writer *w)
     evs_close(w);
     s->released = true;
     if (w->lost)
-        stream_free(s);
+        orphan_remove(s);
+    maybe_free(s);
 }
 
 void evs__stream_set_tag(evs_writer *w, void *tag)
@@ -596,7 +671,7 @@ static ssize_t wait_data_lent(evs_reader *r, void *buf, size_t n, double *began)
     return rc < 0 ? rc : 0;
 }
 
-ssize_t evs_read(evs_reader *r, void *buf, size_t n)
+static ssize_t read_some(evs_reader *r, void *buf, size_t n)
 {
     int rc = begin(r);
     size_t len;
@@ -623,7 +698,15 @@ ssize_t evs_read(evs_reader *r, void *buf, size_t n)
     return (ssize_t)len;
 }
 
-ssize_t evs_read_to_eof(evs_reader *r, void *buf, size_t max)
+ssize_t evs_read(evs_reader *r, void *buf, size_t n)
+{
+    evs_stream *s = stream_of_reader(r);
+
+    enter(s);
+    return leave(s, read_some(r, buf, n));
+}
+
+static ssize_t read_to_eof(evs_reader *r, void *buf, size_t max)
 {
     int rc = begin(r);
     size_t len;
@@ -647,7 +730,15 @@ ssize_t evs_read_to_eof(evs_reader *r, void *buf, size_t max)
     return (ssize_t)len;
 }
 
-ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
+ssize_t evs_read_to_eof(evs_reader *r, void *buf, size_t max)
+{
+    evs_stream *s = stream_of_reader(r);
+
+    enter(s);
+    return leave(s, read_to_eof(r, buf, max));
+}
+
+static ssize_t read_exactly(evs_reader *r, void *buf, size_t n)
 {
     int rc = begin(r);
     size_t len;
@@ -671,6 +762,14 @@ ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
     take(r, buf, n);
     consumed(r);
     return (ssize_t)n;
+}
+
+ssize_t evs_readexactly(evs_reader *r, void *buf, size_t n)
+{
+    evs_stream *s = stream_of_reader(r);
+
+    enter(s);
+    return leave(s, read_exactly(r, buf, n));
 }
 
 /* First @sep in @p[0, len), or NULL. */
@@ -718,7 +817,7 @@ static ssize_t find_separator(const evs_reader *r, const evs_separator *seps, si
     return best;
 }
 
-ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
+static ssize_t read_view(evs_reader *r, size_t n, const void **data)
 {
     size_t len;
     int rc;
@@ -746,10 +845,18 @@ ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
     return (ssize_t)len;
 }
 
+ssize_t evs_read_view(evs_reader *r, size_t n, const void **data)
+{
+    evs_stream *s = stream_of_reader(r);
+
+    enter(s);
+    return leave(s, read_view(r, n, data));
+}
+
 /* readuntil and readline share this. @at_eof_partial: readline's rule
  * (return the unterminated rest at EOF) instead of EVS_EINCOMPLETE. */
-static ssize_t read_until(evs_reader *r, const evs_separator *seps, size_t nseps, size_t limit,
-                          bool eof_returns_rest, const void **data)
+static ssize_t read_to_separator(evs_reader *r, const evs_separator *seps, size_t nseps,
+                                 size_t limit, bool eof_returns_rest, const void **data)
 {
     size_t maxsep = 0, from = 0, which = 0;
     int rc = begin(r);
@@ -801,6 +908,15 @@ static ssize_t read_until(evs_reader *r, const evs_separator *seps, size_t nseps
         if ((rc = wait_data(r, &began)) < 0)
             return rc;
     }
+}
+
+static ssize_t read_until(evs_reader *r, const evs_separator *seps, size_t nseps, size_t limit,
+                          bool eof_returns_rest, const void **data)
+{
+    evs_stream *s = stream_of_reader(r);
+
+    enter(s);
+    return leave(s, read_to_separator(r, seps, nseps, limit, eof_returns_rest, data));
 }
 
 ssize_t evs_readline(evs_reader *r, const void **line)
@@ -883,7 +999,7 @@ int evs_writelines(evs_writer *w, const struct iovec *iov, int iovcnt)
     return evs_transport_writelines(w->reader->t, iov, iovcnt);
 }
 
-int evs_drain(evs_writer *w)
+static int drain(evs_writer *w)
 {
     int rc;
     double began = 0;
@@ -898,6 +1014,14 @@ int evs_drain(evs_writer *w)
             return rc;
     }
     return 0;
+}
+
+int evs_drain(evs_writer *w)
+{
+    evs_stream *s = stream_of_writer(w);
+
+    enter(s);
+    return (int)leave(s, drain(w));
 }
 
 int evs_write_eof(evs_writer *w)
@@ -921,7 +1045,7 @@ void evs_close(evs_writer *w)
         evs_transport_close(w->reader->t);
 }
 
-int evs_wait_closed(evs_writer *w)
+static int wait_closed(evs_writer *w)
 {
     double began = 0;
 
@@ -936,6 +1060,14 @@ int evs_wait_closed(evs_writer *w)
     }
     /* As asyncio's wait_closed() raises what connection_lost() carried. */
     return w->lost_err;
+}
+
+int evs_wait_closed(evs_writer *w)
+{
+    evs_stream *s = stream_of_writer(w);
+
+    enter(s);
+    return (int)leave(s, wait_closed(w));
 }
 
 bool evs_is_closing(const evs_writer *w)

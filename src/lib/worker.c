@@ -16,6 +16,7 @@
 
 #include <event2/dns.h>
 
+#include "stream.h"
 #include "tls.h"
 #include "transport.h"
 #include "worker.h"
@@ -292,6 +293,7 @@ void evs__worker_fini(evs_worker *w)
         evdns_base_free(w->dns, 1); /* pending lookups get EAI_CANCEL and free themselves */
         w->dns = NULL;
     }
+    evs__stream_free_orphans(w);
     if (w->base) {
         if (w->wake_fd >= 0)
             event_del(&w->wake_ev);

@@ -89,6 +89,7 @@ struct evs_worker {
 
     /* Connections. */
     evs__tlist transports;
+    struct evs_stream *orphan_streams; /* lost pairs nobody released (stream.c) */
     evs__closable *closables;
     bool stopping; /* no new tasks or connections */
     bool exit_loop;

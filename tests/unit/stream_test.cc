@@ -1732,3 +1732,67 @@ TEST(StreamReader, TaskTimeoutBoundsTheWholeReadexactly) {
         join(ft);
     });
 }
+
+// --- releasing a pair that tasks still wait on ------------------------------
+
+// evs_writer_free() from one task while others are parked in calls on the
+// pair: the loss wakes them, and they return from their calls (the reader
+// at EOF, drain and wait_closed done) on a pair that is freed only after
+// the last of them left. It was freed under them (ASan: use after free).
+TEST(StreamWriter, FreeingThePairWakesTheTasksParkedOnIt) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(c.t(), 4096, 0));
+        std::string big(1 << 20, 'x');
+        ASSERT_EQ(0, evs_write(c.w, big.data(), big.size()));  // the peer reads later
+        char buf[8];
+        auto reader = [&] { return (int)evs_read(c.r, buf, sizeof buf); };
+        auto drainer = [&] { return evs_drain(c.w); };
+        auto closer = [&] { return evs_wait_closed(c.w); };
+        evs_task *rt = spawn(reader), *dt = spawn(drainer), *ct = spawn(closer);
+        EXPECT_EQ(0, evs_sleep(0.05));  // all three parked
+        evs_writer_free(c.w);
+        c.w = nullptr;
+        // The close flushes what is queued: let the peer take it all.
+        std::thread sink([&] {
+            char b[65536];
+            while (::recv(c.peer, b, sizeof b, 0) > 0) {
+            }
+        });
+        EXPECT_EQ(0, join(rt));  // EOF: our own close
+        EXPECT_EQ(0, join(dt));  // every byte went out
+        EXPECT_EQ(0, join(ct));
+        shutdown(c.peer, SHUT_RDWR);
+        sink.join();
+    });
+}
+
+// Pairs left open when evs_run()'s function returns (some already lost,
+// some aborted by evs_run) are freed with the loop: nothing could free them
+// once the loop is gone. They leaked, with their transports.
+TEST(StreamWriter, PairsLeftOpenAreFreedWithTheLoop) {
+    auto leave_pairs_open = [] {
+        for (int i = 0; i < 200; i++) {
+            int sv[2];
+            evs_reader *r;
+            evs_writer *w;
+            socket_pair(sv);
+            ASSERT_EQ(0, evs_stream_open_fd(sv[0], 0, &r, &w));
+            close(sv[1]);  // half of them are lost before the loop ends
+            if (i % 2) {
+                char c;
+                EXPECT_EQ(0, evs_read(r, &c, 1));
+            }
+        }
+    };
+    auto heap = [] {
+        struct mallinfo2 m = mallinfo2();
+        return m.uordblks + m.hblkhd;
+    };
+    run(leave_pairs_open);  // warms up what stays allocated (thread caches)
+    size_t base = heap();
+    for (int i = 0; i < 3; i++) run(leave_pairs_open);
+    // 600 pairs with their transports are over 400 KB.
+    EXPECT_LT(heap() - base, (size_t)64 << 10);
+}
