@@ -22,6 +22,7 @@ extern "C" {
 /** A group of settings; owned by the daemon (valid during init). */
 typedef struct evs_settings evs_settings;
 
+/** A string, valid only until init returns: copy what you keep. */
 EVS_EXTERN int evs_settings_get_string(evs_settings *s, const char *key, const char **out);
 EVS_EXTERN int evs_settings_get_int(evs_settings *s, const char *key, int64_t *out);
 EVS_EXTERN int evs_settings_get_float(evs_settings *s, const char *key, double *out);

@@ -67,8 +67,15 @@ static int load_copy(const char *path, evs_plugin_handle **out, char *err, size_
     if (fd >= 0)
         close(fd);
     if (rc == 0) {
-        rc = evs_plugin_load(tmpl, out, err, errlen);
-        evs_log(EVS_LOG_INFO, "plugin %s changed: loaded the new version", path);
+        char why[512];
+
+        rc = evs_plugin_load(tmpl, out, why, sizeof why);
+        if (rc == 0)
+            evs_log(EVS_LOG_INFO, "plugin %s changed: loaded the new version", path);
+        else if (strncmp(why, tmpl, strlen(tmpl)) == 0) /* name the operator's file */
+            snprintf(err, errlen, "%s%s", path, why + strlen(tmpl));
+        else
+            snprintf(err, errlen, "%s", why);
     }
     unlink(tmpl);
     return rc;

@@ -1086,6 +1086,47 @@ TEST_F(DaemonTest, SighupFailingOnAKeptListenerKeepsTheOldOne) {
 // A replaced server is freed once its connections are gone; it held a TLS
 // context with its session cache (about 20 KB). Leaked, 300 reloads grew
 // the daemon by about 6 MB; the bound leaves room for allocator noise.
+// A reload loads a plugin whose file was replaced (installed by rename, as
+// docs/plugins.md asks): new connections run the new code, live ones keep
+// the old. A replacement that cannot load fails the reload with a message
+// naming the configured file (not the private copy it was loaded from) and
+// no claim that the new version was loaded.
+TEST_F(DaemonTest, AReloadLoadsAReplacedPluginAndNamesOneThatFails) {
+    std::string so = path("hot.so");
+    auto install = [&](const std::string &from) {
+        write_file(so + ".new", read_file(from));
+        ASSERT_EQ(0, rename((so + ".new").c_str(), so.c_str()));
+    };
+    install(plugin_dir() + "/echo.so");
+    std::string text = config("  { name = \"l\"; listen = \"127.0.0.1:0\"; plugin = \"hot\"; }", "",
+                              ",\n  { name = \"hot\"; path = \"" + so + "\"; }");
+    std::string conf = write("evstreamd.conf", text);
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    int old = connect_tcp(d.port("l"));
+    ASSERT_GE(old, 0);
+    EXPECT_EQ("hello", ask(old, "hello"));
+
+    install(plugin_dir() + "/line_upper.so");
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    EXPECT_TRUE(contains(d.err(), "plugin " + so + " changed: loaded the new version")) << d.err();
+    int fresh = connect_tcp(d.port("l"));
+    ASSERT_GE(fresh, 0);
+    EXPECT_EQ("HELLO", ask(fresh, "hello"));
+    EXPECT_EQ("still", ask(old, "still"));
+
+    install(test_plugin("no_descriptor"));
+    reload_expecting_failure(d, conf, text, 1);
+    std::string err = d.err();
+    EXPECT_EQ(1u, count_of(err, "changed: loaded the new version")) << err;
+    EXPECT_TRUE(contains(err, so + ": not an evstream plugin")) << err;
+    EXPECT_FALSE(contains(err, "evstreamd-plugin-")) << err;
+    EXPECT_EQ("STILL NEW", ask(fresh, "still new"));
+    close(old);
+    close(fresh);
+}
+
 TEST_F(DaemonTest, ReloadsFreeTheReplacedServers) {
     REQUIRE_TOOL(openssl, "openssl", "openssl");
     Result r = finish(spawn({openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
