@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 
 #ifndef EVSD_PLUGIN_DIR
 #define EVSD_PLUGIN_DIR "/usr/local/lib/evstream/plugins"
@@ -576,6 +578,25 @@ static int parse_port(const char *s, uint16_t *out)
     return 0;
 }
 
+/* A name is one word of the ports file ("NAME ADDRESS" per line), of log
+ * lines and of /status; "admin" is the admin listener's there. */
+static void check_listener_name(errlist *e, const config_setting_t *v, const char *name)
+{
+    if (!*name) {
+        bad(e, v, "a listener name cannot be empty");
+        return;
+    }
+    for (const char *p = name; *p; p++) {
+        if ((unsigned char)*p <= ' ' || *p == 0x7f) {
+            bad(e, v, "a listener name cannot hold spaces or control characters: set "
+                      "name = \"...\" without them");
+            return;
+        }
+    }
+    if (strcmp(name, "admin") == 0)
+        bad(e, v, "the name 'admin' is the admin listener's");
+}
+
 static bool parse_listen(errlist *e, const config_setting_t *v, const char *text,
                          evsd_listener_conf *l)
 {
@@ -589,6 +610,12 @@ static bool parse_listen(errlist *e, const config_setting_t *v, const char *text
         if (!*path || strcmp(path, "@") == 0 || strlen(path) > 107) {
             bad(e, v, "expected \"unix:/path/to.sock\", \"unix:@name\" or \"unixgram:/path\" "
                       "(at most 107 bytes)");
+            return false;
+        }
+        /* A relative path would land wherever the daemon runs (/ with -d). */
+        if (path[0] != '/' && path[0] != '@') {
+            bad(e, v, "a socket path must be absolute (\"unix:/run/x.sock\") or abstract "
+                      "(\"unix:@name\")");
             return false;
         }
         l->path = xstrdup(path);
@@ -621,6 +648,19 @@ static bool parse_listen(errlist *e, const config_setting_t *v, const char *text
     return true;
 }
 
+/* A numeric user or group id. (uid_t)-1 is not one: chown() reads it as
+ * "leave unchanged", and a larger number would wrap round to another id. */
+static bool numeric_id(const char *text, unsigned long *id)
+{
+    char *end;
+
+    if (!isdigit((unsigned char)text[0]))
+        return false;
+    errno = 0;
+    *id = strtoul(text, &end, 10);
+    return !*end && errno == 0 && *id < (unsigned long)(uid_t)-1 && *id < (unsigned long)(gid_t)-1;
+}
+
 static void read_unix_owner(errlist *e, const config_setting_t *g, evsd_listener_conf *l)
 {
     const char *mode = get_string(e, g, "mode", false);
@@ -645,29 +685,29 @@ static void read_unix_owner(errlist *e, const config_setting_t *g, evsd_listener
     }
     if (owner) {
         struct passwd *pw = getpwnam(owner);
-        char *end;
-        long id = strtol(owner, &end, 10);
+        unsigned long id;
         if (pw) {
             l->owner = pw->pw_uid;
             l->has_owner = true;
-        } else if (*owner && !*end && id >= 0) {
+        } else if (numeric_id(owner, &id)) {
             l->owner = (uid_t)id;
             l->has_owner = true;
         } else
-            bad(e, config_setting_get_member(g, "owner"), "no such user '%s'", owner);
+            bad(e, config_setting_get_member(g, "owner"),
+                "no such user '%s' (a numeric uid is 0 to 4294967294)", owner);
     }
     if (group) {
         struct group *gr = getgrnam(group);
-        char *end;
-        long id = strtol(group, &end, 10);
+        unsigned long id;
         if (gr) {
             l->group = gr->gr_gid;
             l->has_group = true;
-        } else if (*group && !*end && id >= 0) {
+        } else if (numeric_id(group, &id)) {
             l->group = (gid_t)id;
             l->has_group = true;
         } else
-            bad(e, config_setting_get_member(g, "group"), "no such group '%s'", group);
+            bad(e, config_setting_get_member(g, "group"),
+                "no such group '%s' (a numeric gid is 0 to 4294967294)", group);
     }
 }
 
@@ -734,6 +774,39 @@ static void only_with(errlist *e, const config_setting_t *g, const char *key, co
         bad(e, v, "has no effect without %s", needs);
 }
 
+/* An SNI name as the matcher (tls.c) reads it: a host name, or "*." and a
+ * host name (one leading wildcard label). A pattern it could never match,
+ * or one an earlier certificate already serves, is an error: the operator
+ * would expect it to pick this certificate. */
+static bool sni_name_ok(const char *name)
+{
+    const char *host = strncmp(name, "*.", 2) == 0 ? name + 2 : name;
+
+    if (!*host || *host == '.' || host[strlen(host) - 1] == '.' || strstr(host, ".."))
+        return false;
+    for (const char *p = host; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '.' && *p != '_')
+            return false;
+    return true;
+}
+
+static void check_sni_names(errlist *e, const config_setting_t *v, const evsd_tls_cert *certs,
+                            size_t ncerts)
+{
+    const evsd_tls_cert *cert = &certs[ncerts - 1];
+
+    for (char **n = cert->names; n && *n; n++) {
+        if (!sni_name_ok(*n)) {
+            bad(e, v, "'%s' is not a host name or \"*.\" and a host name", *n);
+            continue;
+        }
+        for (size_t i = 1; i < ncerts; i++)
+            for (char **m = certs[i].names; m && *m && m != n; m++)
+                if (strcasecmp(*m, *n) == 0)
+                    bad(e, v, "'%s' is already a name of sni[%zu]", *n, i - 1);
+    }
+}
+
 static evsd_tls_conf *read_tls(errlist *e, const config_setting_t *g, const evsd_config *c)
 {
     static const char *const keys[] = {
@@ -773,6 +846,7 @@ static evsd_tls_conf *read_tls(errlist *e, const config_setting_t *g, const evsd
         cert->names = string_list(e, el, "names", &n);
         if (n == 0)
             bad(e, el, "an SNI certificate needs names = [\"host.example\", \"*.example.org\"]");
+        check_sni_names(e, config_setting_get_member(el, "names"), t->certs, t->ncerts);
     }
     t->min_protocol = xstrdup(get_string(e, g, "min_protocol", false));
     t->max_protocol = xstrdup(get_string(e, g, "max_protocol", false));
@@ -869,6 +943,9 @@ static void read_proxy_protocol(errlist *e, const config_setting_t *g, evsd_list
         bad(e, g, "trusted = [ ... ] is required: the networks of the proxies allowed to "
                   "send PROXY headers");
     get_duration(e, g, "timeout", MAX_SECONDS, &l->proxy_timeout);
+    /* No bound would let a silent client hold a connection for good. */
+    if (l->proxy_timeout <= 0)
+        bad(e, config_setting_get_member(g, "timeout"), "expected a duration above 0");
 }
 
 /* access_log = { file = "..."; format = "$time $peer ..."; }; */
@@ -935,6 +1012,7 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
         parse_listen(e, config_setting_get_member(g, "listen"), listen, l);
     }
     l->name = xstrdup(name ? name : listen ? listen : "?");
+    check_listener_name(e, config_setting_get_member(g, name ? "name" : "listen"), l->name);
     if (plugin) {
         l->plugin = xstrdup(plugin);
         for (size_t i = 0; i < c->nplugins; i++)
@@ -1158,7 +1236,11 @@ int evsd_config_load(const char *path, evsd_config **out, char **errors)
     config_set_include_dir(&c->cfg, confdir);
     if (!config_read_file(&c->cfg, path)) {
         if (config_error_type(&c->cfg) == CONFIG_ERR_FILE_IO) {
-            add_error(&e, "%s: cannot read: %s", path, strerror(errno ? errno : ENOENT));
+            struct stat st;
+            /* libconfig leaves errno unreliable: a directory reads as EINVAL. */
+            int why = stat(path, &st) < 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR
+                                                   : errno ? errno : EIO;
+            add_error(&e, "%s: cannot read: %s", path, strerror(why));
         } else {
             char *file = join_path(confdir, config_error_file(&c->cfg) ? config_error_file(&c->cfg)
                                                                       : path);
@@ -1238,4 +1320,58 @@ char *evsd_listener_key(const evsd_listener_conf *l)
         snprintf(buf, sizeof buf, "%s:%s:%u", l->family == EVSD_TCP ? "tcp" : "udp",
                  l->host ? l->host : "*", l->port);
     return xstrdup(buf);
+}
+
+/* --- what a reload cannot change ----------------------------------------- */
+
+static bool same_text(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static void note_change(char *buf, size_t len, const char *what)
+{
+    size_t used = strlen(buf);
+
+    if (used < len)
+        snprintf(buf + used, len - used, "%s%s", used ? ", " : "", what);
+}
+
+void evsd_config_restart_only_changes(const evsd_config *old, const evsd_config *new, char *buf,
+                                      size_t len)
+{
+    if (len)
+        buf[0] = '\0';
+    if (old->workers != new->workers)
+        note_change(buf, len, "workers");
+    if (old->dispatch != new->dispatch)
+        note_change(buf, len, "dispatch");
+    if (old->limits.max_connections != new->limits.max_connections)
+        note_change(buf, len, "limits.max_connections");
+    if (old->limits.stack_size != new->limits.stack_size)
+        note_change(buf, len, "limits.stack_size");
+    if (old->limits.write_budget != new->limits.write_budget)
+        note_change(buf, len, "limits.write_budget");
+    if (!same_text(old->user, new->user) || !same_text(old->group, new->group) ||
+        old->allow_root != new->allow_root || old->has_umask != new->has_umask ||
+        old->umask_value != new->umask_value)
+        note_change(buf, len, "user, group, umask or allow_root");
+    if (!old->admin != !new->admin ||
+        (old->admin && !same_text(old->admin->listen, new->admin->listen)))
+        note_change(buf, len, "admin");
+    for (size_t i = 0; i < new->nlisteners; i++) {
+        const evsd_listener_conf *l = &new->listeners[i];
+        char *key = l->reuseport ? evsd_listener_key(l) : NULL;
+
+        for (size_t j = 0; key && j < old->nlisteners; j++) {
+            char *old_key = evsd_listener_key(&old->listeners[j]);
+            if (old_key && strcmp(key, old_key) == 0 && !old->listeners[j].reuseport) {
+                char what[300];
+                snprintf(what, sizeof what, "reuseport of '%s'", l->name);
+                note_change(buf, len, what);
+            }
+            free(old_key);
+        }
+        free(key);
+    }
 }

@@ -127,6 +127,11 @@ typedef struct evsd_config {
 int evsd_config_load(const char *path, evsd_config **out, char **errors);
 void evsd_config_free(evsd_config *c);
 
+/* The settings a reload from @old to @new changed but cannot apply (they
+ * wait for a restart), as "workers, admin, ..." in @buf; "" when none. */
+void evsd_config_restart_only_changes(const evsd_config *old, const evsd_config *new, char *buf,
+                                      size_t len);
+
 /* The listener's socket identity: two listeners with the same key can hand
  * their socket over on a reload. Returns a malloc'd string. */
 char *evsd_listener_key(const evsd_listener_conf *l);

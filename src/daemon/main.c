@@ -182,22 +182,27 @@ static void pidfile_remove(const char *path)
     pidfile_fd = -1;
 }
 
-static void write_ports(evsd_service *svc, const char *path)
+/* @return 0, or -1 (logged). */
+static int write_ports(evsd_service *svc, const char *path)
 {
     char tmp[PATH_MAX];
     FILE *f;
 
     if (!path)
-        return;
+        return 0;
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     f = fopen(tmp, "w");
     if (!f) {
         evs_log(EVS_LOG_ERROR, "ports file %s: %s", tmp, strerror(errno));
-        return;
+        return -1;
     }
     evsd_service_print_addresses(svc, f, false);
-    if (fclose(f) != 0 || rename(tmp, path) < 0)
+    if (fclose(f) != 0 || rename(tmp, path) < 0) {
         evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
 }
 
 /* --- daemonizing ------------------------------------------------------- */
@@ -333,6 +338,8 @@ static void reload(evsd_service *svc, const char *path, const options *o)
     }
     char *log_file = strdup(cfg->log_file);
     evs_log_level level = cfg->log_level;
+    char ignored[512];
+    evsd_config_restart_only_changes(evsd_service_config(svc), cfg, ignored, sizeof ignored);
     if (evsd_service_reload(svc, cfg) < 0) {
         evs_log(EVS_LOG_ERROR, "reload failed: keeping the running configuration");
         evsd_notify("READY=1\nSTATUS=reload failed: running the previous configuration");
@@ -344,6 +351,8 @@ static void reload(evsd_service *svc, const char *path, const options *o)
         tmp.log_level = level;
         apply_log(&tmp, o, "logging where it logged before");
         evs_log(EVS_LOG_INFO, "reloaded %s", path);
+        if (ignored[0])
+            evs_log(EVS_LOG_WARN, "reload: changed %s: applied at the next restart", ignored);
         write_ports(svc, o->ports_file);
     }
     free(log_file);
@@ -480,9 +489,11 @@ int main(int argc, char **argv)
     }
     evsd_service_print_addresses(svc, stdout, true);
     fflush(stdout);
-    write_ports(svc, o.ports_file);
-    /* Last: everything that needs the starting user's rights is done. */
-    if (evsd_drop_privileges(evsd_service_config(svc)) < 0) {
+    /* Last: everything that needs the starting user's rights is done. A
+     * ports file that cannot be written fails the start as a pidfile does:
+     * whatever reads it would wait for it forever. */
+    if (write_ports(svc, o.ports_file) < 0 ||
+        evsd_drop_privileges(evsd_service_config(svc)) < 0) {
         evsd_service_stop(svc);
         if (o.pidfile)
             pidfile_remove(o.pidfile);

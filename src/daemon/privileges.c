@@ -46,13 +46,14 @@ static int check_root(const evsd_config *cfg, char *err, size_t errlen)
 static int raise_nofile(const evsd_config *cfg, rlim_t *raised, char *err, size_t errlen)
 {
     struct rlimit rl;
-    rlim_t need = (rlim_t)cfg->limits.max_connections + FD_OVERHEAD;
+    rlim_t need = (rlim_t)cfg->limits.max_connections + FD_OVERHEAD, hard;
 
     *raised = 0;
     if (cfg->limits.max_connections == 0 || getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
     if (rl.rlim_cur >= need)
         return 0;
+    hard = rl.rlim_max;
     if (rl.rlim_max < need && geteuid() == 0)
         rl.rlim_max = need; /* root may raise the hard limit too */
     if (rl.rlim_max < need) {
@@ -66,9 +67,13 @@ static int raise_nofile(const evsd_config *cfg, rlim_t *raised, char *err, size_
     }
     rl.rlim_cur = need;
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
-        snprintf(err, errlen, "%s: max_connections = %llu: cannot raise RLIMIT_NOFILE to %llu: %s",
+        /* Root without CAP_SYS_RESOURCE (a container) cannot pass the hard limit. */
+        snprintf(err, errlen,
+                 "%s: max_connections = %llu: cannot raise RLIMIT_NOFILE to %llu: %s (the "
+                 "hard limit was %llu: raise it, with LimitNOFILE= in the unit or ulimit -Hn, "
+                 "or lower max_connections)",
                  cfg->path, (unsigned long long)cfg->limits.max_connections,
-                 (unsigned long long)need, strerror(errno));
+                 (unsigned long long)need, strerror(errno), (unsigned long long)hard);
         return -1;
     }
     *raised = need;

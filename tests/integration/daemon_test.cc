@@ -552,6 +552,35 @@ ConfigError config_error_case(const std::string &name) {
     if (name == "TlsTicketRotationWithoutTickets")
         return {config(listener(tls + "session_tickets = false;\n      ticket_rotation = \"1h\"; #@\n    };")),
                 "", {"listeners[0].tls.ticket_rotation: has no effect without session_tickets = true"}};
+    if (name == "OwnerUidOutOfRange")  // chown() reads (uid_t)-1 as "unchanged"
+        return {config(listener("owner = \"4294967295\"; #@", "unix:/tmp/evs-test-owner.sock")), "",
+                {"listeners[0].owner: no such user '4294967295'", "0 to 4294967294"}};
+    if (name == "GroupGidWrapsRound")  // was gid 0: root
+        return {config(listener("group = \"4294967296\"; #@", "unix:/tmp/evs-test-owner.sock")), "",
+                {"listeners[0].group: no such group '4294967296'"}};
+    if (name == "RelativeUnixPath")  // it landed in the working directory, / with -d
+        return {config(listener("", "unix:rel.sock", "echo", true)), "",
+                {"listeners[0].listen: a socket path must be absolute"}};
+    if (name == "ListenerNameWithSpaces")  // it split a line of the ports file
+        return {config("  { name = \"a b\"; #@\n    listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), "",
+                {"listeners[0].name: a listener name cannot hold spaces"}};
+    if (name == "ListenerNamedAdmin")
+        return {config("  { name = \"admin\"; #@\n    listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), "",
+                {"listeners[0].name: the name 'admin' is the admin listener's"}};
+    if (name == "EmptyListenerName")
+        return {config("  { name = \"\"; #@\n    listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), "",
+                {"listeners[0].name: a listener name cannot be empty"}};
+    if (name == "SniWildcardInsideAName")  // it could only ever match a literal '*'
+        return {config(listener(tls + "sni = ( { certificate = \"c.pem\"; key = \"k.pem\";\n"
+                                      "                names = [\"a.*.example\"]; } ); #@\n    };")),
+                "", {"listeners[0].tls.sni[0].names: 'a.*.example' is not a host name"}};
+    if (name == "SniNameTwice")  // the first certificate won, silently
+        return {config(listener(tls + "sni = ( { names = [\"a.example\"]; certificate = \"c.pem\"; key = \"k.pem\"; },\n"
+                                      "              { names = [\"A.Example\"]; certificate = \"c.pem\"; key = \"k.pem\"; } ); #@\n    };")),
+                "", {"'A.Example' is already a name of sni[0]"}};
+    if (name == "ProxyTimeoutZero")  // it meant 5 s, silently
+        return {config(listener("proxy_protocol = { trusted = [\"127.0.0.1\"]; timeout = 0; }; #@")), "",
+                {"listeners[0].proxy_protocol.timeout: expected a duration above 0"}};
     if (name == "ErrorInIncludedFile")
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
@@ -623,7 +652,10 @@ INSTANTIATE_TEST_SUITE_P(
                       "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress",
                       "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
                       "TlsCaFileWithoutClientCertificates", "TlsVerifyDepthWithoutClientCertificates",
-                      "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "ErrorInIncludedFile",
+                      "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
+                      "GroupGidWrapsRound", "RelativeUnixPath", "ListenerNameWithSpaces",
+                      "ListenerNamedAdmin", "EmptyListenerName", "SniWildcardInsideAName",
+                      "SniNameTwice", "ProxyTimeoutZero", "ErrorInIncludedFile",
                       "SyntaxErrorInIncludedFile"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 
@@ -1125,6 +1157,42 @@ TEST_F(DaemonTest, AReloadLoadsAReplacedPluginAndNamesOneThatFails) {
     EXPECT_EQ("STILL NEW", ask(fresh, "still new"));
     close(old);
     close(fresh);
+}
+
+// A ports file that cannot be written fails the start, as a pidfile does:
+// a script waiting for the file would wait forever while the daemon ran.
+TEST_F(DaemonTest, AnUnwritablePortsFileFailsTheStart) {
+    std::string conf = write("evstreamd.conf", config(listener("")));
+    Result s = run({"-c", conf, "--ports-file", path("no_such_dir/ports")}, {}, 20);
+    EXPECT_EQ(1, s.status) << s.err;
+    EXPECT_TRUE(contains(s.err, "ports file " + path("no_such_dir/ports.tmp") +
+                                    ": No such file or directory"))
+        << s.err;
+}
+
+// A directory given as the configuration: the message said "Invalid argument".
+TEST_F(DaemonTest, ADirectoryAsTheConfigurationSaysSo) {
+    Result t = run({"-t", "-c", dir});
+    EXPECT_EQ(1, t.status);
+    EXPECT_TRUE(contains(t.err, dir + ": cannot read: Is a directory")) << t.err;
+}
+
+// What a reload cannot apply is named in a warning, not passed over.
+TEST_F(DaemonTest, AReloadWarnsOfTheChangesThatWaitForARestart) {
+    std::string conf = write("evstreamd.conf", config(listener("")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    write_file(conf, config(listener("reuseport = true;"),
+                            "workers = 1;\nlimits = { shutdown_timeout = \"3s\"; max_connections = 7; };\n"));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    EXPECT_TRUE(contains(d.err(), "reload: changed workers, limits.max_connections, reuseport of "
+                                  "'l': applied at the next restart"))
+        << d.err();
+    // A reload that changes none of them says nothing more.
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reloaded " + conf) == 2; })) << d.err();
+    EXPECT_EQ(1u, count_of(d.err(), "applied at the next restart")) << d.err();
 }
 
 TEST_F(DaemonTest, ReloadsFreeTheReplacedServers) {
