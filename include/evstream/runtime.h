@@ -32,7 +32,8 @@ typedef struct evs_runtime_options {
     /** Dispatch policy (default least-connections). */
     evs_dispatch dispatch;
     /** Global limit on live connections; 0 = unlimited. At the limit the
-     *  acceptor stops accepting and resumes when connections close. */
+     *  acceptor stops accepting and resumes when connections close. Servers
+     *  started with no_runtime_limit are neither counted nor stopped. */
     size_t max_connections;
     /** Usable stack size of each task in bytes; 0 = 256 KiB. */
     size_t stack_size;

@@ -80,6 +80,12 @@ typedef struct evs_server_options {
     size_t write_low_water; /**< see write_high_water */
     size_t max_connections;  /**< this server's live connections; 0 = no limit of its own.
                                   At the limit it stops accepting until one closes. */
+    /** Keep this server out of the runtime's max_connections: its
+     *  connections are not counted there, and it goes on accepting when the
+     *  runtime is at that limit (e.g. an admin or health-check listener,
+     *  which must answer exactly when the others are full). Its own
+     *  max_connections still applies; set one to bound it. */
+    bool no_runtime_limit;
     double idle_timeout;     /**< abort a connection with no progress either way for this
                                   many seconds (connection_lost(-ETIMEDOUT)); 0 = never */
     /** Every connection's timeouts (see evs_timeouts; idle_timeout above

@@ -127,7 +127,10 @@ int evsd_admin_start(evsd_service *svc, const evsd_listener_conf *c)
     o.client_connected = admin_client;
     o.arg = svc;
     o.backlog = c->backlog;
+    /* Its own cap, outside the global limit: monitoring must answer when
+     * the listeners are full, and must not take their slots. */
     o.max_connections = 64;
+    o.no_runtime_limit = true;
     o.idle_timeout = 10;
     if (c->family == EVSD_UNIX) {
         o.path = c->path;

@@ -13,6 +13,8 @@
  * max_connections (resumed by the worker that closes a connection) and fd
  * exhaustion, EMFILE/ENFILE (retried from a timer with back-off; libevent's
  * own listener would spin on a readable socket it cannot accept from).
+ * A server with no_runtime_limit is neither counted in nor stopped by the
+ * runtime's max_connections, only by its own and by fd exhaustion.
  */
 #include "server.h"
 
@@ -24,9 +26,20 @@
 /* Connections accepted per readiness event before looking at the others. */
 #define ACCEPTS_PER_EVENT 64
 
-static bool paused(const evs_runtime *rt)
+/* Whether the runtime's max_connections counts and stops @s: not for a
+ * server that opted out (an admin listener must answer exactly when the
+ * others are full). */
+static bool counts_in_runtime(const evs_server *s)
 {
-    return atomic_load(&rt->fd_paused) || atomic_load(&rt->limit_paused);
+    return !s->opts.no_runtime_limit;
+}
+
+/* Whether the runtime's state stops @s accepting: fd exhaustion stops
+ * every server, the runtime's limit only those that count in it. */
+static bool runtime_paused(const evs_server *s)
+{
+    return atomic_load(&s->rt->fd_paused) ||
+           (counts_in_runtime(s) && atomic_load(&s->rt->limit_paused));
 }
 
 static evs_worker *owner_of(evs__listener *l)
@@ -39,7 +52,7 @@ static void sync_listener(evs__listener *l)
 {
     evs_server *s = l->server;
     bool want = l->ev_assigned && l->fd >= 0 && atomic_load(&s->serving) &&
-                !atomic_load(&s->closed) && !atomic_load(&s->limit_paused) && !paused(s->rt);
+                !atomic_load(&s->closed) && !atomic_load(&s->limit_paused) && !runtime_paused(s);
 
     if (want && !l->ev_added) {
         event_add(&l->ev, NULL);
@@ -111,11 +124,12 @@ static void count_accepted(evs_server *s, evs_worker *w)
     evs__counter_add(&w->accepted, 1);
 }
 
-/* Wake the acceptor if it paused at the runtime's limit or at @s's (NULL:
- * only the runtime's): a slot was given back. */
-static void resume_after_release(evs_runtime *rt, evs_server *s)
+/* Wake the acceptor if it paused at the runtime's limit (@runtime: a slot
+ * of it was given back) or at @s's (NULL: none of a server). */
+static void resume_after_release(evs_runtime *rt, bool runtime, evs_server *s)
 {
-    bool resume = atomic_load(&rt->limit_paused) && atomic_exchange(&rt->limit_paused, false);
+    bool resume = runtime && atomic_load(&rt->limit_paused) &&
+                  atomic_exchange(&rt->limit_paused, false);
 
     if (s && atomic_load(&s->limit_paused) && atomic_exchange(&s->limit_paused, false))
         resume = true;
@@ -141,12 +155,15 @@ static bool reserve(_Atomic size_t *count, size_t max)
 static int take_slot(evs_server *s)
 {
     evs_runtime *rt = s->rt;
+    bool global = counts_in_runtime(s);
 
-    if (!reserve(&rt->conns, rt->max_connections))
+    if (global && !reserve(&rt->conns, rt->max_connections))
         return 1;
     if (!reserve(&s->conns, s->opts.max_connections)) {
-        atomic_fetch_sub(&rt->conns, 1);
-        resume_after_release(rt, NULL); /* another thread may have paused on it */
+        if (global) {
+            atomic_fetch_sub(&rt->conns, 1);
+            resume_after_release(rt, true, NULL); /* another thread may have paused on it */
+        }
         return 2;
     }
     return 0;
@@ -155,9 +172,12 @@ static int take_slot(evs_server *s)
 /* Give back take_slot()'s slot: the connection closed, or was never made. */
 static void release_slot(evs_server *s)
 {
+    bool global = counts_in_runtime(s);
+
     atomic_fetch_sub(&s->conns, 1);
-    atomic_fetch_sub(&s->rt->conns, 1);
-    resume_after_release(s->rt, s);
+    if (global)
+        atomic_fetch_sub(&s->rt->conns, 1);
+    resume_after_release(s->rt, global, s);
 }
 
 /* The message that takes an accepted connection to its worker. */
@@ -261,8 +281,7 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
     atomic_store(&rt->fd_paused, false);
-    if (!paused(rt))
-        set_listening(rt);
+    set_listening(rt); /* each listener as its server's state says */
 }
 
 static bool at_limit(evs_runtime *rt)
@@ -436,11 +455,12 @@ void evs__acceptor_remove(evs_worker *acceptor, void *arg)
         unlink(s->path);
 }
 
+/* Every listener, not only when the runtime is under its limit: a server
+ * outside that limit resumes at its own while the others stay paused. */
 void evs__acceptor_resume(evs_worker *acceptor, void *unused)
 {
     EVS_UNUSED(unused);
-    if (!paused(acceptor->rt))
-        set_listening(acceptor->rt);
+    set_listening(acceptor->rt);
 }
 
 void evs__acceptor_stop(evs_worker *acceptor, void *unused)

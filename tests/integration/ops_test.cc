@@ -341,6 +341,59 @@ TEST(Ops, MetricsCountRejectionsByReason) {
     remove_dir(dir);
 }
 
+// The admin listener is outside limits.max_connections: it takes none of the
+// listeners' slots, and answers while they are full with clients queued.
+TEST(Ops, AdminAnswersWhileTheListenersAreAtMaxConnections) {
+    if (!have_curl()) GTEST_SKIP() << "curl is not installed";
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "limits = { max_connections = 5; };\n"
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    // An admin connection held open in the middle of its request: whether
+    // it is accepted before the clients below or after them, it must
+    // neither take one of their five slots nor wait for one.
+    int held = connect_tcp(d.port("admin"));
+    ASSERT_GE(held, 0);
+    const std::string line = "GET /status HTTP/1.1\r\n";
+    ASSERT_TRUE(write_all(held, line.data(), line.size()));
+    std::vector<int> clients;
+    for (int i = 0; i < 10; i++) {
+        int fd = connect_tcp(d.port("plain"));
+        ASSERT_GE(fd, 0);
+        clients.push_back(fd);
+        char c = 'a' + i;
+        ASSERT_TRUE(write_all(fd, &c, 1));
+        if (i < 5) {  // served: five slots are theirs
+            ASSERT_TRUE(read_exact(fd, &c, 1)) << "client " << i;
+            EXPECT_EQ('a' + i, c);
+        }
+    }
+    ASSERT_TRUE(eventually(10, [&] {
+        return contains(read_file(d.log), "max_connections (5) reached");
+    })) << read_file(d.log);
+    std::string base = "http://127.0.0.1:" + std::to_string(d.port("admin"));
+    int code = 0;
+    std::string status = curl(base + "/status", &code);
+    EXPECT_EQ(200, code);
+    EXPECT_TRUE(Json::valid(status)) << status;
+    EXPECT_NE(std::string::npos, status.find("\"active\":5")) << status;
+    ASSERT_TRUE(write_all(held, "\r\n", 2));
+    set_timeouts(held, 10);
+    std::string answer = read_to_eof(held);
+    EXPECT_EQ(0u, answer.rfind("HTTP/1.1 200 OK\r\n", 0)) << answer;
+    close(held);
+    // The global limit still holds for the listener: a queued client is
+    // served once a served one leaves.
+    close(clients[0]);
+    char c;
+    EXPECT_TRUE(read_exact(clients[5], &c, 1));
+    EXPECT_EQ('f', c);
+    for (int fd : clients) close(fd);
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 TEST(Ops, AccessLogHasALinePerConnectionAndReopensOnSIGUSR1) {
     std::string dir = make_temp_dir();
     Daemon d(dir, base_conf("{ name = \"logged\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"

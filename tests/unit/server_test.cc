@@ -471,6 +471,33 @@ TEST_P(ServerWorkers, OwnMaxConnectionsPausesOnlyThatServer) {
     close(c);
 }
 
+// A server with no_runtime_limit takes no slot of the runtime's limit and
+// goes on accepting while the other servers are paused at it.
+TEST_P(ServerWorkers, NoRuntimeLimitServerIsOutsideTheRuntimeLimit) {
+    Runtime r(GetParam(), 1);
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    evs_server *counted, *outside;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &counted));
+    o.no_runtime_limit = true;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &outside));
+    int c1 = connect_tcp(evs_server_port(outside));
+    EXPECT_EQ(0u, read_line(c1).rfind("limit=", 0));
+    int a = connect_tcp(evs_server_port(counted));
+    EXPECT_EQ(0u, read_line(a).rfind("limit=", 0));  // c1 did not take the one slot
+    int b = connect_tcp(evs_server_port(counted));
+    EXPECT_TRUE(gets_no_byte_within(b, 200));  // the runtime is at its limit
+    int c2 = connect_tcp(evs_server_port(outside));
+    EXPECT_EQ(0u, read_line(c2).rfind("limit=", 0));  // ... and this server goes on
+    close(c1);
+    close(c2);
+    EXPECT_TRUE(gets_no_byte_within(b, 200));  // their closes freed no slot
+    close(a);
+    EXPECT_EQ(0u, read_line(b).rfind("limit=", 0));  // accepted once a closed
+    close(b);
+}
+
 TEST_P(ServerWorkers, TakeSocketsHandsQueuedConnectionsToASuccessor) {
     Runtime r(GetParam());
     std::string dir = make_temp_dir();
