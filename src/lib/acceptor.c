@@ -284,6 +284,24 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     set_listening(rt); /* each listener as its server's state says */
 }
 
+/* Count a pause in @log. @return whether to log it, with *@pauses (this one
+ * included) and *@secs, the time they cover (0 for the first line). One
+ * thread wins the compare-and-swap and logs; the others only count. */
+static bool pause_log_due(evs__pause_log *log, unsigned long *pauses, double *secs)
+{
+    uint64_t now = (uint64_t)(evs__monotonic() * 1000);
+    uint64_t last = atomic_load(&log->last_ms);
+
+    atomic_fetch_add(&log->pauses, 1);
+    if (last != 0 && now - last < 1000)
+        return false;
+    if (!atomic_compare_exchange_strong(&log->last_ms, &last, now))
+        return false;
+    *pauses = atomic_exchange(&log->pauses, 0);
+    *secs = last ? (double)(now - last) / 1000 : 0;
+    return true;
+}
+
 static bool at_limit(evs_runtime *rt)
 {
     return rt->max_connections > 0 && atomic_load(&rt->conns) >= rt->max_connections;
@@ -291,9 +309,18 @@ static bool at_limit(evs_runtime *rt)
 
 static void pause_for_limit(evs_runtime *rt)
 {
-    if (!atomic_exchange(&rt->limit_paused, true))
-        evs__info("max_connections (%zu) reached; not accepting until connections close",
-                  rt->max_connections);
+    unsigned long pauses;
+    double secs;
+
+    if (!atomic_exchange(&rt->limit_paused, true) && pause_log_due(&rt->limit_log, &pauses, &secs)) {
+        if (secs == 0)
+            evs__info("max_connections (%zu) reached; not accepting until connections close",
+                      rt->max_connections);
+        else
+            evs__info("max_connections (%zu) reached %lu time(s) in the last %.0fs; not accepting "
+                      "until connections close",
+                      rt->max_connections, pauses, secs);
+    }
     set_listening(rt);
     /* A close may have happened between the check and the flag: look again. */
     if (!at_limit(rt) && atomic_exchange(&rt->limit_paused, false))
@@ -308,9 +335,18 @@ static bool server_at_limit(evs_server *s)
 /* One server at its own max_connections: only its sockets stop. */
 static void pause_server(evs_server *s)
 {
-    if (!atomic_exchange(&s->limit_paused, true))
-        evs__info("listener at its max_connections (%zu); not accepting until one closes",
-                  s->opts.max_connections);
+    unsigned long pauses;
+    double secs;
+
+    if (!atomic_exchange(&s->limit_paused, true) && pause_log_due(&s->limit_log, &pauses, &secs)) {
+        if (secs == 0)
+            evs__info("listener at its max_connections (%zu); not accepting until one closes",
+                      s->opts.max_connections);
+        else
+            evs__info("listener at its max_connections (%zu) %lu time(s) in the last %.0fs; not "
+                      "accepting until one closes",
+                      s->opts.max_connections, pauses, secs);
+    }
     set_listening(s->rt); /* drops this server's sockets only */
     if (!server_at_limit(s) && atomic_exchange(&s->limit_paused, false))
         set_listening(s->rt);

@@ -22,6 +22,15 @@ typedef struct evs__cidr {
     uint8_t addr[16];
 } evs__cidr;
 
+/* A pause at a connection limit, logged at most once a second with how many
+ * pauses the line stands for: under churn a limit is reached and left again
+ * thousands of times a second (acceptor.c). Lock-free: the acceptor and
+ * workers accepting on their own sockets pause at the same limit. */
+typedef struct evs__pause_log {
+    _Atomic unsigned long pauses; /* since the last line */
+    _Atomic uint64_t last_ms;     /* monotonic time of the last line; 0: none yet */
+} evs__pause_log;
+
 /* One listening socket. Its event lives on the base of the thread that
  * accepts from it: the acceptor's, or with reuse_port one worker's (each
  * worker then accepts on its own SO_REUSEPORT socket, with no hand-off).
@@ -50,6 +59,7 @@ struct evs_server {
     _Atomic size_t conns;
     _Atomic size_t handlers;   /* stream handlers spawned and not returned */
     _Atomic bool limit_paused; /* at opts.max_connections */
+    evs__pause_log limit_log;
     _Atomic uint64_t accepted;
     _Atomic uint64_t closed_count;
     _Atomic uint64_t bytes_in;
@@ -86,6 +96,7 @@ struct evs_runtime {
 
     _Atomic size_t conns;         /* live connections of every server */
     _Atomic bool limit_paused;    /* acceptor stopped at max_connections */
+    evs__pause_log limit_log;
     _Atomic bool fd_paused;       /* accepting stopped by EMFILE */
     struct event retry_ev;        /* re-enables accepting after EMFILE */
     double retry_delay;           /* acceptor thread */

@@ -13,12 +13,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "build-config.h"
@@ -391,6 +393,47 @@ TEST(Ops, AdminAnswersWhileTheListenersAreAtMaxConnections) {
     EXPECT_EQ('f', c);
     for (int fd : clients) close(fd);
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
+// Reaching limits.max_connections is logged at most once a second: 20
+// clients connecting, sending and closing in a loop reach and leave the
+// limit thousands of times a second (that was a line each).
+TEST(Ops, MaxConnectionsPausesAreLoggedAtMostOnceASecond) {
+    std::string dir = make_temp_dir();
+    auto start = std::chrono::steady_clock::now();
+    Daemon d(dir, base_conf("{ name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "limits = { max_connections = 2; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    const std::string reached = "max_connections (2) reached";
+    // The first pause is logged at once.
+    int held[3];
+    for (int i = 0; i < 3; i++) {
+        held[i] = connect_tcp(d.port("plain"));
+        ASSERT_GE(held[i], 0);
+    }
+    ASSERT_TRUE(eventually(10, [&] { return contains(read_file(d.log), reached); }))
+        << read_file(d.log);
+    for (int fd : held) close(fd);
+    std::vector<std::thread> churn;
+    for (int t = 0; t < 20; t++)
+        churn.emplace_back([&] {
+            auto end = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+            while (std::chrono::steady_clock::now() < end) {
+                int fd = connect_tcp(d.port("plain"));
+                if (fd < 0) continue;
+                write_all(fd, "x", 1);
+                close(fd);
+            }
+        });
+    for (auto &t : churn) t.join();
+    // A line logged after the clients stopped would still be within the bound.
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    std::string log = read_file(d.log);
+    size_t lines = count_of(log, reached);
+    EXPECT_GE(lines, 1u);
+    EXPECT_LE(lines, (size_t)secs + 2) << "in " << secs << "s:\n" << log.substr(0, 4000);
     remove_dir(dir);
 }
 
