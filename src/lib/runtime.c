@@ -255,7 +255,10 @@ int evs_runtime_stop(evs_runtime *rt, double timeout)
     /* 2. Let handlers finish, then abort and cancel what is left. */
     if (!wait_idle(rt, timeout)) {
         rc = -ETIMEDOUT;
-        evs__info("stopping: aborting connections still open after %.1fs", timeout);
+        /* With 0 nothing was waited for: the caller chose to abort at once
+         * and says so itself (evstreamd waits and logs before it calls). */
+        if (timeout > 0)
+            evs__info("stopping: aborting connections still open after %.1fs", timeout);
         for (int i = 0; i < rt->nworkers; i++)
             if (rt->workers[i].thread_started)
                 evs_worker_post(&rt->workers[i], worker_abort, NULL);

@@ -437,6 +437,32 @@ TEST(Ops, MaxConnectionsPausesAreLoggedAtMostOnceASecond) {
     remove_dir(dir);
 }
 
+// SIGTERM with connections that outlive shutdown_timeout: one warning says
+// how many were aborted after how long; the runtime, told to abort at once,
+// adds no line claiming a wait of 0.0s.
+TEST(Ops, ShutdownLogsTheAbortedConnectionsOnce) {
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "limits = { shutdown_timeout = \"1s\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    std::vector<int> clients;
+    for (int i = 0; i < 3; i++) {
+        int fd = connect_tcp(d.port("plain"));
+        ASSERT_GE(fd, 0);
+        clients.push_back(fd);
+        char c = 'x';
+        ASSERT_TRUE(write_all(fd, &c, 1));
+        ASSERT_TRUE(read_exact(fd, &c, 1));  // served, and held open
+    }
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    std::string log = read_file(d.log);
+    EXPECT_EQ(1u, count_of(log, "shutdown: aborting 3 connections still open after 1.0s")) << log;
+    EXPECT_EQ(0u, count_of(log, "stopping: aborting")) << log;
+    for (int fd : clients) EXPECT_EQ("", read_to_eof(fd));  // aborted
+    for (int fd : clients) close(fd);
+    remove_dir(dir);
+}
+
 TEST(Ops, AccessLogHasALinePerConnectionAndReopensOnSIGUSR1) {
     std::string dir = make_temp_dir();
     Daemon d(dir, base_conf("{ name = \"logged\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
