@@ -27,7 +27,12 @@
  * client that sends commands without reading the answers stops being read.
  *
  * Commands: "/nick NAME" renames you (letters, digits, '_' and '-', at
- * most 20), "/quit" leaves. A line longer than max_line is refused with a
+ * most 20), "/quit" leaves. A name is one client's at a time: a name
+ * another client has, in any case ("Alice" for "alice"), is refused, and so
+ * are the guest names ("guest" and digits) that the chat gives out itself;
+ * otherwise a client could speak as another. The names taken are a set
+ * shared by every worker, under a mutex (a /nick is rare; a line is not,
+ * and takes no lock). A line longer than max_line is refused with a
  * notice and skipped. EOF from a client means it left (the chat cannot
  * tell a half-closed listener from a client that went away until a write
  * fails, and would keep the room and the daemon's shutdown waiting).
@@ -41,11 +46,13 @@
  * more terminals:
  *   nc 127.0.0.1 8892
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <evstream.h>
 
@@ -60,6 +67,12 @@ typedef struct client {
     uint64_t dropped; /* messages dropped since the last one delivered */
 } client;
 
+/* A name taken with /nick, in the set every worker's clients share. */
+typedef struct taken_name {
+    struct taken_name *next, *prev;
+    char name[NAME_MAX_LEN + 1];
+} taken_name;
+
 /* One worker's clients. */
 typedef struct room {
     client *head;
@@ -70,6 +83,8 @@ typedef struct chat {
     size_t max_queue;
     bool disconnect; /* slow_client = "disconnect" */
     atomic_uint_fast64_t next_id;
+    pthread_mutex_t names_lock; /* guards names (any worker renames) */
+    taken_name *names;
     /* rooms[i] is created, used and freed on worker i only. */
     room *rooms[MAX_WORKERS];
 } chat;
@@ -207,6 +222,65 @@ static bool valid_name(const char *s, size_t n)
     return true;
 }
 
+/* "guest" and digits, in any case: the names the chat gives out. */
+static bool guest_name(const char *s, size_t n)
+{
+    if (n <= 5 || strncasecmp(s, "guest", 5) != 0)
+        return false;
+    for (size_t i = 5; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+/* Make @name (valid, NUL-terminated) the client's whose entry is *@mine
+ * (NULL: it has none yet; then a new one is stored there), unless another
+ * client has it. Names are compared without case: "Alice" would pass for
+ * "alice". Checked and taken under one lock, so two clients asking for a
+ * name at once cannot both get it. @return 0, -EEXIST or -ENOMEM. */
+static int claim_name(chat *ch, taken_name **mine, const char *name)
+{
+    taken_name *e = *mine ? *mine : calloc(1, sizeof *e);
+
+    if (!e)
+        return -ENOMEM;
+    pthread_mutex_lock(&ch->names_lock);
+    for (taken_name *t = ch->names; t; t = t->next) {
+        if (t != e && strcasecmp(t->name, name) == 0) {
+            pthread_mutex_unlock(&ch->names_lock);
+            if (!*mine)
+                free(e);
+            return -EEXIST;
+        }
+    }
+    snprintf(e->name, sizeof e->name, "%s", name);
+    if (!*mine) {
+        e->next = ch->names;
+        if (ch->names)
+            ch->names->prev = e;
+        ch->names = e;
+        *mine = e;
+    }
+    pthread_mutex_unlock(&ch->names_lock);
+    return 0;
+}
+
+/* Give the client's name back (it left); @mine may be NULL. */
+static void release_name(chat *ch, taken_name *mine)
+{
+    if (!mine)
+        return;
+    pthread_mutex_lock(&ch->names_lock);
+    if (mine->prev)
+        mine->prev->next = mine->next;
+    else
+        ch->names = mine->next;
+    if (mine->next)
+        mine->next->prev = mine->prev;
+    pthread_mutex_unlock(&ch->names_lock);
+    free(mine);
+}
+
 /* Throw away the rest of an overlong line, up to and including its
  * newline, and nothing after it. EVS_ELIMIT means the first newline is
  * beyond the limit, so the first limit bytes are all part of the long line:
@@ -245,11 +319,38 @@ static int notify(evs_writer *w, const char *text, size_t len)
     return rc < 0 ? rc : evs_drain(w);
 }
 
+/* "/nick NAME" from @cl, whose /nick name (if any) is *@mine: rename it and
+ * tell everyone, or tell it why not. @return 0, or < 0 to end the connection. */
+static int rename_client(chat *ch, client *cl, taken_name **mine, const char *arg, size_t len)
+{
+    char old[sizeof cl->name], name[sizeof cl->name], text[128];
+    int n, rc;
+
+    if (!valid_name(arg, len))
+        return notify(cl->w, "* names are 1 to 20 letters, digits, _ or -\n", 44);
+    if (guest_name(arg, len))
+        return notify(cl->w, "* guest names are given by the chat; pick another name\n", 55);
+    memcpy(name, arg, len);
+    name[len] = '\0';
+    rc = claim_name(ch, mine, name);
+    if (rc < 0) {
+        n = rc == -EEXIST ? snprintf(text, sizeof text, "* %s is taken; pick another name\n", name)
+                          : snprintf(text, sizeof text, "* cannot rename now: out of memory\n");
+        return notify(cl->w, text, (size_t)n);
+    }
+    memcpy(old, cl->name, sizeof old);
+    memcpy(cl->name, name, sizeof cl->name);
+    broadcastf(ch, cl->id, "* %s is now %s\n", old, cl->name);
+    n = snprintf(text, sizeof text, "* you are now %s\n", cl->name);
+    return notify(cl->w, text, (size_t)n);
+}
+
 static void client_connected(evs_reader *r, evs_writer *w, void *state)
 {
     chat *ch = state;
     room *rm = ch->rooms[evs_worker_id(evs_worker_current())];
     client cl = {.w = w};
+    taken_name *mine = NULL; /* the name this client took with /nick */
     char text[2048];
 
     cl.id = atomic_fetch_add(&ch->next_id, 1) + 1;
@@ -286,18 +387,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         if (len == 5 && memcmp(line, "/quit", 5) == 0)
             break;
         if (len > 6 && memcmp(line, "/nick ", 6) == 0) {
-            char old[sizeof cl.name];
-            if (!valid_name(line + 6, (size_t)len - 6)) {
-                if (notify(w, "* names are 1 to 20 letters, digits, _ or -\n", 44) < 0)
-                    break;
-                continue;
-            }
-            memcpy(old, cl.name, sizeof old);
-            memcpy(cl.name, line + 6, (size_t)len - 6);
-            cl.name[len - 6] = '\0';
-            broadcastf(ch, cl.id, "* %s is now %s\n", old, cl.name);
-            n = snprintf(text, sizeof text, "* you are now %s\n", cl.name);
-            if (notify(w, text, (size_t)n) < 0)
+            if (rename_client(ch, &cl, &mine, line + 6, (size_t)len - 6) < 0)
                 break;
             continue;
         }
@@ -321,6 +411,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
     if (cl.next)
         cl.next->prev = cl.prev;
     broadcastf(ch, cl.id, "* %s left\n", cl.name);
+    release_name(ch, mine);
 }
 
 /* --- life cycle ----------------------------------------------------------------- */
@@ -358,6 +449,7 @@ static int init(evs_settings *s, void **state)
     ch->max_line = (size_t)max_line;
     ch->max_queue = (size_t)max_queue;
     ch->disconnect = strcmp(policy, "disconnect") == 0;
+    pthread_mutex_init(&ch->names_lock, NULL);
     *state = ch;
     return 0;
 }
@@ -384,7 +476,10 @@ static void worker_stop(evs_worker *w, void *state)
 
 static void fini(void *state)
 {
-    free(state);
+    chat *ch = state;
+
+    pthread_mutex_destroy(&ch->names_lock); /* the set is empty: every client left */
+    free(ch);
 }
 
 EVS_PLUGIN_DEFINE(.name = "chat", .mode = EVS_PLUGIN_STREAM, .client_connected = client_connected,

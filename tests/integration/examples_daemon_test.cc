@@ -895,6 +895,41 @@ TEST_F(ChatTest, LinesReachEveryOtherClientOnEveryWorker) {
     for (int i = 0; i < n; i++) close(fds[i]);
 }
 
+// A name is one client's at a time, whatever its case, so one client cannot
+// speak as another; the guest names the chat gives out cannot be taken
+// either. A name is free again once its client renamed or left.
+TEST_F(ChatTest, NickTakenByAnotherClientIsRefused) {
+    start_chat();
+    std::string a_name, b_name;
+    int a = join(&a_name), b = join(&b_name);
+    ASSERT_GE(a, 0);
+    ASSERT_GE(b, 0);
+    ASSERT_TRUE(send_text(a, "/nick alice\n"));
+    ASSERT_TRUE(read_until_line(a, "* you are now alice"));
+    ASSERT_TRUE(read_until_line(b, "* " + a_name + " is now alice"));
+    for (const char *taken : {"alice", "ALICE", "Alice"}) {
+        ASSERT_TRUE(send_text(b, "/nick " + std::string(taken) + "\n"));
+        EXPECT_EQ("* " + std::string(taken) + " is taken; pick another name", read_line(b));
+    }
+    ASSERT_TRUE(send_text(b, "/nick " + a_name + "\n"));  // a's old guest name
+    EXPECT_EQ("* guest names are given by the chat; pick another name", read_line(b));
+    ASSERT_TRUE(send_text(b, "/nick GUEST12345\n"));
+    EXPECT_EQ("* guest names are given by the chat; pick another name", read_line(b));
+    // b's lines still go out under its own name.
+    ASSERT_TRUE(send_text(b, "hi\n"));
+    EXPECT_TRUE(read_until_line(a, b_name + ": hi"));
+    // The holder may change the case of its own name.
+    ASSERT_TRUE(send_text(a, "/nick Alice\n"));
+    EXPECT_EQ("* you are now Alice", read_line(a));
+    ASSERT_TRUE(read_until_line(b, "* alice is now Alice"));
+    ASSERT_TRUE(send_text(a, "/quit\n"));
+    ASSERT_TRUE(read_until_line(b, "* Alice left"));
+    ASSERT_TRUE(send_text(b, "/nick alice\n"));
+    EXPECT_EQ("* you are now alice", read_line(b));
+    close(a);
+    close(b);
+}
+
 // Notices to the sender itself ("* names are ...") are bounded like
 // messages: a client that sends bad /nick lines without end and never
 // reads must stop being read, not grow the server.
