@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #ifndef EVSD_PLUGIN_DIR
 #define EVSD_PLUGIN_DIR "/usr/local/lib/evstream/plugins"
@@ -1219,6 +1220,19 @@ static void set_defaults(evsd_config *c)
     c->limits.stack_size = 256 * 1024;
 }
 
+/* Why libconfig could not read @path: it leaves errno unreliable (a
+ * directory reads as EINVAL), so ask the file system. */
+static int why_unreadable(const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) < 0)
+        return errno;
+    if (S_ISDIR(st.st_mode))
+        return EISDIR;
+    return access(path, R_OK) < 0 ? errno : EIO;
+}
+
 int evsd_config_load(const char *path, evsd_config **out, char **errors)
 {
     errlist e = {0};
@@ -1236,11 +1250,7 @@ int evsd_config_load(const char *path, evsd_config **out, char **errors)
     config_set_include_dir(&c->cfg, confdir);
     if (!config_read_file(&c->cfg, path)) {
         if (config_error_type(&c->cfg) == CONFIG_ERR_FILE_IO) {
-            struct stat st;
-            /* libconfig leaves errno unreliable: a directory reads as EINVAL. */
-            int why = stat(path, &st) < 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR
-                                                   : errno ? errno : EIO;
-            add_error(&e, "%s: cannot read: %s", path, strerror(why));
+            add_error(&e, "%s: cannot read: %s", path, strerror(why_unreadable(path)));
         } else {
             char *file = join_path(confdir, config_error_file(&c->cfg) ? config_error_file(&c->cfg)
                                                                       : path);
@@ -1337,6 +1347,16 @@ static void note_change(char *buf, size_t len, const char *what)
         snprintf(buf + used, len - used, "%s%s", used ? ", " : "", what);
 }
 
+/* The admin listener is made once, at start: any of its settings. */
+static bool same_admin(const evsd_listener_conf *a, const evsd_listener_conf *b)
+{
+    if (!a || !b)
+        return a == b;
+    return same_text(a->listen, b->listen) && a->backlog == b->backlog &&
+           a->has_mode == b->has_mode && a->mode == b->mode && a->has_owner == b->has_owner &&
+           a->owner == b->owner && a->has_group == b->has_group && a->group == b->group;
+}
+
 void evsd_config_restart_only_changes(const evsd_config *old, const evsd_config *new, char *buf,
                                       size_t len)
 {
@@ -1356,8 +1376,7 @@ void evsd_config_restart_only_changes(const evsd_config *old, const evsd_config 
         old->allow_root != new->allow_root || old->has_umask != new->has_umask ||
         old->umask_value != new->umask_value)
         note_change(buf, len, "user, group, umask or allow_root");
-    if (!old->admin != !new->admin ||
-        (old->admin && !same_text(old->admin->listen, new->admin->listen)))
+    if (!same_admin(old->admin, new->admin))
         note_change(buf, len, "admin");
     for (size_t i = 0; i < new->nlisteners; i++) {
         const evsd_listener_conf *l = &new->listeners[i];

@@ -269,7 +269,6 @@ static void report_ready(int *fd, char status)
 
 /* --- main -------------------------------------------------------------- */
 
-
 static char *pidfile_path, *ports_path; /* -p and --ports-file, absolute */
 
 static void free_paths(void)

@@ -302,6 +302,22 @@ static bool pause_log_due(evs__pause_log *log, unsigned long *pauses, double *se
     return true;
 }
 
+/* "@what (@max) reached; not accepting until @until", at most once a second
+ * with the count of pauses the line stands for. */
+static void log_pause(evs__pause_log *log, const char *what, size_t max, const char *until)
+{
+    unsigned long pauses;
+    double secs;
+
+    if (!pause_log_due(log, &pauses, &secs))
+        return;
+    if (secs == 0)
+        evs__info("%s (%zu) reached; not accepting until %s", what, max, until);
+    else
+        evs__info("%s (%zu) reached %lu time(s) in the last %.0fs; not accepting until %s", what,
+                  max, pauses, secs, until);
+}
+
 static bool at_limit(evs_runtime *rt)
 {
     return rt->max_connections > 0 && atomic_load(&rt->conns) >= rt->max_connections;
@@ -309,18 +325,9 @@ static bool at_limit(evs_runtime *rt)
 
 static void pause_for_limit(evs_runtime *rt)
 {
-    unsigned long pauses;
-    double secs;
-
-    if (!atomic_exchange(&rt->limit_paused, true) && pause_log_due(&rt->limit_log, &pauses, &secs)) {
-        if (secs == 0)
-            evs__info("max_connections (%zu) reached; not accepting until connections close",
-                      rt->max_connections);
-        else
-            evs__info("max_connections (%zu) reached %lu time(s) in the last %.0fs; not accepting "
-                      "until connections close",
-                      rt->max_connections, pauses, secs);
-    }
+    if (!atomic_exchange(&rt->limit_paused, true))
+        log_pause(&rt->limit_log, "max_connections", rt->max_connections,
+                  "connections close");
     set_listening(rt);
     /* A close may have happened between the check and the flag: look again. */
     if (!at_limit(rt) && atomic_exchange(&rt->limit_paused, false))
@@ -335,18 +342,9 @@ static bool server_at_limit(evs_server *s)
 /* One server at its own max_connections: only its sockets stop. */
 static void pause_server(evs_server *s)
 {
-    unsigned long pauses;
-    double secs;
-
-    if (!atomic_exchange(&s->limit_paused, true) && pause_log_due(&s->limit_log, &pauses, &secs)) {
-        if (secs == 0)
-            evs__info("listener at its max_connections (%zu); not accepting until one closes",
-                      s->opts.max_connections);
-        else
-            evs__info("listener at its max_connections (%zu) %lu time(s) in the last %.0fs; not "
-                      "accepting until one closes",
-                      s->opts.max_connections, pauses, secs);
-    }
+    if (!atomic_exchange(&s->limit_paused, true))
+        log_pause(&s->limit_log, "listener max_connections", s->opts.max_connections,
+                  "one of its connections closes");
     set_listening(s->rt); /* drops this server's sockets only */
     if (!server_at_limit(s) && atomic_exchange(&s->limit_paused, false))
         set_listening(s->rt);

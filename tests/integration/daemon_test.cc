@@ -1183,11 +1183,12 @@ TEST_F(DaemonTest, AReloadWarnsOfTheChangesThatWaitForARestart) {
     Daemon &d = start(conf);
     ASSERT_TRUE(d.running());
     write_file(conf, config(listener("reuseport = true;"),
-                            "workers = 1;\nlimits = { shutdown_timeout = \"3s\"; max_connections = 7; };\n"));
+                            "workers = 1;\nlimits = { shutdown_timeout = \"3s\"; max_connections = 7; };\n"
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
     d.signal(SIGHUP);
     ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
-    EXPECT_TRUE(contains(d.err(), "reload: changed workers, limits.max_connections, reuseport of "
-                                  "'l': applied at the next restart"))
+    EXPECT_TRUE(contains(d.err(), "reload: changed workers, limits.max_connections, admin, "
+                                  "reuseport of 'l': applied at the next restart"))
         << d.err();
     // A reload that changes none of them says nothing more.
     d.signal(SIGHUP);
