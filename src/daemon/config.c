@@ -1233,6 +1233,45 @@ static int why_unreadable(const char *path)
     return access(path, R_OK) < 0 ? errno : EIO;
 }
 
+/* The file named by the @include on line `line` of `file`, or NULL:
+ * libconfig 1.5 reports only "cannot open include file". */
+static char *included_name(const char *file, int line)
+{
+    char buf[1024], *start, *end;
+    FILE *f = fopen(file, "r");
+    int n = 0;
+
+    if (!f)
+        return NULL;
+    while (fgets(buf, sizeof buf, f) && ++n < line)
+        ;
+    fclose(f);
+    if (n != line || !(start = strstr(buf, "@include")) || !(start = strchr(start, '"')) ||
+        !(end = strchr(start + 1, '"')))
+        return NULL;
+    *end = '\0';
+    return xstrdup(start + 1);
+}
+
+static void syntax_error(errlist *e, config_t *cfg, const char *path, const char *confdir)
+{
+    const char *at = config_error_file(cfg);
+    char *file = join_path(confdir, at ? at : path);
+    int line = config_error_line(cfg);
+    char *name = strstr(config_error_text(cfg), "include") ? included_name(file, line) : NULL;
+
+    if (name) {
+        char *included = join_path(confdir, name);
+        add_error(e, "%s:%d: @include \"%s\": cannot read %s: %s", file, line, name, included,
+                  strerror(why_unreadable(included)));
+        free(included);
+        free(name);
+    } else {
+        add_error(e, "%s:%d: syntax error: %s", file, line, config_error_text(cfg));
+    }
+    free(file);
+}
+
 int evsd_config_load(const char *path, evsd_config **out, char **errors)
 {
     errlist e = {0};
@@ -1252,11 +1291,7 @@ int evsd_config_load(const char *path, evsd_config **out, char **errors)
         if (config_error_type(&c->cfg) == CONFIG_ERR_FILE_IO) {
             add_error(&e, "%s: cannot read: %s", path, strerror(why_unreadable(path)));
         } else {
-            char *file = join_path(confdir, config_error_file(&c->cfg) ? config_error_file(&c->cfg)
-                                                                      : path);
-            add_error(&e, "%s:%d: syntax error: %s", file, config_error_line(&c->cfg),
-                      config_error_text(&c->cfg));
-            free(file);
+            syntax_error(&e, &c->cfg, path, confdir);
         }
     } else {
         expand_all(&e, config_root_setting(&c->cfg));

@@ -736,6 +736,28 @@ fail:
     return NULL;
 }
 
+/* Whether new listener @l names old listener @o's socket: the same address,
+ * or @o asked for port 0 and @l names the port it got (binding that port
+ * again would fail with EADDRINUSE against the daemon's own socket). */
+static bool names_socket_of(const listener *l, const listener *o)
+{
+    const char *port = strrchr(o->address, ':');
+    evsd_listener_conf got;
+    char *bound;
+    bool same;
+
+    if (strcmp(o->key, l->key) == 0)
+        return true;
+    if ((o->conf->family != EVSD_TCP && o->conf->family != EVSD_UDP) || o->conf->port != 0 || !port)
+        return false;
+    got = *o->conf;
+    got.port = (uint16_t)atoi(port + 1);
+    bound = evsd_listener_key(&got);
+    same = strcmp(bound, l->key) == 0;
+    free(bound);
+    return same;
+}
+
 /* Pair each new listener with an old one of the same socket key, each old
  * one at most once, the same name first: several listeners can share a key
  * (two on "127.0.0.1:0"), and each must keep its own socket. */
@@ -747,7 +769,7 @@ static void match_listeners(generation *old, generation *g)
 
             for (size_t j = 0; !l->prev && j < old->n; j++) {
                 listener *o = &old->listeners[j];
-                if (o->claimed || (!o->server && !o->dgram) || strcmp(o->key, l->key) != 0 ||
+                if (o->claimed || (!o->server && !o->dgram) || !names_socket_of(l, o) ||
                     (same_name && strcmp(o->conf->name, l->conf->name) != 0))
                     continue;
                 o->claimed = true;

@@ -132,6 +132,32 @@ static int read_password(const char *file, char *buf, size_t len, char *err, siz
     return 0;
 }
 
+/* A certificate outside its validity still loads: the operator may be
+ * about to replace it, and the clock may be the one at fault. But every
+ * peer that verifies it will refuse it, so say so when it is loaded. */
+static void warn_if_not_valid_now(const char *certfile, const X509 *leaf)
+{
+    const ASN1_TIME *before = X509_get0_notBefore(leaf), *after = X509_get0_notAfter(leaf);
+    const ASN1_TIME *at = NULL;
+    const char *what = NULL;
+    struct tm tm;
+    char when[32] = "?";
+
+    if (X509_cmp_current_time(after) < 0) {
+        at = after;
+        what = "expired on";
+    } else if (X509_cmp_current_time(before) > 0) {
+        at = before;
+        what = "is not valid before";
+    }
+    if (!at)
+        return;
+    if (ASN1_TIME_to_tm(at, &tm) == 1)
+        strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    evs_log(EVS_LOG_WARN, "%s: the certificate %s %s: peers that verify it will refuse it",
+            certfile, what, when);
+}
+
 static int load_cert(const char *certfile, const char *keyfile, const char *password_file,
                      cert_entry *c, char *err, size_t errlen)
 {
@@ -179,6 +205,7 @@ static int load_cert(const char *certfile, const char *keyfile, const char *pass
     if (!X509_check_private_key(c->leaf, c->key))
         return fail(err, errlen, "%s: the key does not match the certificate in %s", keyfile,
                     certfile);
+    warn_if_not_valid_now(certfile, c->leaf);
     return 0;
 }
 

@@ -589,6 +589,9 @@ ConfigError config_error_case(const std::string &name) {
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = { shutdown_timeout = \"3s\"; };\nlog = { level = = \"info\"; }; #@\n",
                 {"syntax error"}};
+    if (name == "MissingIncludedFile")  // it said "cannot open include file", naming none
+        return {"@include \"missing.conf\" #@\n" + config(ok), "",
+                {"@include \"missing.conf\": cannot read", "missing.conf: No such file or directory"}};
     ADD_FAILURE() << "no case " << name;
     return {};
 }
@@ -656,7 +659,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "GroupGidWrapsRound", "RelativeUnixPath", "ListenerNameWithSpaces",
                       "ListenerNamedAdmin", "EmptyListenerName", "SniWildcardInsideAName",
                       "SniNameTwice", "ProxyTimeoutZero", "ErrorInIncludedFile",
-                      "SyntaxErrorInIncludedFile"),
+                      "SyntaxErrorInIncludedFile", "MissingIncludedFile"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 
 TEST_F(DaemonTest, EveryConfigErrorIsReportedAtOnce) {
@@ -1194,6 +1197,32 @@ TEST_F(DaemonTest, AReloadWarnsOfTheChangesThatWaitForARestart) {
     d.signal(SIGHUP);
     ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reloaded " + conf) == 2; })) << d.err();
     EXPECT_EQ(1u, count_of(d.err(), "applied at the next restart")) << d.err();
+}
+
+// A listener on port 0, reloaded with the port it got, keeps its socket and
+// its connections: binding that port again failed with EADDRINUSE against
+// the daemon's own socket.
+TEST_F(DaemonTest, AReloadNamingThePortAListenerGotKeepsItsSocket) {
+    std::string conf = write("evstreamd.conf", config(listener("")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("l");
+    ASSERT_NE(0, port);
+    int old = connect_tcp(port);
+    ASSERT_GE(old, 0);
+    EXPECT_EQ("before", ask(old, "before"));
+
+    write_file(conf, config(listener("", "127.0.0.1:" + std::to_string(port), "line_upper")));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    EXPECT_FALSE(contains(d.err(), "cannot listen")) << d.err();
+    EXPECT_EQ(port, d.port("l"));
+    int fresh = connect_tcp(port);
+    ASSERT_GE(fresh, 0);
+    EXPECT_EQ("AFTER", ask(fresh, "after"));
+    EXPECT_EQ("still", ask(old, "still"));
+    close(old);
+    close(fresh);
 }
 
 TEST_F(DaemonTest, ReloadsFreeTheReplacedServers) {

@@ -38,16 +38,15 @@ bool add_ext(X509 *x, X509 *issuer, int nid, const char *value) {
 // A certificate for @cn, signed by @issuer (self-signed when null). @san is
 // an OpenSSL subjectAltName value ("DNS:a,IP:1.2.3.4") or null.
 bool make_cert(Made *out, const char *cn, const char *san, bool is_ca, const Made *issuer,
-               long serial) {
+               long serial, long from, long until) {
     out->key = EVP_EC_gen("P-256");
     out->cert = X509_new();
     if (!out->key || !out->cert) return false;
     X509 *x = out->cert;
     X509_set_version(x, 2);
     ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
-    // An hour in the past: a clock a little behind does not make it "not yet valid".
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 7L * 24 * 3600);
+    X509_gmtime_adj(X509_getm_notBefore(x), from);
+    X509_gmtime_adj(X509_getm_notAfter(x), until);
     X509_set_pubkey(x, out->key);
     X509_NAME *name = X509_get_subject_name(x);
     X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"evstream tests",
@@ -96,13 +95,16 @@ bool write_text(const std::string &path, const char *text) {
     return fclose(f) == 0;
 }
 
-// Make one certificate and write it (and its key) as dir/<base>.pem and dir/<base>.key.
+// Make one certificate and write it (and its key) as dir/<base>.pem and
+// dir/<base>.key. It is valid from @from to @until seconds from now: by
+// default from an hour in the past (a clock a little behind does not make it
+// "not yet valid") for a week.
 bool issue(TlsCerts *c, const char *base, const char *cn, const char *san, bool is_ca,
            const Made *issuer, long serial, Made *made, std::string *cert_path,
-           std::string *key_path) {
+           std::string *key_path, long from = -3600, long until = 7L * 24 * 3600) {
     *cert_path = c->dir + "/" + base + ".pem";
     *key_path = c->dir + "/" + base + ".key";
-    if (!make_cert(made, cn, san, is_ca, issuer, serial)) {
+    if (!make_cert(made, cn, san, is_ca, issuer, serial, from, until)) {
         ADD_FAILURE() << "cannot make the certificate " << base;
         return false;
     }
@@ -117,7 +119,7 @@ bool issue(TlsCerts *c, const char *base, const char *cn, const char *san, bool 
 
 bool make_tls_certs(TlsCerts *c) {
     c->dir = make_temp_dir();
-    Made ca, server, noip, other, wild, reload, client, wrong_ca, wrong_client;
+    Made ca, server, noip, other, wild, reload, client, wrong_ca, wrong_client, expired, future;
     long serial = 1;
     if (!issue(c, "ca", "evstream test CA", nullptr, true, nullptr, serial++, &ca, &c->ca,
                &c->ca_key) ||
@@ -136,7 +138,11 @@ bool make_tls_certs(TlsCerts *c) {
         !issue(c, "wrong-ca", "evstream wrong CA", nullptr, true, nullptr, serial++, &wrong_ca,
                &c->wrong_ca, &c->wrong_ca_key) ||
         !issue(c, "wrong-client", "client-wrong", nullptr, false, &wrong_ca, serial++,
-               &wrong_client, &c->wrong_client, &c->wrong_client_key))
+               &wrong_client, &c->wrong_client, &c->wrong_client_key) ||
+        !issue(c, "expired", "localhost", "DNS:localhost,IP:127.0.0.1", false, &ca, serial++,
+               &expired, &c->expired, &c->expired_key, -2 * 24 * 3600L, -3600) ||
+        !issue(c, "future", "localhost", "DNS:localhost,IP:127.0.0.1", false, &ca, serial++,
+               &future, &c->future, &c->future_key, 24 * 3600L, 7L * 24 * 3600))
         return false;
     c->enc_key = c->dir + "/server-enc.key";
     c->password = c->dir + "/password.txt";

@@ -1,6 +1,7 @@
 // Test certificates made at test time with the OpenSSL API (P-256 keys,
-// SHA-256 signatures, notBefore an hour in the past), written as PEM files
-// into a fresh temp dir. Nothing is checked in, so nothing expires.
+// SHA-256 signatures, notBefore an hour in the past, but for `expired` and
+// `future`), written as PEM files into a fresh temp dir. Nothing is checked
+// in, so nothing expires.
 #pragma once
 
 #include <string>
@@ -31,6 +32,11 @@ struct TlsCerts {
     std::string wrong_ca_key;
     std::string wrong_client; // CN=client-wrong, signed by wrong_ca
     std::string wrong_client_key;
+
+    std::string expired;     // as server, but its validity ended an hour ago
+    std::string expired_key;
+    std::string future;      // as server, but valid only from tomorrow
+    std::string future_key;
 
     std::string enc_key;       // the server key, encrypted (AES-256-CBC)
     std::string password;      // file: the right password

@@ -1381,6 +1381,48 @@ TEST_F(Tls, KeysPasswordsAndMismatches) {
     EXPECT_NE(std::string::npos, err.find("missing.pem")) << err;
 }
 
+namespace {
+std::vector<std::string> g_warnings;
+void keep_warning(evs_log_level level, int, const char *msg, void *) {
+    if (level == EVS_LOG_WARN) g_warnings.push_back(msg);
+}
+}  // namespace
+
+// An expired (or not yet valid) certificate loads, as an operator may be
+// about to replace it, but the load says that peers will refuse it.
+TEST_F(Tls, CertificateOutsideItsValidityLoadsWithAWarning) {
+    auto load = [](const std::string &cert, const std::string &key) {
+        evs_tls_certificate c{};
+        c.certificate = cert.c_str();
+        c.key = key.c_str();
+        evs_tls_server_options o{};
+        o.certificates = &c;
+        o.ncertificates = 1;
+        evs_tls_context *ctx = nullptr;
+        char err[512] = "";
+        g_warnings.clear();
+        evs_log_set_handler(keep_warning, nullptr);
+        int rc = evs_tls_server_context_new(&o, &ctx, err, sizeof err);
+        evs_log_set_handler(nullptr, nullptr);
+        EXPECT_EQ(0, rc) << err;
+        evs_tls_context_unref(ctx);
+    };
+    load(certs.server, certs.server_key);
+    EXPECT_TRUE(g_warnings.empty()) << g_warnings[0];
+
+    load(certs.expired, certs.expired_key);
+    ASSERT_EQ(1u, g_warnings.size());
+    EXPECT_EQ(0u, g_warnings[0].find(certs.expired + ": the certificate expired on 20"))
+        << g_warnings[0];
+    EXPECT_NE(std::string::npos, g_warnings[0].find(" UTC: peers that verify it will refuse it"))
+        << g_warnings[0];
+
+    load(certs.future, certs.future_key);
+    ASSERT_EQ(1u, g_warnings.size());
+    EXPECT_EQ(0u, g_warnings[0].find(certs.future + ": the certificate is not valid before 20"))
+        << g_warnings[0];
+}
+
 static std::string slurp(const std::string &path) {
     std::string out;
     char buf[4096];
