@@ -663,9 +663,10 @@ int main(int argc, char **argv)
         return opened == opt.idle_n ? 0 : 1;
     }
     double rps = (double)done / elapsed;
-    printf("mode=%s conns=%d size=%zu tls=%d rps=%.0f mbps=%.2f p50_us=%.1f p99_us=%.1f "
-           "p999_us=%.1f errors=%llu",
-           m, opt.conns, opt.size, opt.tls, rps, (double)bytes / elapsed / 1e6,
+    printf("mode=%s conns=%d size=%zu tls=%d requests=%llu rps=%.0f mbps=%.2f p50_us=%.1f "
+           "p99_us=%.1f p999_us=%.1f errors=%llu",
+           m, opt.conns, opt.size, opt.tls, (unsigned long long)done, rps,
+           (double)bytes / elapsed / 1e6,
            hist_pct(&h, 50) / 1e3, hist_pct(&h, 99) / 1e3, hist_pct(&h, 99.9) / 1e3,
            (unsigned long long)errors);
     /* per server-core-second: requests per CPU second the server burnt (all
