@@ -65,6 +65,12 @@ def med(test, server, k):
     return m, spread
 
 
+def max_steal(test, server):
+    vals = [num(d, "steal_pct") for d in runs.get((test, server), [])]
+    vals = [v for v in vals if v == v]
+    return f"{max(vals):.0f}%" if vals else "-"
+
+
 def errors(test, server):
     return sum(int(num(d, "errors")) for d in runs.get((test, server), []) if num(d, "errors") == num(d, "errors"))
 
@@ -129,6 +135,15 @@ for k in ["date", "cpu", "ncpu", "kernel", "mem", "openssl", "nginx", "redis", "
     if k in meta:
         w(f"| {k} | {meta[k]} |")
 w("")
+steals = [num(d, "steal_pct") for rs in runs.values() for d in rs]
+steals = sorted(v for v in steals if v == v)
+if steals:
+    w(f"CPU steal (the share of both CPUs the hypervisor gave to other guests) "
+      f"during the measurements: median {statistics.median(steals):.1f}%, "
+      f"max {steals[-1]:.1f}%. Each table's *steal* column is the most any "
+      f"round of that server saw; a round with a high steal is a round the "
+      f"machine, not the server, slowed.")
+    w("")
 w("Server pinned to CPU 0 (`taskset`), client to CPU 1, one evstreamd worker "
   "(`workers = 1`), nginx with one worker, single-threaded references. "
   "Each cell: the median of the repetitions; `±` is half the min..max spread "
@@ -152,8 +167,8 @@ def table(test):
     w("")
     extra = " | resumed" if test.startswith("tls-hs") else ""
     unit = "handshakes/s" if test.startswith("tls-hs") else ("conn/s" if test == "connect" else "req/s")
-    w(f"| server | {unit} | ratio to {ref} | MB/s | per core | per-core ratio | server CPU | p50 µs | p99 µs | p99.9 µs | errors{extra} |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else ""))
+    w(f"| server | {unit} | ratio to {ref} | MB/s | per core | per-core ratio | server CPU | p50 µs | p99 µs | p99.9 µs | errors | steal{extra} |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else ""))
     for s in servers:
         rps, sp = med(test, s, "rps")
         pc, psp = med(test, s, "rps_per_core")
@@ -167,7 +182,7 @@ def table(test):
         rc = paired(test, s, ref, "rps_per_core")[:1 if s == ref else 2]
         row = (f"| {s} | {fmt(rps)} ±{sp:.0f}% | {fr(*r)} | {fmt(mb)} | "
                f"{fmt(pc)} ±{psp:.0f}% | {fr(*rc)} | {fmt(cpu)} | {fmt(p50)} | {fmt(p99)} | "
-               f"{fmt(p999)} | {errors(test, s)} |") if rps is not None else f"| {s} | no result |"
+               f"{fmt(p999)} | {errors(test, s)} | {max_steal(test, s)} |") if rps is not None else f"| {s} | no result |"
         if extra:
             rp, _ = med(test, s, "resumed_pct")
             row += f" {fmt(rp)}% |"
