@@ -1343,26 +1343,30 @@ TEST_F(Tls, EachResumptionIssuesTheTicketForTheNext) {
 
 // --- keys ------------------------------------------------------------------------------
 
+// A server context for one certificate, freed at once: the return code,
+// the error text in *err.
+static int one_cert_context(const std::string &cert, const std::string &key,
+                            const char *password_file, std::string *err) {
+    evs_tls_certificate c{};
+    c.certificate = cert.c_str();
+    c.key = key.c_str();
+    c.password_file = password_file;
+    evs_tls_server_options o{};
+    o.certificates = &c;
+    o.ncertificates = 1;
+    evs_tls_context *ctx = nullptr;
+    char buf[512] = "";
+    int rc = evs_tls_server_context_new(&o, &ctx, buf, sizeof buf);
+    *err = buf;
+    if (rc < 0) {
+        EXPECT_EQ(nullptr, ctx);
+    }
+    evs_tls_context_unref(ctx);
+    return rc;
+}
+
 TEST_F(Tls, KeysPasswordsAndMismatches) {
-    auto make = [](const std::string &cert, const std::string &key, const char *password_file,
-                   std::string *err) {
-        evs_tls_certificate c{};
-        c.certificate = cert.c_str();
-        c.key = key.c_str();
-        c.password_file = password_file;
-        evs_tls_server_options o{};
-        o.certificates = &c;
-        o.ncertificates = 1;
-        evs_tls_context *ctx = nullptr;
-        char buf[512] = "";
-        int rc = evs_tls_server_context_new(&o, &ctx, buf, sizeof buf);
-        *err = buf;
-        evs_tls_context_unref(ctx);
-        if (rc < 0) {
-            EXPECT_EQ(nullptr, ctx);
-        }
-        return rc;
-    };
+    auto make = one_cert_context;
     std::string err;
     EXPECT_EQ(0, make(certs.server, certs.enc_key, certs.password.c_str(), &err)) << err;
 
@@ -1392,20 +1396,11 @@ void keep_warning(evs_log_level level, int, const char *msg, void *) {
 // about to replace it, but the load says that peers will refuse it.
 TEST_F(Tls, CertificateOutsideItsValidityLoadsWithAWarning) {
     auto load = [](const std::string &cert, const std::string &key) {
-        evs_tls_certificate c{};
-        c.certificate = cert.c_str();
-        c.key = key.c_str();
-        evs_tls_server_options o{};
-        o.certificates = &c;
-        o.ncertificates = 1;
-        evs_tls_context *ctx = nullptr;
-        char err[512] = "";
+        std::string err;
         g_warnings.clear();
         evs_log_set_handler(keep_warning, nullptr);
-        int rc = evs_tls_server_context_new(&o, &ctx, err, sizeof err);
+        EXPECT_EQ(0, one_cert_context(cert, key, nullptr, &err)) << err;
         evs_log_set_handler(nullptr, nullptr);
-        EXPECT_EQ(0, rc) << err;
-        evs_tls_context_unref(ctx);
     };
     load(certs.server, certs.server_key);
     EXPECT_TRUE(g_warnings.empty()) << g_warnings[0];
@@ -1468,16 +1463,8 @@ TEST_F(Tls, UnreadableChainCertificateIsAnError) {
     // A certificate and its key in one file, or text after the chain, are fine.
     std::string file = certs.dir + "/combined.pem";
     spill(file, slurp(certs.server_key) + slurp(certs.server) + ca + "comment\n");
-    evs_tls_certificate c{};
-    c.certificate = file.c_str();
-    c.key = file.c_str();
-    evs_tls_server_options o{};
-    o.certificates = &c;
-    o.ncertificates = 1;
-    evs_tls_context *ctx = nullptr;
-    char err[512] = "";
-    EXPECT_EQ(0, evs_tls_server_context_new(&o, &ctx, err, sizeof err)) << err;
-    evs_tls_context_unref(ctx);
+    std::string err;
+    EXPECT_EQ(0, one_cert_context(file, file, nullptr, &err)) << err;
 }
 
 // min_protocol above max_protocol leaves no version: every handshake would
