@@ -319,6 +319,11 @@ static int notify(evs_writer *w, const char *text, size_t len)
     return rc < 0 ? rc : evs_drain(w);
 }
 
+static int say(evs_writer *w, const char *text)
+{
+    return notify(w, text, strlen(text));
+}
+
 /* "/nick NAME" from @cl, whose /nick name (if any) is *@mine: rename it and
  * tell everyone, or tell it why not. @return 0, or < 0 to end the connection. */
 static int rename_client(chat *ch, client *cl, taken_name **mine, const char *arg, size_t len)
@@ -327,9 +332,9 @@ static int rename_client(chat *ch, client *cl, taken_name **mine, const char *ar
     int n, rc;
 
     if (!valid_name(arg, len))
-        return notify(cl->w, "* names are 1 to 20 letters, digits, _ or -\n", 44);
+        return say(cl->w, "* names are 1 to 20 letters, digits, _ or -\n");
     if (guest_name(arg, len))
-        return notify(cl->w, "* guest names are given by the chat; pick another name\n", 55);
+        return say(cl->w, "* guest names are given by the chat; pick another name\n");
     memcpy(name, arg, len);
     name[len] = '\0';
     rc = claim_name(ch, mine, name);
@@ -374,7 +379,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         const char *line = view;
 
         if (len == EVS_ELIMIT) {
-            if (notify(w, "* line too long\n", 16) < 0 || skip_line(r) < 0)
+            if (say(w, "* line too long\n") < 0 || skip_line(r) < 0)
                 break;
             continue;
         }

@@ -1237,20 +1237,23 @@ static int why_unreadable(const char *path)
  * libconfig 1.5 reports only "cannot open include file". */
 static char *included_name(const char *file, int line)
 {
-    char buf[1024], *start, *end;
+    char *buf = NULL, *start, *end, *name = NULL;
+    size_t cap = 0;
     FILE *f = fopen(file, "r");
     int n = 0;
 
     if (!f)
         return NULL;
-    while (fgets(buf, sizeof buf, f) && ++n < line)
+    while (getline(&buf, &cap, f) > 0 && ++n < line)
         ;
     fclose(f);
-    if (n != line || !(start = strstr(buf, "@include")) || !(start = strchr(start, '"')) ||
-        !(end = strchr(start + 1, '"')))
-        return NULL;
-    *end = '\0';
-    return xstrdup(start + 1);
+    if (n == line && (start = strstr(buf, "@include")) && (start = strchr(start, '"')) &&
+        (end = strchr(start + 1, '"'))) {
+        *end = '\0';
+        name = xstrdup(start + 1);
+    }
+    free(buf);
+    return name;
 }
 
 static void syntax_error(errlist *e, config_t *cfg, const char *path, const char *confdir)

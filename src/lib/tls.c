@@ -154,8 +154,8 @@ static void warn_if_not_valid_now(const char *certfile, const X509 *leaf)
         return;
     if (ASN1_TIME_to_tm(at, &tm) == 1)
         strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
-    evs_log(EVS_LOG_WARN, "%s: the certificate %s %s: peers that verify it will refuse it",
-            certfile, what, when);
+    evs__warn("%s: the certificate %s %s: peers that verify it will refuse it", certfile, what,
+              when);
 }
 
 static int load_cert(const char *certfile, const char *keyfile, const char *password_file,
