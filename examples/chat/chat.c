@@ -415,8 +415,10 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         rm->head = cl.next;
     if (cl.next)
         cl.next->prev = cl.prev;
-    broadcastf(ch, cl.id, "* %s left\n", cl.name);
+    /* The name is free before anyone hears that its holder left: a client
+     * that answers "left" with a /nick must get it. */
     release_name(ch, mine);
+    broadcastf(ch, cl.id, "* %s left\n", cl.name);
 }
 
 /* --- life cycle ----------------------------------------------------------------- */
