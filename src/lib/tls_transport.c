@@ -801,6 +801,9 @@ static int write_records(evs_transport *t, const struct iovec *iov, int iovcnt)
     if (!s->handshake_done || SSL_in_init(s->ssl) || evs__tls_pending(t) > 0) {
         if (!s->pending && !(s->pending = evbuffer_new()))
             return -ENOMEM;
+        /* The write timeout measures from when bytes start waiting. */
+        if (t->timers && evs_transport_get_write_buffer_size(t) == 0)
+            evs__timeouts_write(t);
         for (int i = 0; i < iovcnt; i++)
             if (evbuffer_add(s->pending, iov[i].iov_base, iov[i].iov_len) < 0)
                 return -ENOMEM;

@@ -1565,9 +1565,9 @@ static SSL_CTX *tls12_server_ctx() {
     return ctx;
 }
 
-// A TLS 1.2 server: says "hello", asks for a renegotiation and is slow to
-// answer the client's new ClientHello, then echoes one line.
-void renegotiating_server(int lfd, std::string *got) {
+// A TLS 1.2 server: says "hello", asks for a renegotiation and is slow
+// (@answer_ms) to answer the client's new ClientHello, then echoes one line.
+void renegotiating_server(int lfd, std::string *got, int answer_ms) {
     int fd = accept(lfd, nullptr, nullptr);
     set_timeouts(fd, 5);
     SSL_CTX *ctx = tls12_server_ctx();
@@ -1577,7 +1577,7 @@ void renegotiating_server(int lfd, std::string *got) {
         SSL_write(ssl, "hello\n", 6);
         SSL_renegotiate(ssl);
         SSL_do_handshake(ssl);  // sends the HelloRequest
-        usleep(300 * 1000);     // the client writes while it waits for us
+        usleep(answer_ms * 1000);  // the client writes while it waits for us
         char c;
         while (SSL_read(ssl, &c, 1) == 1) {
             *got += c;
@@ -1602,7 +1602,7 @@ TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
     int lfd = listen_loopback(&port);
     ASSERT_GE(lfd, 0);
     std::string server_got;
-    std::thread srv(renegotiating_server, lfd, &server_got);
+    std::thread srv(renegotiating_server, lfd, &server_got, 300);
     std::string line1, line2;
     int wrc = 1, drc = 1;
     int rc = run([&]() -> int {
@@ -1629,6 +1629,49 @@ TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
     EXPECT_EQ("ping\n", server_got);
 }
 
+// The write timeout counts from when bytes start to wait, also when they
+// wait for a renegotiation: a write made while the server is slow to
+// answer (longer than the timeout, here) is not closed on the spot. It was:
+// the clock still read the client's last bytes, its new ClientHello.
+TEST_F(Tls, WriteHeldByARenegotiationStartsTheWriteTimeoutClock) {
+    Ctx cctx;
+    ASSERT_TRUE(client_ctx(&cctx));
+    uint16_t port;
+    int lfd = listen_loopback(&port);
+    ASSERT_GE(lfd, 0);
+    std::string server_got;
+    std::thread srv(renegotiating_server, lfd, &server_got, 3000);
+    std::string line2;
+    int src = 1, drc = 1;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        std::string why;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
+        if (rc < 0) return rc;
+        evs_timeouts to{};
+        to.write = 2.0;
+        evs_transport *t = evs_writer_transport(w);
+        evs_transport_set_timeouts(t, &to);
+        readline_str(r);  // the HelloRequest comes with it or next
+        evs_sleep(2.3);   // our ClientHello went out 2.3 s ago
+        evs_write(w, "ping\n", 5);  // held until the server answers
+        // Setting the timeouts again looks at them now, as the timer would.
+        src = evs_transport_set_timeouts(t, &to);
+        drc = evs_drain(w);
+        line2 = readline_str(r);
+        evs_writer_free(w);
+        return 0;
+    });
+    srv.join();
+    close(lfd);
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ(0, src);
+    EXPECT_EQ(0, drc);
+    EXPECT_EQ("ping\n", line2);
+    EXPECT_EQ("ping\n", server_got);
+}
+
 // Closing before that new handshake is done cannot send what waits for
 // it: a task draining the writer learns so (-EPIPE), instead of 0, which
 // says everything went out.
@@ -1639,7 +1682,7 @@ TEST_F(Tls, CloseDuringARenegotiationReportsTheHeldWritesDropped) {
     int lfd = listen_loopback(&port);
     ASSERT_GE(lfd, 0);
     std::string server_got;
-    std::thread srv(renegotiating_server, lfd, &server_got);
+    std::thread srv(renegotiating_server, lfd, &server_got, 300);
     static evs_writer *drained;
     static int drain_rc;
     int wrc = 1;
