@@ -1261,7 +1261,11 @@ static void syntax_error(errlist *e, config_t *cfg, const char *path, const char
     const char *at = config_error_file(cfg);
     char *file = join_path(confdir, at ? at : path);
     int line = config_error_line(cfg);
-    char *name = strstr(config_error_text(cfg), "include") ? included_name(file, line) : NULL;
+    /* Only this message is about a file it could not open ("include file
+     * nesting too deep" says enough as it is). */
+    char *name = strstr(config_error_text(cfg), "cannot open include file")
+                     ? included_name(file, line)
+                     : NULL;
 
     if (name) {
         char *included = join_path(confdir, name);

@@ -589,6 +589,9 @@ ConfigError config_error_case(const std::string &name) {
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = { shutdown_timeout = \"3s\"; };\nlog = { level = = \"info\"; }; #@\n",
                 {"syntax error"}};
+    if (name == "IncludedFileIncludesItself")  // it said "cannot read" it: Input/output error
+        return {"@include \"include.conf\"\n" + config(ok), "@include \"include.conf\" #@\n",
+                {"syntax error", "include file nesting too deep"}};
     if (name == "MissingIncludedFile")  // it said "cannot open include file", naming none
         return {"@include \"missing.conf\" #@\n" + config(ok), "",
                 {"@include \"missing.conf\": cannot read", "missing.conf: No such file or directory"}};
@@ -659,7 +662,8 @@ INSTANTIATE_TEST_SUITE_P(
                       "GroupGidWrapsRound", "RelativeUnixPath", "ListenerNameWithSpaces",
                       "ListenerNamedAdmin", "EmptyListenerName", "SniWildcardInsideAName",
                       "SniNameTwice", "ProxyTimeoutZero", "ErrorInIncludedFile",
-                      "SyntaxErrorInIncludedFile", "MissingIncludedFile"),
+                      "SyntaxErrorInIncludedFile", "MissingIncludedFile",
+                      "IncludedFileIncludesItself"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
 
 TEST_F(DaemonTest, EveryConfigErrorIsReportedAtOnce) {
