@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -736,9 +737,43 @@ fail:
     return NULL;
 }
 
+/* The port every socket of stream listener @o is bound to, or 0 when they
+ * differ: port 0 on a name of several addresses ("*", "localhost") gets
+ * each address a port of its own. */
+static uint16_t port_of_every_socket(const listener *o)
+{
+    size_t n = evs_server_sockets(o->server, NULL, 0);
+    int *fds = calloc(n ? n : 1, sizeof *fds);
+    uint16_t port = 0;
+
+    if (!fds)
+        return 0;
+    evs_server_sockets(o->server, fds, n);
+    for (size_t i = 0; i < n; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        uint16_t p;
+
+        if (getsockname(fds[i], (struct sockaddr *)&ss, &len) < 0) {
+            port = 0;
+            break;
+        }
+        p = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                          : ((struct sockaddr_in6 *)&ss)->sin6_port);
+        if (i > 0 && p != port) {
+            port = 0;
+            break;
+        }
+        port = p;
+    }
+    free(fds);
+    return port;
+}
+
 /* Whether new listener @l names old listener @o's socket: the same address,
  * or @o asked for port 0 and @l names the port it got (binding that port
- * again would fail with EADDRINUSE against the daemon's own socket). */
+ * again would fail with EADDRINUSE against the daemon's own socket). A
+ * datagram listener binds one address, every worker on its first port. */
 static bool names_socket_of(const listener *l, const listener *o)
 {
     const char *port = strrchr(o->address, ':');
@@ -751,7 +786,9 @@ static bool names_socket_of(const listener *l, const listener *o)
     if ((o->conf->family != EVSD_TCP && o->conf->family != EVSD_UDP) || o->conf->port != 0 || !port)
         return false;
     got = *o->conf;
-    got.port = (uint16_t)atoi(port + 1);
+    got.port = o->server ? port_of_every_socket(o) : (uint16_t)atoi(port + 1);
+    if (got.port == 0)
+        return false;
     bound = evsd_listener_key(&got);
     same = strcmp(bound, l->key) == 0;
     free(bound);
@@ -769,11 +806,17 @@ static void match_listeners(generation *old, generation *g)
 
             for (size_t j = 0; !l->prev && j < old->n; j++) {
                 listener *o = &old->listeners[j];
-                if (o->claimed || (!o->server && !o->dgram) || !names_socket_of(l, o) ||
-                    (same_name && strcmp(o->conf->name, l->conf->name) != 0))
+                if (o->claimed || (!o->server && !o->dgram) ||
+                    (same_name && strcmp(o->conf->name, l->conf->name) != 0) ||
+                    !names_socket_of(l, o))
                     continue;
                 o->claimed = true;
                 l->prev = o;
+                /* The restart-only check compares keys, and these differ. */
+                if (strcmp(o->key, l->key) != 0 && l->conf->reuseport && !o->conf->reuseport)
+                    evs_log(EVS_LOG_WARN,
+                            "reload: changed reuseport of '%s': applied at the next restart",
+                            l->conf->name);
             }
         }
     }

@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1227,6 +1228,60 @@ TEST_F(DaemonTest, AReloadNamingThePortAListenerGotKeepsItsSocket) {
     EXPECT_EQ("still", ask(old, "still"));
     close(old);
     close(fresh);
+}
+
+// How many addresses "localhost" has here, for a listener bound to each.
+static int localhost_addresses() {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    if (getaddrinfo("localhost", "0", &hints, &res) != 0) return 0;
+    int n = 0;
+    for (addrinfo *ai = res; ai; ai = ai->ai_next) n++;
+    freeaddrinfo(res);
+    return n;
+}
+
+// Port 0 on a name of two addresses gets each its own port: a reload that
+// names the first port cannot keep both sockets (it did, and served the
+// second address on a port nobody named). It fails against the daemon's
+// own socket, and the running listener serves on.
+TEST_F(DaemonTest, AReloadNamingOnePortOfAPortZeroListenerOnTwoAddressesFails) {
+    if (localhost_addresses() < 2) GTEST_SKIP() << "localhost has one address here";
+    std::string conf = write("evstreamd.conf", config(listener("", "localhost:0")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("l");
+    ASSERT_NE(0, port);
+
+    write_file(conf, config(listener("", "localhost:" + std::to_string(port), "line_upper")));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reload failed"); })) << d.err();
+    EXPECT_TRUE(contains(d.err(), "Address already in use")) << d.err();
+    EXPECT_FALSE(contains(d.err(), "reloaded " + conf)) << d.err();
+    EXPECT_TRUE(d.running());
+    EXPECT_EQ(port, d.port("l"));
+}
+
+// Taking over a port-0 listener's socket cannot give it reuseport (one
+// socket, not one per worker): the reload says so, as it does when the
+// address is unchanged.
+TEST_F(DaemonTest, AReloadTakingOverAPortZeroSocketWarnsThatReuseportWaits) {
+    std::string conf = write("evstreamd.conf", config(listener("")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("l");
+    ASSERT_NE(0, port);
+
+    write_file(conf, config(listener("reuseport = true;", "127.0.0.1:" + std::to_string(port))));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    EXPECT_TRUE(contains(d.err(), "changed reuseport of 'l': applied at the next restart"))
+        << d.err();
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("kept", ask(fd, "kept"));
+    close(fd);
 }
 
 TEST_F(DaemonTest, ReloadsFreeTheReplacedServers) {
