@@ -15,7 +15,11 @@
  * ENOBUFS); a write event sends the queue in order. The write buffer size
  * is the bytes of the queued datagrams; pause_writing is called when it
  * goes strictly above the high watermark, resume_writing when it drains to
- * or below the low one (the stream transport's rules and defaults).
+ * or below the low one (the stream transport's rules and defaults). An
+ * unconnected Unix datagram socket is the exception: there EAGAIN means
+ * that the receiver's queue is full (it does not read), which waiting on
+ * our socket cannot tell, so that datagram is dropped and reported to
+ * error_received(-EAGAIN) instead of holding up every other receiver's.
  *
  * Errors (the seed's rules): a failed send or receive for one datagram is
  * reported to error_received and the endpoint goes on; it is not lost.

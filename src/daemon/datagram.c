@@ -41,11 +41,78 @@ static int on_workers(evs_runtime *rt, evsd_datagram *set, evs_worker_fn fn)
     return set->failures;
 }
 
+/* Endpoints run the plugin's callbacks through these, which hand on the
+ * plugin's own context, so that one lost on its own (a fatal socket error)
+ * leaves the set: the set would otherwise keep a pointer to a freed
+ * endpoint and close it again at the next reload or stop. */
+static void relay_made(evs_datagram *d, void *arg)
+{
+    const evsd_datagram *set = arg;
+
+    if (set->proto->connection_made)
+        set->proto->connection_made(d, set->ctx);
+}
+
+static void relay_received(evs_datagram *d, const void *data, size_t len,
+                           const struct sockaddr *addr, socklen_t addrlen, void *arg)
+{
+    const evsd_datagram *set = arg;
+
+    if (set->proto->datagram_received)
+        set->proto->datagram_received(d, data, len, addr, addrlen, set->ctx);
+}
+
+static void relay_error(evs_datagram *d, int err, void *arg)
+{
+    const evsd_datagram *set = arg;
+
+    if (set->proto->error_received)
+        set->proto->error_received(d, err, set->ctx);
+}
+
+static void relay_lost(evs_datagram *d, int err, void *arg)
+{
+    evsd_datagram *set = arg;
+    int i = evs_worker_id(evs_datagram_worker(d));
+
+    if (set->eps[i] == d)
+        set->eps[i] = NULL;
+    evs_log(EVS_LOG_ERROR, "worker %d: datagram listener lost its socket: %s", i,
+            evs_strerror(err));
+    if (set->proto->connection_lost)
+        set->proto->connection_lost(d, err, set->ctx);
+}
+
+static void relay_pause(evs_datagram *d, void *arg)
+{
+    const evsd_datagram *set = arg;
+
+    if (set->proto->pause_writing)
+        set->proto->pause_writing(d, set->ctx);
+}
+
+static void relay_resume(evs_datagram *d, void *arg)
+{
+    const evsd_datagram *set = arg;
+
+    if (set->proto->resume_writing)
+        set->proto->resume_writing(d, set->ctx);
+}
+
+static const evs_datagram_protocol relay = {
+    .connection_made = relay_made,
+    .datagram_received = relay_received,
+    .error_received = relay_error,
+    .connection_lost = relay_lost,
+    .pause_writing = relay_pause,
+    .resume_writing = relay_resume,
+};
+
 static void open_here(evs_worker *w, void *arg)
 {
     evsd_datagram *set = arg;
     int i = evs_worker_id(w);
-    int rc = evs_datagram_new(set->fds[i], 0, set->proto, set->ctx, &set->eps[i]);
+    int rc = evs_datagram_new(set->fds[i], 0, &relay, set, &set->eps[i]);
 
     set->fds[i] = -1; /* taken (closed on failure) */
     if (rc < 0) {
@@ -58,10 +125,16 @@ static void close_here(evs_worker *w, void *arg)
 {
     evsd_datagram *set = arg;
     int i = evs_worker_id(w);
+    evs_datagram *d = set->eps[i];
 
-    if (set->eps[i])
-        evs_datagram_close(set->eps[i]); /* connection_lost follows; then it is freed */
+    if (!d)
+        return;
     set->eps[i] = NULL;
+    /* The plugin's callbacks directly from here on: the set is freed next.
+     * Queued replies are dropped, so connection_lost comes in this loop
+     * pass, before the instance's worker_stop (and its fini) can. */
+    evs_datagram_set_protocol(d, set->proto, set->ctx);
+    evs_datagram_abort(d);
 }
 
 static void free_set(evsd_datagram *set)

@@ -46,23 +46,39 @@ static bool same_file(const struct stat *a, const struct stat *b)
            a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
+/* Copy what is left of @in to @out. @return 0 or a negative errno. */
+static int copy_fd(int in, int out)
+{
+    char buf[65536];
+    ssize_t n;
+
+    while ((n = read(in, buf, sizeof buf)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        for (ssize_t done = 0, w; done < n; done += w) {
+            w = write(out, buf + done, (size_t)(n - done));
+            if (w < 0 && errno == EINTR)
+                w = 0;
+            else if (w < 0)
+                return -errno;
+        }
+    }
+    return 0;
+}
+
 /* The dynamic loader hands back the already loaded object for a path it
  * knows, so a plugin file that changed since is loaded from a private copy
  * (removed at once; the mapping stays). */
 static int load_copy(const char *path, evs_plugin_handle **out, char *err, size_t errlen)
 {
     char tmpl[] = "/tmp/evstreamd-plugin-XXXXXX";
-    char buf[65536];
-    int in = open(path, O_RDONLY | O_CLOEXEC), fd = mkstemp(tmpl), rc = 0;
-    ssize_t n;
+    int in = open(path, O_RDONLY | O_CLOEXEC), fd = in < 0 ? -1 : mkstemp(tmpl);
+    int rc = in < 0 || fd < 0 ? -errno : copy_fd(in, fd);
 
-    if (in < 0 || fd < 0) {
-        snprintf(err, errlen, "%s: cannot copy the changed plugin: %s", path, strerror(errno));
-        rc = -errno;
-    }
-    while (rc == 0 && (n = read(in, buf, sizeof buf)) > 0)
-        if (write(fd, buf, (size_t)n) != n)
-            rc = -EIO;
+    if (rc < 0)
+        snprintf(err, errlen, "%s: cannot copy the changed plugin: %s", path, strerror(-rc));
     if (in >= 0)
         close(in);
     if (fd >= 0)
@@ -78,7 +94,8 @@ static int load_copy(const char *path, evs_plugin_handle **out, char *err, size_
         else
             snprintf(err, errlen, "%s", why);
     }
-    unlink(tmpl);
+    if (fd >= 0)
+        unlink(tmpl);
     return rc;
 }
 

@@ -62,6 +62,7 @@ struct evs_datagram {
     size_t rbuf_size; /* max_datagram + 1, to see truncation */
 
     bool connected;
+    bool full_is_per_peer; /* unconnected Unix: EAGAIN means the receiver's queue */
     bool errqueue; /* IP_RECVERR/IPV6_RECVERR is on (IP sockets only) */
     struct sockaddr_storage peer;
     socklen_t peerlen;
@@ -254,6 +255,7 @@ int evs_datagram_new(int fd, size_t max_datagram, const evs_datagram_protocol *p
         d->connected = true;
     else
         d->peerlen = 0;
+    d->full_is_per_peer = ss.ss_family == AF_UNIX && !d->connected;
     d->errqueue = enable_recverr(fd, ss.ss_family);
     event_assign(&d->rd_ev, w->base, fd, EV_READ | EV_PERSIST, read_cb, d);
     event_assign(&d->wr_ev, w->base, fd, EV_WRITE | EV_PERSIST, write_cb, d);
@@ -479,6 +481,7 @@ static bool per_datagram_error(int err)
     case EPROTO:
     case ENOTCONN:
     case EDESTADDRREQ:
+    case EPIPE:        /* a Unix receiver that shut down its reading side */
         return true;
     default:
         return false;
@@ -601,6 +604,13 @@ int evs_datagram_sendto(evs_datagram *d, const void *data, size_t len,
         rc = send_one(d, data, len, addr, addrlen);
         if (rc == 0)
             return 0;
+        /* A Unix receiver that does not read fills its own queue, not ours:
+         * the socket stays writable, so a queued datagram would be retried
+         * in a busy loop and hold up every other peer's. It is dropped. */
+        if (rc == -EAGAIN && d->full_is_per_peer) {
+            report_error(d, rc);
+            return 0;
+        }
         if (rc != -EAGAIN) {
             if (!per_datagram_error(-rc)) {
                 fatal(d, rc);

@@ -753,6 +753,47 @@ TEST(Ops, UdpAndUnixgramListenersServeDatagramPlugins) {
     remove_dir(dir);
 }
 
+// Unixgram clients that never read (their queue fills) or shut down their
+// reading side (EPIPE) cost their own answers only: the listener answers
+// the next client, a reload keeps it, and the daemon stops cleanly. The
+// second ended the worker's endpoint, which the daemon then closed again
+// at the reload (freed memory).
+TEST(Ops, UnixgramClientsThatDoNotReadCostOnlyTheirAnswers) {
+    std::string dir = make_temp_dir();
+    std::string gram = dir + "/gram.sock";
+    Daemon d(dir, datagram_conf("{ name = \"gram\"; listen = \"unixgram:" + gram +
+                                "\"; plugin = \"udp_echo\"; }"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", gram.c_str());
+    auto bound_client = [&](const std::string &name) {
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un me{};
+        me.sun_family = AF_UNIX;
+        snprintf(me.sun_path, sizeof me.sun_path, "%s/%s", dir.c_str(), name.c_str());
+        EXPECT_EQ(0, bind(fd, (struct sockaddr *)&me, sizeof me));
+        return fd;
+    };
+    int deaf = bound_client("deaf.sock");
+    ASSERT_EQ(0, shutdown(deaf, SHUT_RD));
+    EXPECT_EQ(1, sendto(deaf, "x", 1, 0, (struct sockaddr *)&sun, sizeof sun));
+    int idle = bound_client("idle.sock");
+    for (int i = 0; i < 100; i++)
+        sendto(idle, "y", 1, MSG_DONTWAIT, (struct sockaddr *)&sun, sizeof sun);
+    EXPECT_EQ("still here", udp_ask((struct sockaddr *)&sun, sizeof sun, "still here",
+                                    dir + "/client.sock"));
+    d.signal(SIGHUP);
+    usleep(300 * 1000);
+    EXPECT_EQ("after reload", udp_ask((struct sockaddr *)&sun, sizeof sun, "after reload",
+                                      dir + "/client2.sock"));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    EXPECT_EQ(std::string::npos, read_file(d.log).find("lost its socket")) << read_file(d.log);
+    close(deaf);
+    close(idle);
+    remove_dir(dir);
+}
+
 TEST(Ops, FailedReloadKeepsTheUnixgramListener) {
     std::string dir = make_temp_dir();
     std::string gram = dir + "/gram.sock";

@@ -403,6 +403,63 @@ TEST(DatagramTest, FlowControlQueuesPausesAndResumesInOrder) {
     close(sv[1]);
 }
 
+// A Unix receiver that does not read fills its own queue, which our
+// socket's writability cannot show: those datagrams are dropped and
+// reported (-EAGAIN), and one that shut down its reading side gives
+// -EPIPE; neither queues, spins or ends the endpoint, and other receivers
+// are still served. The first queued for good and spun the worker; the
+// second lost the endpoint.
+TEST(DatagramTest, UnixReceiversThatDoNotReadCostTheirDatagramsOnly) {
+    std::string dir = make_temp_dir();
+    socklen_t sl, fl, cl, rl;
+    struct sockaddr_un srv = unix_addr(dir + "/srv.sock", &sl);
+    struct sockaddr_un full = unix_addr(dir + "/full.sock", &fl);
+    struct sockaddr_un closed = unix_addr(dir + "/closed.sock", &cl);
+    struct sockaddr_un reader = unix_addr(dir + "/reader.sock", &rl);
+    int fd_full = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd_closed = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd_reader = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(0, bind(fd_full, (struct sockaddr *)&full, fl));
+    ASSERT_EQ(0, bind(fd_closed, (struct sockaddr *)&closed, cl));
+    ASSERT_EQ(0, bind(fd_reader, (struct sockaddr *)&reader, rl));
+    ASSERT_EQ(0, shutdown(fd_closed, SHUT_RD));
+    Rec s;
+    run([&] {
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&srv;
+        o.local_addrlen = sl;
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &s, &d));
+        // Far more than a Unix receive queue holds (max_dgram_qlen, 10 by default).
+        for (int i = 0; i < 200; i++)
+            ASSERT_EQ(0, evs_datagram_sendto(d, "x", 1, (struct sockaddr *)&full, fl));
+        EXPECT_EQ(0u, evs_datagram_get_write_buffer_size(d));
+        EXPECT_EQ(0, evs_datagram_sendto(d, "y", 1, (struct sockaddr *)&closed, cl));
+        EXPECT_EQ(0, evs_datagram_sendto(d, "z", 1, (struct sockaddr *)&reader, rl));
+        char buf[8];
+        EXPECT_TRUE(wait_until([&] { return recv(fd_reader, buf, sizeof buf, MSG_DONTWAIT) == 1; }));
+        EXPECT_EQ('z', buf[0]);
+        evs_yield();
+        EXPECT_EQ(0, s.lost);
+        EXPECT_EQ(0u, evs_datagram_get_write_buffer_size(d));
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+        EXPECT_EQ(0, s.lost_err);
+    });
+    int eagain = 0, epipe = 0;
+    for (int e : s.errors) {
+        eagain += e == -EAGAIN;
+        epipe += e == -EPIPE;
+    }
+    EXPECT_GT(eagain, 0);
+    EXPECT_EQ(eagain + epipe, (int)s.errors.size());
+    EXPECT_EQ(1, epipe);
+    close(fd_full);
+    close(fd_closed);
+    close(fd_reader);
+    remove_dir(dir);
+}
+
 TEST(DatagramTest, CloseFlushesQueueAbortDropsIt) {
     for (bool abort_it : {false, true}) {
         int sv[2];
