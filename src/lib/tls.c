@@ -226,9 +226,18 @@ static int cert_cb(SSL *ssl, void *arg)
     server_extra *x = arg;
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     cert_entry *best = NULL;
+    char bare[256];
+    size_t len;
 
     if (!name)
         return 1;
+    /* A fully qualified name ("a.example.") names the same host. */
+    len = strlen(name);
+    if (len > 1 && name[len - 1] == '.' && len <= sizeof bare) {
+        memcpy(bare, name, len - 1);
+        bare[len - 1] = '\0';
+        name = bare;
+    }
     for (int pass = 0; pass < 2 && !best; pass++) {
         for (size_t i = 0; i < x->ncerts && !best; i++) {
             for (size_t j = 0; j < x->certs[i].nnames; j++) {
@@ -243,6 +252,10 @@ static int cert_cb(SSL *ssl, void *arg)
     }
     if (!best || best == &x->certs[0])
         return 1;
+    /* The connection starts with the default's certificate in the slot of
+     * its key type; left there beside one of another type (RSA beside
+     * ECDSA), OpenSSL could still pick it. */
+    SSL_certs_clear(ssl);
     return SSL_use_cert_and_key(ssl, best->leaf, best->key, best->chain, 1) == 1 ? 1 : 0;
 }
 
@@ -517,6 +530,12 @@ int evs_tls_server_context_new(const evs_tls_server_options *o, evs_tls_context 
         rc = fail(err, errlen, "ciphersuites '%s': no usable suite%s", o->ciphersuites, NULL);
         goto fail;
     }
+    /* No TLS 1.3 suite: OpenSSL would refuse every handshake (none for
+     * its highest version), so TLS 1.2 is the highest. */
+    if (o->ciphersuites && !o->ciphersuites[0] &&
+        (SSL_CTX_get_max_proto_version(ctx) == 0 ||
+         SSL_CTX_get_max_proto_version(ctx) > TLS1_2_VERSION))
+        SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
     if ((rc = check_some_cipher(ctx, err, errlen)) < 0)
         goto fail;
     if (o->groups && SSL_CTX_set1_groups_list(ctx, o->groups) != 1) {

@@ -39,7 +39,7 @@ bool add_ext(X509 *x, X509 *issuer, int nid, const char *value) {
 // an OpenSSL subjectAltName value ("DNS:a,IP:1.2.3.4") or null.
 bool make_cert(Made *out, const char *cn, const char *san, bool is_ca, const Made *issuer,
                long serial, long from, long until) {
-    out->key = EVP_EC_gen("P-256");
+    if (!out->key) out->key = EVP_EC_gen("P-256");  // else made by the caller (RSA)
     out->cert = X509_new();
     if (!out->key || !out->cert) return false;
     X509 *x = out->cert;
@@ -119,8 +119,10 @@ bool issue(TlsCerts *c, const char *base, const char *cn, const char *san, bool 
 
 bool make_tls_certs(TlsCerts *c) {
     c->dir = make_temp_dir();
-    Made ca, server, noip, other, wild, reload, client, wrong_ca, wrong_client, expired, future;
+    Made ca, server, noip, other, wild, reload, client, wrong_ca, wrong_client, expired, future,
+        rsa;
     long serial = 1;
+    rsa.key = EVP_RSA_gen(2048);
     if (!issue(c, "ca", "evstream test CA", nullptr, true, nullptr, serial++, &ca, &c->ca,
                &c->ca_key) ||
         !issue(c, "server", "localhost", "DNS:localhost,IP:127.0.0.1", false, &ca, serial++,
@@ -129,6 +131,8 @@ bool make_tls_certs(TlsCerts *c) {
                &c->server_noip, &c->server_noip_key) ||
         !issue(c, "other", "other.test", "DNS:other.test", false, &ca, serial++, &other,
                &c->other, &c->other_key) ||
+        !issue(c, "rsa", "rsa.test", "DNS:rsa.test", false, &ca, serial++, &rsa, &c->rsa,
+               &c->rsa_key) ||
         !issue(c, "wild", "*.wild.test", "DNS:*.wild.test", false, &ca, serial++, &wild,
                &c->wild, &c->wild_key) ||
         !issue(c, "reload", "reloaded", "DNS:localhost,IP:127.0.0.1", false, &ca, serial++,

@@ -1,7 +1,7 @@
-// Test certificates made at test time with the OpenSSL API (P-256 keys,
-// SHA-256 signatures, notBefore an hour in the past, but for `expired` and
-// `future`), written as PEM files into a fresh temp dir. Nothing is checked
-// in, so nothing expires.
+// Test certificates made at test time with the OpenSSL API (P-256 keys but
+// for `rsa`, SHA-256 signatures, notBefore an hour in the past but for
+// `expired` and `future`), written as PEM files into a fresh temp dir.
+// Nothing is checked in, so nothing expires.
 #pragma once
 
 #include <string>
@@ -20,6 +20,8 @@ struct TlsCerts {
     std::string server_noip_key;
     std::string other;       // CN=other.test, SAN DNS:other.test
     std::string other_key;
+    std::string rsa;         // CN=rsa.test, SAN DNS:rsa.test, an RSA 2048 key
+    std::string rsa_key;
     std::string wild;        // CN=*.wild.test, SAN DNS:*.wild.test
     std::string wild_key;
     std::string reload;      // CN=reloaded, SAN DNS:localhost, IP:127.0.0.1

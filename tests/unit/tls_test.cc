@@ -418,6 +418,7 @@ TEST_F(Tls, CertificateChosenBySni) {
     Ctx sctx, verifying, trusting;
     ASSERT_TRUE(server_ctx(&sctx, {{certs.server, certs.server_key, {}},
                                    {certs.other, certs.other_key, {"other.test"}},
+                                   {certs.rsa, certs.rsa_key, {"rsa.test"}},
                                    {certs.wild, certs.wild_key, {"*.wild.test"}}}));
     ASSERT_TRUE(client_ctx(&verifying));
     // For names no certificate covers, the default comes back and would
@@ -440,6 +441,9 @@ TEST_F(Tls, CertificateChosenBySni) {
         {"wild.test", trusting.c, "CN=localhost"},        // the bare domain is not covered
         {"unknown.test", trusting.c, "CN=localhost"},     // unknown -> default
         {"localhost", verifying.c, "CN=localhost"},
+        {"rsa.test", verifying.c, "CN=rsa.test"},         // another key type than the default's
+        {"other.test.", trusting.c, "CN=other.test"},     // fully qualified: the same name
+        {"a.wild.test.", trusting.c, "CN=*.wild.test"},
     };
     for (const Case &c : cases) {
         std::string subject, why;
@@ -1534,6 +1538,37 @@ TEST_F(Tls, OptionsThatWouldBeIgnoredAreErrors) {
     char err[512] = "";
     EXPECT_EQ(0, evs_tls_server_context_new(&o, &ctx, err, sizeof err)) << err;
     evs_tls_context_unref(ctx);
+}
+
+// An empty TLS 1.3 list serves TLS 1.2. It built a context whose every
+// handshake failed: OpenSSL refuses to start one when its highest version
+// has no cipher.
+TEST_F(Tls, EmptyCiphersuitesServesTls12) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx, [](evs_tls_server_options *o) { o->ciphersuites = ""; }));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Seen seen;
+    Runtime rt;
+    evs_server *s = start(rt, one_line_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string version, answer, why;
+    int rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
+        if (rc < 0) return rc;
+        const char *v = nullptr;
+        evs_transport_tls_cipher(evs_writer_transport(w), &v, nullptr);
+        version = v ? v : "";
+        write_str(w, "hello\n");
+        answer = readline_str(r);
+        evs_writer_free(w);
+        return 0;
+    });
+    EXPECT_EQ(0, rc) << why;
+    EXPECT_EQ("TLSv1.2", version);
+    EXPECT_EQ("echo: hello\n", answer);
 }
 
 // --- renegotiation, paused upgrades, error text ----------------------------
