@@ -371,12 +371,18 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
     server_extra *x = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), extra_index);
     struct ticket_key key;
     OSSL_PARAM params[3];
+    double age;
     int rc = 1;
 
     pthread_mutex_lock(&x->ticket_lock);
-    if (difftime(time(NULL), x->keys[0].created) >= x->rotation) {
+    age = difftime(time(NULL), x->keys[0].created);
+    if (age >= x->rotation) {
         x->keys[1] = x->keys[0];
         new_ticket_key(&x->keys[0]);
+        /* Rotation happens here, on a handshake: after a quiet spell of two
+         * periods the key just retired is past its time as well. */
+        if (age >= 2 * x->rotation)
+            new_ticket_key(&x->keys[1]);
     }
     if (enc) {
         key = x->keys[0];

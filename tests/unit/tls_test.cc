@@ -1320,6 +1320,29 @@ TEST_F(Tls, SessionResumptionWithTickets) {
     EXPECT_EQ(2u, rt.stats().tls_handshakes);
 }
 
+// Keys rotate on handshakes: after a quiet spell of two rotation periods
+// a ticket is refused, not taken with the key retired just now (it was
+// accepted, and renewed, for as long as the listener stayed quiet).
+TEST_F(Tls, TicketOlderThanTwoRotationsIsRefusedAfterAQuietSpell) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx, [](evs_tls_server_options *o) { o->ticket_rotation = 1; }));
+    Seen seen;
+    Runtime rt;
+    evs_server *s = start(rt, one_line_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string sess = certs.dir + "/quiet.pem";
+    int status;
+    std::string out = s_client(port, "first\n", "-servername localhost -sess_out " + sess, &status);
+    EXPECT_EQ(0, WEXITSTATUS(status)) << out;
+    sleep(3);  // over two periods, whole seconds apart
+    out = s_client(port, "second\n", "-servername localhost -sess_in " + sess, &status);
+    EXPECT_EQ(0, WEXITSTATUS(status)) << out;
+    EXPECT_NE(std::string::npos, out.find("echo: second")) << out;
+    EXPECT_NE(std::string::npos, out.find("New, TLSv1.3")) << out;
+    EXPECT_EQ(0u, rt.stats().tls_resumed);
+}
+
 // A TLS 1.3 client uses each ticket once: every resumed connection must
 // get a new ticket, or every other connection is a full handshake.
 TEST_F(Tls, EachResumptionIssuesTheTicketForTheNext) {
