@@ -1054,6 +1054,15 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
         read_proxy_protocol(e, v, l);
 }
 
+/* Two udp: listeners on one address: every socket sets SO_REUSEPORT (one
+ * per worker), so the second bind would succeed and the kernel would
+ * split the datagrams between two plugins. */
+static bool same_udp_port(const evsd_listener_conf *a, const evsd_listener_conf *b)
+{
+    return a->family == EVSD_UDP && b->family == EVSD_UDP && a->port != 0 &&
+           a->port == b->port && strcmp(a->host ? a->host : "*", b->host ? b->host : "*") == 0;
+}
+
 static void read_listeners(errlist *e, const config_setting_t *list, evsd_config *c)
 {
     int n;
@@ -1078,6 +1087,9 @@ static void read_listeners(errlist *e, const config_setting_t *list, evsd_config
             if (strcmp(c->listeners[j].name, l->name) == 0)
                 bad(e, g, "listener '%s' is declared twice (first at line %d)", l->name,
                     c->listeners[j].line);
+            else if (same_udp_port(&c->listeners[j], l))
+                bad(e, g, "listener '%s': %s is also the address of listener '%s' (line %d)",
+                    l->name, l->listen, c->listeners[j].name, c->listeners[j].line);
         }
     }
 }

@@ -532,6 +532,12 @@ ConfigError config_error_case(const std::string &name) {
                        ",\n  { name = \"udp_echo\"; path = \"udp_echo.so\"; }"),
                 "",
                 {"listener 'l'", "plugin 'udp_echo' serves datagrams"}};
+    if (name == "TwoUdpListenersOnOneAddress")  // SO_REUSEPORT: both bound, datagrams split
+        return {config(listener("", "udp:127.0.0.1:5353", "udp_echo") +
+                           ",\n  { name = \"m\"; listen = \"udp:127.0.0.1:5353\"; plugin = \"udp_echo\"; } #@",
+                       "workers = 2;\n", ",\n  { name = \"udp_echo\"; path = \"udp_echo.so\"; }"),
+                "",
+                {"listener 'm': udp:127.0.0.1:5353 is also the address of listener 'l'"}};
     if (name == "StreamPluginOnDatagramAddress")
         return {config(listener("", "udp:127.0.0.1:0", "echo", true)), "",
                 {"listener 'l'", "plugin 'echo' is not a datagram plugin"}};
@@ -656,7 +662,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "UndeclaredPlugin", "MissingPluginFile", "PluginAbiMismatch",
                       "PluginWithoutDescriptor", "PluginWithUndefinedSymbol", "PluginInitFails",
                       "PluginInitFailsWithSettings", "PluginRejectsSettingType",
-                      "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress",
+                      "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress", "TwoUdpListenersOnOneAddress",
                       "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
                       "TlsCaFileWithoutClientCertificates", "TlsVerifyDepthWithoutClientCertificates",
                       "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
