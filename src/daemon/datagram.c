@@ -26,6 +26,7 @@ struct evsd_datagram {
     char *unlink_path;   /* our unixgram socket file ... */
     dev_t path_dev;      /* ... as long as it is still ours */
     ino_t path_ino;
+    size_t high, low;    /* write watermarks of the endpoints */
     int failures;        /* of the last on_workers */
     const struct evsd_datagram *prev; /* evsd_datagram_succeed: the set to copy */
 };
@@ -115,6 +116,9 @@ static void open_here(evs_worker *w, void *arg)
     int rc = evs_datagram_new(set->fds[i], 0, &relay, set, &set->eps[i]);
 
     set->fds[i] = -1; /* taken (closed on failure) */
+    if (rc == 0)
+        rc = evs_datagram_set_write_buffer_limits(set->eps[i], (ssize_t)set->high,
+                                                  (ssize_t)set->low);
     if (rc < 0) {
         evs_log(EVS_LOG_ERROR, "worker %d: datagram endpoint: %s", i, evs_strerror(rc));
         set->failures++;
@@ -286,6 +290,8 @@ evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
     set->eps = calloc((size_t)workers, sizeof *set->eps);
     set->proto = proto;
     set->ctx = ctx;
+    set->high = (size_t)c->limits.write_high_water;
+    set->low = (size_t)c->limits.write_low_water;
     if (!set->fds || !set->eps) {
         free_set(set);
         return NULL;
@@ -314,6 +320,7 @@ static void dup_here(evs_worker *w, void *arg)
 }
 
 evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
+                                     const evsd_listener_conf *c,
                                      const evs_datagram_protocol *proto, void *ctx)
 {
     int workers = evs_runtime_worker_count(rt);
@@ -327,6 +334,8 @@ evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
     set->proto = proto;
     set->ctx = ctx;
     set->prev = prev;
+    set->high = (size_t)c->limits.write_high_water;
+    set->low = (size_t)c->limits.write_low_water;
     if (!set->fds || !set->eps) {
         free(set->fds);
         free(set->eps);

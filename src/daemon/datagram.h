@@ -14,16 +14,18 @@
 typedef struct evsd_datagram evsd_datagram;
 
 /* Bind @c's sockets on the main thread, then open an endpoint on each
- * worker with @proto and @ctx. @address receives the bound address
+ * worker with @proto and @ctx (and @c's write watermarks). @address receives the bound address
  * ("udp:127.0.0.1:5353", "unixgram:/path"). @return the set or NULL (logged). */
 evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
                                    const evs_datagram_protocol *proto, void *ctx, char *address,
                                    size_t alen);
-/* A reload's successor of @prev (same address): endpoints with @proto and
- * @ctx on copies (dup) of @prev's sockets, so nothing is bound again (a
- * privileged port stays reachable after the switch to `user`, and a failed
- * reload leaves @prev's unixgram file alone). @return the set or NULL. */
+/* A reload's successor of @prev (same address): endpoints for @c with
+ * @proto and @ctx on copies (dup) of @prev's sockets, so nothing is bound
+ * again (a privileged port stays reachable after the switch to `user`, and
+ * a failed reload leaves @prev's unixgram file alone). @return the set or
+ * NULL. */
 evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
+                                     const evsd_listener_conf *c,
                                      const evs_datagram_protocol *proto, void *ctx);
 /* The reload succeeded: @set now owns the socket file (removed when it
  * stops) and takes @c's mode and owner. */

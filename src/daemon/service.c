@@ -903,8 +903,8 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
         if (l->prev && is_datagram(l->conf)) {
             /* Datagram sockets are copies of the old ones: nothing is bound
              * again, and a failure leaves the old socket (and file) alone. */
-            l->dgram = evsd_datagram_succeed(svc->rt, l->prev->dgram, l->inst->desc->datagram,
-                                             l->inst->state);
+            l->dgram = evsd_datagram_succeed(svc->rt, l->prev->dgram, l->conf,
+                                             l->inst->desc->datagram, l->inst->state);
             snprintf(l->address, sizeof l->address, "%s", l->prev->address);
             rc = l->dgram ? 0 : -EADDRINUSE;
         } else if (l->prev) {
