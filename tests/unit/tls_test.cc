@@ -1650,41 +1650,66 @@ void renegotiating_server(int lfd, std::string *got, int answer_ms) {
     ERR_clear_error();
 }
 
+// What a client of renegotiating_server saw: it reads "hello" (the
+// HelloRequest comes with it or next), waits @wait seconds (our new
+// ClientHello is out), writes "ping" (held until the server answers) and
+// reads the echo. With @write_timeout > 0 it sets that timeout after the
+// connect and again once the write is held: setting them looks at them at
+// once, as the timer would.
+struct HeldWrite {
+    int rc = 1, wrc = 1, src = 0, drc = 1;
+    std::string line1, line2, server_got;
+};
+
+HeldWrite write_during_renegotiation(evs_tls_context *cctx, int answer_ms, double wait,
+                                     double write_timeout) {
+    HeldWrite out;
+    uint16_t port;
+    int lfd = listen_loopback(&port);
+    EXPECT_GE(lfd, 0);
+    if (lfd < 0) return out;
+    std::thread srv(renegotiating_server, lfd, &out.server_got, answer_ms);
+    out.rc = run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        std::string why;
+        int rc = tls_connect("localhost", port, cctx, &r, &w, nullptr, &why);
+        if (rc < 0) return rc;
+        evs_transport *t = evs_writer_transport(w);
+        evs_timeouts to{};
+        to.write = write_timeout;
+        if (write_timeout > 0) evs_transport_set_timeouts(t, &to);
+        out.line1 = readline_str(r);
+        evs_sleep(wait);
+        out.wrc = evs_write(w, "ping\n", 5);
+        if (write_timeout > 0) out.src = evs_transport_set_timeouts(t, &to);
+        out.drc = evs_drain(w);
+        out.line2 = readline_str(r);
+        evs_writer_free(w);
+        return 0;
+    });
+    srv.join();
+    close(lfd);
+    return out;
+}
+
+void expect_echoed(const HeldWrite &h) {
+    EXPECT_EQ(0, h.rc);
+    EXPECT_EQ("hello\n", h.line1);
+    EXPECT_EQ(0, h.wrc);
+    EXPECT_EQ(0, h.src);
+    EXPECT_EQ(0, h.drc);
+    EXPECT_EQ("ping\n", h.line2);
+    EXPECT_EQ("ping\n", h.server_got);
+}
+
 // A write made while the server renegotiates waits for the new handshake
 // instead of failing the connection (SSL_write would need the server's
 // answer).
 TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
     Ctx cctx;
     ASSERT_TRUE(client_ctx(&cctx));
-    uint16_t port;
-    int lfd = listen_loopback(&port);
-    ASSERT_GE(lfd, 0);
-    std::string server_got;
-    std::thread srv(renegotiating_server, lfd, &server_got, 300);
-    std::string line1, line2;
-    int wrc = 1, drc = 1;
-    int rc = run([&]() -> int {
-        evs_reader *r;
-        evs_writer *w;
-        std::string why;
-        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
-        if (rc < 0) return rc;
-        line1 = readline_str(r);  // the HelloRequest comes with it or next
-        evs_sleep(0.1);           // it is read: our new ClientHello is out
-        wrc = evs_write(w, "ping\n", 5);
-        drc = evs_drain(w);
-        line2 = readline_str(r);
-        evs_writer_free(w);
-        return 0;
-    });
-    srv.join();
-    close(lfd);
-    EXPECT_EQ(0, rc);
-    EXPECT_EQ("hello\n", line1);
-    EXPECT_EQ(0, wrc);
-    EXPECT_EQ(0, drc);
-    EXPECT_EQ("ping\n", line2);
-    EXPECT_EQ("ping\n", server_got);
+    expect_echoed(write_during_renegotiation(cctx.c, 300, 0.1, 0));
 }
 
 // The write timeout counts from when bytes start to wait, also when they
@@ -1694,40 +1719,7 @@ TEST_F(Tls, WriteDuringAServerRenegotiationWaitsForIt) {
 TEST_F(Tls, WriteHeldByARenegotiationStartsTheWriteTimeoutClock) {
     Ctx cctx;
     ASSERT_TRUE(client_ctx(&cctx));
-    uint16_t port;
-    int lfd = listen_loopback(&port);
-    ASSERT_GE(lfd, 0);
-    std::string server_got;
-    std::thread srv(renegotiating_server, lfd, &server_got, 3000);
-    std::string line2;
-    int src = 1, drc = 1;
-    int rc = run([&]() -> int {
-        evs_reader *r;
-        evs_writer *w;
-        std::string why;
-        int rc = tls_connect("localhost", port, cctx.c, &r, &w, nullptr, &why);
-        if (rc < 0) return rc;
-        evs_timeouts to{};
-        to.write = 2.0;
-        evs_transport *t = evs_writer_transport(w);
-        evs_transport_set_timeouts(t, &to);
-        readline_str(r);  // the HelloRequest comes with it or next
-        evs_sleep(2.3);   // our ClientHello went out 2.3 s ago
-        evs_write(w, "ping\n", 5);  // held until the server answers
-        // Setting the timeouts again looks at them now, as the timer would.
-        src = evs_transport_set_timeouts(t, &to);
-        drc = evs_drain(w);
-        line2 = readline_str(r);
-        evs_writer_free(w);
-        return 0;
-    });
-    srv.join();
-    close(lfd);
-    EXPECT_EQ(0, rc);
-    EXPECT_EQ(0, src);
-    EXPECT_EQ(0, drc);
-    EXPECT_EQ("ping\n", line2);
-    EXPECT_EQ("ping\n", server_got);
+    expect_echoed(write_during_renegotiation(cctx.c, 3000, 2.3, 2.0));
 }
 
 // Closing before that new handshake is done cannot send what waits for
