@@ -78,8 +78,9 @@ static void relay_lost(evs_datagram *d, int err, void *arg)
 
     if (set->eps[i] == d)
         set->eps[i] = NULL;
-    evs_log(EVS_LOG_ERROR, "worker %d: datagram listener lost its socket: %s", i,
-            evs_strerror(err));
+    if (err)
+        evs_log(EVS_LOG_ERROR, "worker %d: datagram listener lost its socket: %s", i,
+                evs_strerror(err));
     if (set->proto->connection_lost)
         set->proto->connection_lost(d, err, set->ctx);
 }
