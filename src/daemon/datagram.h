@@ -14,8 +14,9 @@
 typedef struct evsd_datagram evsd_datagram;
 
 /* Bind @c's sockets on the main thread, then open an endpoint on each
- * worker with @proto and @ctx (and @c's write watermarks). @address receives the bound address
- * ("udp:127.0.0.1:5353", "unixgram:/path"). @return the set or NULL (logged). */
+ * worker with @proto and @ctx (and @c's write watermarks). @address
+ * receives the bound address ("udp:127.0.0.1:5353", "unixgram:/path").
+ * @return the set or NULL (logged). */
 evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
                                    const evs_datagram_protocol *proto, void *ctx, char *address,
                                    size_t alen);
