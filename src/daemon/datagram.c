@@ -160,6 +160,25 @@ static void free_set(evsd_datagram *set)
     free(set);
 }
 
+/* Whether a socket is already bound to @sa. The workers' sockets set
+ * SO_REUSEPORT, so their binds would succeed beside another listener or
+ * daemon on the port (or on 0.0.0.0 beside 127.0.0.1) and the kernel
+ * would split the datagrams between them; a bind without it fails
+ * instead. */
+static bool port_taken(const struct sockaddr_storage *sa, socklen_t len)
+{
+    int one = 1, fd = socket(sa->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    bool taken;
+
+    if (fd < 0)
+        return false; /* the real bind reports it */
+    if (sa->ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    taken = bind(fd, (const struct sockaddr *)sa, len) < 0 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
 static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *address, size_t alen)
 {
     struct addrinfo hints, *res;
@@ -181,6 +200,11 @@ static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *addre
     memcpy(&ss, res->ai_addr, res->ai_addrlen);
     sl = (socklen_t)res->ai_addrlen;
     freeaddrinfo(res);
+    if (c->port != 0 && port_taken(&ss, sl)) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s", c->file, c->line,
+                c->name, c->listen, strerror(EADDRINUSE));
+        return -1;
+    }
     for (int i = 0; i < set->n; i++) {
         int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||

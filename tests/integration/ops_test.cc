@@ -862,6 +862,57 @@ TEST(Ops, LiveUnixgramSocketIsNotStolen) {
     remove_dir(dir);
 }
 
+// A UDP port another daemon serves is not shared: the workers' sockets
+// set SO_REUSEPORT, so without a check the second daemon bound it too and
+// the kernel split the first one's datagrams between the two.
+TEST(Ops, LiveUdpPortIsNotShared) {
+    std::string dir = make_temp_dir(), other = make_temp_dir();
+    Daemon first(dir, datagram_conf("{ name = \"udp\"; listen = \"udp:127.0.0.1:0\"; plugin = \"udp_echo\"; }"));
+    ASSERT_TRUE(first.ready()) << read_file(first.log);
+    std::string port = std::to_string(first.port("udp"));
+    Daemon second(other, datagram_conf("{ name = \"udp\"; listen = \"udp:127.0.0.1:" + port +
+                                       "\"; plugin = \"udp_echo\"; }"));
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(second.log).find("Address already in use") != std::string::npos;
+    })) << read_file(second.log);
+    second.stop();
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons(first.port("udp"));
+    for (int i = 0; i < 10; i++)  // many source ports: all reach the first daemon
+        EXPECT_EQ("mine " + std::to_string(i),
+                  udp_ask((struct sockaddr *)&sin, sizeof sin, "mine " + std::to_string(i)));
+    EXPECT_EQ(0, WEXITSTATUS(first.stop()));
+    remove_dir(other);
+    remove_dir(dir);
+}
+
+// Two udp: listeners whose addresses differ in text but overlap in the
+// kernel (every address, and 127.0.0.1, on one port) are refused at start.
+TEST(Ops, UdpListenersOverlappingOnAPortAreRefused) {
+    int probe = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin{};
+    socklen_t len = sizeof sin;
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(0, bind(probe, (struct sockaddr *)&sin, sizeof sin));
+    ASSERT_EQ(0, getsockname(probe, (struct sockaddr *)&sin, &len));
+    close(probe);  // a free port, for the config below
+    std::string dir = make_temp_dir(), port = std::to_string(ntohs(sin.sin_port));
+    std::string conf = dir + "/evstreamd.conf";
+    write_file(conf, datagram_conf("{ name = \"all\"; listen = \"udp:*:" + port +
+                                   "\"; plugin = \"udp_echo\"; },\n"
+                                   "{ name = \"lo\"; listen = \"udp:127.0.0.1:" + port +
+                                   "\"; plugin = \"udp_echo\"; }"));
+    Result r = run_daemon(conf, {});
+    EXPECT_NE(0, r.status) << r.out;
+    EXPECT_NE(std::string::npos, r.out.find("listener 'lo': cannot listen on udp:127.0.0.1:" + port +
+                                            ": Address already in use"))
+        << r.out;
+    remove_dir(dir);
+}
+
 // A live stream socket at a unixgram path (another server's unix:
 // listener) does not answer a datagram connect, yet is not stale: its
 // file stays, and the listener fails with Address already in use.
