@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -70,15 +71,25 @@ static int copy_fd(int in, int out)
 
 /* The dynamic loader hands back the already loaded object for a path it
  * knows, so a plugin file that changed since is loaded from a private copy
- * (removed at once; the mapping stays). */
+ * (removed at once; the mapping stays) in $TMPDIR, or /tmp: a host whose
+ * /tmp is mounted noexec names another directory there. */
 static int load_copy(const char *path, evs_plugin_handle **out, char *err, size_t errlen)
 {
-    char tmpl[] = "/tmp/evstreamd-plugin-XXXXXX";
-    int in = open(path, O_RDONLY | O_CLOEXEC), fd = in < 0 ? -1 : mkstemp(tmpl);
-    int rc = in < 0 || fd < 0 ? -errno : copy_fd(in, fd);
+    const char *dir = getenv("TMPDIR");
+    char tmpl[PATH_MAX];
+    int in = -1, fd = -1, rc;
 
+    if (!dir || !*dir)
+        dir = "/tmp";
+    if (snprintf(tmpl, sizeof tmpl, "%s/evstreamd-plugin-XXXXXX", dir) >= (int)sizeof tmpl)
+        rc = -ENAMETOOLONG;
+    else if ((in = open(path, O_RDONLY | O_CLOEXEC)) < 0 || (fd = mkstemp(tmpl)) < 0)
+        rc = -errno;
+    else
+        rc = copy_fd(in, fd);
     if (rc < 0)
-        snprintf(err, errlen, "%s: cannot copy the changed plugin: %s", path, strerror(-rc));
+        snprintf(err, errlen, "%s: cannot copy the changed plugin to %s: %s", path, dir,
+                 strerror(-rc));
     if (in >= 0)
         close(in);
     if (fd >= 0)

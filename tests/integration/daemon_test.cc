@@ -1173,6 +1173,43 @@ TEST_F(DaemonTest, AReloadLoadsAReplacedPluginAndNamesOneThatFails) {
     close(fresh);
 }
 
+// The private copy of a replaced plugin goes to $TMPDIR (a /tmp mounted
+// noexec cannot hold it). A copy that cannot be made fails the reload with
+// the reason; the old version serves on.
+TEST_F(DaemonTest, AReplacedPluginIsCopiedToTmpdirAndAFailedCopySaysWhy) {
+    std::string so = path("hot.so"), copies = path("copies");
+    auto install = [&](const std::string &from) {
+        write_file(so + ".new", read_file(from));
+        ASSERT_EQ(0, rename((so + ".new").c_str(), so.c_str()));
+    };
+    install(plugin_dir() + "/echo.so");
+    std::string text = config("  { name = \"l\"; listen = \"127.0.0.1:0\"; plugin = \"hot\"; }", "",
+                              ",\n  { name = \"hot\"; path = \"" + so + "\"; }");
+    std::string conf = write("evstreamd.conf", text);
+    Daemon &d = start(conf, {}, {{"TMPDIR", copies}});
+    ASSERT_TRUE(d.running());
+
+    install(plugin_dir() + "/line_upper.so");  // copies/ does not exist yet
+    reload_expecting_failure(d, conf, text, 1);
+    EXPECT_TRUE(contains(d.err(), so + ": cannot copy the changed plugin to " + copies +
+                                      ": No such file or directory"))
+        << d.err();
+    int fd = connect_tcp(d.port("l"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("hello", ask(fd, "hello"));
+    close(fd);
+
+    ASSERT_EQ(0, mkdir(copies.c_str(), 0700));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    EXPECT_TRUE(contains(d.err(), "plugin " + so + " changed: loaded the new version")) << d.err();
+    fd = connect_tcp(d.port("l"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("HELLO", ask(fd, "hello"));
+    close(fd);
+    EXPECT_EQ(0, rmdir(copies.c_str())) << "the private copy was left behind";
+}
+
 // A ports file that cannot be written fails the start, as a pidfile does:
 // a script waiting for the file would wait forever while the daemon ran.
 TEST_F(DaemonTest, AnUnwritablePortsFileFailsTheStart) {
