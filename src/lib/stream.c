@@ -301,7 +301,7 @@ static void maybe_pause_transport(evs_reader *r)
     /* Stop reading from the socket above twice the limit unless a call is
      * waiting for more (readexactly(n > 2 * limit) must still work). */
     if (!r->paused_transport && !r->waiter.head &&
-        buffered(r) > 2 * r->limit) {
+        buffered(r) / 2 > r->limit) {
         r->paused_transport = true;
         evs_transport_pause_reading(r->t);
     }
@@ -684,10 +684,10 @@ static ssize_t read_some(evs_reader *r, void *buf, size_t n)
     while ((len = buffered(r)) == 0) {
         ssize_t got;
 
+        if (r->eof) /* before the error: the read side ended cleanly first */
+            return 0;
         if (r->err)
             return r->err;
-        if (r->eof)
-            return 0;
         if ((got = wait_data_lent(r, buf, n, &began)) != 0)
             return got;
     }
@@ -747,8 +747,6 @@ static ssize_t read_exactly(evs_reader *r, void *buf, size_t n)
     if (rc)
         return rc;
     while ((len = buffered(r)) < n) {
-        if (r->err)
-            return r->err;
         if (r->eof) {
             take(r, buf, len);
             r->partial = len;
@@ -756,6 +754,8 @@ static ssize_t read_exactly(evs_reader *r, void *buf, size_t n)
             consumed(r);
             return EVS_EINCOMPLETE;
         }
+        if (r->err)
+            return r->err;
         if ((rc = wait_data(r, &began)) < 0)
             return rc;
     }
@@ -831,10 +831,10 @@ static ssize_t read_view(evs_reader *r, size_t n, const void **data)
     if (n == 0)
         return 0;
     while ((len = buffered(r)) == 0) {
+        if (r->eof) /* before the error: the read side ended cleanly first */
+            return 0;
         if (r->err)
             return r->err;
-        if (r->eof)
-            return 0;
         if ((rc = wait_data(r, &began)) < 0)
             return rc;
     }
@@ -1001,11 +1001,25 @@ int evs_writelines(evs_writer *w, const struct iovec *iov, int iovcnt)
 
 static int drain(evs_writer *w)
 {
+    const evs_transport *t = w->reader->t;
     int rc;
     double began = 0;
 
     if (w->lost)
         return loss_error(w, -EPIPE);
+    /* A closing transport (a failed send, an abort, a close) delivers its
+     * loss on a later loop turn and may never pause: without this a
+     * write-then-drain loop would return 0 forever and spin the worker.
+     * A failure is known now; otherwise yield once, as asyncio's drain
+     * does (sleep(0)), so the loss can arrive. */
+    if (t->closing && t->error)
+        return t->error;
+    if (t->closing && evs_task_current()) {
+        if ((rc = evs_yield()) < 0)
+            return rc;
+        if (w->lost)
+            return loss_error(w, -EPIPE);
+    }
     while (w->paused) {
         if (!evs_task_current())
             return -EINVAL;

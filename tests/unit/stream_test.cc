@@ -334,6 +334,30 @@ TEST(StreamRead, ZeroBytesReturnsZeroAtOnce) {
     });
 }
 
+// A read side that ended cleanly (EOF) stays at EOF when the write side
+// fails afterwards: readexactly reports the short read, read returns 0,
+// as at_eof says. They returned the write's -EPIPE, while readuntil (which
+// looked at EOF first) reported EOF.
+TEST(StreamRead, EofSeenBeforeAWriteErrorStaysEof) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        close(c.peer);
+        c.peer = -1;
+        ASSERT_TRUE(wait_until([&] { return evs_at_eof(c.r); }));
+        EXPECT_EQ(-EPIPE, evs_write(c.w, "x", 1));
+        ASSERT_TRUE(wait_until([&] { return evs_transport_get_fd(evs_writer_transport(c.w)) < 0; }));
+        char buf[8];
+        const void *data;
+        EXPECT_EQ(EVS_EINCOMPLETE, evs_readexactly(c.r, buf, sizeof buf));
+        EXPECT_EQ(0, evs_read(c.r, buf, sizeof buf));
+        EXPECT_EQ(0, evs_read_view(c.r, sizeof buf, &data));
+        EXPECT_EQ(EVS_EINCOMPLETE, evs_readuntil(c.r, "\n", 1, &data));
+        EXPECT_TRUE(evs_at_eof(c.r));
+        EXPECT_EQ(-EPIPE, evs_drain(c.w));
+    });
+}
+
 TEST(StreamRead, AtEofReturnsZero) {
     run([] {
         Conn c;
@@ -1464,6 +1488,34 @@ TEST(StreamWriter, DrainWhenThePeerClosesASocketpairReturnsAnError) {
         EXPECT_LT(join(d), 0);
         EXPECT_LT(evs_drain(c.w), 0);
     });
+}
+
+// A loop that writes and drains, checking only drain (asyncio's idiom),
+// ends once the connection fails or closes. drain returned 0 forever: the
+// loss comes on a later loop turn and the queue never paused again, so
+// the loop never let the worker run (it spun until the watchdog).
+TEST(StreamWriter, AWriteThenDrainLoopEndsWhenTheConnectionGoes) {
+    enum { Failed, ClosedHere, Aborted };
+    for (int how : {Failed, ClosedHere, Aborted}) {
+        SCOPED_TRACE(how);
+        run([how] {
+            Conn c;
+            ASSERT_TRUE(c.ok());
+            if (how == Failed) {
+                close(c.peer);
+                c.peer = -1;
+            }
+            int rc = 0, turns = 0;
+            for (; turns < 100000 && rc == 0; turns++) {
+                evs_write(c.w, "hello", 5);
+                if (turns == 3 && how == ClosedHere) evs_close(c.w);
+                if (turns == 3 && how == Aborted) evs_transport_abort(c.t());
+                rc = evs_drain(c.w);
+            }
+            EXPECT_LT(turns, 100000) << "drain never failed";
+            EXPECT_EQ(-EPIPE, rc) << evs_strerror(rc);
+        });
+    }
 }
 
 TEST(StreamWriter, WriteAfterCloseIsEpipe) {
