@@ -321,6 +321,7 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
     s->opts.path = NULL;
     s->opts.fds = NULL;
     s->opts.nfds = 0;
+    s->opts.tls = NULL; /* set with its reference once nothing can fail */
     if (unix_socket && o->path && !(s->path = strdup(o->path))) {
         free(s);
         return -ENOMEM;
@@ -370,10 +371,10 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         evs__server_free(s);
         return err;
     }
+    if (o->tls)
+        s->opts.tls = evs_tls_context_ref(o->tls);
     read_port(s);
     give_sockets_to_workers(s, unix_socket);
-    if (o->tls)
-        evs_tls_context_ref(o->tls);
     atomic_store(&s->serving, !o->defer_serving);
 
     pthread_mutex_lock(&rt->lock);

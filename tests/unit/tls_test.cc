@@ -395,6 +395,46 @@ TEST_F(Tls, EchoThroughLibraryClient) {
     EXPECT_EQ(0u, rt.stats().tls_failed);
 }
 
+// A TLS server that fails to start (its port is taken, a bad option)
+// leaves the caller's reference to the context alone: it dropped one it
+// never took, and the context was freed under the caller (a daemon reload
+// whose TLS listener could not bind then freed it a second time).
+TEST_F(Tls, AServerThatFailsToStartKeepsTheCallersContext) {
+    Ctx sctx, cctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    Seen seen;
+    Runtime rt;
+    evs_server *s = start(rt, one_line_handler, &seen, sctx.c);
+    ASSERT_NE(nullptr, s);
+    for (int i = 0; i < 3; i++) {
+        evs_server_options o{};
+        o.client_connected = one_line_handler;
+        o.arg = &seen;
+        o.host = "127.0.0.1";
+        o.port = evs_server_port(s);
+        o.tls = sctx.c;
+        evs_server *again = nullptr;
+        EXPECT_EQ(-EADDRINUSE, evs_start_server(rt.rt, &o, &again));
+        o.port = 0;
+        o.proxy_protocol = true;  // without proxy_trusted: refused
+        EXPECT_EQ(-EINVAL, evs_start_server(rt.rt, &o, &again));
+    }
+    uint16_t port = evs_server_port(s);
+    std::string answer;
+    EXPECT_EQ(0, run([&]() -> int {
+        evs_reader *r;
+        evs_writer *w;
+        int rc = tls_connect("localhost", port, cctx.c, &r, &w);
+        if (rc < 0) return rc;
+        write_str(w, "still here\n");
+        answer = readline_str(r);
+        evs_writer_free(w);
+        return 0;
+    }));
+    EXPECT_EQ("echo: still here\n", answer);
+}
+
 TEST_F(Tls, EchoThroughOpensslSClient) {
     Ctx sctx;
     ASSERT_TRUE(default_server_ctx(&sctx));
