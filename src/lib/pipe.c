@@ -15,8 +15,9 @@
 #include <evstream/pipe.h>
 
 /*
- * writev() raises SIGPIPE when the reader is gone. The library must not
- * change the process's signal dispositions (the embedding program owns
+ * writev() on a pipe and sendfile() on a socket (neither takes
+ * MSG_NOSIGNAL) raise SIGPIPE when the reader is gone. The library must
+ * not change the process's signal dispositions (the embedding program owns
  * them), so the signal is blocked in this thread for the call and, when
  * the write failed with EPIPE, the SIGPIPE it left pending is consumed
  * with sigtimedwait(). SIGPIPE from a write is sent to the writing thread,
@@ -26,28 +27,43 @@
  * the mask calls are then cheap no-ops, and consuming the signal keeps it
  * from piling up on the thread.
  */
-ssize_t evs__pipe_writev(int fd, const struct iovec *iov, int iovcnt)
+void evs__sigpipe_hold(evs__sigpipe_held *h)
 {
-    sigset_t pipe_set, old, pending;
-    bool was_pending;
-    ssize_t n;
-    int saved;
+    sigset_t pipe_set, pending;
 
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &h->old);
     sigemptyset(&pending);
     sigpending(&pending);
-    was_pending = sigismember(&pending, SIGPIPE);
-    n = writev(fd, iov, iovcnt);
-    saved = errno;
-    if (n < 0 && saved == EPIPE && !was_pending) {
+    h->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+void evs__sigpipe_release(const evs__sigpipe_held *h, bool got_epipe)
+{
+    int saved = errno;
+
+    if (got_epipe && !h->was_pending) {
         static const struct timespec zero = {0, 0};
+        sigset_t pipe_set;
+
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
         while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
             ;
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_sigmask(SIG_SETMASK, &h->old, NULL);
     errno = saved;
+}
+
+ssize_t evs__pipe_writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    evs__sigpipe_held h;
+    ssize_t n;
+
+    evs__sigpipe_hold(&h);
+    n = writev(fd, iov, iovcnt);
+    evs__sigpipe_release(&h, n < 0 && errno == EPIPE);
     return n;
 }
 

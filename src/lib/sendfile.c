@@ -60,7 +60,12 @@ ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size
         while (total < count) {
             off_t off = offset + (off_t)total;
             size_t want = count - total;
-            ssize_t n = sendfile(t->fd, file_fd, &off, want > (1u << 30) ? (1u << 30) : want);
+            evs__sigpipe_held held;
+            ssize_t n;
+
+            evs__sigpipe_hold(&held);
+            n = sendfile(t->fd, file_fd, &off, want > (1u << 30) ? (1u << 30) : want);
+            evs__sigpipe_release(&held, n < 0 && errno == EPIPE);
 
             if (n < 0) {
                 if (errno == EINTR)

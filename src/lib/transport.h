@@ -7,6 +7,8 @@
 
 #include "internal.h"
 
+#include <signal.h>
+
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -135,6 +137,15 @@ void evs__timeouts_write(evs_transport *t);
 /* Reading resumed: time spent paused does not count for the read timeout. */
 void evs__timeouts_resumed(evs_transport *t);
 
+/* SIGPIPE blocked in this thread around a write that cannot take
+ * MSG_NOSIGNAL, and consumed if the write raised it (pipe.c). */
+typedef struct {
+    sigset_t old;
+    bool was_pending;
+} evs__sigpipe_held;
+void evs__sigpipe_hold(evs__sigpipe_held *h);
+/* @got_epipe: the write failed with EPIPE. Keeps errno. */
+void evs__sigpipe_release(const evs__sigpipe_held *h, bool got_epipe);
 /* writev() on a pipe without dying of SIGPIPE (pipe.c). */
 ssize_t evs__pipe_writev(int fd, const struct iovec *iov, int iovcnt);
 

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -192,6 +193,33 @@ TEST(SendfileTest, ErrorsAfterCloseAndForBadArguments) {
     });
     EXPECT_EQ("", read_to_eof(sv[1]));
     close(sv[1]);
+}
+
+// sendfile() takes no MSG_NOSIGNAL: to a peer that has gone it raised
+// SIGPIPE, which at its default killed a program running evs_run on a
+// thread that had not blocked it. It now fails with -EPIPE like a write.
+TEST(SendfileTest, APeerThatHasGoneIsEpipeNotSigpipe) {
+    struct sigaction old, dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGPIPE, &dfl, &old);
+    TempFile f("bytes nobody reads");
+    int sv[2];
+    socket_pair(sv);
+    close(sv[1]);
+    Rec r;
+    run([&] {
+        evs_transport *t = nullptr;
+        ASSERT_EQ(0, evs_transport_new(sv[0], &kProto, &r, &t));
+        EXPECT_EQ(-EPIPE, evs_transport_sendfile(t, f.fd, 0, 0));
+        EXPECT_TRUE(wait_until([&] { return r.lost == 1; }));
+        EXPECT_EQ(-EPIPE, r.lost_err);
+    });
+    sigset_t pending;
+    sigemptyset(&pending);
+    sigpending(&pending);
+    EXPECT_FALSE(sigismember(&pending, SIGPIPE));
+    sigaction(SIGPIPE, &old, nullptr);
 }
 
 TEST(SendfileTest, PipeTransportFallsBackToReadAndWrite) {
