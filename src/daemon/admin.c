@@ -132,6 +132,7 @@ int evsd_admin_start(evsd_service *svc, const evsd_listener_conf *c)
     o.max_connections = 64;
     o.no_runtime_limit = true;
     o.idle_timeout = 10;
+    o.defer_serving = true; /* evsd_service_serve, after the switch to `user` */
     if (c->family == EVSD_UNIX) {
         o.path = c->path;
         o.mode = c->has_mode ? c->mode : 0600;
@@ -162,6 +163,6 @@ int evsd_admin_start(evsd_service *svc, const evsd_listener_conf *c)
         snprintf(addr, sizeof addr, "unix:%s", c->path);
     }
     evs_log(EVS_LOG_INFO, "admin: /metrics and /status on %s", addr);
-    evsd_service_set_admin(svc, addr);
+    evsd_service_set_admin(svc, addr, s);
     return 0;
 }

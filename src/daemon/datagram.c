@@ -117,13 +117,29 @@ static void open_here(evs_worker *w, void *arg)
     int rc = evs_datagram_new(set->fds[i], 0, &relay, set, &set->eps[i]);
 
     set->fds[i] = -1; /* taken (closed on failure) */
-    if (rc == 0)
+    if (rc == 0) {
+        evs_datagram_pause_reading(set->eps[i]); /* until evsd_datagram_serve */
         rc = evs_datagram_set_write_buffer_limits(set->eps[i], (ssize_t)set->high,
                                                   (ssize_t)set->low);
+    }
     if (rc < 0) {
         evs_log(EVS_LOG_ERROR, "worker %d: datagram endpoint: %s", i, evs_strerror(rc));
         set->failures++;
     }
+}
+
+static void serve_here(evs_worker *w, void *arg)
+{
+    evsd_datagram *set = arg;
+    evs_datagram *d = set->eps[evs_worker_id(w)];
+
+    if (d)
+        evs_datagram_resume_reading(d);
+}
+
+void evsd_datagram_serve(evs_runtime *rt, evsd_datagram *set)
+{
+    on_workers(rt, set, serve_here);
 }
 
 static void close_here(evs_worker *w, void *arg)

@@ -14,7 +14,8 @@
 typedef struct evsd_datagram evsd_datagram;
 
 /* Bind @c's sockets on the main thread, then open an endpoint on each
- * worker with @proto and @ctx (and @c's write watermarks). @address
+ * worker with @proto and @ctx (and @c's write watermarks), not reading
+ * until evsd_datagram_serve (the start drops privileges first). @address
  * receives the bound address ("udp:127.0.0.1:5353", "unixgram:/path").
  * @return the set or NULL (logged). */
 evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
@@ -24,10 +25,12 @@ evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
  * @proto and @ctx on copies (dup) of @prev's sockets, so nothing is bound
  * again (a privileged port stays reachable after the switch to `user`, and
  * a failed reload leaves @prev's unixgram file alone). @return the set or
- * NULL. */
+ * NULL. Its endpoints read from evsd_datagram_serve on. */
 evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
                                      const evsd_listener_conf *c,
                                      const evs_datagram_protocol *proto, void *ctx);
+/* Start reading: datagrams reach the plugin from now on. */
+void evsd_datagram_serve(evs_runtime *rt, evsd_datagram *set);
 /* The reload succeeded: @set now owns the socket file (removed when it
  * stops) and takes @c's mode and owner. */
 void evsd_datagram_take_over(evsd_datagram *set, evsd_datagram *prev, const evsd_listener_conf *c);

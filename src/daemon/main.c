@@ -488,7 +488,8 @@ int main(int argc, char **argv)
     }
     evsd_service_print_addresses(svc, stdout, true);
     fflush(stdout);
-    /* Last: everything that needs the starting user's rights is done. A
+    /* Last: everything that needs the starting user's rights is done (the
+     * listeners accept nothing before the switch to `user`). A
      * ports file that cannot be written fails the start as a pidfile does:
      * whatever reads it would wait for it forever. */
     if (write_ports(svc, o.ports_file) < 0 ||
@@ -500,6 +501,7 @@ int main(int argc, char **argv)
         free(config_path);
         return 1;
     }
+    evsd_service_serve(svc);
     report_ready(&ready_fd, 0);
     evsd_notify("READY=1\nSTATUS=serving");
 

@@ -391,6 +391,7 @@ struct evsd_service {
     instance *on_workers;
     pthread_mutex_t view_lock; /* `current` as the admin listener reads it */
     char admin_address[160];
+    evs_server *admin; /* deferred like the listeners, started by evsd_service_serve */
     time_t started;
 };
 
@@ -704,12 +705,14 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     return 0;
 }
 
-static void serve_all(generation *g)
+static void serve_all(evsd_service *svc, generation *g)
 {
     for (size_t i = 0; i < g->n; i++) {
         if (g->listeners[i].server)
             evs_server_start_serving(g->listeners[i].server);
-        else if (!g->listeners[i].dgram)
+        else if (g->listeners[i].dgram)
+            evsd_datagram_serve(svc->rt, g->listeners[i].dgram);
+        else
             continue; /* its hand-over failed (logged) */
         evs_log(EVS_LOG_INFO, "listening on %s (listener '%s', plugin '%s')",
                 g->listeners[i].address, g->listeners[i].conf->name, g->listeners[i].conf->plugin);
@@ -757,12 +760,18 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
             goto fail;
     }
     evsd_activation_close_unclaimed();
-    serve_all(svc->current);
     return svc;
 
 fail:
     evsd_service_stop(svc);
     return NULL;
+}
+
+void evsd_service_serve(evsd_service *svc)
+{
+    serve_all(svc, svc->current);
+    if (svc->admin)
+        evs_server_start_serving(svc->admin);
 }
 
 /* The port every socket of stream listener @o is bound to, or 0 when they
@@ -937,7 +946,7 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
         if (l->prev && l->dgram)
             evsd_datagram_take_over(l->dgram, l->prev->dgram, l->conf);
     }
-    serve_all(g);
+    serve_all(svc, g);
     /* Old listeners not carried over stop; all old instances retire when
      * their connections end. */
     for (i = 0; i < old->n; i++)
@@ -1200,9 +1209,10 @@ void evsd_service_status(evsd_service *svc, FILE *f)
     fprintf(f, "]}\n");
 }
 
-void evsd_service_set_admin(evsd_service *svc, const char *address)
+void evsd_service_set_admin(evsd_service *svc, const char *address, evs_server *server)
 {
     snprintf(svc->admin_address, sizeof svc->admin_address, "%s", address);
+    svc->admin = server;
 }
 
 evs_runtime *evsd_service_runtime(evsd_service *svc)

@@ -22,9 +22,15 @@ typedef struct evsd_service evsd_service;
  */
 int evsd_service_check(const evsd_config *cfg, FILE *errors);
 
-/* Start serving @cfg (taken over) on a new runtime with @workers (0: from
- * the config). @return the service or NULL after logging why. */
+/* Bind @cfg's listeners (@cfg taken over) on a new runtime with @workers
+ * (0: from the config), accepting nothing yet. @return the service or
+ * NULL after logging why. */
 evsd_service *evsd_service_start(evsd_config *cfg, int workers);
+
+/* Start serving what evsd_service_start bound: called once the process
+ * runs as `user`, so no connection is ever handled with the starting
+ * user's rights. */
+void evsd_service_serve(evsd_service *svc);
 
 /* Replace the configuration: new connections get @cfg, live ones keep
  * their plugin instance; unchanged listeners keep their socket. On any
@@ -48,8 +54,9 @@ int evsd_service_stop(evsd_service *svc);
 void evsd_service_metrics(evsd_service *svc, FILE *f);
 void evsd_service_status(evsd_service *svc, FILE *f);
 evs_runtime *evsd_service_runtime(evsd_service *svc);
-/* Record the admin listener's address (listed as "admin ADDRESS"). */
-void evsd_service_set_admin(evsd_service *svc, const char *address);
+/* Record the admin listener (listed as "admin ADDRESS"), started with the
+ * others by evsd_service_serve. */
+void evsd_service_set_admin(evsd_service *svc, const char *address, evs_server *server);
 
 /* The log settings of the current configuration. */
 const evsd_config *evsd_service_config(const evsd_service *svc);

@@ -661,6 +661,36 @@ TEST(Ops, RootNeedsUserOrAllowRootAndDropsToTheUser) {
     remove_dir(dir);
 }
 
+// No connection is handled before the switch to `user`: a client already
+// queued on a socket from the service manager was served as root (its
+// child process stayed root), in the gap between the listeners starting
+// and the switch.
+TEST(Ops, AQueuedClientIsServedAsTheUserNeverAsRoot) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root";
+    std::string dir = make_temp_dir();
+    chmod(dir.c_str(), 0755);
+    uint16_t port;
+    int lfd = listening_socket(&port);
+    int early = connect_tcp(port);  // queued before the daemon runs
+    ASSERT_GE(early, 0);
+    Daemon d(dir, "user = \"nobody\";\n"
+                  "plugins = ( { name = \"exec\"; path = \"exec.so\"; } );\n"
+                  "listeners = ( { name = \"id\"; listen = \"127.0.0.1:1\"; plugin = \"exec\";\n"
+                  "  settings = { argv = [\"/usr/bin/id\", \"-u\"]; }; } );\n",
+             {}, lfd, "id");
+    close(lfd);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    set_timeouts(early, 10);
+    EXPECT_EQ("65534\n", read_to_eof(early)) << read_file(d.log);
+    close(early);
+    int late = connect_tcp(port);
+    set_timeouts(late, 10);
+    EXPECT_EQ("65534\n", read_to_eof(late));
+    close(late);
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 TEST(Ops, PerAddressLimitsAndTimeoutsFromTheConfig) {
     std::string dir = make_temp_dir();
     Daemon d(dir, base_conf("{ name = \"limited\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
