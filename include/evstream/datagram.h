@@ -94,7 +94,8 @@ typedef struct evs_datagram_options {
  * local_addr (or remote_addr), bound and/or connected, then call
  * connection_made before returning.
  * @return 0, -EINVAL (no address, mismatched families, not on a worker),
- *         or the socket/bind/connect error.
+ *         -ESHUTDOWN (the worker is stopping), or the socket/bind/connect
+ *         error.
  */
 EVS_EXTERN int evs_datagram_open(const evs_datagram_options *opts,
                                  const evs_datagram_protocol *proto, void *ctx,
@@ -102,7 +103,8 @@ EVS_EXTERN int evs_datagram_open(const evs_datagram_options *opts,
 
 /**
  * Wrap an existing datagram socket (the seed's sock=...): bound and/or
- * connected already. Owned from now on, closed on failure.
+ * connected already. Owned from now on, closed on failure (-ESHUTDOWN
+ * too: the worker is stopping).
  * @param max_datagram 0 = 65536.
  */
 EVS_EXTERN int evs_datagram_new(int fd, size_t max_datagram, const evs_datagram_protocol *proto,

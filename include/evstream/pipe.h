@@ -50,8 +50,8 @@ extern "C" {
  * (connection_lost gets 0 if nothing was queued, else -EPIPE and the
  * queued bytes are dropped), as asyncio's write pipe transport does;
  * otherwise with -EPIPE at the next write.
- * @return 0, -EINVAL (no fd, no protocol, not on a worker), or a negative
- *         errno.
+ * @return 0, -EINVAL (no fd, no protocol, not on a worker), -ESHUTDOWN
+ *         (the worker is stopping), or a negative errno.
  */
 EVS_EXTERN int evs_pipe_open(int read_fd, int write_fd, const evs_protocol *proto, void *ctx,
                              evs_transport **out);

@@ -35,7 +35,8 @@ extern "C" {
  * failure (it is closed then).
  * @param out receives the transport (may be NULL). The transport belongs to
  *        the worker and is freed after connection_lost.
- * @return 0, -EINVAL (no protocol, not on a worker), or a negative errno.
+ * @return 0, -EINVAL (no protocol, not on a worker), -ESHUTDOWN (the
+ *         worker is stopping: @p fd is closed), or a negative errno.
  * Thread: a worker (or evs_run()'s loop).
  */
 EVS_EXTERN int evs_transport_new(int fd, const evs_protocol *proto, void *ctx,

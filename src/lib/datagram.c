@@ -220,6 +220,10 @@ int evs_datagram_new(int fd, size_t max_datagram, const evs_datagram_protocol *p
             close(fd);
         return -EINVAL;
     }
+    if (w->stopping) { /* see evs__transport_create */
+        close(fd);
+        return -ESHUTDOWN;
+    }
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_DGRAM ||
         getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
         int err = errno == ENOTSOCK || type != SOCK_DGRAM ? -EINVAL : -errno;

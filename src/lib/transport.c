@@ -127,6 +127,12 @@ int evs__transport_create(evs_worker *w, int fd, int family, const evs_protocol 
             close(fd);
         return -EINVAL;
     }
+    /* After the stop's abort_all nothing would close it, and the worker's
+     * loop would wait for it forever. */
+    if (w->stopping) {
+        close(fd);
+        return -ESHUTDOWN;
+    }
     if (family == EVS__FD_PROBE && (family = probe_fd(fd)) < 0) {
         close(fd);
         return family;

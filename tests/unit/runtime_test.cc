@@ -490,6 +490,54 @@ TEST(Runtime, StopWithLiveConnectionsCancelsHandlersAndClosesSockets) {
     }
 }
 
+// A handler cancelled by the stop that then opens a datagram endpoint or
+// a transport (a lazily opened logger, say) is refused: nothing would
+// close them after the stop's abort, and the worker's loop waited for them
+// forever (evs_runtime_stop never returned).
+TEST(Runtime, NothingOpensOnAWorkerThatIsStopping) {
+    evs_runtime *rt = start_runtime(1);
+    static std::atomic<int> dgram_rc, transport_rc;
+    dgram_rc = transport_rc = 1;
+    uint16_t port = serve(rt, [](evs_reader *r, evs_writer *w, void *) {
+        char c;
+        evs_write(w, "hi\n", 3);
+        if (evs_read(r, &c, 1) != -ECANCELED) return;
+        struct sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        to.sin_port = htons(9);
+        evs_datagram_options o{};
+        o.remote_addr = (struct sockaddr *)&to;
+        o.remote_addrlen = sizeof to;
+        static const evs_datagram_protocol dp{};
+        evs_datagram *d = nullptr;
+        dgram_rc = evs_datagram_open(&o, &dp, nullptr, &d);
+        int sv[2];
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
+        static const evs_protocol tp{};
+        evs_transport *t = nullptr;
+        transport_rc = evs_transport_new(sv[0], &tp, nullptr, &t);
+        close(sv[1]);
+    });
+    int fd = connect_tcp(port);
+    char buf[3];
+    ASSERT_TRUE(read_exact(fd, buf, 3));
+    std::atomic<bool> stopped{false};
+    std::thread watchdog([&] {
+        for (int i = 0; i < 300 && !stopped; i++) usleep(100 * 1000);
+        if (!stopped) {
+            fprintf(stderr, "evs_runtime_stop hung\n");
+            _exit(1);
+        }
+    });
+    evs_runtime_stop(rt, 0.1);
+    stopped = true;
+    watchdog.join();
+    EXPECT_EQ(-ESHUTDOWN, dgram_rc.load());
+    EXPECT_EQ(-ESHUTDOWN, transport_rc.load());
+    close(fd);
+}
+
 TEST(Runtime, StopWaitsForHandlersThatFinishInTime) {
     evs_runtime *rt = start_runtime(1);
     static std::atomic<int> finished;
