@@ -30,6 +30,8 @@ int evs__tls_write(evs_transport *t, const struct iovec *iov, int iovcnt);
 void evs__tls_close(evs_transport *t);
 /* Plaintext held until the handshake (or a renegotiation) is done. */
 size_t evs__tls_pending(const evs_transport *t);
+/* Throw that plaintext away (an abort, a fatal error). */
+void evs__tls_drop_pending(evs_transport *t);
 /* True while a TLS handshake runs (the first, or a TLS 1.2 server's
  * renegotiation): the transport reads even when the protocol paused reading
  * (pausing holds back plaintext, not TLS). */

@@ -361,8 +361,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     evs__transport_ref(t);
     if (!t->tls->handshake_done)
         handshake_failed(t, -ETIMEDOUT, "handshake timed out");
-    else
-        evs_transport_abort(t); /* close_notify could not be flushed in time */
+    else /* what close() was flushing (and close_notify) did not go in time */
+        evs__transport_fatal(t, -ETIMEDOUT);
     evs__transport_unref(t);
 }
 
@@ -460,6 +460,12 @@ void evs__tls_free(evs_transport *t)
 size_t evs__tls_pending(const evs_transport *t)
 {
     return t->tls->pending ? evbuffer_get_length(t->tls->pending) : 0;
+}
+
+void evs__tls_drop_pending(evs_transport *t)
+{
+    if (t->tls->pending)
+        evbuffer_drain(t->tls->pending, evbuffer_get_length(t->tls->pending));
 }
 
 /* A TLS 1.2 server asked for a new handshake (its HelloRequest sets
@@ -849,6 +855,12 @@ void evs__tls_close(evs_transport *t)
     ERR_clear_error();
     SSL_shutdown(s->ssl); /* sends our close_notify; we do not wait for theirs */
     ERR_clear_error();
+    /* The peer had ended (its close_notify or EOF) and its socket is gone
+     * too: our close_notify had nowhere to go, and nothing else was lost,
+     * so the close is still a clean one, as it would be without TLS. */
+    if ((s->close_notify || s->tcp_eof) && t->lost_scheduled && !t->dropped &&
+        (t->error == -EPIPE || t->error == -ECONNRESET))
+        t->error = 0;
     tv = evs__tv(s->shutdown_timeout);
     evtimer_add(&s->timer, &tv);
 }

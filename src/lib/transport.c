@@ -271,6 +271,23 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Throw away what was not sent: the queue, and plaintext a TLS handshake
+ * holds. A drain waiting for it learns it was dropped. */
+static void drop_unsent(evs_transport *t)
+{
+    size_t queued = evs__transport_queued(t);
+
+    if (queued > 0) {
+        t->dropped = true;
+        account(t, queued, 0);
+        evbuffer_drain(t->out, queued);
+    }
+    if (t->tls && evs__tls_pending(t) > 0) {
+        t->dropped = true;
+        evs__tls_drop_pending(t);
+    }
+}
+
 /* A fatal error: drop the buffer and report @err in connection_lost. */
 void evs__transport_fatal(evs_transport *t, int err)
 {
@@ -279,11 +296,7 @@ void evs__transport_fatal(evs_transport *t, int err)
     evs__debug("connection error: %s", evs_strerror(err));
     t->closing = true;
     t->error = err;
-    if (evs__transport_queued(t) > 0) {
-        t->dropped = true;
-        account(t, evs__transport_queued(t), 0);
-        evbuffer_drain(t->out, evs__transport_queued(t));
-    }
+    drop_unsent(t);
     schedule_lost(t);
 }
 
@@ -311,11 +324,7 @@ void evs_transport_abort(evs_transport *t)
     if (t->lost_scheduled)
         return;
     t->closing = true;
-    if (evs__transport_queued(t) > 0) {
-        t->dropped = true;
-        account(t, evs__transport_queued(t), 0);
-        evbuffer_drain(t->out, evs__transport_queued(t));
-    }
+    drop_unsent(t);
     schedule_lost(t);
 }
 

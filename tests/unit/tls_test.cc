@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -252,8 +253,13 @@ struct RawTls {
     SSL_CTX *ctx = nullptr;
     SSL *ssl = nullptr;
     int fd = -1;
-    explicit RawTls(uint16_t port, const char *sni = "localhost") {
-        fd = connect_tcp(port);
+    struct OverFd {
+        int fd;
+    };
+    explicit RawTls(uint16_t port, const char *sni = "localhost") : RawTls(OverFd{connect_tcp(port)}, sni) {}
+    // Over a socket connected already (a Unix one); closed by the destructor.
+    explicit RawTls(OverFd connected, const char *sni = "localhost") {
+        fd = connected.fd;
         set_timeouts(fd, 5);
         ctx = SSL_CTX_new(TLS_client_method());
         SSL_CTX_load_verify_locations(ctx, certs.ca.c_str(), nullptr);
@@ -1187,6 +1193,111 @@ TEST_F(Tls, WritesBeforeTheHandshakeEndsGoFirstOverTls) {
         ASSERT_TRUE(c.write("after\n"));
         EXPECT_EQ("after\n", c.readline());
     }
+}
+
+namespace {
+
+// Writes 4 MiB and closes as soon as the handshake is done.
+void big_then_close(evs_transport *t, void *ctx) {
+    std::string big(4 << 20, 'x');
+    evs_transport_write(t, big.data(), big.size());
+    evs_transport_close(t);
+    static_cast<ProtoSeen *>(ctx)->made++;
+}
+const evs_protocol big_then_close_protocol = {.connection_made = big_then_close,
+                                              .connection_lost = pm_lost};
+
+}  // namespace
+
+// A close whose flush outlasts the shutdown timeout (a peer that stopped
+// reading) reports -ETIMEDOUT: the unsent bytes were dropped. It reported
+// 0, the result of a close that delivered everything.
+TEST_F(Tls, ACloseCutByTheShutdownTimeoutReportsETIMEDOUT) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ProtoSeen ps;
+    Runtime rt;
+    evs_server *s = start(rt, nullptr, &ps, sctx.c, [](evs_server_options *o) {
+        o->protocol = &big_then_close_protocol;
+        o->tls_shutdown_timeout = 0.3;
+    });
+    ASSERT_NE(nullptr, s);
+    RawTls c(evs_server_port(s));
+    ASSERT_TRUE(c.handshake());  // then reads nothing
+    EXPECT_TRUE(eventually([&] { return ps.lost != 1; }, 20));
+    EXPECT_EQ(-ETIMEDOUT, ps.lost.load()) << evs_strerror(ps.lost);
+}
+
+// The peer sent close_notify and closed its socket before our close: our
+// own close_notify then fails to send (EPIPE at once on a Unix socket),
+// yet nothing was lost, so connection_lost reports a clean close (0).
+// It reported -EPIPE, while peer_closed_cleanly said true.
+TEST_F(Tls, APeerThatClosedCleanlyAndLeftIsACleanLoss) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ProtoSeen ps;
+    Runtime rt;
+    std::string dir = make_temp_dir(), path = dir + "/tls.sock";
+    evs_server_options o{};
+    o.protocol = &tls_echo_protocol;
+    o.arg = &ps;
+    o.path = path.c_str();
+    o.tls = sctx.c;
+    evs_server *s = nullptr;
+    ASSERT_EQ(0, evs_start_unix_server(rt.rt, &o, &s));
+    for (int i = 0; i < 5; i++) {
+        ps.lost = 1;
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sun{};
+        sun.sun_family = AF_UNIX;
+        snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+        ASSERT_EQ(0, connect(fd, (struct sockaddr *)&sun, sizeof sun));
+        RawTls c(RawTls::OverFd{fd});
+        ASSERT_TRUE(c.handshake());
+        ASSERT_TRUE(c.write("x\n"));
+        EXPECT_EQ("x\n", c.readline());
+        SSL_shutdown(c.ssl);  // close_notify, then gone at once
+        close(c.fd);
+        c.fd = -1;
+        EXPECT_TRUE(eventually([&] { return ps.lost != 1; }, 20));
+        EXPECT_EQ(0, ps.lost.load()) << evs_strerror(ps.lost);
+    }
+    remove_dir(dir);
+}
+
+namespace {
+
+std::atomic<long> held_at_lost{-1};
+void hold_then_abort(evs_transport *t, const void *d, size_t n, void *) {
+    if (!is_starttls(d, n) || evs_transport_start_tls(t, early_ctx, true, nullptr, nullptr, 0) < 0)
+        return;
+    evs_transport_write(t, "held", 4);  // waits for the handshake
+    evs_transport_abort(t);
+}
+void held_lost(evs_transport *t, int, void *) {
+    held_at_lost = (long)evs_transport_get_write_buffer_size(t);
+}
+const evs_protocol hold_then_abort_protocol = {.data_received = hold_then_abort,
+                                               .connection_lost = held_lost};
+
+}  // namespace
+
+// An abort throws away plaintext held for the handshake too: the write
+// buffer is empty when connection_lost comes. It kept the held bytes (and
+// a drain waiting on them was told they were delivered).
+TEST_F(Tls, AnAbortDropsPlaintextHeldForTheHandshake) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    early_ctx = sctx.c;
+    held_at_lost = -1;
+    Runtime rt;
+    evs_server *s = start_protocol(rt, &hold_then_abort_protocol);
+    ASSERT_NE(nullptr, s);
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_TRUE(write_all(fd, "STARTTLS\n", 9));
+    EXPECT_TRUE(eventually([&] { return held_at_lost != -1; }, 20));
+    EXPECT_EQ(0, held_at_lost.load());
+    close(fd);
 }
 
 TEST_F(Tls, ProtocolModeEcho) {
