@@ -441,6 +441,9 @@ static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, b
     get_count(e, g, "max_connections_per_ip", 0, 10000000, &l->max_connections_per_ip);
     get_rate(e, g, "connection_rate_per_ip", &l->connection_rate_per_ip);
     get_rate(e, g, "connection_burst_per_ip", &l->connection_burst_per_ip);
+    if (l->connection_burst_per_ip > 0 && l->connection_burst_per_ip < 1)
+        bad(e, config_setting_get_member(g, "connection_burst_per_ip"),
+            "must be 0 (one second's worth of connection_rate_per_ip) or at least 1");
     {
         const char *msg = get_string(e, g, "reject_message", false);
         if (msg) {

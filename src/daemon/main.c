@@ -126,8 +126,14 @@ static evsd_config *load_config(const char *path, bool to_log)
 {
     evsd_config *cfg = NULL;
     char *errors = NULL;
+    /* Resolved at each load, so a reload after a symlink was switched to
+     * a new version reads that version (relative paths in it stay
+     * relative to the real file's directory). */
+    char *real = realpath(path, NULL);
+    int rc = evsd_config_load(real ? real : path, &cfg, &errors);
 
-    if (evsd_config_load(path, &cfg, &errors) == 0)
+    free(real);
+    if (rc == 0)
         return cfg;
     if (to_log) {
         char *save, *line = strtok_r(errors, "\n", &save);
@@ -277,22 +283,28 @@ static void free_paths(void)
     free(ports_path);
 }
 
-/* @path made absolute against the starting directory (-d changes to "/"):
- * its real path when it exists, else joined to the working directory (a
- * pidfile not written yet). */
-static char *absolute(const char *path)
+/* @path made absolute against the starting directory (-d changes to "/"),
+ * symlinks kept. */
+static char *joined_to_cwd(const char *path)
 {
     char cwd[PATH_MAX];
-    char *out = realpath(path, NULL);
+    char *out;
 
-    if (out)
-        return out;
     if (path[0] == '/' || !getcwd(cwd, sizeof cwd))
         return strdup(path);
     out = malloc(strlen(cwd) + strlen(path) + 2);
     if (out)
         sprintf(out, "%s/%s", cwd, path);
     return out;
+}
+
+/* The real path of @path when it exists, else joined_to_cwd (a pidfile
+ * not written yet). */
+static char *absolute(const char *path)
+{
+    char *out = realpath(path, NULL);
+
+    return out ? out : joined_to_cwd(path);
 }
 
 static void apply_log(const evsd_config *cfg, const options *o, const char *instead)
@@ -425,7 +437,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     if ((rc = parse_args(argc, argv, &o)) != 0)
         return rc;
-    config_path = absolute(o.config);
+    config_path = joined_to_cwd(o.config);
     /* -d changes to "/": name the pidfile and ports file from here. */
     if (o.pidfile)
         o.pidfile = pidfile_path = absolute(o.pidfile);
@@ -455,6 +467,7 @@ int main(int argc, char **argv)
 
     if (o.daemonize)
         ready_fd = daemonize();
+    evsd_apply_umask(cfg); /* first: the log file, pidfile and sockets take it */
     apply_log(cfg, &o, "logging to stderr");
     if (evsd_prepare_process(cfg) < 0) {
         report_ready(&ready_fd, 1);

@@ -120,6 +120,12 @@ int evsd_check_process(const evsd_config *cfg, FILE *errors)
     return failures ? -1 : 0;
 }
 
+void evsd_apply_umask(const evsd_config *cfg)
+{
+    if (cfg->has_umask)
+        umask((mode_t)cfg->umask_value);
+}
+
 int evsd_prepare_process(const evsd_config *cfg)
 {
     char err[512];
@@ -129,8 +135,6 @@ int evsd_prepare_process(const evsd_config *cfg)
         evs_log(EVS_LOG_ERROR, "%s", err);
         return -1;
     }
-    if (cfg->has_umask)
-        umask((mode_t)cfg->umask_value);
     if (raise_nofile(cfg, &raised, err, sizeof err) < 0) {
         evs_log(EVS_LOG_ERROR, "%s", err);
         return -1;

@@ -9,8 +9,10 @@
 
 #include "config.h"
 
-/* Before binding: refuse root without user or allow_root, set the umask,
- * raise RLIMIT_NOFILE to what max_connections needs, warn about
+/* The configured umask, before any file is created (the log first). */
+void evsd_apply_umask(const evsd_config *cfg);
+/* Before binding: refuse root without user or allow_root, raise
+ * RLIMIT_NOFILE to what max_connections needs, warn about
  * vm.max_map_count. @return 0 or -1 (logged). */
 int evsd_prepare_process(const evsd_config *cfg);
 /* What evsd_prepare_process would refuse, with the same code (`evstreamd

@@ -588,6 +588,9 @@ ConfigError config_error_case(const std::string &name) {
     if (name == "ProxyTimeoutZero")  // it meant 5 s, silently
         return {config(listener("proxy_protocol = { trusted = [\"127.0.0.1\"]; timeout = 0; }; #@")), "",
                 {"listeners[0].proxy_protocol.timeout: expected a duration above 0"}};
+    if (name == "BurstBelowOne")  // it meant one second of the rate, silently
+        return {config(listener("limits = { connection_rate_per_ip = 1000; connection_burst_per_ip = 0.5; #@\n  };")), "",
+                {"connection_burst_per_ip: must be 0 (one second's worth of connection_rate_per_ip) or at least 1"}};
     if (name == "ErrorInIncludedFile")
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
@@ -668,7 +671,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
                       "GroupGidWrapsRound", "RelativeUnixPath", "ListenerNameWithSpaces",
                       "ListenerNamedAdmin", "EmptyListenerName", "SniWildcardInsideAName",
-                      "SniNameTwice", "ProxyTimeoutZero", "ErrorInIncludedFile",
+                      "SniNameTwice", "ProxyTimeoutZero", "BurstBelowOne", "ErrorInIncludedFile",
                       "SyntaxErrorInIncludedFile", "MissingIncludedFile",
                       "IncludedFileIncludesItself"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
@@ -1208,6 +1211,31 @@ TEST_F(DaemonTest, AReplacedPluginIsCopiedToTmpdirAndAFailedCopySaysWhy) {
     EXPECT_EQ("HELLO", ask(fd, "hello"));
     close(fd);
     EXPECT_EQ(0, rmdir(copies.c_str())) << "the private copy was left behind";
+}
+
+// The configuration is named by a symlink switched to a new version: a
+// reload reads the version the link names now. The link was resolved once,
+// at the start, and every reload read the first version again.
+TEST_F(DaemonTest, AReloadFollowsASwitchedSymlink) {
+    std::string v1 = write("v1.conf", config("  { name = \"l\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    std::string v2 = write("v2.conf", config("  { name = \"l\"; listen = \"127.0.0.1:0\"; plugin = \"line_upper\"; }"));
+    std::string link = path("current.conf");
+    ASSERT_EQ(0, symlink(v1.c_str(), link.c_str()));
+    Daemon &d = start(link);
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("l"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("hello", ask(fd, "hello"));
+    close(fd);
+
+    ASSERT_EQ(0, symlink(v2.c_str(), (link + ".new").c_str()));
+    ASSERT_EQ(0, rename((link + ".new").c_str(), link.c_str()));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded "); })) << d.err();
+    fd = connect_tcp(d.port("l"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("HELLO", ask(fd, "hello")) << d.err();
+    close(fd);
 }
 
 // A ports file that cannot be written fails the start, as a pidfile does:

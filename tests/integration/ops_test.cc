@@ -691,6 +691,20 @@ TEST(Ops, AQueuedClientIsServedAsTheUserNeverAsRoot) {
     remove_dir(dir);
 }
 
+// umask applies to every file the daemon makes, the main log first: the
+// log was created before the umask was set (0640 under "0077").
+TEST(Ops, TheUmaskAppliesToTheMainLog) {
+    std::string dir = make_temp_dir();
+    Daemon d(dir, "umask = \"0077\";\nlog = { file = \"" + dir + "/main.log\"; };\n" +
+                      base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    struct stat st;
+    ASSERT_EQ(0, stat((dir + "/main.log").c_str(), &st));
+    EXPECT_EQ(0600u, st.st_mode & 0777u);
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 TEST(Ops, PerAddressLimitsAndTimeoutsFromTheConfig) {
     std::string dir = make_temp_dir();
     Daemon d(dir, base_conf("{ name = \"limited\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
