@@ -790,27 +790,32 @@ static const char *search(const char *p, size_t len, const evs_separator *sep)
     return NULL;
 }
 
-/* Earliest separator at or after @from; a tie goes to the shortest.
+/* The separator match at or after @from that ends first; a tie goes to
+ * the shortest. More bytes can never bring a match that ends earlier, so
+ * the answer does not depend on how the bytes arrived (asyncio's rule).
  * @return its position or -1; *which receives its index. */
 static ssize_t find_separator(const evs_reader *r, const evs_separator *seps, size_t nseps,
                               size_t from, size_t *which)
 {
-    size_t len = buffered(r);
+    size_t len = buffered(r), best_end = len;
     ssize_t best = -1;
 
     if (from >= len)
         return -1;
     const char *p = r->mem + r->start + r->consume;
     for (size_t i = 0; i < nseps; i++) {
-        /* Once one is found, only a hit starting at or before it can win. */
-        size_t end = best < 0 ? len : (size_t)best + seps[i].len;
-        const char *hit = search(p + from, (end < len ? end : len) - from, &seps[i]);
+        /* Once one is found, only a hit ending at or before it can win. */
+        if (best_end <= from)
+            break;
+        const char *hit = search(p + from, best_end - from, &seps[i]);
 
         if (!hit)
             continue;
         ssize_t pos = hit - p;
-        if (best < 0 || pos < best || (pos == best && seps[i].len < seps[*which].len)) {
+        size_t end = (size_t)pos + seps[i].len;
+        if (best < 0 || end < best_end || seps[i].len < seps[*which].len) {
             best = pos;
+            best_end = end;
             *which = i;
         }
     }

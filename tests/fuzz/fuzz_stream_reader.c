@@ -18,8 +18,9 @@
  *     bytes of EVS_EINCOMPLETE, evs_read data) concatenated is exactly the
  *     bytes sent: every piece is checked against the next unread bytes, and
  *     at EOF all of them were returned, nothing lost, nothing twice;
- *   - a separator read ends at the earliest separator in what it returns
- *     (a tie to the shortest) and that separator starts within the limit;
+ *   - a separator read ends with a separator, and every separator wholly
+ *     in what it returns ends there too (none ends earlier: the first to
+ *     end wins); the earliest of them starts within the limit;
  *     readline returns a line ending with '\n', or the unterminated rest at
  *     EOF;
  *   - EVS_ELIMIT consumes nothing (the data stays readable) and is right:

@@ -872,7 +872,7 @@ TEST(StreamReaduntilAny, EarliestMatchWins) {
     });
 }
 
-TEST(StreamReaduntilAny, ALongerSeparatorThatStartsEarlierWins) {
+TEST(StreamReaduntilAny, TheMatchThatEndsFirstWins) {
     run([] {
         Conn c;
         ASSERT_TRUE(c.ok());
@@ -885,6 +885,26 @@ TEST(StreamReaduntilAny, ALongerSeparatorThatStartsEarlierWins) {
         n = evs_readuntil_any(c.r, seps, 2, 0, &data);
         EXPECT_EQ("\n", view_str(data, n));
     });
+}
+
+// A longer separator that starts earlier but ends later loses, whether the
+// bytes come at once or split: the earliest start won when "abcd" came in
+// one piece ("abcd") and the earliest end when it came as "abc" + "d"
+// ("abc"), so one stream gave two answers.
+TEST(StreamReaduntilAny, TheAnswerDoesNotDependOnHowTheBytesArrive) {
+    for (bool split : {false, true}) {
+        SCOPED_TRACE(split ? "abc + d" : "abcd");
+        run([split] {
+            Conn c;
+            ASSERT_TRUE(c.ok());
+            c.send(split ? "abc" : "abcd");
+            ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == (split ? 3u : 4u); }));
+            evs_separator seps[] = {{"abcd", 4}, {"bc", 2}};
+            const void *data;
+            ssize_t n = evs_readuntil_any(c.r, seps, 2, 0, &data);
+            EXPECT_EQ("abc", view_str(data, n));
+        });
+    }
 }
 
 TEST(StreamReaduntilAny, TieGoesToTheShortestSeparator) {
