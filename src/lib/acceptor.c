@@ -204,7 +204,9 @@ static void dispatch(evs_server *s, evs_worker *here, int fd, const struct socka
     uint64_t key = 0;
     bool counted = false;
 
-    if (evs__iplimit_enabled(s) && evs__ip_key(peer, &key)) {
+    /* Behind the PROXY protocol the peer is the proxy: the client's
+     * address comes with the header, and proxy_stage.c admits it then. */
+    if (evs__iplimit_enabled(s) && !s->opts.proxy_protocol && evs__ip_key(peer, &key)) {
         int rc = evs__iplimit_admit(s, key);
         if (rc < 0) {
             evs__iplimit_reject(s, fd, rc, peer, plen);

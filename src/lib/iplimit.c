@@ -195,10 +195,10 @@ void evs__iplimit_free(evs_server *s)
     s->ip_table = NULL;
 }
 
-/* Refused at the door: the optional one-line message, then close. Logged
- * at most once a second per server, with the count since the last line. */
-void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_storage *peer,
-                         socklen_t plen)
+/* A refusal counted, and logged at most once a second per server, with
+ * the count since the last line. */
+static void count_refusal(evs_server *s, int why, const struct sockaddr_storage *peer,
+                          socklen_t plen)
 {
     double now = evs__monotonic();
     char who[128];
@@ -207,12 +207,6 @@ void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_s
         atomic_fetch_add_explicit(&s->rejected_per_ip, 1, memory_order_relaxed);
     else
         atomic_fetch_add_explicit(&s->rejected_rate, 1, memory_order_relaxed);
-    if (s->opts.reject_message && *s->opts.reject_message) {
-        ssize_t rc = send(fd, s->opts.reject_message, strlen(s->opts.reject_message),
-                          MSG_DONTWAIT | MSG_NOSIGNAL);
-        (void)rc; /* best effort: the client may be gone already */
-    }
-    close(fd);
     /* Workers accepting on their own sockets (reuse_port) share the log. */
     pthread_mutex_lock(&s->ip_lock);
     s->rejects_unlogged++;
@@ -226,4 +220,28 @@ void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_s
         s->last_reject_log = now;
     }
     pthread_mutex_unlock(&s->ip_lock);
+}
+
+/* Refused at the door: the optional one-line message, then close. */
+void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_storage *peer,
+                         socklen_t plen)
+{
+    if (s->opts.reject_message && *s->opts.reject_message) {
+        ssize_t rc = send(fd, s->opts.reject_message, strlen(s->opts.reject_message),
+                          MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)rc; /* best effort: the client may be gone already */
+    }
+    close(fd);
+    count_refusal(s, why, peer, plen);
+}
+
+/* The same for a client named by a PROXY header, whose connection is a
+ * transport already. */
+void evs__iplimit_reject_transport(evs_server *s, evs_transport *t, int why,
+                                   const struct sockaddr_storage *peer, socklen_t plen)
+{
+    if (s->opts.reject_message && *s->opts.reject_message)
+        evs_transport_write(t, s->opts.reject_message, strlen(s->opts.reject_message));
+    evs_transport_close(t);
+    count_refusal(s, why, peer, plen);
 }

@@ -118,6 +118,24 @@ static void reject(evs_transport *t, proxy_stage *st, const char *why)
     evs_transport_abort(t);
 }
 
+/* Per-address limits count the client the header names (the acceptor
+ * left them to us: it saw the proxy). @return false when it was refused. */
+static bool admit_client(evs_transport *t, evs_server *s, const evs__proxy_header *h)
+{
+    uint64_t key;
+    int rc;
+
+    if (!evs__iplimit_enabled(s) || !evs__ip_key(&h->src, &key))
+        return true;
+    if ((rc = evs__iplimit_admit(s, key)) < 0) {
+        evs__iplimit_reject_transport(s, t, rc, &h->src, h->srclen);
+        return false;
+    }
+    t->ip_key = key;
+    t->ip_counted = true;
+    return true;
+}
+
 /* The header is in: record it and start the real protocol with @rest. */
 static void proceed(evs_transport *t, proxy_stage *st, const evs__proxy_header *h,
                     const uint8_t *rest, size_t restlen)
@@ -140,6 +158,8 @@ static void proceed(evs_transport *t, proxy_stage *st, const evs__proxy_header *
             memcpy(t->peer, &h->src, h->srclen);
             t->peerlen = h->srclen;
         }
+        if (!admit_client(t, s, h))
+            return;
     }
     evs_transport_set_protocol(t, st->next, st->next_ctx);
     stage_free(st);

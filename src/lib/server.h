@@ -117,6 +117,8 @@ int evs__iplimit_admit(evs_server *s, uint64_t key);
 void evs__iplimit_release(evs_server *s, uint64_t key);
 void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_storage *peer,
                          socklen_t plen);
+void evs__iplimit_reject_transport(evs_server *s, evs_transport *t, int why,
+                                   const struct sockaddr_storage *peer, socklen_t plen);
 void evs__iplimit_free(evs_server *s);
 /* How many addresses the table holds (tests). */
 size_t evs__iplimit_entries(evs_server *s);

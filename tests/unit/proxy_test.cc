@@ -187,7 +187,7 @@ struct ProxyServer {
     evs_runtime *rt = nullptr;
     evs_server *s = nullptr;
     uint16_t port = 0;
-    explicit ProxyServer(const char *trusted, double timeout = 0) {
+    explicit ProxyServer(const char *trusted, double timeout = 0, size_t per_ip = 0) {
         evs_runtime_options ro{};
         ro.workers = 1;
         EXPECT_EQ(0, evs_runtime_new(&ro, &rt));
@@ -200,6 +200,8 @@ struct ProxyServer {
         o.proxy_trusted = list;
         o.nproxy_trusted = 1;
         o.proxy_timeout = timeout;
+        o.max_connections_per_ip = per_ip;
+        o.reject_message = "busy\n";
         EXPECT_EQ(0, evs_start_server(rt, &o, &s));
         port = evs_server_port(s);
     }
@@ -248,6 +250,41 @@ TEST(ProxyServer, V1HeaderGivesTheRealClientAndDataAfterItArrives) {
     ASSERT_TRUE(read_exact(fd, back, 5));
     EXPECT_EQ("hello", std::string(back, 5));
     close(fd);
+}
+
+// Per-address limits count the client each header names, not the proxy
+// every connection comes from: with one connection per address, a second
+// client through the same proxy was refused and no client was ever limited.
+TEST(ProxyServer, PerAddressLimitsCountTheClientsBehindTheProxy) {
+    ProxyServer srv("127.0.0.0/8", 0, 1);
+    auto open_as = [&](const char *client) {
+        int fd = connect_tcp(srv.port);
+        std::string h = std::string("PROXY TCP4 ") + client + " 127.0.0.1 40000 80\r\n";
+        EXPECT_TRUE(write_all(fd, h.data(), h.size()));
+        return fd;
+    };
+    int a = open_as("198.51.100.1");
+    EXPECT_EQ(0u, line_of(a).rfind("peer=198.51.100.1:40000", 0));
+    int b = open_as("203.0.113.7");  // another client, the same proxy
+    EXPECT_EQ(0u, line_of(b).rfind("peer=203.0.113.7:40000", 0));
+    int a2 = open_as("198.51.100.1");  // the first client again: over its limit
+    EXPECT_EQ("busy", line_of(a2));
+    char c;
+    EXPECT_LE(recv(a2, &c, 1, 0), 0);
+    close(a2);
+    close(a);  // its slot comes back once the close is seen
+    bool served = false;
+    for (int i = 0; i < 1000 && !served; i++) {
+        int again = open_as("198.51.100.1");
+        served = line_of(again).rfind("peer=198.51.100.1:40000", 0) == 0;
+        close(again);
+        if (!served) usleep(10 * 1000);
+    }
+    EXPECT_TRUE(served);
+    evs_server_stats st;
+    evs_server_stats_get(srv.s, &st);
+    EXPECT_GE(st.rejected_per_ip, 1u);
+    close(b);
 }
 
 TEST(ProxyServer, V2HeaderWithTlvsInPieces) {
