@@ -183,7 +183,10 @@ static void pidfile_remove(const char *path)
 {
     if (pidfile_fd < 0)
         return;
-    unlink(path);
+    /* After the switch to `user`, only a directory that user may write to
+     * lets it go: say so, a stale pidfile misleads whoever reads it. */
+    if (unlink(path) < 0 && errno != ENOENT)
+        evs_log(EVS_LOG_WARN, "cannot remove the pidfile %s: %s", path, strerror(errno));
     close(pidfile_fd);
     pidfile_fd = -1;
 }

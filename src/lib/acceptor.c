@@ -121,7 +121,9 @@ static void count_accepted(evs_server *s, evs_worker *w)
     /* s->conns and rt->conns were reserved before the accept (take_slot). */
     atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
-    evs__counter_add(&w->accepted, 1);
+    /* Not evs__counter_add: the acceptor and the worker itself (its own
+     * reuse_port socket) both count here. */
+    atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
 }
 
 /* Wake the acceptor if it paused at the runtime's limit (@runtime: a slot
@@ -486,9 +488,9 @@ void evs__acceptor_remove(evs_worker *acceptor, void *arg)
             evs__listener_close(acceptor, l);
     }
     /* Remove our socket file, but not one that replaced it since. */
-    if (s->path && !s->keep_path && s->path[0] != '@' && stat(s->path, &st) == 0 && st.st_dev == s->path_dev &&
-        st.st_ino == s->path_ino)
-        unlink(s->path);
+    if (s->path && !s->keep_path && s->path[0] != '@' && stat(s->path, &st) == 0 &&
+        st.st_dev == s->path_dev && st.st_ino == s->path_ino && unlink(s->path) < 0)
+        evs__warn("cannot remove the socket file %s: %s", s->path, strerror(errno));
 }
 
 /* Every listener, not only when the runtime is under its limit: a server
@@ -522,7 +524,8 @@ void evs__connection_closed(evs_server *s, evs_worker *w)
 {
     atomic_fetch_add_explicit(&s->closed_count, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&w->active, 1, memory_order_relaxed);
-    evs__counter_add(&w->closed, 1);
+    /* The acceptor counts here too, on a failed hand-off. */
+    atomic_fetch_add_explicit(&w->closed, 1, memory_order_relaxed);
     release_slot(s); /* the first close after a pause at a limit wakes the acceptor */
 }
 
