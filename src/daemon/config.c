@@ -1057,13 +1057,18 @@ static void read_listener(errlist *e, const config_setting_t *g, evsd_config *c,
         read_proxy_protocol(e, v, l);
 }
 
-/* Two udp: listeners on one address: every socket sets SO_REUSEPORT (one
- * per worker), so the second bind would succeed and the kernel would
- * split the datagrams between two plugins. */
-static bool same_udp_port(const evsd_listener_conf *a, const evsd_listener_conf *b)
+/* Two listeners on one address: with reuseport (always for udp:, whose
+ * workers each bind a socket) both would bind, and the kernel would split
+ * the connections or datagrams between two plugins; without it the second
+ * would fail at start only. Port 0 is not one address: each gets a port. */
+static bool same_address(const evsd_listener_conf *a, const evsd_listener_conf *b)
 {
-    return a->family == EVSD_UDP && b->family == EVSD_UDP && a->port != 0 &&
-           a->port == b->port && strcmp(a->host ? a->host : "*", b->host ? b->host : "*") == 0;
+    if (a->family != b->family)
+        return false;
+    if (a->family == EVSD_UNIX || a->family == EVSD_UNIXGRAM)
+        return a->path && b->path && strcmp(a->path, b->path) == 0;
+    return a->port != 0 && a->port == b->port &&
+           strcmp(a->host ? a->host : "*", b->host ? b->host : "*") == 0;
 }
 
 static void read_listeners(errlist *e, const config_setting_t *list, evsd_config *c)
@@ -1090,7 +1095,7 @@ static void read_listeners(errlist *e, const config_setting_t *list, evsd_config
             if (strcmp(c->listeners[j].name, l->name) == 0)
                 bad(e, g, "listener '%s' is declared twice (first at line %d)", l->name,
                     c->listeners[j].line);
-            else if (same_udp_port(&c->listeners[j], l))
+            else if (same_address(&c->listeners[j], l))
                 bad(e, g, "listener '%s': %s is also the address of listener '%s' (line %d)",
                     l->name, l->listen, c->listeners[j].name, c->listeners[j].line);
         }

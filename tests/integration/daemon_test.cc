@@ -538,6 +538,11 @@ ConfigError config_error_case(const std::string &name) {
                        "workers = 2;\n", ",\n  { name = \"udp_echo\"; path = \"udp_echo.so\"; }"),
                 "",
                 {"listener 'm': udp:127.0.0.1:5353 is also the address of listener 'l'"}};
+    if (name == "TwoReuseportListenersOnOneAddress")  // both bound, connections split
+        return {config(listener("reuseport = true;", "127.0.0.1:5353") +
+                       ",\n  { name = \"m\"; listen = \"127.0.0.1:5353\"; plugin = \"echo\"; reuseport = true; } #@"),
+                "",
+                {"listener 'm': 127.0.0.1:5353 is also the address of listener 'l'"}};
     if (name == "StreamPluginOnDatagramAddress")
         return {config(listener("", "udp:127.0.0.1:0", "echo", true)), "",
                 {"listener 'l'", "plugin 'echo' is not a datagram plugin"}};
@@ -665,7 +670,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "UndeclaredPlugin", "MissingPluginFile", "PluginAbiMismatch",
                       "PluginWithoutDescriptor", "PluginWithUndefinedSymbol", "PluginInitFails",
                       "PluginInitFailsWithSettings", "PluginRejectsSettingType",
-                      "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress", "TwoUdpListenersOnOneAddress",
+                      "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress", "TwoUdpListenersOnOneAddress", "TwoReuseportListenersOnOneAddress",
                       "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
                       "TlsCaFileWithoutClientCertificates", "TlsVerifyDepthWithoutClientCertificates",
                       "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
