@@ -478,7 +478,10 @@ void evs_transport_pause_reading(evs_transport *t)
     if (t->closing || t->paused)
         return;
     t->paused = true;
-    if (!evs__tls_handshaking(t))
+    /* After EOF nothing is read: rd_ev is gone, or is a write-only pipe's
+     * watch for its reader leaving, which must stay (resume would not
+     * bring it back). */
+    if (!evs__tls_handshaking(t) && !t->eof_received)
         event_del(&t->rd_ev);
 }
 

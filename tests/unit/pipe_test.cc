@@ -296,6 +296,10 @@ TEST(PipeTest, WriteOnlyPipeLearnsItsReaderLeftWithoutWriting) {
         ASSERT_EQ(0, evs_transport_write(t, "read", 4));
         EXPECT_TRUE(wait_until([&] { return drain_fd(p[0]) == "read"; }));
         EXPECT_EQ(0, r.lost);
+        // Pausing reading (a stream-mode reader over its limit, say) must
+        // not stop the watch: it was dropped and never came back.
+        evs_transport_pause_reading(t);
+        evs_transport_resume_reading(t);
         close(p[0]);  // nothing queued: a clean end, as in asyncio
         EXPECT_TRUE(wait_until([&] { return r.lost == 1; }));
         EXPECT_EQ(0, r.lost_err);
