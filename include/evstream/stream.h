@@ -101,8 +101,9 @@ EVS_EXTERN ssize_t evs_readuntil(evs_reader *r, const void *sep, size_t seplen,
 
 /**
  * readuntil((sep1, sep2, ...)): like evs_readuntil() with several
- * separators: the match that ends first wins (more bytes cannot change
- * the answer, as in asyncio), a tie goes to the shortest.
+ * separators: the data up to the first place a separator ends (more bytes
+ * cannot change it, as in asyncio); EVS_ELIMIT when every separator
+ * ending there starts past the limit.
  * @param limit the most bytes allowed before the separator; 0 = the
  *        reader's limit.
  * @return as evs_readuntil(); -EINVAL for no separator or an empty one.

@@ -790,9 +790,10 @@ static const char *search(const char *p, size_t len, const evs_separator *sep)
     return NULL;
 }
 
-/* The separator match at or after @from that ends first; a tie goes to
- * the shortest. More bytes can never bring a match that ends earlier, so
- * the answer does not depend on how the bytes arrived (asyncio's rule).
+/* The separator match at or after @from that ends first (asyncio's rule):
+ * more bytes can never bring one that ends earlier, so the answer does not
+ * depend on how the bytes arrived. Of matches ending together (the data is
+ * the same) the longest, which starts first, is the one the limit sees.
  * @return its position or -1; *which receives its index. */
 static ssize_t find_separator(const evs_reader *r, const evs_separator *seps, size_t nseps,
                               size_t from, size_t *which)
@@ -813,7 +814,7 @@ static ssize_t find_separator(const evs_reader *r, const evs_separator *seps, si
             continue;
         ssize_t pos = hit - p;
         size_t end = (size_t)pos + seps[i].len;
-        if (best < 0 || end < best_end || seps[i].len < seps[*which].len) {
+        if (best < 0 || end < best_end || seps[i].len > seps[*which].len) {
             best = pos;
             best_end = end;
             *which = i;

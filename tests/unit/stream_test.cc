@@ -907,7 +907,23 @@ TEST(StreamReaduntilAny, TheAnswerDoesNotDependOnHowTheBytesArrive) {
     }
 }
 
-TEST(StreamReaduntilAny, TieGoesToTheShortestSeparator) {
+// Separators that end at one place give the same data; the one starting
+// first ("abc" at 1, within the limit of 1) decides the limit, not the
+// shorter one inside it ("bc" at 2).
+TEST(StreamReaduntilAny, SeparatorsEndingTogetherAreJudgedByTheFirstStart) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("xabc");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 4; }));
+        evs_separator seps[] = {{"bc", 2}, {"abc", 3}};
+        const void *data;
+        ssize_t n = evs_readuntil_any(c.r, seps, 2, 1, &data);
+        EXPECT_EQ("xabc", view_str(data, n));
+    });
+}
+
+TEST(StreamReaduntilAny, AtOneStartTheShortestSeparatorEndsFirst) {
     run([] {
         Conn c;
         ASSERT_TRUE(c.ok());
