@@ -1137,9 +1137,23 @@ TEST_F(DaemonTest, SighupFailingOnAKeptListenerKeepsTheOldOne) {
     close(live);
 }
 
-// A replaced server is freed once its connections are gone; it held a TLS
-// context with its session cache (about 20 KB). Leaked, 300 reloads grew
-// the daemon by about 6 MB; the bound leaves room for allocator noise.
+namespace {
+
+// Install @from as the plugin file @so the way docs/plugins.md asks: a
+// copy renamed over it, never a write into the loaded file.
+void install_plugin(const std::string &so, const std::string &from) {
+    write_file(so + ".new", read_file(from));
+    ASSERT_EQ(0, rename((so + ".new").c_str(), so.c_str()));
+}
+
+// One listener "l" served by the plugin at @so, named "hot".
+std::string hot_plugin_config(const std::string &so) {
+    return config("  { name = \"l\"; listen = \"127.0.0.1:0\"; plugin = \"hot\"; }", "",
+                  ",\n  { name = \"hot\"; path = \"" + so + "\"; }");
+}
+
+}  // namespace
+
 // A reload loads a plugin whose file was replaced (installed by rename, as
 // docs/plugins.md asks): new connections run the new code, live ones keep
 // the old. A replacement that cannot load fails the reload with a message
@@ -1147,13 +1161,9 @@ TEST_F(DaemonTest, SighupFailingOnAKeptListenerKeepsTheOldOne) {
 // no claim that the new version was loaded.
 TEST_F(DaemonTest, AReloadLoadsAReplacedPluginAndNamesOneThatFails) {
     std::string so = path("hot.so");
-    auto install = [&](const std::string &from) {
-        write_file(so + ".new", read_file(from));
-        ASSERT_EQ(0, rename((so + ".new").c_str(), so.c_str()));
-    };
+    auto install = [&](const std::string &from) { install_plugin(so, from); };
     install(plugin_dir() + "/echo.so");
-    std::string text = config("  { name = \"l\"; listen = \"127.0.0.1:0\"; plugin = \"hot\"; }", "",
-                              ",\n  { name = \"hot\"; path = \"" + so + "\"; }");
+    std::string text = hot_plugin_config(so);
     std::string conf = write("evstreamd.conf", text);
     Daemon &d = start(conf);
     ASSERT_TRUE(d.running());
@@ -1186,13 +1196,9 @@ TEST_F(DaemonTest, AReloadLoadsAReplacedPluginAndNamesOneThatFails) {
 // the reason; the old version serves on.
 TEST_F(DaemonTest, AReplacedPluginIsCopiedToTmpdirAndAFailedCopySaysWhy) {
     std::string so = path("hot.so"), copies = path("copies");
-    auto install = [&](const std::string &from) {
-        write_file(so + ".new", read_file(from));
-        ASSERT_EQ(0, rename((so + ".new").c_str(), so.c_str()));
-    };
+    auto install = [&](const std::string &from) { install_plugin(so, from); };
     install(plugin_dir() + "/echo.so");
-    std::string text = config("  { name = \"l\"; listen = \"127.0.0.1:0\"; plugin = \"hot\"; }", "",
-                              ",\n  { name = \"hot\"; path = \"" + so + "\"; }");
+    std::string text = hot_plugin_config(so);
     std::string conf = write("evstreamd.conf", text);
     Daemon &d = start(conf, {}, {{"TMPDIR", copies}});
     ASSERT_TRUE(d.running());
@@ -1360,6 +1366,9 @@ TEST_F(DaemonTest, AReloadTakingOverAPortZeroSocketWarnsThatReuseportWaits) {
     close(fd);
 }
 
+// A replaced server is freed once its connections are gone; it held a TLS
+// context with its session cache (about 20 KB). Leaked, 300 reloads grew
+// the daemon by about 6 MB; the bound leaves room for allocator noise.
 TEST_F(DaemonTest, ReloadsFreeTheReplacedServers) {
     REQUIRE_TOOL(openssl, "openssl", "openssl");
     Result r = finish(spawn({openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
