@@ -87,6 +87,11 @@ static inline int evs__watermarks(ssize_t high, ssize_t low, size_t *out_high, s
     return 0;
 }
 
+/* True on the threads the runtime starts, which block every signal for
+ * their whole life (runtime.c): there SIGPIPE can neither kill the
+ * process nor reach another thread, so writes need not guard against it. */
+extern _Thread_local bool evs__signals_blocked_here;
+
 /* Counters written by one thread and read by others: a relaxed load and
  * store, which on the common architectures is a plain move (no lock). */
 static inline void evs__counter_add(_Atomic uint64_t *c, uint64_t n)

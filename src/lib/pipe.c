@@ -23,14 +23,19 @@
  * with sigtimedwait(). SIGPIPE from a write is sent to the writing thread,
  * so no other thread can see it. If one was already pending before (raised
  * elsewhere and blocked), it is left alone: standard signals do not queue,
- * so ours merged into it. Workers run with every signal blocked already;
- * the mask calls are then cheap no-ops, and consuming the signal keeps it
- * from piling up on the thread.
+ * so ours merged into it. Runtime threads block every signal for their
+ * whole life: there the write goes unguarded (no three system calls per
+ * write), and the one SIGPIPE it may leave pending harms nothing.
  */
+_Thread_local bool evs__signals_blocked_here;
+
 void evs__sigpipe_hold(evs__sigpipe_held *h)
 {
     sigset_t pipe_set, pending;
 
+    h->skipped = evs__signals_blocked_here;
+    if (h->skipped)
+        return;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &h->old);
@@ -43,6 +48,8 @@ void evs__sigpipe_release(const evs__sigpipe_held *h, bool got_epipe)
 {
     int saved = errno;
 
+    if (h->skipped)
+        return;
     if (got_epipe && !h->was_pending) {
         static const struct timespec zero = {0, 0};
         sigset_t pipe_set;

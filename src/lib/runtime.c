@@ -31,6 +31,7 @@ static void *worker_main(void *arg)
     bool is_worker = w != &rt->acceptor;
 
     evs__worker_set_current(w);
+    evs__signals_blocked_here = true; /* start_thread blocked them all */
     if (evs__fiber_thread_init() < 0)
         evs__warn("worker %d: no alternate signal stack; stack overflows are not reported", w->id);
     if (is_worker && rt->opts.worker_started)

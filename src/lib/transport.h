@@ -142,6 +142,7 @@ void evs__timeouts_resumed(evs_transport *t);
 typedef struct {
     sigset_t old;
     bool was_pending;
+    bool skipped; /* evs__signals_blocked_here: nothing was changed */
 } evs__sigpipe_held;
 void evs__sigpipe_hold(evs__sigpipe_held *h);
 /* @got_epipe: the write failed with EPIPE. Keeps errno. */
