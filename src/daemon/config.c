@@ -1440,19 +1440,4 @@ void evsd_config_restart_only_changes(const evsd_config *old, const evsd_config 
         note_change(buf, len, "user, group, umask or allow_root");
     if (!same_admin(old->admin, new->admin))
         note_change(buf, len, "admin");
-    for (size_t i = 0; i < new->nlisteners; i++) {
-        const evsd_listener_conf *l = &new->listeners[i];
-        char *key = l->reuseport ? evsd_listener_key(l) : NULL;
-
-        for (size_t j = 0; key && j < old->nlisteners; j++) {
-            char *old_key = evsd_listener_key(&old->listeners[j]);
-            if (old_key && strcmp(key, old_key) == 0 && !old->listeners[j].reuseport) {
-                char what[300];
-                snprintf(what, sizeof what, "reuseport of '%s'", l->name);
-                note_change(buf, len, what);
-            }
-            free(old_key);
-        }
-        free(key);
-    }
 }

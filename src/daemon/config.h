@@ -127,8 +127,10 @@ typedef struct evsd_config {
 int evsd_config_load(const char *path, evsd_config **out, char **errors);
 void evsd_config_free(evsd_config *c);
 
-/* The settings a reload from @old to @new changed but cannot apply (they
- * wait for a restart), as "workers, admin, ..." in @buf; "" when none. */
+/* The settings that differ between @old, the configuration the daemon
+ * started with, and @new, which a reload cannot apply (they wait for a
+ * restart), as "workers, admin, ..." in @buf; "" when none. A listener's
+ * reuseport is judged by the service, which knows its sockets. */
 void evsd_config_restart_only_changes(const evsd_config *old, const evsd_config *new, char *buf,
                                       size_t len);
 

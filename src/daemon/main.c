@@ -353,7 +353,7 @@ static void reload(evsd_service *svc, const char *path, const options *o)
     char *log_file = strdup(cfg->log_file);
     evs_log_level level = cfg->log_level;
     char ignored[512];
-    evsd_config_restart_only_changes(evsd_service_config(svc), cfg, ignored, sizeof ignored);
+    evsd_config_restart_only_changes(evsd_service_boot_config(svc), cfg, ignored, sizeof ignored);
     if (evsd_service_reload(svc, cfg) < 0) {
         evs_log(EVS_LOG_ERROR, "reload failed: keeping the running configuration");
         evsd_notify("READY=1\nSTATUS=reload failed: running the previous configuration");

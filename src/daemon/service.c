@@ -372,6 +372,10 @@ typedef struct listener {
     char address[160];
     struct listener *prev; /* reload: the old listener whose socket this one takes */
     bool claimed;          /* reload: a new listener takes this one's socket */
+    /* Its sockets are one per worker with SO_REUSEPORT. A kept socket keeps
+     * what it was bound with, so this is the running state, which the
+     * file's `reuseport` may differ from until a restart. */
+    bool reuseport_sockets;
 } listener;
 
 /* A configuration and its listeners; kept until its last instance ends. */
@@ -393,6 +397,9 @@ struct evsd_service {
     char admin_address[160];
     evs_server *admin; /* deferred like the listeners, started by evsd_service_serve */
     time_t started;
+    /* The configuration the service started with, kept to the end: the
+     * settings a reload cannot change still run as it says. */
+    evsd_config *boot;
 };
 
 /* Runtime hook: the worker's connections are all gone; say goodbye to
@@ -455,7 +462,8 @@ static void generation_free(evsd_service *svc, generation *g)
         free(g->listeners[i].key);
     }
     free(g->listeners);
-    evsd_config_free(g->cfg);
+    if (g->cfg != svc->boot)
+        evsd_config_free(g->cfg);
     free(g);
 }
 
@@ -553,6 +561,7 @@ static generation *generation_new(evsd_service *svc, evsd_config *cfg)
         listener *l = &g->listeners[i];
         l->conf = &cfg->listeners[i];
         l->key = evsd_listener_key(l->conf);
+        l->reuseport_sockets = l->conf->reuseport; /* unless it takes a socket (a reload) */
         failures += prepare_listener(cfg, l, false, NULL);
         list[i] = l->inst;
     }
@@ -750,6 +759,7 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
     svc->current = generation_new(svc, cfg);
     if (!svc->current)
         goto fail;
+    svc->boot = cfg;
     /* Sockets from the service manager (socket activation) go to the
      * listeners they match; the others are bound here. */
     evsd_activation_take();
@@ -849,8 +859,10 @@ static void match_listeners(generation *old, generation *g)
                     continue;
                 o->claimed = true;
                 l->prev = o;
-                /* The restart-only check compares keys, and these differ. */
-                if (strcmp(o->key, l->key) != 0 && l->conf->reuseport && !o->conf->reuseport)
+                /* Taking over one socket cannot make one per worker;
+                 * giving them up (reuseport = false) can be done now. */
+                l->reuseport_sockets = o->reuseport_sockets && l->conf->reuseport;
+                if (l->conf->reuseport && !o->reuseport_sockets)
                     evs_log(EVS_LOG_WARN,
                             "reload: changed reuseport of '%s': applied at the next restart",
                             l->conf->name);
@@ -1225,6 +1237,11 @@ const evsd_config *evsd_service_config(const evsd_service *svc)
     return svc->current ? svc->current->cfg : NULL;
 }
 
+const evsd_config *evsd_service_boot_config(const evsd_service *svc)
+{
+    return svc->boot;
+}
+
 static size_t live_connections(evsd_service *svc)
 {
     size_t n = 0;
@@ -1273,6 +1290,7 @@ int evsd_service_stop(evsd_service *svc)
         generation_free(svc, g);
     }
     generation_free(svc, svc->current);
+    evsd_config_free(svc->boot);
     pthread_mutex_destroy(&svc->lock);
     pthread_mutex_destroy(&svc->view_lock);
     free(svc);

@@ -60,5 +60,8 @@ void evsd_service_set_admin(evsd_service *svc, const char *address, evs_server *
 
 /* The log settings of the current configuration. */
 const evsd_config *evsd_service_config(const evsd_service *svc);
+/* The configuration it started with: what the settings a reload cannot
+ * change are running with. */
+const evsd_config *evsd_service_boot_config(const evsd_service *svc);
 
 #endif
