@@ -11,8 +11,10 @@
  * call that caused it.
  *
  * Sending: evs_datagram_sendto() tries the socket at once and queues the
- * datagram (with its address) only when the kernel has no room (EAGAIN,
- * ENOBUFS); a write event sends the queue in order. The write buffer size
+ * datagram (with its address) only when the socket has no room (EAGAIN);
+ * a write event sends the queue in order. A datagram the interface's queue
+ * drops (ENOBUFS) is reported to error_received, as asyncio does: the
+ * socket stays writable, so waiting could not help. The write buffer size
  * is the bytes of the queued datagrams; pause_writing is called when it
  * goes strictly above the high watermark, resume_writing when it drains to
  * or below the low one (the stream transport's rules and defaults). An
@@ -25,8 +27,11 @@
  * reported to error_received and the endpoint goes on; it is not lost.
  * ICMP errors are reported where Linux reports them: the socket is set up
  * with IP_RECVERR / IPV6_RECVERR, so "port unreachable" and friends reach
- * error_received (e.g. -ECONNREFUSED) for connected and unconnected UDP
- * sockets alike. A datagram larger than the send limit gives
+ * error_received (e.g. -ECONNREFUSED) once each, for connected and
+ * unconnected UDP sockets alike (IPv4 peers of an IPv6 socket too). Such
+ * an error never costs a datagram to another peer: Linux also leaves it
+ * pending on the socket, where it would fail the next sendto() whatever
+ * its address, so a send that fails with it is tried again. A datagram larger than the send limit gives
  * error_received(-EMSGSIZE).
  *
  * Received datagrams larger than the receive buffer (max_datagram, 64 KiB

@@ -193,15 +193,20 @@ static void maybe_resume(evs_datagram *d)
 /* --- creating ------------------------------------------------------------- */
 
 /* Ask Linux to report ICMP errors (port/host unreachable...) through the
- * error queue, for unconnected sockets too. */
+ * error queue, for unconnected sockets too. An IPv6 socket that is not
+ * v6-only also serves IPv4 peers, whose ICMPv4 errors need IP_RECVERR. */
 static bool enable_recverr(int fd, int family)
 {
     int one = 1;
 
     if (family == AF_INET)
         return setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one) == 0;
-    if (family == AF_INET6)
-        return setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one) == 0;
+    if (family == AF_INET6) {
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one) < 0)
+            return false;
+        setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one); /* v6-only: not needed */
+        return true;
+    }
     return false;
 }
 
@@ -357,13 +362,16 @@ bool evs_datagram_is_closing(const evs_datagram *d)
 
 /* Drain the error queue: one error_received per ICMP error. Reading it
  * also clears the socket's pending error, so the same error does not come
- * back from the next recvmsg(). Only on IP sockets: a Unix socket ignores
- * MSG_ERRQUEUE and would hand over (and lose) a real datagram. */
-static void read_errors(evs_datagram *d)
+ * back from the next recvmsg() or sendto(). Only on IP sockets: a Unix
+ * socket ignores MSG_ERRQUEUE and would hand over (and lose) a real
+ * datagram. @return how many errors it reported. */
+static int read_errors(evs_datagram *d)
 {
+    int reported = 0;
+
     if (!d->errqueue)
-        return;
-    for (int i = 0; i < DGRAMS_PER_EVENT && !d->closing; i++) {
+        return 0;
+    for (int i = 0; i < DGRAMS_PER_EVENT && !d->lost_scheduled; i++) {
         char cbuf[512];
         char dummy[1];
         struct iovec iov = {dummy, sizeof dummy};
@@ -377,7 +385,7 @@ static void read_errors(evs_datagram *d)
         msg.msg_control = cbuf;
         msg.msg_controllen = sizeof cbuf;
         if (recvmsg(d->fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
-            return; /* EAGAIN: the queue is empty (or not supported) */
+            break; /* EAGAIN: the queue is empty (or not supported) */
         for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
             if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR) ||
                 (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
@@ -386,9 +394,23 @@ static void read_errors(evs_datagram *d)
                 err = (int)ee.ee_errno;
             }
         }
-        if (err)
+        if (err) {
             report_error(d, -err);
+            reported++;
+        }
     }
+    return reported;
+}
+
+/* With the error queue on, Linux also leaves each ICMP error pending on
+ * the socket, and the next sendto() or recvmsg() fails with it whatever
+ * its own peer: one peer's "port unreachable" would cost a reply to
+ * another. So a failed call first drains the queue; when that reported
+ * something, the failure was (most likely) that pending error and the
+ * call is worth one more try. */
+static bool failure_was_pending_icmp(evs_datagram *d, int err)
+{
+    return err != EAGAIN && err != EWOULDBLOCK && err != EINTR && read_errors(d) > 0;
 }
 
 static void read_cb(evutil_socket_t fd, short what, void *arg)
@@ -398,7 +420,8 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
     ref(d);
-    read_errors(d);
+    if (!d->closing)
+        read_errors(d);
     for (int i = 0; i < DGRAMS_PER_EVENT && !d->closing && !d->paused; i++) {
         struct sockaddr_storage from;
         struct iovec iov = {d->rbuf, d->rbuf_size};
@@ -422,9 +445,10 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
                 fatal(d, -err);
                 break;
             }
-            /* A pending socket error (ECONNREFUSED on a connected socket
-             * without the error queue...): reported, and we go on. */
-            report_error(d, -err);
+            /* A pending socket error (ECONNREFUSED...): reported once, from
+             * the error queue when there is one, and we go on. */
+            if (!failure_was_pending_icmp(d, err))
+                report_error(d, -err);
             continue;
         }
         if ((msg.msg_flags & MSG_TRUNC) || (size_t)n >= d->rbuf_size) {
@@ -486,23 +510,38 @@ static bool per_datagram_error(int err)
     case ENOTCONN:
     case EDESTADDRREQ:
     case EPIPE:        /* a Unix receiver that shut down its reading side */
+    case EPROTOTYPE:   /* a Unix path that is a stream socket */
+    case ENOTDIR:      /* a Unix path through a file */
+    case ELOOP:
+    case ENAMETOOLONG:
+    case ENOBUFS:      /* the interface's queue dropped it, as a network would */
         return true;
     default:
         return false;
     }
 }
 
-/* One sendto(). @return 0 sent, -EAGAIN no room, or a negative errno. */
+/* One sendto(), tried again after another peer's pending ICMP error.
+ * @return 0 sent, -EAGAIN no room, or a negative errno. ENOBUFS (a full
+ * interface queue) is not "no room": the socket stays writable, so a
+ * queued datagram would be retried in a busy loop; it is reported and
+ * dropped, as asyncio does. */
 static int send_one(evs_datagram *d, const void *data, size_t len, const struct sockaddr *addr,
                     socklen_t addrlen)
 {
     ssize_t n;
+    int err = 0;
 
-    do
-        n = sendto(d->fd, data, len, MSG_NOSIGNAL, addrlen ? addr : NULL, addrlen);
-    while (n < 0 && errno == EINTR);
+    for (int tries = 0;; tries++) {
+        do
+            n = sendto(d->fd, data, len, MSG_NOSIGNAL, addrlen ? addr : NULL, addrlen);
+        while (n < 0 && errno == EINTR);
+        err = n < 0 ? errno : 0;
+        if (n >= 0 || tries > 0 || d->lost_scheduled || !failure_was_pending_icmp(d, err))
+            break;
+    }
     if (n < 0)
-        return errno == EWOULDBLOCK || errno == ENOBUFS ? -EAGAIN : -errno;
+        return err == EWOULDBLOCK ? -EAGAIN : -err;
     evs__counter_add(&d->worker->bytes_out, (uint64_t)n);
     return 0;
 }
@@ -608,6 +647,8 @@ int evs_datagram_sendto(evs_datagram *d, const void *data, size_t len,
         rc = send_one(d, data, len, addr, addrlen);
         if (rc == 0)
             return 0;
+        if (d->lost_scheduled) /* aborted by an error_received it reported */
+            return d->error ? d->error : -EPIPE;
         /* A Unix receiver that does not read fills its own queue, not ours:
          * the socket stays writable, so a queued datagram would be retried
          * in a busy loop and hold up every other peer's. It is dropped. */

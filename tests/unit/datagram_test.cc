@@ -306,6 +306,113 @@ TEST(DatagramTest, IcmpPortUnreachableReachesErrorReceivedUnconnected) {
     });
 }
 
+// Linux leaves an ICMP error pending on the socket as well as in the
+// error queue, and the next sendto() failed with it whatever its address:
+// one peer's "port unreachable" cost the next reply to another peer, and
+// the error was reported twice (from the send, then from the queue).
+TEST(DatagramTest, OnePeersIcmpErrorDoesNotCostADatagramToAnother) {
+    Rec s;
+    int live = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(live, 0);
+    struct sockaddr_in la = loopback4(0);
+    socklen_t ll = sizeof la;
+    ASSERT_EQ(0, bind(live, (struct sockaddr *)&la, sizeof la));
+    ASSERT_EQ(0, getsockname(live, (struct sockaddr *)&la, &ll));
+    run([&] {
+        struct sockaddr_in a = loopback4(0);
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&o, &kProto, &s, &d));
+        struct sockaddr_in gone = loopback4(closed_udp_port());
+        ASSERT_EQ(0, evs_datagram_sendto(d, "ping", 4, (struct sockaddr *)&gone, sizeof gone));
+        usleep(50 * 1000);  // the ICMP error arrives; the loop does not run
+        ASSERT_EQ(0, evs_datagram_sendto(d, "reply", 5, (struct sockaddr *)&la, sizeof la));
+        char buf[16];
+        ssize_t n = recv(live, buf, sizeof buf, MSG_DONTWAIT);
+        EXPECT_EQ(5, n);
+        EXPECT_EQ(0, evs_sleep(0.05));
+        ASSERT_EQ(1u, s.errors.size());
+        EXPECT_EQ(-ECONNREFUSED, s.errors[0]);
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+    });
+    close(live);
+}
+
+// An IPv6 endpoint that is not v6-only serves IPv4 peers too; their ICMPv4
+// errors reached nobody (only IPV6_RECVERR was on).
+TEST(DatagramTest, IcmpErrorsOfIpv4PeersReachADualStackEndpoint) {
+    Rec s;
+    run([&] {
+        struct sockaddr_in6 a = loopback6(0);
+        a.sin6_addr = in6addr_any;
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&a;
+        o.local_addrlen = sizeof a;
+        evs_datagram *d = nullptr;
+        int rc = evs_datagram_open(&o, &kProto, &s, &d);
+        if (rc == -EAFNOSUPPORT || rc == -EADDRNOTAVAIL) GTEST_SKIP() << "no IPv6 here";
+        ASSERT_EQ(0, rc);
+        int v6only = 1;
+        socklen_t vl = sizeof v6only;
+        ASSERT_EQ(0, getsockopt(evs_datagram_get_fd(d), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &vl));
+        if (v6only) GTEST_SKIP() << "IPv6 sockets are v6-only here";
+        struct sockaddr_in6 gone = loopback6(closed_udp_port());
+        ASSERT_EQ(1, inet_pton(AF_INET6, "::ffff:127.0.0.1", &gone.sin6_addr));
+        ASSERT_EQ(0, evs_datagram_sendto(d, "ping", 4, (struct sockaddr *)&gone, sizeof gone));
+        EXPECT_TRUE(wait_until([&] { return !s.errors.empty(); }));
+        ASSERT_EQ(1u, s.errors.size());
+        EXPECT_EQ(-ECONNREFUSED, s.errors[0]);
+        evs_datagram_close(d);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1; }));
+    });
+}
+
+// A Unix path that is a stream socket (EPROTOTYPE) or lies under a file
+// (ENOTDIR) is that datagram's error: it ended the endpoint, and with it
+// evstreamd's unixgram: listener, for any local client that swapped its
+// socket file.
+TEST(DatagramTest, AUnixPathThatCannotTakeDatagramsCostsOneDatagram) {
+    std::string dir = make_temp_dir();
+    int stream = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t sl, fl, rl;
+    struct sockaddr_un sa = unix_addr(dir + "/stream.sock", &sl);
+    ASSERT_EQ(0, bind(stream, (struct sockaddr *)&sa, sl));
+    ASSERT_EQ(0, listen(stream, 1));
+    int file = open((dir + "/file").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    ASSERT_GE(file, 0);
+    close(file);
+    struct sockaddr_un fa = unix_addr(dir + "/file/sock", &fl);
+    Rec s, r;
+    run([&] {
+        struct sockaddr_un ra = unix_addr(dir + "/ok.sock", &rl);
+        evs_datagram_options ro = {};
+        ro.local_addr = (struct sockaddr *)&ra;
+        ro.local_addrlen = rl;
+        evs_datagram *rd = nullptr;
+        ASSERT_EQ(0, evs_datagram_open(&ro, &kProto, &r, &rd));
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        evs_datagram *d = nullptr;
+        ASSERT_EQ(0, evs_datagram_new(fd, 0, &kProto, &s, &d));
+        EXPECT_EQ(0, evs_datagram_sendto(d, "a", 1, (struct sockaddr *)&sa, sl));
+        EXPECT_EQ(0, evs_datagram_sendto(d, "b", 1, (struct sockaddr *)&fa, fl));
+        EXPECT_EQ(0, evs_datagram_sendto(d, "c", 1, (struct sockaddr *)&ra, rl));
+        EXPECT_TRUE(wait_until([&] { return r.got.size() == 1; }));
+        ASSERT_EQ(2u, s.errors.size());
+        EXPECT_EQ(-EPROTOTYPE, s.errors[0]);
+        EXPECT_EQ(-ENOTDIR, s.errors[1]);
+        EXPECT_FALSE(evs_datagram_is_closing(d));
+        EXPECT_EQ(0, s.lost);
+        evs_datagram_close(d);
+        evs_datagram_close(rd);
+        EXPECT_TRUE(wait_until([&] { return s.lost == 1 && r.lost == 1; }));
+        EXPECT_EQ(0, s.lost_err);
+    });
+    close(stream);
+}
+
 TEST(DatagramTest, OversizedSendIsReportedNotFatal) {
     Rec s;
     run([&] {
