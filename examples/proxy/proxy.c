@@ -15,7 +15,8 @@
  *
  * Half-close passes through: EOF from one side becomes evs_write_eof on
  * the other, and the opposite direction goes on until it ends too; the
- * connections close when both directions are done. An error on either
+ * connections close when both directions are done. A TLS side cannot be
+ * half-closed, so an EOF towards it closes it. An error on either
  * side (a reset, a failed write) aborts both connections.
  *
  * The upstream connection gets the client connection's write watermarks
@@ -81,7 +82,14 @@ static int pump(session *s, evs_reader *from, evs_writer *to)
         if (s->over)
             return -ECANCELED;
         if (n == 0) {
-            evs_write_eof(to); /* -EPIPE if that side is gone already: fine */
+            /* A TLS connection has no half-close (can_write_eof is false,
+             * as in asyncio): it is closed after what it buffered, which
+             * ends its other direction too. Otherwise the EOF went
+             * nowhere and the peer waited for it until the idle timeout. */
+            if (evs_can_write_eof(to))
+                evs_write_eof(to); /* -EPIPE if that side is gone already: fine */
+            else
+                evs_close(to);
             return 0;
         }
         if (n < 0 || evs_write(to, buf, (size_t)n) < 0) {

@@ -1176,6 +1176,16 @@ class ProxyTest : public ExamplesTest {
         EXPECT_TRUE(d.running());
         return d.port("proxy");
     }
+
+    // cert.pem and key.pem for localhost and 127.0.0.1. @return false
+    // when the openssl command is missing.
+    bool make_cert() {
+        std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                          "-days 1 -subj /CN=localhost "
+                          "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
+                          path("key.pem") + " -out " + path("cert.pem") + " >/dev/null 2>&1";
+        return system(cmd.c_str()) == 0;
+    }
 };
 
 TEST_F(ProxyTest, CurlAndRedisCliThroughTheProxy) {
@@ -1333,11 +1343,8 @@ TEST_F(ProxyTest, UnreachableUpstreamClosesTheClient) {
 
 TEST_F(ProxyTest, TlsTerminationAndTlsToTheUpstream) {
     REQUIRE_TOOL(curl, "curl", "curl");
-    std::string cert = path("cert.pem"), key = path("key.pem");
-    std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
-                      "-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 "
-                      "-keyout " + key + " -out " + cert + " >/dev/null 2>&1";
-    if (system(cmd.c_str()) != 0) GTEST_SKIP() << "the openssl command is not installed";
+    std::string cert = path("cert.pem");
+    if (!make_cert()) GTEST_SKIP() << "the openssl command is not installed";
     // The upstream speaks HTTPS only.
     Daemon &up = start("  { name = \"https\"; listen = \"127.0.0.1:0\"; plugin = \"http_hello\";"
                        " tls = { certificate = \"cert.pem\"; key = \"key.pem\"; }; }");
@@ -1361,6 +1368,37 @@ TEST_F(ProxyTest, TlsTerminationAndTlsToTheUpstream) {
     r = run({curl, "-sS", "http://127.0.0.1:" + std::to_string(px.port("wrong-name")) + "/"});
     EXPECT_NE(0, r.status);
     EXPECT_TRUE(eventually(10, [&] { return contains(px.err(), "hostname mismatch"); })) << px.err();
+}
+
+// A TLS connection has no half-close (can_write_eof is false), so the
+// upstream's EOF closes the TLS client after the bytes before it. The EOF
+// went nowhere, and the client waited for it until the idle timeout.
+TEST_F(ProxyTest, UpstreamEofClosesATlsClient) {
+    REQUIRE_TOOL(openssl, "openssl", "openssl");
+    if (!make_cert()) GTEST_SKIP() << "the openssl command is not installed";
+    uint16_t up_port;
+    int lfd = listen_any(&up_port);
+    ASSERT_GE(lfd, 0);
+    Daemon &px = start("  { name = \"proxy\"; listen = \"127.0.0.1:0\"; plugin = \"proxy\";"
+                       "    tls = { certificate = \"cert.pem\"; key = \"key.pem\"; };"
+                       "    settings = { upstream = \"127.0.0.1:" + std::to_string(up_port) +
+                       "\"; }; }");
+    ASSERT_TRUE(px.running());
+    pid_t pid = spawn({openssl, "s_client", "-quiet", "-ign_eof", "-connect",
+                       "127.0.0.1:" + std::to_string(px.port("proxy"))},
+                      "", path("s_client.out"), path("s_client.err"));
+    ASSERT_GT(pid, 0);
+    int u = accept_within(lfd, 10);
+    ASSERT_GE(u, 0);
+    ASSERT_TRUE(send_text(u, "banner\n"));
+    ASSERT_EQ(0, shutdown(u, SHUT_WR));
+    Result r = finish(pid, "s_client", 20, path("s_client.out"), path("s_client.err"));
+    EXPECT_EQ(0, r.status) << r.err;
+    EXPECT_EQ("banner\n", r.out);
+    // The client's side ended too, so the upstream sees EOF.
+    EXPECT_EQ("", read_all(u));
+    close(u);
+    close(lfd);
 }
 
 // =============================================================================
