@@ -145,6 +145,30 @@ int evsd_prepare_process(const evsd_config *cfg)
     return 0;
 }
 
+/* A log file root made (or found) before the switch is reopened by `user`
+ * at a reload or a SIGUSR1 (rotation): it becomes that user's, group
+ * kept, as nginx does. Only a regular file: a path that leads to a device
+ * (/dev/null) or elsewhere is left alone. */
+static void hand_over_log(const char *path, uid_t uid)
+{
+    struct stat st;
+
+    if (!path || strcmp(path, "stderr") == 0 || strcmp(path, "syslog") == 0)
+        return;
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid == uid)
+        return;
+    if (chown(path, uid, (gid_t)-1) < 0)
+        evs_log(EVS_LOG_WARN, "cannot give %s to the user: %s (reopening it will fail)", path,
+                strerror(errno));
+}
+
+static void hand_over_logs(const evsd_config *cfg, uid_t uid)
+{
+    hand_over_log(cfg->log_file, uid);
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        hand_over_log(cfg->listeners[i].access_log, uid);
+}
+
 int evsd_drop_privileges(const evsd_config *cfg)
 {
     struct passwd *pw;
@@ -170,6 +194,7 @@ int evsd_drop_privileges(const evsd_config *cfg)
                     cfg->user);
         return 0;
     }
+    hand_over_logs(cfg, pw->pw_uid);
     if (setgroups(0, NULL) < 0 || initgroups(pw->pw_name, gid) < 0 || setgid(gid) < 0 ||
         setuid(pw->pw_uid) < 0) {
         evs_log(EVS_LOG_ERROR, "cannot switch to user %s: %s", cfg->user, strerror(errno));

@@ -691,6 +691,40 @@ TEST(Ops, AQueuedClientIsServedAsTheUserNeverAsRoot) {
     remove_dir(dir);
 }
 
+// Log files are made by root before the switch to `user` and reopened by
+// `user`: at every reload (access logs) and at SIGUSR1 (rotation). Root's
+// files refused them ("Permission denied"), so every reload failed.
+TEST(Ops, TheUserReopensTheLogsRootMade) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root";
+    std::string dir = make_temp_dir();
+    chmod(dir.c_str(), 0755);
+    std::string main_log = dir + "/main.log", access_log = dir + "/access.log";
+    Daemon d(dir, "user = \"nobody\";\nlog = { file = \"" + main_log + "\"; };\n" +
+                      base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
+                                "  access_log = { file = \"" + access_log + "\"; }; }"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    ASSERT_TRUE(eventually(10, [&] {
+        return read_file(main_log).find("running as user nobody") != std::string::npos;
+    })) << read_file(main_log);
+    for (const std::string &f : {main_log, access_log}) {
+        struct stat st;
+        ASSERT_EQ(0, stat(f.c_str(), &st)) << f;
+        EXPECT_EQ(65534u, st.st_uid) << f;
+    }
+    d.signal(SIGHUP);
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(main_log).find("reloaded ") != std::string::npos;
+    })) << read_file(main_log);
+    d.signal(SIGUSR1);
+    echo_once(d.port("e"), "after the reopen");
+    EXPECT_TRUE(eventually(10, [&] { return !read_file(access_log).empty(); }));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    std::string log = read_file(main_log);
+    EXPECT_EQ(std::string::npos, log.find("reload failed")) << log;
+    EXPECT_EQ(std::string::npos, log.find("cannot reopen")) << log;
+    remove_dir(dir);
+}
+
 // umask applies to every file the daemon makes, the main log first: the
 // log was created before the umask was set (0640 under "0077").
 TEST(Ops, TheUmaskAppliesToTheMainLog) {
