@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #define HEAD_LIMIT 8192
+#define ADMIN_LIFETIME 10.0 /* seconds */
 
 static void respond(evs_writer *w, int code, const char *reason, const char *type,
                     const char *body, size_t len, bool head)
@@ -67,7 +68,6 @@ static void admin_client(evs_reader *r, evs_writer *w, void *arg)
     FILE *f;
     bool head;
 
-    evs_task_set_timeout(evs_task_current(), 10); /* slow clients do not linger */
     evs_reader_set_limit(r, HEAD_LIMIT);
     n = evs_readline(r, &view);
     if (n <= 0) {
@@ -131,7 +131,11 @@ int evsd_admin_start(evsd_service *svc, const evsd_listener_conf *c)
      * the listeners are full, and must not take their slots. */
     o.max_connections = 64;
     o.no_runtime_limit = true;
-    o.idle_timeout = 10;
+    /* Slow clients do not linger: a whole request and its answer within
+     * ADMIN_LIFETIME. A bound per read was not enough: a header line every
+     * few seconds held one of the 64 slots for hours. */
+    o.idle_timeout = ADMIN_LIFETIME;
+    o.timeouts.lifetime = ADMIN_LIFETIME;
     o.defer_serving = true; /* evsd_service_serve, after the switch to `user` */
     if (c->family == EVSD_UNIX) {
         o.path = c->path;

@@ -6,6 +6,7 @@
 
 #include <netinet/in.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -300,6 +301,35 @@ TEST(Ops, AdminAnswersEveryRequestWithTheRightStatus) {
     std::string many = "GET /metrics HTTP/1.1\r\n";
     for (int i = 0; many.size() <= 8192; i++) many += "X-Filler-" + std::to_string(i) + ": 0123456789\r\n";
     EXPECT_EQ("HTTP/1.1 431 Request Header Fields Too Large", status_of(ask(many)));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
+// A client that sends a header line every few seconds is cut off when its
+// connection's time is up (10 s): a bound per read let 64 of them hold
+// every admin slot for hours, and /metrics went unanswered.
+TEST(Ops, ASlowAdminClientIsCutOff) {
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    int fd = connect_tcp(d.port("admin"));
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(write_all(fd, "GET /metrics HTTP/1.1\r\n", 23));
+    // A line every 2 s, for at most 40 s (the watchdog): the old bound
+    // (10 s per read) never ran out.
+    bool cut = false;
+    for (int i = 0; i < 20 && !cut; i++) {
+        struct pollfd p = {fd, POLLIN, 0};
+        cut = poll(&p, 1, 2000) > 0;
+        if (!cut) {
+            ASSERT_TRUE(write_all(fd, "X-Slow: 1\r\n", 11));
+        }
+    }
+    EXPECT_TRUE(cut) << "still open after 40 s";
+    set_timeouts(fd, 10);
+    EXPECT_EQ("", read_to_eof(fd));
+    close(fd);
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
     remove_dir(dir);
 }
