@@ -3,7 +3,7 @@
  *
  * Signals are blocked in every thread and taken synchronously here with
  * sigtimedwait(): SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 reopens the
- * log file. The one-second timeout finishes plugin instances retired by a
+ * log files. The one-second timeout finishes plugin instances retired by a
  * reload once their last connection has ended.
  */
 #include "accesslog.h"
@@ -56,7 +56,7 @@ static void usage(FILE *f)
             "      --ports-file FILE  write \"listener address\" lines once listening\n"
             "  -V, --version          print the version\n"
             "  -h, --help             this help\n"
-            "signals: TERM/INT stop gracefully, HUP reloads, USR1 reopens the log file\n",
+            "signals: TERM/INT stop gracefully, HUP reloads, USR1 reopens the log files\n",
             EVSD_SYSCONF_FILE);
 }
 
@@ -400,7 +400,7 @@ static int serve(evsd_service *svc, const char *config_path, const options *o)
             if (rc < 0)
                 evs_log(EVS_LOG_ERROR, "SIGUSR1: cannot reopen the log: %s", evs_strerror(rc));
             else
-                evs_log(EVS_LOG_INFO, "SIGUSR1: log file reopened");
+                evs_log(EVS_LOG_INFO, "SIGUSR1: log files reopened");
         }
         evsd_service_reap(svc);
     }

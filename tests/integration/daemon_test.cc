@@ -1481,7 +1481,7 @@ TEST_F(DaemonTest, Sigusr1ReopensTheLogFile) {
     std::string rotated = path("evstreamd.log.1");
     ASSERT_EQ(0, rename(log.c_str(), rotated.c_str()));
     d.signal(SIGUSR1);
-    ASSERT_TRUE(eventually(10, [&] { return contains(read_file(log), "log file reopened"); }))
+    ASSERT_TRUE(eventually(10, [&] { return contains(read_file(log), "log files reopened"); }))
         << "no new log file after SIGUSR1";
     d.signal(SIGHUP);  // something that logs
     ASSERT_TRUE(eventually(10, [&] { return contains(read_file(log), "reloaded"); }))
