@@ -139,7 +139,9 @@ EVS_EXTERN evs_reader *evs_process_stdout(const evs_process *p);
 EVS_EXTERN evs_reader *evs_process_stderr(const evs_process *p);
 /** The child's pid. */
 EVS_EXTERN pid_t evs_process_pid(const evs_process *p);
-/** Wait for the child to exit. Parks.
+/** Wait for the child to exit. Parks. Several tasks may wait; a task
+ *  that frees the process while others wait ends their waits (those the
+ *  exit already woke still get its code).
  *  @return 0 with its return code in @p code (may be NULL), or
  *  -ECANCELED / -ETIMEDOUT (the child goes on). */
 EVS_EXTERN int evs_process_wait(evs_process *p, int *code);

@@ -466,8 +466,18 @@ struct evs_process {
     evs_writer *outw; /* stdout's pair (its reader is what users see) */
     evs_writer *errw;
     evs__waitq waiters;
-    bool released;
+    int waiting;   /* tasks inside evs_process_wait */
+    bool released; /* evs_process_free was called */
 };
+
+/* Freed once released, reaped (the watch is gone) and left by every
+ * waiter: a waiter woken by the exit may run after another task's
+ * evs_process_free, and still reads the exit code. */
+static void proc_free_if_done(evs_process *p)
+{
+    if (p->released && p->c.exited && p->waiting == 0)
+        free(p);
+}
 
 static void proc_exited(child *c, void *arg)
 {
@@ -475,8 +485,7 @@ static void proc_exited(child *c, void *arg)
 
     EVS_UNUSED(c);
     evs__task_wake_all(&p->waiters, 0);
-    if (p->released)
-        free(p);
+    proc_free_if_done(p);
 }
 
 int evs_process_spawn(const evs_process_options *o, evs_process **out)
@@ -542,18 +551,20 @@ pid_t evs_process_pid(const evs_process *p)
 int evs_process_wait(evs_process *p, int *code)
 {
     double began = 0;
+    int rc = 0;
 
-    while (!p->c.exited) {
-        int rc;
-        if (!evs_task_current())
-            return -EINVAL;
+    if (!p->c.exited && !evs_task_current())
+        return -EINVAL;
+    p->waiting++;
+    while (!p->c.exited && !p->released && rc == 0)
         rc = evs__task_park_in_call(&p->waiters, &began);
-        if (rc < 0)
-            return rc;
-    }
-    if (code)
+    p->waiting--;
+    if (rc == 0 && !p->c.exited)
+        rc = -ECANCELED; /* freed by another task */
+    if (rc == 0 && code)
         *code = p->c.returncode;
-    return 0;
+    proc_free_if_done(p);
+    return rc;
 }
 
 bool evs_process_returncode(const evs_process *p, int *code)
@@ -586,12 +597,11 @@ void evs_process_free(evs_process *p)
     evs_writer_free(p->outw);
     evs_writer_free(p->errw);
     p->in = p->outw = p->errw = NULL;
-    /* Wake anyone still waiting: they must not touch p after this. */
+    /* Wake anyone still waiting (-ECANCELED); p stays until they left. */
     evs__task_wake_all(&p->waiters, -ECANCELED);
-    if (child_poll(&p->c)) { /* reaped: the watch is gone with it */
-        free(p);
-        return;
-    }
-    /* Still running: keep watching so it is reaped, then free. */
+    /* Reaped now, or the watch goes on and proc_exited frees it. Released
+     * only after: reaping here runs proc_exited, which must not free p. */
+    child_poll(&p->c);
     p->released = true;
+    proc_free_if_done(p);
 }

@@ -452,6 +452,35 @@ TEST_F(SubprocessTest, StreamModeCatRoundTripAndWait) {
     });
 }
 
+// A waiter woken by the exit may run after another task has freed the
+// process: it read the freed record (ASan: heap-use-after-free). The
+// record now lives until its last waiter has left.
+TEST_F(SubprocessTest, AWaiterWokenByTheExitOutlivesAFreeByAnotherTask) {
+    run([&] {
+        evs_process_options o = opts({"/bin/sh", "-c", "exit 3"});
+        evs_process *p = nullptr;
+        ASSERT_EQ(0, evs_process_spawn(&o, &p));
+        struct Waiter {
+            evs_process *p;
+            int rc = INT_MIN, code = INT_MIN;
+        } w{p};
+        evs_task *t = nullptr;
+        ASSERT_EQ(0, evs_task_spawn(
+                         [](void *a) -> int {
+                             Waiter *w = static_cast<Waiter *>(a);
+                             w->rc = evs_process_wait(w->p, &w->code);
+                             return 0;
+                         },
+                         &w, &t));
+        // This task runs before the woken waiter and frees the record.
+        while (!evs_process_returncode(p, nullptr)) ASSERT_EQ(0, evs_yield());
+        evs_process_free(p);
+        ASSERT_EQ(0, evs_task_join(t, nullptr));
+        EXPECT_EQ(0, w.rc);
+        EXPECT_EQ(3, w.code);
+    });
+}
+
 TEST_F(SubprocessTest, StreamModeLargeDataThroughCatWithAReaderTask) {
     std::string payload = pattern(3 * 1024 * 1024, 11);
     std::string got;
