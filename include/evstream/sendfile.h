@@ -31,7 +31,9 @@ extern "C" {
  * evs_sendfile() from a task, which does that).
  * @return the bytes sent or queued (less than asked only at the end of the
  *         file); -EPIPE after close or write_eof; -EINVAL for a bad
- *         offset; a read error of the file; the connection's error.
+ *         offset; a read error of the file (-EIO, -EBADF for a file not
+ *         open for reading: the connection lives on); the connection's
+ *         error.
  */
 EVS_EXTERN ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset,
                                           size_t count);

@@ -42,6 +42,24 @@ static int resolve_count(int file_fd, off_t offset, size_t *count)
     return 0;
 }
 
+/* An error of sendfile() that is the connection's, not the file's. */
+static bool socket_error(int err)
+{
+    switch (err) {
+    case EPIPE:
+    case ECONNRESET:
+    case ENOTCONN:
+    case ETIMEDOUT:
+    case ECONNABORTED:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ENETDOWN:
+        return true;
+    default:
+        return false;
+    }
+}
+
 ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size_t count)
 {
     size_t total = 0;
@@ -74,8 +92,9 @@ ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size
                     errno == ENOSYS || errno == EOVERFLOW)
                     break; /* full, or this file cannot be sent so: copy */
                 err = -errno;
-                evs__transport_fatal(t, err);
-                return err;
+                if (socket_error(-err))
+                    evs__transport_fatal(t, err);
+                return err; /* else the file's (EIO, EBADF): the connection lives on */
             }
             if (n == 0)
                 break; /* the file is shorter than it was */
@@ -115,6 +134,23 @@ ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size
     return (ssize_t)total;
 }
 
+/* What one slice may queue: at most STREAM_SLICE, and within the
+ * connection's cap (max_write_buffer) on top of what is queued, which a
+ * slice past it would have aborted. Half the room: TLS adds a little to
+ * every record. */
+static size_t slice_for(const evs_transport *t, size_t left)
+{
+    size_t slice = left > STREAM_SLICE ? STREAM_SLICE : left;
+    size_t queued = evs_transport_get_write_buffer_size(t);
+
+    if (t->max_write_buffer) {
+        size_t room = t->max_write_buffer > queued ? (t->max_write_buffer - queued) / 2 : 0;
+        if (slice > room)
+            slice = room > 0 ? room : 1;
+    }
+    return slice;
+}
+
 ssize_t evs_sendfile(evs_writer *w, int file_fd, off_t offset, size_t count)
 {
     evs_transport *t = evs_writer_transport(w);
@@ -126,7 +162,7 @@ ssize_t evs_sendfile(evs_writer *w, int file_fd, off_t offset, size_t count)
     if ((err = resolve_count(file_fd, offset, &count)) < 0)
         return err;
     while (sent < count) {
-        size_t slice = count - sent > STREAM_SLICE ? STREAM_SLICE : count - sent;
+        size_t slice = slice_for(t, count - sent);
         ssize_t n = evs_transport_sendfile(t, file_fd, offset + (off_t)sent, slice);
 
         if (n < 0)

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <climits>
+#include <atomic>
 #include <functional>
 #include <string>
 #include <thread>
@@ -193,6 +194,77 @@ TEST(SendfileTest, ErrorsAfterCloseAndForBadArguments) {
     });
     EXPECT_EQ("", read_to_eof(sv[1]));
     close(sv[1]);
+}
+
+// An error that is the file's (opened write-only: EBADF) is returned, and
+// the connection lives on, as on TLS or a pipe; zero-copy sendfile() ended
+// the connection with it.
+TEST(SendfileTest, AFileErrorIsReturnedAndTheConnectionLivesOn) {
+    TempFile f("some bytes");
+    int wo = open(f.path.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(wo, 0);
+    int sv[2];
+    socket_pair(sv);
+    Rec r;
+    run([&] {
+        evs_transport *t = nullptr;
+        ASSERT_EQ(0, evs_transport_new(sv[0], &kProto, &r, &t));
+        EXPECT_EQ(-EBADF, evs_transport_sendfile(t, wo, 0, 4));
+        EXPECT_EQ(0, evs_transport_write(t, "still", 5));
+        EXPECT_EQ(4, evs_transport_sendfile(t, f.fd, 0, 4));
+        evs_transport_close(t);
+        EXPECT_TRUE(wait_until([&] { return r.lost == 1; }));
+        EXPECT_EQ(0, r.lost_err);
+    });
+    EXPECT_EQ("stillsome", read_to_eof(sv[1]));
+    close(sv[1]);
+    close(wo);
+}
+
+// evs_sendfile's slices fit the connection's cap (max_write_buffer) on top
+// of what is queued: a 256 KiB slice to a peer not reading yet went past a
+// 128 KiB cap, and the connection was aborted (-ENOBUFS).
+TEST(SendfileTest, StreamSendfileStaysWithinTheConnectionsCap) {
+    std::string content = pattern(4 * 1024 * 1024, 17);
+    TempFile f(content);
+    int sv[2];
+    socket_pair(sv);
+    int small = 16384;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    std::atomic<bool> go{false};
+    std::string got;
+    std::thread peer([&] {
+        while (!go) usleep(1000);  // not reading until the sender is parked
+        got = read_to_eof(sv[1]);
+        close(sv[1]);
+    });
+    ssize_t sent = -1;
+    run([&] {
+        evs_reader *r;
+        evs_writer *w;
+        ASSERT_EQ(0, evs_stream_open_fd(sv[0], 0, &r, &w));
+        evs_transport *t = evs_writer_transport(w);
+        ASSERT_EQ(0, evs_transport_set_write_buffer_limits(t, 64 * 1024, 16 * 1024));
+        evs_transport_set_max_write_buffer(t, 128 * 1024);
+        evs_task *starter = nullptr;
+        ASSERT_EQ(0, evs_task_spawn(
+                         [](void *a) -> int {
+                             evs_sleep(0.1);
+                             *static_cast<std::atomic<bool> *>(a) = true;
+                             return 0;
+                         },
+                         &go, &starter));
+        sent = evs_sendfile(w, f.fd, 0, 0);
+        evs_close(w);
+        EXPECT_EQ(0, evs_wait_closed(w));
+        EXPECT_EQ(0, evs_task_join(starter, nullptr));
+        evs_writer_free(w);
+    });
+    go = true;
+    peer.join();
+    EXPECT_EQ((ssize_t)content.size(), sent);
+    EXPECT_TRUE(got == content);
 }
 
 // sendfile() takes no MSG_NOSIGNAL: to a peer that has gone it raised
