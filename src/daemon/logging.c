@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,8 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int log_fd = 2;
 static char *log_path;
-static bool use_syslog;
+/* Read by every thread's log call, changed by a reload: atomic. */
+static atomic_bool use_syslog;
 
 static void sink(evs_log_level level, int worker, const char *msg, void *arg)
 {

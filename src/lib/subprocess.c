@@ -389,8 +389,10 @@ int evs_subprocess_exec(const evs_process_options *o, const evs_subprocess_proto
         sp->pipes[i].sp = sp;
         sp->pipes[i].fd = i;
     }
-    /* Pipes first: their connection_made does nothing, and a pipe that
-     * cannot be set up is simply reported lost. */
+    /* Pipes first: their connection_made does nothing. A pipe that cannot
+     * be set up (out of memory, the worker stopping) is left out, its end
+     * closed: get_pipe_transport gives NULL for it, and the child sees EOF
+     * or EPIPE there. */
     for (int i = 0; i < 3; i++) {
         if (parent[i] < 0)
             continue;
