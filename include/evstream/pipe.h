@@ -2,7 +2,8 @@
  * @file evstream/pipe.h
  * Pipe transports: the seed's read and write pipe transports
  * (connect_read_pipe / connect_write_pipe) for any file descriptor that is
- * not a socket: pipes, FIFOs, ttys, character devices.
+ * not a socket: pipes, FIFOs, ttys, character devices that epoll can watch
+ * (one it refuses, such as /dev/null or a regular file, fails with -EPERM).
  *
  * A pipe transport is an ordinary evs_transport (transport.h): the same
  * protocol callbacks, write queue, watermarks and pause_writing /

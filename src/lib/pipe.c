@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -153,6 +154,24 @@ static void setup(evs_transport *t, int rfd, int wfd)
     }
 }
 
+/* epoll refuses regular files and some character devices (/dev/null,
+ * /dev/zero: EPERM). Unchecked, a transport on one waited forever, no data
+ * and no EOF; asyncio refuses them too. @return 0 or a negative errno. */
+static int check_pollable(int fd)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    int ep, err = 0;
+
+    if (fd < 0)
+        return 0;
+    if ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        return -errno;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+        err = -errno;
+    close(ep);
+    return err;
+}
+
 /* Check the pair and make a separate write end non-blocking (the primary
  * fd is made so by the transport). Closes both on failure. */
 static int prepare(int rfd, int wfd, bool ok)
@@ -161,7 +180,9 @@ static int prepare(int rfd, int wfd, bool ok)
 
     if ((rfd < 0 && wfd < 0) || !ok)
         err = -EINVAL;
-    else if (rfd >= 0 && wfd >= 0 && wfd != rfd)
+    else if ((err = check_pollable(rfd)) == 0 && wfd != rfd)
+        err = check_pollable(wfd);
+    if (err == 0 && rfd >= 0 && wfd >= 0 && wfd != rfd)
         err = set_nonblock(wfd);
     if (err)
         close_both(rfd, wfd);

@@ -360,6 +360,28 @@ TEST(PipeTest, ReadOnlyPipeRefusesWrites) {
     close(p[1]);
 }
 
+// A file descriptor epoll cannot watch (/dev/null, a regular file) is
+// refused: the transport waited forever for data or EOF that never came.
+TEST(PipeTest, AnFdThatCannotBePolledIsRefused) {
+    std::string dir = make_temp_dir();
+    std::string file = dir + "/regular";
+    Rec r;
+    run([&] {
+        int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        ASSERT_GE(null_fd, 0);
+        EXPECT_EQ(-EPERM, evs_pipe_open(null_fd, -1, &kProto, &r, nullptr));
+        EXPECT_EQ(-1, fcntl(null_fd, F_GETFD));  // closed: owned even on failure
+        int reg = open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        ASSERT_GE(reg, 0);
+        evs_reader *rd;
+        evs_writer *wr;
+        EXPECT_EQ(-EPERM, evs_stream_open_pipe(-1, reg, 0, &rd, &wr));
+        EXPECT_EQ(-1, fcntl(reg, F_GETFD));
+    });
+    EXPECT_EQ(0, r.made);
+    remove_dir(dir);
+}
+
 TEST(PipeTest, InvalidArguments) {
     Rec r;
     run([&] {
