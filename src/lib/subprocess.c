@@ -175,8 +175,9 @@ static void close_fd(int *fd)
 static int spawn(const evs_process_options *o, pid_t *pid, int parent[3])
 {
     const evs_stdio modes[3] = {o->stdin_mode, o->stdout_mode, o->stderr_mode};
-    const int given[3] = {o->stdin_fd, o->stdout_fd, o->stderr_fd};
+    int given[3] = {o->stdin_fd, o->stdout_fd, o->stderr_fd};
     int childend[3] = {-1, -1, -1};
+    int moved[3] = {-1, -1, -1}; /* copies of given fds 0-2, see below */
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     sigset_t none, all;
@@ -190,6 +191,16 @@ static int spawn(const evs_process_options *o, pid_t *pid, int parent[3])
         if (modes[i] > EVS_STDIO_STDOUT || (modes[i] == EVS_STDIO_STDOUT && i != 2) ||
             (modes[i] == EVS_STDIO_FD && given[i] < 0))
             return -EINVAL;
+    }
+    /* The dup2 actions run in order, so a given fd among 0-2 may be
+     * replaced before it is used (stdout_fd = 0 with stdin piped, or
+     * stderr_fd = 1 with stdout piped): such a one goes as a copy above 2. */
+    for (int i = 0; i < 3 && !err; i++) {
+        if (modes[i] != EVS_STDIO_FD || given[i] > 2 || given[i] == i)
+            continue;
+        if ((moved[i] = fcntl(given[i], F_DUPFD_CLOEXEC, 3)) < 0)
+            err = -errno;
+        given[i] = moved[i];
     }
     for (int i = 0; i < 3 && !err; i++) {
         int p[2];
@@ -250,6 +261,7 @@ static int spawn(const evs_process_options *o, pid_t *pid, int parent[3])
 out_fds:
     for (int i = 0; i < 3; i++) {
         close_fd(&childend[i]);
+        close_fd(&moved[i]);
         if (err)
             close_fd(&parent[i]);
     }

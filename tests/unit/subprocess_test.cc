@@ -481,6 +481,45 @@ TEST_F(SubprocessTest, AWaiterWokenByTheExitOutlivesAFreeByAnotherTask) {
     });
 }
 
+// A given fd among 0-2 is the parent's, even when an earlier redirection
+// replaced that number in the child: stderr_fd = 1 with stdout piped sent
+// the child's stderr into the stdout pipe.
+TEST_F(SubprocessTest, AGivenFdIsTheParentsEvenWhenAnEarlierPipeTookItsNumber) {
+    std::string dir = make_temp_dir();
+    std::string file = dir + "/stderr";
+    int f = open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(f, 0);
+    // The test process's fd 1 is the file for the while.
+    fflush(stdout);
+    int saved = dup(1);
+    ASSERT_GE(saved, 0);
+    ASSERT_EQ(1, dup2(f, 1));
+    std::string out;
+    int code = INT_MIN;
+    run([&] {
+        evs_process_options o = opts({"/bin/sh", "-c", "echo out; echo err >&2"});
+        o.stdout_mode = EVS_STDIO_PIPE;
+        o.stderr_mode = EVS_STDIO_FD;
+        o.stderr_fd = 1;
+        evs_process *p = nullptr;
+        ASSERT_EQ(0, evs_process_spawn(&o, &p));
+        char buf[64];
+        ssize_t n;
+        while ((n = evs_read(evs_process_stdout(p), buf, sizeof buf)) > 0) out.append(buf, (size_t)n);
+        EXPECT_EQ(0, evs_process_wait(p, &code));
+        evs_process_free(p);
+    });
+    dup2(saved, 1);
+    close(saved);
+    close(f);
+    EXPECT_EQ(0, code);
+    EXPECT_EQ("out\n", out);
+    int rf = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    EXPECT_EQ("err\n", read_to_eof(rf));
+    close(rf);
+    remove_dir(dir);
+}
+
 TEST_F(SubprocessTest, StreamModeLargeDataThroughCatWithAReaderTask) {
     std::string payload = pattern(3 * 1024 * 1024, 11);
     std::string got;
