@@ -41,9 +41,10 @@
  *
  * Settings (the listener's settings group):
  *   max_bulk    = "16M";   largest accepted argument (default 16M)
- *   max_request = "64M";   largest total of one command's arguments
- *                          (default the larger of 64M and max_bulk; at
- *                          least max_bulk, at most 1G)
+ *   max_request = "64M";   largest total of one command's arguments,
+ *                          and largest GET or MGET answer (default the
+ *                          larger of 64M and max_bulk; at least
+ *                          max_bulk, at most 1G)
  * A command is read whole before it runs, so without max_request one
  * unfinished command (up to 1M arguments of max_bulk each) could hold
  * gigabytes. An argument that would take the total past it is a protocol
@@ -52,6 +53,11 @@
  * 64M is four default max_bulk arguments, more than any command here
  * needs, and a sixteenth of Redis's bound. (Tiny arguments cost their
  * per-argument overhead, which the 1M cap on their count bounds.)
+ * max_request bounds an answer too: a GET or MGET whose values (with
+ * their framing) come to more is answered "-ERR reply too large" instead,
+ * and the connection goes on. A small MGET naming one big key many times
+ * would otherwise make the server build an answer of gigabytes (Redis
+ * builds it: by default its output buffer limits spare normal clients).
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   redis-cli -p 6380 SET greeting hello
@@ -530,6 +536,9 @@ typedef struct call {
     int *part_of_key;         /* K_MGET: argv order -> part index */
     int nparts;
     part *parts;
+    /* GET/MGET: bytes of answer the parts have claimed, together; past
+     * max_request the answer is an error (see exec_part). */
+    atomic_uint_least64_t answer;
     /* Only on the origin worker: */
     int pending;              /* parts not back yet */
     evs_task *sleeper;        /* what the task joins while parts are out */
@@ -562,6 +571,28 @@ static int64_t deadline(int64_t now, long long ttl_ms)
     return ttl_ms > INT64_MAX / 2 - now ? INT64_MAX / 2 : now + ttl_ms;
 }
 
+/* The bytes add_bulk (or add_nil, when @p found is false) writes. */
+static size_t bulk_size(bool found, size_t n)
+{
+    size_t digits = 1;
+
+    if (!found)
+        return 5;
+    for (size_t v = n; v >= 10; v /= 10)
+        digits++;
+    return 1 + digits + 2 + n + 2;
+}
+
+/* Claim @n bytes of the answer of @c for a part. The parts of an MGET run
+ * on several workers at once, so they share one count: what they hold
+ * together, not each, stays within max_request. A failed claim leaves the
+ * count past the bound, which fails every later claim too. */
+static bool claim_answer(call *c, size_t n)
+{
+    uint_least64_t before = atomic_fetch_add(&c->answer, n);
+    return before + n <= c->rl->max_request;
+}
+
 /* Run one part against its shard, on the shard's worker. */
 static void exec_part(shard *s, call *c, part *p)
 {
@@ -581,6 +612,13 @@ static void exec_part(shard *s, call *c, part *p)
         case C_GET:
         case C_MGET:
             e = lookup(s, k->p, k->n, h, now);
+            /* The same big key asked for 2000 times in one small MGET
+             * would otherwise make an answer of gigabytes, built here,
+             * then copied for the client and again by evs_write. */
+            if (!claim_answer(c, bulk_size(e != NULL, e ? e->vlen : 0))) {
+                buf_free(&p->out); /* the task answers an error instead */
+                return;
+            }
             if (e)
                 add_bulk(&p->out, e->val, e->vlen);
             else
@@ -1010,6 +1048,7 @@ static int execute(conn *cn, int argc, arg *argv)
         return 0;
     }
     atomic_init(&c->refs, 1);
+    atomic_init(&c->answer, 0);
     c->rl = rl;
     c->cmd = cmd;
     c->origin = self;
@@ -1071,6 +1110,12 @@ static int execute(conn *cn, int argc, arg *argv)
     rc = wait_parts(c);
     if (rc < 0)
         goto done;
+    if (atomic_load(&c->answer) > rl->max_request) {
+        /* Not a protocol error: the request was fine, and the connection
+         * goes on (as after Redis's other refusals). */
+        add_error(out, "ERR reply too large (over max_request, %zu bytes)", rl->max_request);
+        goto done;
+    }
 
     switch (cmd->kind) {
     case K_ONE:

@@ -753,6 +753,36 @@ TEST_F(RedisLiteTest, MaxRequestSettingBoundsACommandsArguments) {
     EXPECT_TRUE(contains(t.err, "max_request must be between max_bulk and 1G")) << t.err;
 }
 
+// max_request bounds an answer too: a small MGET that names big values
+// often enough gets an error instead of an answer of max_request or more
+// (repeating one 1M key 2000 times made a 2G answer), and the connection
+// goes on. The five keys spread over both workers' shards, whose parts
+// count their answers together.
+TEST_F(RedisLiteTest, MaxRequestSettingBoundsAnAnswer) {
+    Daemon &d = start("  { name = \"small\"; listen = \"127.0.0.1:0\"; plugin = \"redis_lite\";"
+                      " settings = { max_bulk = \"1k\"; max_request = \"4k\"; }; }");
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("small"));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    std::string value(1000, 'v');
+    for (int i = 0; i < 5; i++)
+        ASSERT_EQ(std::vector<std::string>({"+OK"}),
+                  raw(fd, "*3\r\n$3\r\nSET\r\n$2\r\nk" + std::to_string(i) + "\r\n$1000\r\n" +
+                              value + "\r\n", 1));
+    // Four values make 4036 bytes: within the bound.
+    EXPECT_EQ(std::vector<std::string>(
+                  {"*4", "$1000", value, "$1000", value, "$1000", value, "$1000", value}),
+              raw(fd, "MGET k0 k1 k2 k3\r\n", 9));
+    const std::vector<std::string> too_large = {"-ERR reply too large (over max_request, 4096 bytes)"};
+    EXPECT_EQ(too_large, raw(fd, "MGET k0 k1 k2 k3 k4\r\n", 1));
+    std::string again = "MGET";
+    for (int i = 0; i < 2000; i++) again += " k0";
+    EXPECT_EQ(too_large, raw(fd, again + "\r\n", 1));
+    EXPECT_EQ(std::vector<std::string>({"+PONG"}), raw(fd, "PING\r\n", 1));
+    close(fd);
+}
+
 TEST_F(RedisLiteTest, RedisBenchmarkResultsAreCorrect) {
     REQUIRE_TOOL(bench, "redis-benchmark", "redis-tools");
     if (cli.empty()) GTEST_SKIP() << "redis-cli is not installed (Debian package: redis-tools)";
