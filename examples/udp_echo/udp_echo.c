@@ -4,18 +4,95 @@
  * same port (SO_REUSEPORT), so the kernel spreads the datagrams across the
  * workers; a unixgram: listener has one socket, on the first worker.
  *
+ * Flow control: an answer the socket has no room for is queued by the
+ * endpoint. Past the high watermark pause_writing stops reading until the
+ * queue drains (resume_writing), as examples/echo_protocol does for a
+ * stream: the kernel then drops what the socket cannot hold, which is
+ * what UDP promises, instead of this process queueing an answer per
+ * datagram without bound.
+ *
+ * Loops: a datagram whose source is the endpoint's own address (forged,
+ * or sent by another process on the SO_REUSEPORT port) is dropped. Its
+ * answer would come back to one of the workers' sockets as a new datagram
+ * from that address, and so on forever. On a wildcard address (0.0.0.0,
+ * ::) every local address is ours and a datagram does not say which one
+ * it was sent to, so there any source on our port is dropped; a peer that
+ * sends from the echo port is most likely another echo service, the other
+ * half of the classic echo loop.
+ *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   echo hello | nc -u -w1 127.0.0.1 8895
  */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include <evstream.h>
+
+#define MAX_WORKERS 4096 /* the runtime's own maximum */
+
+typedef struct own_address {
+    struct sockaddr_storage addr;
+    socklen_t len; /* 0: unknown, nothing is dropped */
+} own_address;
+
+typedef struct udp_echo {
+    /* own[i] belongs to worker i: made, written and freed on its thread. */
+    own_address *own[MAX_WORKERS];
+} udp_echo;
+
+/* Whether a datagram from @a came from the endpoint's own address @own. */
+static bool from_self(const own_address *own, const struct sockaddr *a, socklen_t alen)
+{
+    const struct sockaddr *o;
+
+    if (!own || own->len == 0 || a->sa_family != own->addr.ss_family)
+        return false;
+    o = (const struct sockaddr *)&own->addr;
+    switch (o->sa_family) {
+    case AF_INET: {
+        const struct sockaddr_in *s = (const void *)a, *m = (const void *)o;
+        return s->sin_port == m->sin_port && (m->sin_addr.s_addr == htonl(INADDR_ANY) ||
+                                             s->sin_addr.s_addr == m->sin_addr.s_addr);
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *s = (const void *)a, *m = (const void *)o;
+        return s->sin6_port == m->sin6_port &&
+               (IN6_IS_ADDR_UNSPECIFIED(&m->sin6_addr) ||
+                IN6_ARE_ADDR_EQUAL(&s->sin6_addr, &m->sin6_addr));
+    }
+    case AF_UNIX:
+        /* Only our socket can send from its own path. */
+        return alen == own->len && memcmp(a, o, alen) == 0;
+    default:
+        return false;
+    }
+}
+
+static void connection_made(evs_datagram *d, void *ctx)
+{
+    udp_echo *ue = ctx;
+    own_address *own = ue->own[evs_worker_id(evs_datagram_worker(d))];
+
+    /* Once per endpoint, not a getsockname() per datagram. */
+    if (own && evs_datagram_get_sockname(d, &own->addr, &own->len) < 0)
+        own->len = 0;
+}
 
 static void datagram_received(evs_datagram *d, const void *data, size_t len,
                               const struct sockaddr *addr, socklen_t addrlen, void *ctx)
 {
-    (void)ctx;
+    udp_echo *ue = ctx;
+
     /* An unnamed Unix peer (addrlen 0) cannot be answered. */
-    if (addrlen > 0)
-        evs_datagram_sendto(d, data, len, addr, addrlen);
+    if (addrlen == 0)
+        return;
+    if (from_self(ue->own[evs_worker_id(evs_datagram_worker(d))], addr, addrlen)) {
+        evs_log(EVS_LOG_DEBUG, "udp_echo: dropped a datagram from our own address");
+        return;
+    }
+    evs_datagram_sendto(d, data, len, addr, addrlen);
 }
 
 static void error_received(evs_datagram *d, int err, void *ctx)
@@ -26,9 +103,62 @@ static void error_received(evs_datagram *d, int err, void *ctx)
     evs_log(EVS_LOG_DEBUG, "udp_echo: %s", evs_strerror(err));
 }
 
-static const evs_datagram_protocol udp_echo = {
+static void pause_writing(evs_datagram *d, void *ctx)
+{
+    (void)ctx;
+    evs_datagram_pause_reading(d);
+}
+
+static void resume_writing(evs_datagram *d, void *ctx)
+{
+    (void)ctx;
+    evs_datagram_resume_reading(d);
+}
+
+static int init(evs_settings *s, void **state)
+{
+    (void)s;
+    *state = calloc(1, sizeof(udp_echo));
+    return *state ? 0 : -ENOMEM;
+}
+
+/* Before the worker's endpoint exists (evstreamd starts the workers of an
+ * instance before its listener). */
+static int worker_start(evs_worker *w, void *state)
+{
+    udp_echo *ue = state;
+    int id = evs_worker_id(w);
+
+    if (id < 0 || id >= MAX_WORKERS)
+        return -EINVAL;
+    ue->own[id] = calloc(1, sizeof *ue->own[id]);
+    return ue->own[id] ? 0 : -ENOMEM;
+}
+
+static void worker_stop(evs_worker *w, void *state)
+{
+    udp_echo *ue = state;
+    int id = evs_worker_id(w);
+
+    if (id < 0 || id >= MAX_WORKERS)
+        return; /* worker_start refused it */
+    free(ue->own[id]);
+    ue->own[id] = NULL;
+}
+
+static void fini(void *state)
+{
+    free(state);
+}
+
+static const evs_datagram_protocol udp_echo_protocol = {
+    .connection_made = connection_made,
     .datagram_received = datagram_received,
     .error_received = error_received,
+    .pause_writing = pause_writing,
+    .resume_writing = resume_writing,
 };
 
-EVS_PLUGIN_DEFINE(.name = "udp_echo", .mode = EVS_PLUGIN_DATAGRAM, .datagram = &udp_echo);
+EVS_PLUGIN_DEFINE(.name = "udp_echo", .mode = EVS_PLUGIN_DATAGRAM,
+                  .datagram = &udp_echo_protocol, .init = init, .fini = fini,
+                  .worker_start = worker_start, .worker_stop = worker_stop);

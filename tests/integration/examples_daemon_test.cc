@@ -27,6 +27,8 @@
 #include <unistd.h>
 
 #include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/udp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -197,7 +199,7 @@ class ExamplesTest : public ::testing::Test {
         ASSERT_FALSE(dir.empty());
         ASSERT_EQ(0, access(daemon_path().c_str(), X_OK))
             << daemon_path() << " is missing: build it first (or set EVS_TEST_BUILDDIR)";
-        for (const char *p : {"http_hello", "redis_lite", "chat", "proxy", "line_upper"})
+        for (const char *p : {"http_hello", "redis_lite", "chat", "proxy", "line_upper", "udp_echo"})
             ASSERT_TRUE(file_exists(plugin_dir() + "/" + p + ".so"))
                 << p << ".so is not in " << plugin_dir() << ": run make first";
     }
@@ -239,7 +241,8 @@ class ExamplesTest : public ::testing::Test {
                              "  { name = \"redis_lite\"; path = \"redis_lite.so\"; },\n"
                              "  { name = \"chat\"; path = \"chat.so\"; },\n"
                              "  { name = \"proxy\"; path = \"proxy.so\"; },\n"
-                             "  { name = \"line_upper\"; path = \"line_upper.so\"; }\n"
+                             "  { name = \"line_upper\"; path = \"line_upper.so\"; },\n"
+                             "  { name = \"udp_echo\"; path = \"udp_echo.so\"; }\n"
                              ");\n"
                              "listeners = (\n" + listeners + "\n);\n");
         return conf;
@@ -1455,4 +1458,70 @@ TEST_F(ExamplesTest, LineUpperClientSendingLongLinesWithoutReadingIsPushedBack) 
     EXPECT_EQ("ERR line too long", read_line(c));
     EXPECT_EQ("HI", read_line(c));
     close(c);
+}
+
+// =============================================================================
+// udp_echo
+// =============================================================================
+
+// A datagram whose source is the listener's own address and port (forged
+// here through a raw socket) is dropped: its echo would reach one of the
+// workers' sockets as a new datagram from that address, and so on for
+// ever. The raw socket sees every UDP datagram on the loopback, so it
+// counts the trips: the forged one only, not an endless stream of echoes.
+TEST_F(ExamplesTest, UdpEchoDropsDatagramsFromItsOwnAddress) {
+    int raw = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_UDP);
+    if (raw < 0) GTEST_SKIP() << "a raw socket needs CAP_NET_RAW: " << strerror(errno);
+    Daemon &d = start("  { name = \"udp\"; listen = \"udp:127.0.0.1:0\"; plugin = \"udp_echo\"; }");
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("udp");
+    ASSERT_NE(0, port);
+    struct sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(0, bind(raw, (struct sockaddr *)&to, sizeof to));  // the source: 127.0.0.1
+
+    const std::string marker = "echo loop?";
+    std::string packet(sizeof(struct udphdr), '\0');
+    struct udphdr uh{};
+    uh.uh_sport = htons(port);
+    uh.uh_dport = htons(port);
+    uh.uh_ulen = htons((uint16_t)(sizeof uh + marker.size()));
+    uh.uh_sum = 0;  // none: allowed over IPv4
+    memcpy(&packet[0], &uh, sizeof uh);
+    packet += marker;
+    ASSERT_EQ((ssize_t)packet.size(),
+              sendto(raw, packet.data(), packet.size(), 0, (struct sockaddr *)&to, sizeof to));
+
+    // Count the datagrams port -> port carrying the marker for half a second.
+    int trips = 0;
+    auto until = Clock::now() + std::chrono::milliseconds(500);
+    for (;;) {
+        int left = (int)std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+        struct pollfd p = {raw, POLLIN, 0};
+        if (left <= 0 || poll(&p, 1, left) != 1) break;
+        char buf[2048];
+        ssize_t n = recv(raw, buf, sizeof buf, 0);
+        if (n < (ssize_t)sizeof(struct ip)) continue;
+        size_t ihl = (size_t)(((const struct ip *)buf)->ip_hl) * 4;
+        if ((size_t)n < ihl + sizeof uh) continue;
+        struct udphdr got;
+        memcpy(&got, buf + ihl, sizeof got);
+        if (got.uh_sport == uh.uh_sport && got.uh_dport == uh.uh_dport &&
+            std::string(buf + ihl + sizeof got, (size_t)n - ihl - sizeof got) == marker)
+            trips++;
+    }
+    close(raw);
+    EXPECT_EQ(1, trips) << "the forged datagram was echoed back to the listener";
+
+    // Other peers are still answered.
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    to.sin_port = htons(port);
+    ASSERT_EQ(5, sendto(fd, "hello", 5, 0, (struct sockaddr *)&to, sizeof to));
+    char buf[64];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    EXPECT_EQ("hello", std::string(buf, n > 0 ? (size_t)n : 0));
+    close(fd);
 }
