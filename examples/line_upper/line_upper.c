@@ -51,7 +51,13 @@ static int init(evs_settings *s, void **state)
         free(lu);
         return evs_settings_fail(s, "max_line must be at most 16M");
     }
+    /* A copy: the settings' strings live only as long as init. Failing
+     * here, evstreamd names the listener and the error (out of memory). */
     lu->prefix = strdup(prefix);
+    if (!lu->prefix) {
+        rc = -ENOMEM;
+        goto fail;
+    }
     lu->max_line = (size_t)max_line;
     *state = lu;
     return 0;
@@ -70,17 +76,35 @@ static void fini(void *state)
 }
 
 /* Throw away the rest of an overlong line, up to and including its
- * newline, and nothing after it. Buffered bytes are read one at a time:
- * evs_read returns them without a context switch. */
+ * newline, and nothing after it, a buffer at a time. Each round looks for
+ * the newline within what is buffered now (evs_readuntil_any's limit): if
+ * it is there, that ends the line; if not, those bytes all belong to the
+ * line and go at once, through a view (nothing copied). The next round
+ * waits for more. Every byte is looked at about once: evs_readline and a
+ * drop of max_line bytes would search the whole buffer to drop each
+ * max_line bytes, and one byte per evs_read costs a call per byte.
+ * @return 0, or < 0 to end the connection (EOF inside the line too). */
 static int skip_line(evs_reader *r)
 {
-    char c;
-    ssize_t n;
+    static const evs_separator nl = {"\n", 1};
 
-    while ((n = evs_read(r, &c, 1)) == 1)
-        if (c == '\n')
+    for (;;) {
+        const void *view;
+        size_t have = evs_reader_buffered(r);
+        /* (A limit of 0 would mean the reader's own.) */
+        ssize_t n = evs_readuntil_any(r, &nl, 1, have ? have : 1, &view);
+
+        if (n > 0)
             return 0;
-    return -1;
+        if (n != EVS_ELIMIT)
+            return -1;
+        while (have > 0) {
+            ssize_t got = evs_read_view(r, have, &view);
+            if (got <= 0)
+                return -1;
+            have -= (size_t)got;
+        }
+    }
 }
 
 static void client_connected(evs_reader *r, evs_writer *w, void *state)

@@ -1460,6 +1460,33 @@ TEST_F(ExamplesTest, LineUpperClientSendingLongLinesWithoutReadingIsPushedBack) 
     close(c);
 }
 
+// An overlong line is skipped to its newline whatever way it arrives:
+// in pieces (the skip waits for more without losing its place), with the
+// newline and the next lines in one write (nothing after the newline is
+// skipped), and an overlong line cut by EOF ends the connection.
+TEST_F(ExamplesTest, LineUpperSkipsLongLinesArrivingInPieces) {
+    Daemon &d = start("  { name = \"upper\"; listen = \"127.0.0.1:0\"; plugin = \"line_upper\";"
+                      " settings = { max_line = \"1k\"; prefix = \"> \"; }; }");
+    ASSERT_TRUE(d.running());
+    int c = connect_tcp(d.port("upper"));
+    ASSERT_GE(c, 0);
+    set_timeouts(c, 10);
+    ASSERT_TRUE(send_text(c, std::string(300000, 'a')));
+    EXPECT_EQ("ERR line too long", read_line(c));
+    nap_ms(50);
+    ASSERT_TRUE(send_text(c, std::string(5000, 'b')));
+    nap_ms(50);
+    ASSERT_TRUE(send_text(c, std::string(700, 'c') + "\none\n" + std::string(2000, 'd') + "\ntwo\n"));
+    EXPECT_EQ("> ONE", read_line(c));
+    EXPECT_EQ("ERR line too long", read_line(c));
+    EXPECT_EQ("> TWO", read_line(c));
+    ASSERT_TRUE(send_text(c, std::string(4000, 'e')));
+    shutdown(c, SHUT_WR);
+    EXPECT_EQ("ERR line too long", read_line(c));
+    EXPECT_EQ("<eof>", read_line(c));
+    close(c);
+}
+
 // =============================================================================
 // udp_echo
 // =============================================================================
