@@ -94,6 +94,7 @@ static int print_http_headers(void *arg)
     evs_writer *w;
     char query[1024];
     int err, qlen, ok = 0;
+    bool v6 = strchr(u->host, ':') != NULL; /* an IPv6 literal */
 
     /* Bound every parked call: a server that stops answering fails the
      * run instead of hanging it. */
@@ -113,14 +114,15 @@ static int print_http_headers(void *arg)
         return 1;
     }
 
-    /* Host carries the port when it is not the default (RFC 7230 5.4). */
+    /* Host carries the port when it is not the default (RFC 7230 5.4); an
+     * IPv6 literal keeps its brackets either way, or its colons would read
+     * as a port. */
     if (u->port == (u->https ? 443 : 80))
-        qlen = snprintf(query, sizeof query, "HEAD %s HTTP/1.0\r\nHost: %s\r\n\r\n", u->path,
-                        u->host);
+        qlen = snprintf(query, sizeof query, "HEAD %s HTTP/1.0\r\nHost: %s%s%s\r\n\r\n",
+                        u->path, v6 ? "[" : "", u->host, v6 ? "]" : "");
     else
         qlen = snprintf(query, sizeof query, "HEAD %s HTTP/1.0\r\nHost: %s%s%s:%u\r\n\r\n",
-                        u->path, strchr(u->host, ':') ? "[" : "", u->host,
-                        strchr(u->host, ':') ? "]" : "", (unsigned)u->port);
+                        u->path, v6 ? "[" : "", u->host, v6 ? "]" : "", (unsigned)u->port);
     if (qlen < 0 || (size_t)qlen >= sizeof query) {
         fprintf(stderr, "URL too long\n");
         evs_writer_free(w);
