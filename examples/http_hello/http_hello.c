@@ -350,8 +350,11 @@ static int skip_body(evs_reader *r, uint64_t n)
 static void client_connected(evs_reader *r, evs_writer *w, void *state)
 {
     http_hello *h = state;
-    /* Both the standard CRLF ending and the bare LF one (RFC 9112 2.2). */
-    static const evs_separator ends[] = {{"\r\n\r\n", 4}, {"\n\n", 2}};
+    /* The empty line that ends a head, with CRLF or bare LF line ends
+     * (RFC 9112 2.2): "\r\n\r\n", "\n\n" (which "\r\n\n" ends with too)
+     * and "\n\r\n" (LF after the last header, CRLF for the empty line).
+     * Separators that end at the same byte give the same head. */
+    static const evs_separator ends[] = {{"\r\n\r\n", 4}, {"\n\n", 2}, {"\n\r\n", 3}};
 
     /* The reader's limit must let the largest head through. */
     if (evs_reader_limit(r) < h->max_header)
@@ -359,7 +362,8 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
     for (;;) {
         const void *head;
         request rq;
-        ssize_t n = evs_readuntil_any(r, ends, 2, h->max_header, &head);
+        ssize_t n = evs_readuntil_any(r, ends, sizeof ends / sizeof ends[0], h->max_header,
+                                      &head);
         int status;
 
         if (n == EVS_ELIMIT) {

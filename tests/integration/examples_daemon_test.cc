@@ -415,6 +415,24 @@ TEST_F(HttpHelloTest, PipelinedRequestsAreAnsweredInOrder) {
     EXPECT_EQ(all.size() - 13, all.rfind("Hello, World!"));
 }
 
+// A head whose header lines end in bare LF and whose empty line is CRLF
+// ends there (RFC 9112 2.2 allows LF for any line end); it was never seen
+// to end, and the request waited for the next one's blank line.
+TEST_F(HttpHelloTest, HeadWithLfLinesAndACrlfEmptyLineIsAnswered) {
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    ASSERT_TRUE(send_text(fd, "GET / HTTP/1.1\nHost: a\n\r\n"));
+    EXPECT_EQ("HTTP/1.1 200 OK", read_line(fd));
+    // The connection is kept: the next request, with the same line ends, too.
+    ASSERT_TRUE(send_text(fd, "GET /2 HTTP/1.1\nHost: a\nConnection: close\n\r\n"));
+    std::string rest = read_all(fd);
+    close(fd);
+    EXPECT_EQ(2u, count_of(rest, "Hello, World!")) << rest;
+    EXPECT_EQ(1u, count_of(rest, "HTTP/1.1 200 OK\r\n")) << rest;
+    EXPECT_EQ(0u, count_of(rest, " 400 ")) << rest;
+}
+
 // Empty lines before a request line are ignored (RFC 9112 2.2), however
 // many there are, CRLF or bare LF.
 TEST_F(HttpHelloTest, EmptyLinesBeforeARequestAreIgnored) {
