@@ -9,11 +9,12 @@
  *   - persistent connections: HTTP/1.1 keeps the connection open unless the
  *     request says "Connection: close"; HTTP/1.0 closes unless it says
  *     "Connection: keep-alive";
- *   - pipelining: requests already buffered are answered in order, and the
- *     answers leave in as few writes as the transport can manage (drain is
- *     called once the reader has nothing more buffered, or once 64k of
- *     answers wait, so a client that pipelines without reading is pushed
- *     back instead of growing our write buffer);
+ *   - pipelining: requests already buffered are answered in order, each
+ *     answer written on its own (evs_write sends at once unless bytes are
+ *     still queued from earlier); drain is called once the reader has
+ *     nothing more buffered, or once 64k of answers are queued, so a client
+ *     that pipelines without reading is pushed back instead of growing our
+ *     write buffer;
  *   - Content-Length on every answer, a request body (Content-Length) is
  *     read and thrown away; Transfer-Encoding gets 501 (not implemented);
  *   - errors, each followed by closing the connection: 400 for a malformed
@@ -398,8 +399,9 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
             break;
         if (!rq.keep_alive)
             break;
-        /* Pipelined requests already here are answered before the drain,
-         * so their answers share writes; but only up to 64k of them: a
+        /* Pipelined requests already here are answered without a drain
+         * between them (evs_write has sent each answer, or queued it if
+         * the socket is full); but only until 64k of answers are queued: a
          * client that pipelines without end and never reads would always
          * have more buffered, and we would queue its answers without limit.
          * The drain stops us reading it until it reads. */
