@@ -149,18 +149,21 @@ static int server_task(void *arg)
     return 0;
 }
 
-/* Count request heads: a head ends at the first "\r\n\r\n" or "\n\n". */
+/* Count request heads: a head ends at the first "\n\n" or "\n\r\n" (which
+ * "\r\n\r\n" ends with), as the plugin's separators say. */
 static size_t count_heads(const uint8_t *p, size_t n)
 {
     size_t count = 0;
 
     for (size_t i = 0; i + 1 < n; i++) {
-        if (p[i] == '\n' && p[i + 1] == '\n') {
+        if (p[i] != '\n')
+            continue;
+        if (p[i + 1] == '\n') {
             count++;
             i++;
-        } else if (i + 3 < n && memcmp(p + i, "\r\n\r\n", 4) == 0) {
+        } else if (i + 2 < n && p[i + 1] == '\r' && p[i + 2] == '\n') {
             count++;
-            i += 3;
+            i += 2;
         }
     }
     return count;
