@@ -27,6 +27,8 @@ struct evsd_datagram {
     dev_t path_dev;      /* ... as long as it is still ours */
     ino_t path_ino;
     size_t high, low;    /* write watermarks of the endpoints */
+    struct sockaddr_storage addr; /* udp: the bound address, for rebind_lost */
+    socklen_t addrlen;
     int failures;        /* of the last on_workers */
     const struct evsd_datagram *prev; /* evsd_datagram_succeed: the set to copy */
 };
@@ -195,13 +197,30 @@ static bool port_taken(const struct sockaddr_storage *sa, socklen_t len)
     return taken;
 }
 
+/* One worker's socket on @sa, sharing the port. @return it or -errno. */
+static int udp_socket(const struct sockaddr_storage *sa, socklen_t len)
+{
+    int one = 1, fd = socket(sa->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        (sa->ss_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
+        bind(fd, (const struct sockaddr *)sa, len) < 0) {
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
+        return -err;
+    }
+    return fd;
+}
+
 static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *address, size_t alen)
 {
     struct addrinfo hints, *res;
     struct sockaddr_storage ss;
     socklen_t sl;
     char port[8];
-    int one = 1, rc;
+    int rc;
 
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
@@ -222,15 +241,10 @@ static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *addre
         return -1;
     }
     for (int i = 0; i < set->n; i++) {
-        int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
-            (ss.ss_family == AF_INET6 &&
-             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
-            bind(fd, (struct sockaddr *)&ss, sl) < 0) {
+        int fd = udp_socket(&ss, sl);
+        if (fd < 0) {
             evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s", c->file,
-                    c->line, c->name, c->listen, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+                    c->line, c->name, c->listen, strerror(-fd));
             return -1;
         }
         set->fds[i] = fd;
@@ -242,6 +256,8 @@ static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *addre
             snprintf(address, alen, "udp:%s", a);
         }
     }
+    set->addr = ss;
+    set->addrlen = sl;
     return 0;
 }
 
@@ -348,16 +364,44 @@ evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
     return set;
 }
 
-/* On worker i: a copy of the predecessor's socket there. */
+/* On worker i: a copy of the predecessor's socket there, if it still has
+ * one (rebind_lost makes the others). */
 static void dup_here(evs_worker *w, void *arg)
 {
     evsd_datagram *set = arg;
     int i = evs_worker_id(w);
-    int fd = set->prev->eps[i] ? evs_datagram_get_fd(set->prev->eps[i]) : -1;
+    evs_datagram *d = set->prev->eps[i];
 
-    set->fds[i] = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (!d)
+        return;
+    set->fds[i] = fcntl(evs_datagram_get_fd(d), F_DUPFD_CLOEXEC, 0);
     if (set->fds[i] < 0)
         set->failures++;
+}
+
+/* New sockets where the predecessor's endpoint was lost (its plugin closed
+ * it, or a fatal socket error): without them every later reload would fail
+ * and the worker (or, for unixgram:, the listener) would stay deaf until a
+ * restart. @return -1 if one cannot be bound (logged). */
+static int rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
+{
+    char scratch[128];
+
+    for (int i = 0; i < set->n; i++) {
+        if (set->fds[i] >= 0)
+            continue;
+        if (c->family == EVSD_UNIXGRAM) {
+            if (bind_unixgram(c, set, scratch, sizeof scratch) < 0)
+                return -1;
+        } else if ((set->fds[i] = udp_socket(&set->addr, set->addrlen)) < 0) {
+            evs_log(EVS_LOG_ERROR, "listener '%s': cannot bind a new socket on %s: %s", c->name,
+                    c->listen, strerror(-set->fds[i]));
+            return -1;
+        }
+        evs_log(EVS_LOG_WARN, "listener '%s': worker %d had lost its socket; it has a new one",
+                c->name, i);
+    }
+    return 0;
 }
 
 evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
@@ -375,6 +419,8 @@ evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
     set->proto = proto;
     set->ctx = ctx;
     set->prev = prev;
+    set->addr = prev->addr;
+    set->addrlen = prev->addrlen;
     set->high = (size_t)c->limits.write_high_water;
     set->low = (size_t)c->limits.write_low_water;
     if (!set->fds || !set->eps) {
@@ -385,8 +431,10 @@ evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
     }
     for (int i = 0; i < set->n; i++)
         set->fds[i] = -1;
-    /* No unlink_path yet: until evsd_datagram_take_over, the file is prev's. */
-    if (on_workers(rt, set, dup_here) > 0 || on_workers(rt, set, open_here) > 0) {
+    /* No unlink_path yet (unless rebind_lost made a new file): until
+     * evsd_datagram_take_over, the file is prev's. */
+    if (on_workers(rt, set, dup_here) > 0 || rebind_lost(set, c) < 0 ||
+        on_workers(rt, set, open_here) > 0) {
         evs_log(EVS_LOG_ERROR, "datagram listener: cannot keep its socket");
         evsd_datagram_stop(rt, set);
         return NULL;
@@ -397,6 +445,13 @@ evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
 
 void evsd_datagram_take_over(evsd_datagram *set, evsd_datagram *prev, const evsd_listener_conf *c)
 {
+    if (set->unlink_path) {
+        /* rebind_lost replaced prev's file. The new one may have the old
+         * inode number, so prev must not remove "its" file at its stop. */
+        free(prev->unlink_path);
+        prev->unlink_path = NULL;
+        return;
+    }
     set->unlink_path = prev->unlink_path;
     set->path_dev = prev->path_dev;
     set->path_ino = prev->path_ino;

@@ -808,7 +808,7 @@ std::string datagram_conf(const std::string &listeners) {
 
 // Send @msg from a fresh UDP (or unixgram) socket and wait for the answer.
 std::string udp_ask(const struct sockaddr *to, socklen_t tolen, const std::string &msg,
-                    const std::string &bind_path = "") {
+                    const std::string &bind_path = "", int wait_secs = 10) {
     int fd = socket(to->sa_family, SOCK_DGRAM, 0);
     if (!bind_path.empty()) {  // a unixgram client needs an address to be answered
         struct sockaddr_un me{};
@@ -817,7 +817,7 @@ std::string udp_ask(const struct sockaddr *to, socklen_t tolen, const std::strin
         unlink(bind_path.c_str());
         bind(fd, (struct sockaddr *)&me, sizeof me);
     }
-    set_timeouts(fd, 10);
+    set_timeouts(fd, wait_secs);
     sendto(fd, msg.data(), msg.size(), 0, to, tolen);
     char buf[2048];
     ssize_t n = recv(fd, buf, sizeof buf, 0);
@@ -899,6 +899,88 @@ TEST(Ops, UnixgramClientsThatDoNotReadCostOnlyTheirAnswers) {
     EXPECT_EQ(std::string::npos, read_file(d.log).find("lost its socket")) << read_file(d.log);
     close(deaf);
     close(idle);
+    remove_dir(dir);
+}
+
+// An endpoint its plugin closed (or a fatal socket error ended) gets a new
+// socket at the next reload. The reload tried to copy the lost endpoint's
+// socket and failed ("cannot keep its socket"), and so did every later
+// one: the unixgram listener stayed deaf until a restart.
+TEST(Ops, AReloadGivesALostDatagramEndpointANewSocket) {
+    std::string dir = make_temp_dir();
+    std::string gram = dir + "/gram.sock";
+    Daemon d(dir, std::string("workers = 2;\n") + (geteuid() == 0 ? "allow_root = true;\n" : "") +
+                      "plugins = ( { name = \"closer\"; path = \"" + builddir() +
+                      "/tests/plugins/.libs/datagram_closer.so\"; } );\n"
+                      "listeners = (\n"
+                      "{ name = \"udp\"; listen = \"udp:127.0.0.1:0\"; plugin = \"closer\"; },\n"
+                      "{ name = \"gram\"; listen = \"unixgram:" + gram + "\"; plugin = \"closer\"; } );\n");
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons(d.port("udp"));
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", gram.c_str());
+    auto gram_ask = [&](const std::string &msg, int secs = 10) {
+        return udp_ask((struct sockaddr *)&sun, sizeof sun, msg, dir + "/client.sock", secs);
+    };
+    auto all_udp_answered = [&](const std::string &tag) {
+        for (int i = 0; i < 20; i++) {  // 20 source ports: both workers' sockets
+            std::string msg = tag + " " + std::to_string(i);
+            if (udp_ask((struct sockaddr *)&sin, sizeof sin, msg) != msg) return false;
+        }
+        return true;
+    };
+    auto reloads = [&] {
+        std::string log = read_file(d.log);
+        size_t n = 0;
+        for (size_t at = log.find("reloaded "); at != std::string::npos; at = log.find("reloaded ", at + 1)) n++;
+        return n;
+    };
+    EXPECT_EQ("before", gram_ask("before"));
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(5, sendto(fd, "close", 5, 0, (struct sockaddr *)&sun, sizeof sun));
+    close(fd);
+    // Queued behind "close", never read: the listener is deaf.
+    EXPECT_EQ("", gram_ask("unheard", 1));
+    fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(5, sendto(fd, "close", 5, 0, (struct sockaddr *)&sin, sizeof sin));
+    close(fd);
+    auto udp_sockets = [&] {  // bound to the port, from /proc/net/udp
+        char port[8];
+        snprintf(port, sizeof port, ":%04X", d.port("udp"));
+        std::istringstream in(read_file("/proc/net/udp"));
+        std::string line, sl, local;
+        int n = 0;
+        while (std::getline(in, line)) {
+            std::istringstream fields(line);
+            if (fields >> sl >> local && local.size() > 5)
+                n += local.compare(local.size() - 5, 5, port) == 0;
+        }
+        return n;
+    };
+    ASSERT_TRUE(eventually(10, [&] { return udp_sockets() == 1; })) << udp_sockets();
+    EXPECT_TRUE(all_udp_answered("one worker left"));  // the kernel skips a closed socket
+
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(10, [&] { return reloads() == 1; })) << read_file(d.log);
+    std::string log = read_file(d.log);
+    EXPECT_NE(std::string::npos, log.find("listener 'gram': worker 0 had lost its socket")) << log;
+    EXPECT_NE(std::string::npos, log.find("listener 'udp': worker ")) << log;
+    EXPECT_EQ("after", gram_ask("after"));
+    EXPECT_TRUE(all_udp_answered("after"));
+    // The next reload keeps the new sockets.
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(10, [&] { return reloads() == 2; })) << read_file(d.log);
+    EXPECT_EQ("again", gram_ask("again"));
+    EXPECT_TRUE(all_udp_answered("again"));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    log = read_file(d.log);
+    EXPECT_EQ(std::string::npos, log.find("reload failed")) << log;
+    struct stat st;
+    EXPECT_NE(0, stat(gram.c_str(), &st));  // the new socket file is removed at stop
     remove_dir(dir);
 }
 
