@@ -376,6 +376,13 @@ typedef struct listener {
      * what it was bound with, so this is the running state, which the
      * file's `reuseport` may differ from until a restart. */
     bool reuseport_sockets;
+    /* The counts of the earlier generations of this listener name, so that
+     * a reload neither drops the connections it leaves running nor resets
+     * the counters: `freed` sums the servers already freed (main thread
+     * only); `earlier` adds the retired ones still serving, as of the last
+     * evsd_service_reap (under view_lock, which the admin listener reads). */
+    evs_server_stats freed;
+    evs_server_stats earlier;
 } listener;
 
 /* A configuration and its listeners; kept until its last instance ends. */
@@ -917,6 +924,84 @@ static void discard_server(listener *l)
     l->server = NULL;
 }
 
+/* --- counts across reloads ----------------------------------------------- */
+
+static void stats_add(evs_server_stats *sum, const evs_server_stats *st)
+{
+    sum->accepted += st->accepted;
+    sum->active += st->active;
+    sum->closed += st->closed;
+    sum->bytes_in += st->bytes_in;
+    sum->bytes_out += st->bytes_out;
+    sum->tls_handshakes += st->tls_handshakes;
+    sum->tls_failed += st->tls_failed;
+    sum->tls_resumed += st->tls_resumed;
+    sum->proxy_rejected += st->proxy_rejected;
+    sum->rejected_per_ip += st->rejected_per_ip;
+    sum->rejected_rate += st->rejected_rate;
+}
+
+static listener *current_named(evsd_service *svc, const char *name)
+{
+    for (size_t i = 0; i < svc->current->n; i++)
+        if (strcmp(svc->current->listeners[i].conf->name, name) == 0)
+            return &svc->current->listeners[i];
+    return NULL;
+}
+
+/* A reload: the new listeners carry on the counts of the old ones of their
+ * name, whose own servers the retired generation now holds. */
+static void carry_freed(generation *old, generation *g)
+{
+    for (size_t i = 0; i < g->n; i++)
+        for (size_t j = 0; j < old->n; j++)
+            if (strcmp(old->listeners[j].conf->name, g->listeners[i].conf->name) == 0)
+                g->listeners[i].freed = old->listeners[j].freed;
+}
+
+/* Each current listener's `earlier`: its freed predecessors and the
+ * retired servers of its name that still have connections. */
+static void refresh_earlier(evsd_service *svc)
+{
+    generation *cur = svc->current;
+
+    for (size_t i = 0; i < cur->n; i++) {
+        listener *l = &cur->listeners[i];
+        evs_server_stats sum = l->freed;
+
+        for (generation *g = svc->retired; g; g = g->next)
+            for (size_t j = 0; j < g->n; j++) {
+                evs_server_stats st;
+                if (!g->listeners[j].server ||
+                    strcmp(g->listeners[j].conf->name, l->conf->name) != 0)
+                    continue;
+                evs_server_stats_get(g->listeners[j].server, &st);
+                stats_add(&sum, &st);
+            }
+        pthread_mutex_lock(&svc->view_lock);
+        l->earlier = sum;
+        pthread_mutex_unlock(&svc->view_lock);
+    }
+}
+
+/* Free a retired server once its connections are gone, its final counts
+ * going to the current listener of its name. @return 0 if freed. */
+static int free_retired_server(evsd_service *svc, listener *r)
+{
+    evs_server_stats st;
+    listener *l;
+
+    /* With no connection left (and none accepted, it is closed), the
+     * counts taken now are the final ones. */
+    evs_server_stats_get(r->server, &st);
+    if (st.active > 0 || evs_server_free(r->server) < 0)
+        return -1;
+    r->server = NULL;
+    if ((l = current_named(svc, r->conf->name)))
+        stats_add(&l->freed, &st);
+    return 0;
+}
+
 int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
 {
     generation *old = svc->current, *g;
@@ -965,6 +1050,7 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
         evs_server_close(old->listeners[i].server);
     old->next = svc->retired;
     svc->retired = old;
+    carry_freed(old, g);
     pthread_mutex_lock(&svc->view_lock);
     svc->current = g;
     pthread_mutex_unlock(&svc->view_lock);
@@ -992,8 +1078,8 @@ void evsd_service_reap(evsd_service *svc)
             /* A server is freed after its last connection and handler
              * (it holds a TLS context, a session cache, a per-address
              * table); only then is its instance surely unused. */
-            if (l->server && evs_server_free(l->server) == 0)
-                l->server = NULL;
+            if (l->server)
+                free_retired_server(svc, l);
             if (l->inst && !l->server) {
                 evsd_datagram_stop(svc->rt, l->dgram); /* datagrams have no connections */
                 l->dgram = NULL;
@@ -1009,6 +1095,7 @@ void evsd_service_reap(evsd_service *svc)
             pp = &g->next;
         }
     }
+    refresh_earlier(svc);
 }
 
 void evsd_service_print_addresses(evsd_service *svc, FILE *f, bool human)
@@ -1060,6 +1147,16 @@ STAT(rejected_per_ip)
 STAT(rejected_rate)
 #undef STAT
 
+/* A listener's counts with those of its earlier generations (under
+ * view_lock). */
+static void listener_totals(const listener *l, evs_server_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    if (l->server)
+        evs_server_stats_get(l->server, st);
+    stats_add(st, &l->earlier);
+}
+
 /* One sample per listener; @extra: more labels (",reason=\"...\""). */
 static void listener_samples(FILE *f, generation *g, const char *name, const char *extra,
                              stat_fn get)
@@ -1068,7 +1165,7 @@ static void listener_samples(FILE *f, generation *g, const char *name, const cha
         evs_server_stats st;
         if (!g->listeners[i].server)
             continue;
-        evs_server_stats_get(g->listeners[i].server, &st);
+        listener_totals(&g->listeners[i], &st);
         fprintf(f, "%s{listener=\"", name);
         label(f, g->listeners[i].conf->name);
         fprintf(f, "\"%s} %llu\n", extra, (unsigned long long)get(&st));
@@ -1115,7 +1212,7 @@ void evsd_service_metrics(evsd_service *svc, FILE *f)
     pthread_mutex_lock(&svc->view_lock);
     generation *g = svc->current;
     listener_family(f, g, "evstream_listener_connections_accepted_total", "counter",
-                    "Connections accepted (since the listener's last reload).", stat_accepted);
+                    "Connections accepted.", stat_accepted);
     listener_family(f, g, "evstream_listener_connections_active", "gauge", "Connections open now.",
                     stat_active);
     listener_family(f, g, "evstream_listener_connections_closed_total", "counter",
@@ -1196,9 +1293,7 @@ void evsd_service_status(evsd_service *svc, FILE *f)
     for (size_t i = 0; i < g->n; i++) {
         const listener *l = &g->listeners[i];
         evs_server_stats st;
-        memset(&st, 0, sizeof st);
-        if (l->server)
-            evs_server_stats_get(l->server, &st);
+        listener_totals(l, &st);
         fprintf(f, "%s{\"name\":", i ? "," : "");
         json_string(f, l->conf->name);
         fprintf(f, ",\"address\":");

@@ -373,6 +373,57 @@ TEST(Ops, MetricsCountRejectionsByReason) {
     remove_dir(dir);
 }
 
+// A reload keeps a listener's counts: connections it leaves running stay in
+// the active gauge and their closes are counted; the counters go on from
+// where they were. /metrics and /status showed the new generation only.
+TEST(Ops, MetricsCarryOnAcrossAReload) {
+    if (!have_curl()) GTEST_SKIP() << "curl is not installed";
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    std::string base = "http://127.0.0.1:" + std::to_string(d.port("admin"));
+    std::map<std::string, double> samples;
+    auto metrics_reach = [&](double accepted, double active, double closed) {
+        return eventually(10, [&] {
+            samples.clear();
+            std::string text = curl(base + "/metrics");
+            EXPECT_EQ("", prometheus_errors(text, &samples)) << text;
+            return samples["evstream_listener_connections_accepted_total{listener=\"e\"}"] == accepted &&
+                   samples["evstream_listener_connections_active{listener=\"e\"}"] == active &&
+                   samples["evstream_listener_connections_closed_total{listener=\"e\"}"] == closed;
+        });
+    };
+    auto reloads = [&](size_t n) {
+        return eventually(10, [&] {
+            std::string log = read_file(d.log);
+            size_t k = 0;
+            for (size_t at = log.find("reloaded "); at != std::string::npos; at = log.find("reloaded ", at + 1)) k++;
+            return k == n;
+        });
+    };
+    echo_once(d.port("e"), "closed before");
+    int old_conn = connect_tcp(d.port("e"));
+    ASSERT_TRUE(write_all(old_conn, "x", 1));
+    char c;
+    ASSERT_TRUE(read_exact(old_conn, &c, 1));  // served, and held open
+    d.signal(SIGHUP);
+    ASSERT_TRUE(reloads(1)) << read_file(d.log);
+    EXPECT_TRUE(metrics_reach(2, 1, 1)) << samples["evstream_listener_connections_active{listener=\"e\"}"];
+    echo_once(d.port("e"), "new generation");
+    EXPECT_TRUE(metrics_reach(3, 1, 2));
+    std::string status = curl(base + "/status");
+    EXPECT_NE(std::string::npos, status.find("\"accepted\":3,\"active\":1,\"closed\":2")) << status;
+    close(old_conn);  // the old generation's last connection: its server is freed
+    EXPECT_TRUE(metrics_reach(3, 0, 3));
+    EXPECT_EQ(13 + 1 + 14, samples["evstream_listener_received_bytes_total{listener=\"e\"}"]);
+    d.signal(SIGHUP);
+    ASSERT_TRUE(reloads(2)) << read_file(d.log);
+    EXPECT_TRUE(metrics_reach(3, 0, 3));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 // The admin listener is outside limits.max_connections: it takes none of the
 // listeners' slots, and answers while they are full with clients queued.
 TEST(Ops, AdminAnswersWhileTheListenersAreAtMaxConnections) {
