@@ -195,20 +195,29 @@ static void pidfile_remove(const char *path)
 static int write_ports(evsd_service *svc, const char *path)
 {
     char tmp[PATH_MAX];
+    const char *target = tmp;
     FILE *f;
 
     if (!path)
         return 0;
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     f = fopen(tmp, "w");
+    if (!f && errno == EACCES) {
+        /* A reload as `user` in a directory only root may write to: the
+         * file itself became the user's at the switch, so it is rewritten
+         * in place (a reader may see it short for a moment). */
+        target = path;
+        f = fopen(path, "w");
+    }
     if (!f) {
-        evs_log(EVS_LOG_ERROR, "ports file %s: %s", tmp, strerror(errno));
+        evs_log(EVS_LOG_ERROR, "ports file %s: %s", target, strerror(errno));
         return -1;
     }
     evsd_service_print_addresses(svc, f, false);
-    if (fclose(f) != 0 || rename(tmp, path) < 0) {
+    if (fclose(f) != 0 || (target == tmp && rename(tmp, path) < 0)) {
         evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
-        unlink(tmp);
+        if (target == tmp)
+            unlink(tmp);
         return -1;
     }
     return 0;
@@ -509,7 +518,7 @@ int main(int argc, char **argv)
      * ports file that cannot be written fails the start as a pidfile does:
      * whatever reads it would wait for it forever. */
     if (write_ports(svc, o.ports_file) < 0 ||
-        evsd_drop_privileges(evsd_service_config(svc)) < 0) {
+        evsd_drop_privileges(evsd_service_config(svc), o.ports_file) < 0) {
         evsd_service_stop(svc);
         if (o.pidfile)
             pidfile_remove(o.pidfile);

@@ -146,10 +146,11 @@ int evsd_prepare_process(const evsd_config *cfg)
 }
 
 /* A log file root made (or found) before the switch is reopened by `user`
- * at a reload or a SIGUSR1 (rotation): it becomes that user's, group
- * kept, as nginx does. Only a regular file: a path that leads to a device
- * (/dev/null) or elsewhere is left alone. */
-static void hand_over_log(const char *path, uid_t uid)
+ * at a reload or a SIGUSR1 (rotation), and the ports file is rewritten at
+ * a reload: each becomes that user's, group kept, as nginx does. Only a
+ * regular file: a path that leads to a device (/dev/null) or elsewhere is
+ * left alone. */
+static void hand_over_file(const char *path, uid_t uid)
 {
     struct stat st;
 
@@ -158,18 +159,19 @@ static void hand_over_log(const char *path, uid_t uid)
     if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid == uid)
         return;
     if (chown(path, uid, (gid_t)-1) < 0)
-        evs_log(EVS_LOG_WARN, "cannot give %s to the user: %s (reopening it will fail)", path,
+        evs_log(EVS_LOG_WARN, "cannot give %s to the user: %s (a reload cannot rewrite or reopen it)", path,
                 strerror(errno));
 }
 
-static void hand_over_logs(const evsd_config *cfg, uid_t uid)
+static void hand_over_files(const evsd_config *cfg, const char *ports_file, uid_t uid)
 {
-    hand_over_log(cfg->log_file, uid);
+    hand_over_file(cfg->log_file, uid);
     for (size_t i = 0; i < cfg->nlisteners; i++)
-        hand_over_log(cfg->listeners[i].access_log, uid);
+        hand_over_file(cfg->listeners[i].access_log, uid);
+    hand_over_file(ports_file, uid);
 }
 
-int evsd_drop_privileges(const evsd_config *cfg)
+int evsd_drop_privileges(const evsd_config *cfg, const char *ports_file)
 {
     struct passwd *pw;
     struct group *gr = NULL;
@@ -194,7 +196,7 @@ int evsd_drop_privileges(const evsd_config *cfg)
                     cfg->user);
         return 0;
     }
-    hand_over_logs(cfg, pw->pw_uid);
+    hand_over_files(cfg, ports_file, pw->pw_uid);
     if (setgroups(0, NULL) < 0 || initgroups(pw->pw_name, gid) < 0 || setgid(gid) < 0 ||
         setuid(pw->pw_uid) < 0) {
         evs_log(EVS_LOG_ERROR, "cannot switch to user %s: %s", cfg->user, strerror(errno));

@@ -21,7 +21,9 @@ int evsd_prepare_process(const evsd_config *cfg);
  * this process runs with. @return 0, or -1 after printing every problem,
  * one per line, to @errors. */
 int evsd_check_process(const evsd_config *cfg, FILE *errors);
-/* After binding: switch to the configured user and group. @return 0 or -1. */
-int evsd_drop_privileges(const evsd_config *cfg);
+/* After binding: switch to the configured user and group, giving it the
+ * log files and @ports_file (may be NULL) first, which reloads and
+ * SIGUSR1 rewrite or reopen. @return 0 or -1. */
+int evsd_drop_privileges(const evsd_config *cfg, const char *ports_file);
 
 #endif

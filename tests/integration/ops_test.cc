@@ -806,6 +806,33 @@ TEST(Ops, TheUserReopensTheLogsRootMade) {
     remove_dir(dir);
 }
 
+// The ports file is rewritten at a reload by `user`, in a directory only
+// root may write to: it failed ("Permission denied") and kept naming the
+// old listeners.
+TEST(Ops, TheUserRewritesThePortsFileRootMade) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root";
+    std::string dir = make_temp_dir();
+    chmod(dir.c_str(), 0755);
+    std::string one = "{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }";
+    std::string conf = dir + "/evstreamd.conf";
+    Daemon d(dir, "user = \"nobody\";\n" + base_conf(one));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    ASSERT_TRUE(eventually(10, [&] {
+        return read_file(d.log).find("running as user nobody") != std::string::npos;
+    })) << read_file(d.log);
+    write_file(conf, "user = \"nobody\";\n" +
+                         base_conf(one + ",\n{ name = \"f\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    d.signal(SIGHUP);
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(d.ports).find("\nf 127.0.0.1:") != std::string::npos;
+    })) << read_file(d.ports) << read_file(d.log);
+    EXPECT_TRUE(d.ready());
+    echo_once(d.port("f"), "the new listener");
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    EXPECT_EQ(std::string::npos, read_file(d.log).find("ports file")) << read_file(d.log);
+    remove_dir(dir);
+}
+
 // umask applies to every file the daemon makes, the main log first: the
 // log was created before the umask was set (0640 under "0077").
 TEST(Ops, TheUmaskAppliesToTheMainLog) {
