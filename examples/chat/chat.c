@@ -282,28 +282,31 @@ static void release_name(chat *ch, taken_name *mine)
 }
 
 /* Throw away the rest of an overlong line, up to and including its
- * newline, and nothing after it. EVS_ELIMIT means the first newline is
- * beyond the limit, so the first limit bytes are all part of the long line:
- * drop that much and look again. @return 0, or < 0 to end the connection. */
+ * newline, and nothing after it, a buffer at a time: each round looks for
+ * the newline only within what is buffered now; if it is not there, all
+ * of that belongs to the line and goes at once, through a view (nothing
+ * copied), and the next round waits for more. Every byte is looked at
+ * about once. @return 0, or < 0 to end the connection (EOF inside the
+ * line too). */
 static int skip_line(evs_reader *r)
 {
-    char buf[4096];
+    static const evs_separator nl = {"\n", 1};
 
     for (;;) {
-        const void *line;
-        ssize_t n = evs_readline(r, &line);
-        if (n >= 0)
-            return n > 0 ? 0 : -1; /* the tail of the line (0: EOF) */
+        const void *view;
+        size_t have = evs_reader_buffered(r);
+        /* (A limit of 0 would mean the reader's own.) */
+        ssize_t n = evs_readuntil_any(r, &nl, 1, have ? have : 1, &view);
+
+        if (n > 0)
+            return 0;
         if (n != EVS_ELIMIT)
-            return (int)n;
-        size_t drop = evs_reader_buffered(r);
-        if (drop > evs_reader_limit(r))
-            drop = evs_reader_limit(r);
-        while (drop > 0) {
-            ssize_t got = evs_read(r, buf, drop < sizeof buf ? drop : sizeof buf);
+            return -1;
+        while (have > 0) {
+            ssize_t got = evs_read_view(r, have, &view);
             if (got <= 0)
                 return -1;
-            drop -= (size_t)got;
+            have -= (size_t)got;
         }
     }
 }

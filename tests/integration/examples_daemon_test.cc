@@ -946,6 +946,28 @@ TEST_F(ChatTest, LinesReachEveryOtherClientOnEveryWorker) {
     for (int i = 0; i < n; i++) close(fds[i]);
 }
 
+// An overlong line arriving in pieces is skipped to its newline, and the
+// lines after it (in the same write as the newline) still reach the room.
+TEST_F(ChatTest, LongLineInPiecesIsSkippedToItsNewline) {
+    start_chat("max_line = \"1k\";");
+    std::string a, b;
+    int fa = join(&a);
+    ASSERT_GE(fa, 0);
+    int fb = join(&b);
+    ASSERT_GE(fb, 0);
+    ASSERT_TRUE(read_until_line(fa, "* " + b + " joined"));
+    set_timeouts(fb, 10);
+    ASSERT_TRUE(send_text(fb, std::string(300000, 'z')));
+    EXPECT_EQ("* line too long", read_line(fb));
+    nap_ms(50);
+    ASSERT_TRUE(send_text(fb, std::string(5000, 'y')));
+    nap_ms(50);
+    ASSERT_TRUE(send_text(fb, std::string(700, 'x') + "\nafter\n"));
+    EXPECT_TRUE(read_until_line(fa, b + ": after"));
+    close(fa);
+    close(fb);
+}
+
 // A name is one client's at a time, whatever its case, so one client cannot
 // speak as another; the guest names the chat gives out cannot be taken
 // either. A name is free again once its client renamed or left.
