@@ -64,15 +64,19 @@
  *   redis-benchmark -p 6380 -t ping,set,get,incr,mset -n 100000 -q
  */
 #include <ctype.h>
+#include <endian.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <evstream.h>
 
@@ -240,14 +244,73 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Keys are hashed with SipHash-1-3 (as redis does) under a key drawn at
+ * start: with a fixed, public hash a client could choose keys that all
+ * land in one bucket (or one worker) and make every lookup a list walk. */
+static uint64_t sip_key[2];
+static pthread_once_t sip_key_once = PTHREAD_ONCE_INIT;
+
+static void sip_key_init(void)
+{
+    if (getrandom(sip_key, sizeof sip_key, 0) != (ssize_t)sizeof sip_key) {
+        /* No entropy to be had (very early boot): still unguessable enough
+         * to differ between processes and runs. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        sip_key[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+        sip_key[1] = (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)&ts;
+    }
+}
+
+#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+
+static void sip_round(uint64_t v[4])
+{
+    v[0] += v[1];
+    v[1] = ROTL64(v[1], 13) ^ v[0];
+    v[0] = ROTL64(v[0], 32);
+    v[2] += v[3];
+    v[3] = ROTL64(v[3], 16) ^ v[2];
+    v[0] += v[3];
+    v[3] = ROTL64(v[3], 21) ^ v[0];
+    v[2] += v[1];
+    v[1] = ROTL64(v[1], 17) ^ v[2];
+    v[2] = ROTL64(v[2], 32);
+}
+
+/* SipHash with @c compression and @d finalization rounds (the reference
+ * defines 2-4; 1-3 is the faster variant hash tables use). */
+static uint64_t siphash(const uint64_t key[2], int c, int d, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    uint64_t v[4] = {key[0] ^ 0x736f6d6570736575ULL, key[1] ^ 0x646f72616e646f6dULL,
+                     key[0] ^ 0x6c7967656e657261ULL, key[1] ^ 0x7465646279746573ULL};
+    uint64_t m, last = (uint64_t)n << 56;
+    size_t i;
+
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&m, p, 8);
+        m = le64toh(m);
+        v[3] ^= m;
+        for (i = 0; i < (size_t)c; i++)
+            sip_round(v);
+        v[0] ^= m;
+    }
+    for (i = 0; i < n; i++)
+        last |= (uint64_t)p[i] << (8 * i);
+    v[3] ^= last;
+    for (i = 0; i < (size_t)c; i++)
+        sip_round(v);
+    v[0] ^= last;
+    v[2] ^= 0xff;
+    for (i = 0; i < (size_t)d; i++)
+        sip_round(v);
+    return v[0] ^ v[1] ^ v[2] ^ v[3];
+}
+
 static uint64_t hash_key(const char *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)p[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return siphash(sip_key, 1, 3, p, n);
 }
 
 /* --- a shard: one worker's hash table ---------------------------------------- */
@@ -1419,6 +1482,7 @@ static int init(evs_settings *s, void **state)
     /* Below max_bulk, the largest argument could never be sent. */
     if (max_request < max_bulk || max_request > 1024 * 1024 * 1024)
         return evs_settings_fail(s, "max_request must be between max_bulk and 1G");
+    pthread_once(&sip_key_once, sip_key_init);
     rl = calloc(1, sizeof *rl);
     if (!rl)
         return -ENOMEM;
