@@ -17,6 +17,7 @@
 extern "C" {
 #include "proxy_protocol.h"
 extern const evs_plugin evs_regress_redis_lite;  // tests/fuzz/regress_redis_lite.c
+uint64_t evs_regress_siphash(const uint64_t key[2], int c, int d, const void *data, size_t n);
 }
 
 using namespace evs_test;
@@ -166,6 +167,20 @@ struct RedisLite {
 // redis_lite.c:550 "signed integer overflow: 3646851 + 9223372036854775807");
 // without the sanitizer the deadline wrapped into the past and the key was
 // gone at once. EXPIRE with the largest seconds did the same.
+// redis_lite's key hash is SipHash (1-3 rounds); with 2-4 rounds the same
+// code must give the reference vectors of the SipHash paper (key 00..0f,
+// messages 00 01 02 ... of 0, 7, 8, 15 and 63 bytes).
+TEST(FuzzRegressions, RedisLiteHashIsSipHash) {
+    const uint64_t key[2] = {0x0706050403020100ULL, 0x0f0e0d0c0b0a0908ULL};
+    unsigned char m[64];
+    for (int i = 0; i < 64; i++) m[i] = (unsigned char)i;
+    EXPECT_EQ(0x726fdb47dd0e0e31ULL, evs_regress_siphash(key, 2, 4, m, 0));
+    EXPECT_EQ(0xab0200f58b01d137ULL, evs_regress_siphash(key, 2, 4, m, 7));
+    EXPECT_EQ(0x93f5f5799a932462ULL, evs_regress_siphash(key, 2, 4, m, 8));
+    EXPECT_EQ(0xa129ca6149be45e5ULL, evs_regress_siphash(key, 2, 4, m, 15));
+    EXPECT_EQ(0x958a324ceb064572ULL, evs_regress_siphash(key, 2, 4, m, 63));
+}
+
 TEST(FuzzRegressions, RedisLiteHugeExpiryKeepsTheKey) {
     RedisLite r;
     ASSERT_NO_FATAL_FAILURE(r.start());
