@@ -252,7 +252,7 @@ static pthread_once_t sip_key_once = PTHREAD_ONCE_INIT;
 
 static void sip_key_init(void)
 {
-    if (getrandom(sip_key, sizeof sip_key, 0) != (ssize_t)sizeof sip_key) {
+    if (getrandom(sip_key, sizeof sip_key, GRND_NONBLOCK) != (ssize_t)sizeof sip_key) {
         /* No entropy to be had (very early boot): still unguessable enough
          * to differ between processes and runs. */
         struct timespec ts;

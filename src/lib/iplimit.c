@@ -11,6 +11,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,7 +24,8 @@ typedef struct ip_entry {
     struct ip_entry *next;
 } ip_entry;
 
-#define BUCKETS 4096
+#define BUCKET_BITS 12
+#define BUCKETS (1u << BUCKET_BITS)
 
 bool evs__iplimit_enabled(const evs_server *s)
 {
@@ -73,9 +75,27 @@ static void refill(const evs_server *s, ip_entry *e, double now)
     e->last = now;
 }
 
+/* Multiply-shift under a multiplier drawn when the table is made: with a
+ * fixed hash, clients choosing their addresses (an IPv6 /48 holds 65,536
+ * /64s) could pile them into a few buckets and make every accept walk a
+ * long chain under the server's lock. */
+static uint64_t random_odd(void)
+{
+    uint64_t r;
+
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        /* No entropy yet (early boot): still differs per process and run. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        r = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16);
+        r *= 0x9e3779b97f4a7c15ULL;
+    }
+    return r | 1;
+}
+
 static ip_entry **slot(evs_server *s, uint64_t key)
 {
-    ip_entry **pp = &s->ip_table[(key ^ (key >> 29) ^ (key >> 43)) % BUCKETS];
+    ip_entry **pp = &s->ip_table[(key * s->ip_mult) >> (64 - BUCKET_BITS)];
 
     while (*pp && (*pp)->key != key)
         pp = &(*pp)->next;
@@ -119,9 +139,12 @@ int evs__iplimit_admit(evs_server *s, uint64_t key)
     int rc = 0;
 
     pthread_mutex_lock(&s->ip_lock);
-    if (!s->ip_table && !(s->ip_table = calloc(BUCKETS, sizeof *s->ip_table))) {
-        pthread_mutex_unlock(&s->ip_lock);
-        return 0; /* no memory for bookkeeping: do not refuse clients for it */
+    if (!s->ip_table) {
+        if (!(s->ip_table = calloc(BUCKETS, sizeof *s->ip_table))) {
+            pthread_mutex_unlock(&s->ip_lock);
+            return 0; /* no memory for bookkeeping: do not refuse clients for it */
+        }
+        s->ip_mult = random_odd();
     }
     pp = slot(s, key);
     if (!*pp) {

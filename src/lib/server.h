@@ -74,6 +74,7 @@ struct evs_server {
     /* Per-address limits (iplimit.c). */
     pthread_mutex_t ip_lock;
     struct ip_entry **ip_table;
+    uint64_t ip_mult;          /* the table's random odd multiplier, set with it */
     size_t ip_sweep;           /* the table's next bucket to sweep, under ip_lock */
     _Atomic uint64_t rejected_per_ip;
     _Atomic uint64_t rejected_rate;
