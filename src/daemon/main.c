@@ -191,36 +191,70 @@ static void pidfile_remove(const char *path)
     pidfile_fd = -1;
 }
 
-/* @return 0, or -1 (logged). */
+/* Write @len bytes of @text to @fd at offset 0 and cut the file there
+ * (written first, then cut: a reader never sees it empty). */
+static int write_at_start(int fd, const char *text, size_t len)
+{
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pwrite(fd, text + done, len - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        done += (size_t)n;
+    }
+    return ftruncate(fd, (off_t)len);
+}
+
+/* The listeners' addresses, one "name address" line each, into @path by
+ * way of a new file renamed over it. Neither file is opened through a
+ * symbolic link: the directory may be the user's, and this runs as root
+ * at the start. @return 0, or -1 (logged). */
 static int write_ports(evsd_service *svc, const char *path)
 {
-    char tmp[PATH_MAX];
-    const char *target = tmp;
-    FILE *f;
+    char tmp[PATH_MAX], *text = NULL;
+    size_t len = 0;
+    FILE *mem;
+    int fd, rc;
 
     if (!path)
         return 0;
+    if (!(mem = open_memstream(&text, &len))) {
+        evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    evsd_service_print_addresses(svc, mem, false);
+    if (fclose(mem) != 0) {
+        evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
+        free(text);
+        return -1;
+    }
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    f = fopen(tmp, "w");
-    if (!f && errno == EACCES) {
+    unlink(tmp); /* whatever was left there, a link included */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        rc = write_at_start(fd, text, len);
+        if (close(fd) < 0 || rc < 0 || rename(tmp, path) < 0) {
+            rc = -1;
+            evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
+            unlink(tmp);
+        }
+    } else if (errno == EACCES) {
         /* A reload as `user` in a directory only root may write to: the
          * file itself became the user's at the switch, so it is rewritten
-         * in place (a reader may see it short for a moment). */
-        target = path;
-        f = fopen(path, "w");
+         * in place. */
+        fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+        rc = fd >= 0 ? write_at_start(fd, text, len) : -1;
+        if (rc < 0)
+            evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    } else {
+        rc = -1;
+        evs_log(EVS_LOG_ERROR, "ports file %s: %s", tmp, strerror(errno));
     }
-    if (!f) {
-        evs_log(EVS_LOG_ERROR, "ports file %s: %s", target, strerror(errno));
-        return -1;
-    }
-    evsd_service_print_addresses(svc, f, false);
-    if (fclose(f) != 0 || (target == tmp && rename(tmp, path) < 0)) {
-        evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
-        if (target == tmp)
-            unlink(tmp);
-        return -1;
-    }
-    return 0;
+    free(text);
+    return rc;
 }
 
 /* --- daemonizing ------------------------------------------------------- */

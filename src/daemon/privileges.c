@@ -9,6 +9,7 @@
 #include "privileges.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -148,19 +149,31 @@ int evsd_prepare_process(const evsd_config *cfg)
 /* A log file root made (or found) before the switch is reopened by `user`
  * at a reload or a SIGUSR1 (rotation), and the ports file is rewritten at
  * a reload: each becomes that user's, group kept, as nginx does. Only a
- * regular file: a path that leads to a device (/dev/null) or elsewhere is
- * left alone. */
+ * regular file with one name, reached without a symbolic link at the end
+ * (the directory may be the user's, who could otherwise point the name at
+ * a file of root's and be given it); a device (/dev/null) is left alone. */
 static void hand_over_file(const char *path, uid_t uid)
 {
     struct stat st;
+    int fd;
 
     if (!path || strcmp(path, "stderr") == 0 || strcmp(path, "syslog") == 0)
         return;
-    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid == uid)
+    /* O_PATH: nothing is opened for reading (a FIFO or a device could
+     * block or react); fstat and fchownat work on the descriptor. */
+    fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ELOOP)
+            evs_log(EVS_LOG_WARN, "%s is a symbolic link: not given to the user (a reload "
+                                  "cannot rewrite or reopen it unless the user may)", path);
         return;
-    if (chown(path, uid, (gid_t)-1) < 0)
-        evs_log(EVS_LOG_WARN, "cannot give %s to the user: %s (a reload cannot rewrite or reopen it)", path,
+    }
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_uid != uid &&
+        fchownat(fd, "", uid, (gid_t)-1, AT_EMPTY_PATH) < 0)
+        evs_log(EVS_LOG_WARN,
+                "cannot give %s to the user: %s (a reload cannot rewrite or reopen it)", path,
                 strerror(errno));
+    close(fd);
 }
 
 static void hand_over_files(const evsd_config *cfg, const char *ports_file, uid_t uid)

@@ -833,6 +833,33 @@ TEST(Ops, TheUserRewritesThePortsFileRootMade) {
     remove_dir(dir);
 }
 
+// A symbolic link planted at the ports file's temporary name (its directory
+// may be the user's) is replaced, not followed: root wrote the addresses
+// through it into the link's target and then gave that file to the user.
+TEST(Ops, ALinkAtThePortsFilesNameIsNotFollowed) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root";
+    std::string dir = make_temp_dir();
+    chmod(dir.c_str(), 0755);
+    std::string victim = dir + "/root-only";
+    write_file(victim, "root's own\n");
+    ASSERT_EQ(0, symlink(victim.c_str(), (dir + "/ports.tmp").c_str()));
+    Daemon d(dir, "user = \"nobody\";\n" +
+                      base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    ASSERT_TRUE(eventually(10, [&] {
+        return read_file(d.log).find("running as user nobody") != std::string::npos;
+    })) << read_file(d.log);
+    EXPECT_EQ("root's own\n", read_file(victim));
+    struct stat st;
+    ASSERT_EQ(0, lstat(victim.c_str(), &st));
+    EXPECT_EQ(0u, st.st_uid);
+    ASSERT_EQ(0, lstat(d.ports.c_str(), &st));
+    EXPECT_TRUE(S_ISREG(st.st_mode));
+    EXPECT_EQ(65534u, st.st_uid);  // the user's, for the reloads
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 // umask applies to every file the daemon makes, the main log first: the
 // log was created before the umask was set (0640 under "0077").
 TEST(Ops, TheUmaskAppliesToTheMainLog) {
