@@ -116,8 +116,11 @@ static void open_here(evs_worker *w, void *arg)
 {
     evsd_datagram *set = arg;
     int i = evs_worker_id(w);
-    int rc = evs_datagram_new(set->fds[i], 0, &relay, set, &set->eps[i]);
+    int rc;
 
+    if (set->fds[i] < 0)
+        return; /* lost, and no new one could be bound (rebind_lost) */
+    rc = evs_datagram_new(set->fds[i], 0, &relay, set, &set->eps[i]);
     set->fds[i] = -1; /* taken (closed on failure) */
     if (rc == 0) {
         evs_datagram_pause_reading(set->eps[i]); /* until evsd_datagram_serve */
@@ -380,10 +383,12 @@ static void dup_here(evs_worker *w, void *arg)
 }
 
 /* New sockets where the predecessor's endpoint was lost (its plugin closed
- * it, or a fatal socket error): without them every later reload would fail
- * and the worker (or, for unixgram:, the listener) would stay deaf until a
- * restart. @return -1 if one cannot be bound (logged). */
-static int rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
+ * it, or a fatal socket error): without them the worker (or, for
+ * unixgram:, the listener) would stay deaf until a restart. One that
+ * cannot be bound (a privileged port or a root-owned directory after the
+ * switch to `user`) is a warning, not a failed reload: that worker stays
+ * without an endpoint, as it was, and the next reload tries again. */
+static void rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
 {
     char scratch[128];
 
@@ -391,17 +396,24 @@ static int rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
         if (set->fds[i] >= 0)
             continue;
         if (c->family == EVSD_UNIXGRAM) {
-            if (bind_unixgram(c, set, scratch, sizeof scratch) < 0)
-                return -1;
-        } else if ((set->fds[i] = udp_socket(&set->addr, set->addrlen)) < 0) {
-            evs_log(EVS_LOG_ERROR, "listener '%s': cannot bind a new socket on %s: %s", c->name,
-                    c->listen, strerror(-set->fds[i]));
-            return -1;
+            if (bind_unixgram(c, set, scratch, sizeof scratch) < 0) {
+                evs_log(EVS_LOG_WARN, "listener '%s': lost its socket and cannot bind a new one",
+                        c->name);
+                continue;
+            }
+        } else {
+            int fd = udp_socket(&set->addr, set->addrlen);
+            if (fd < 0) {
+                evs_log(EVS_LOG_WARN,
+                        "listener '%s': worker %d lost its socket and cannot bind a new one on %s: %s",
+                        c->name, i, c->listen, strerror(-fd));
+                continue;
+            }
+            set->fds[i] = fd;
         }
         evs_log(EVS_LOG_WARN, "listener '%s': worker %d had lost its socket; it has a new one",
                 c->name, i);
     }
-    return 0;
 }
 
 evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
@@ -433,8 +445,9 @@ evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
         set->fds[i] = -1;
     /* No unlink_path yet (unless rebind_lost made a new file): until
      * evsd_datagram_take_over, the file is prev's. */
-    if (on_workers(rt, set, dup_here) > 0 || rebind_lost(set, c) < 0 ||
-        on_workers(rt, set, open_here) > 0) {
+    if (on_workers(rt, set, dup_here) == 0)
+        rebind_lost(set, c);
+    if (set->failures > 0 || on_workers(rt, set, open_here) > 0) {
         evs_log(EVS_LOG_ERROR, "datagram listener: cannot keep its socket");
         evsd_datagram_stop(rt, set);
         return NULL;

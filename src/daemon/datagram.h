@@ -24,9 +24,11 @@ evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
 /* A reload's successor of @prev (same address): endpoints for @c with
  * @proto and @ctx on copies (dup) of @prev's sockets, so nothing is bound
  * again (a privileged port stays reachable after the switch to `user`, and
- * a failed reload leaves @prev's unixgram file alone); where @prev's
- * endpoint was lost, on a new socket bound to the same address. @return
- * the set or NULL. Its endpoints read from evsd_datagram_serve on. */
+ * a failed reload leaves @prev's unixgram file alone). Where @prev's
+ * endpoint was lost, a new socket is bound to the same address if it can
+ * be (logged either way; a lost unixgram socket's stale file is replaced,
+ * and is gone if the reload then fails). @return the set or NULL. Its
+ * endpoints read from evsd_datagram_serve on. */
 evsd_datagram *evsd_datagram_succeed(evs_runtime *rt, const evsd_datagram *prev,
                                      const evsd_listener_conf *c,
                                      const evs_datagram_protocol *proto, void *ctx);

@@ -959,28 +959,30 @@ static void carry_freed(generation *old, generation *g)
                 g->listeners[i].freed = old->listeners[j].freed;
 }
 
-/* Each current listener's `earlier`: its freed predecessors and the
- * retired servers of its name that still have connections. */
-static void refresh_earlier(evsd_service *svc)
+/* @g's listeners' `earlier`: their freed predecessors and the retired
+ * servers of their names that still have connections. @visible: @g is
+ * current, so the admin listener may be reading (the sums are made first,
+ * the lock held only to store them). */
+static void refresh_earlier(evsd_service *svc, generation *g, bool visible)
 {
-    generation *cur = svc->current;
-
-    for (size_t i = 0; i < cur->n; i++) {
-        listener *l = &cur->listeners[i];
+    for (size_t i = 0; i < g->n; i++) {
+        listener *l = &g->listeners[i];
         evs_server_stats sum = l->freed;
 
-        for (generation *g = svc->retired; g; g = g->next)
-            for (size_t j = 0; j < g->n; j++) {
+        for (generation *r = svc->retired; r; r = r->next)
+            for (size_t j = 0; j < r->n; j++) {
                 evs_server_stats st;
-                if (!g->listeners[j].server ||
-                    strcmp(g->listeners[j].conf->name, l->conf->name) != 0)
+                if (!r->listeners[j].server ||
+                    strcmp(r->listeners[j].conf->name, l->conf->name) != 0)
                     continue;
-                evs_server_stats_get(g->listeners[j].server, &st);
+                evs_server_stats_get(r->listeners[j].server, &st);
                 stats_add(&sum, &st);
             }
-        pthread_mutex_lock(&svc->view_lock);
+        if (visible)
+            pthread_mutex_lock(&svc->view_lock);
         l->earlier = sum;
-        pthread_mutex_unlock(&svc->view_lock);
+        if (visible)
+            pthread_mutex_unlock(&svc->view_lock);
     }
 }
 
@@ -1051,6 +1053,8 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
     old->next = svc->retired;
     svc->retired = old;
     carry_freed(old, g);
+    /* Before the switch: a scrape must not see the counters fall. */
+    refresh_earlier(svc, g, false);
     pthread_mutex_lock(&svc->view_lock);
     svc->current = g;
     pthread_mutex_unlock(&svc->view_lock);
@@ -1095,7 +1099,7 @@ void evsd_service_reap(evsd_service *svc)
             pp = &g->next;
         }
     }
-    refresh_earlier(svc);
+    refresh_earlier(svc, svc->current, true);
 }
 
 void evsd_service_print_addresses(evsd_service *svc, FILE *f, bool human)
