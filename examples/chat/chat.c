@@ -286,7 +286,7 @@ static void release_name(chat *ch, taken_name *mine)
  * the newline only within what is buffered now; if it is not there, all
  * of that belongs to the line and goes at once, through a view (nothing
  * copied), and the next round waits for more. Every byte is looked at
- * about once. @return 0, or < 0 to end the connection (EOF inside the
+ * no more than twice. @return 0, or < 0 to end the connection (EOF inside the
  * line too). */
 static int skip_line(evs_reader *r)
 {

@@ -253,8 +253,8 @@ static pthread_once_t sip_key_once = PTHREAD_ONCE_INIT;
 static void sip_key_init(void)
 {
     if (getrandom(sip_key, sizeof sip_key, GRND_NONBLOCK) != (ssize_t)sizeof sip_key) {
-        /* No entropy to be had (very early boot): still unguessable enough
-         * to differ between processes and runs. */
+        /* No entropy yet (very early boot): a key that at least differs
+         * between processes and runs, though it could be guessed. */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         sip_key[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);

@@ -84,7 +84,8 @@ static uint64_t random_odd(void)
     uint64_t r;
 
     if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
-        /* No entropy yet (early boot): still differs per process and run. */
+        /* No entropy yet (early boot): a multiplier that at least differs
+         * between processes and runs, though it could be guessed. */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         r = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16);

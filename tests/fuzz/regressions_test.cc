@@ -162,11 +162,6 @@ struct RedisLite {
 
 }  // namespace
 
-// fuzz_redis_lite: SET with PX 9223372036854775807 (accepted, as by Redis)
-// computed now + ttl in int64_t: signed overflow (UBSan:
-// redis_lite.c:550 "signed integer overflow: 3646851 + 9223372036854775807");
-// without the sanitizer the deadline wrapped into the past and the key was
-// gone at once. EXPIRE with the largest seconds did the same.
 // redis_lite's key hash is SipHash (1-3 rounds); with 2-4 rounds the same
 // code must give the reference vectors of the SipHash paper (key 00..0f,
 // messages 00 01 02 ... of 0, 7, 8, 15 and 63 bytes).
@@ -181,6 +176,11 @@ TEST(FuzzRegressions, RedisLiteHashIsSipHash) {
     EXPECT_EQ(0x958a324ceb064572ULL, evs_regress_siphash(key, 2, 4, m, 63));
 }
 
+// fuzz_redis_lite: SET with PX 9223372036854775807 (accepted, as by Redis)
+// computed now + ttl in int64_t: signed overflow (UBSan:
+// redis_lite.c:550 "signed integer overflow: 3646851 + 9223372036854775807");
+// without the sanitizer the deadline wrapped into the past and the key was
+// gone at once. EXPIRE with the largest seconds did the same.
 TEST(FuzzRegressions, RedisLiteHugeExpiryKeepsTheKey) {
     RedisLite r;
     ASSERT_NO_FATAL_FAILURE(r.start());
