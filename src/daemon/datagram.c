@@ -382,12 +382,24 @@ static void dup_here(evs_worker *w, void *arg)
         set->failures++;
 }
 
+/* A copy of another worker's socket of @set, or -1 if none has one. */
+static int dup_sibling(const evsd_datagram *set)
+{
+    for (int j = 0; j < set->n; j++)
+        if (set->fds[j] >= 0)
+            return fcntl(set->fds[j], F_DUPFD_CLOEXEC, 0);
+    return -1;
+}
+
 /* New sockets where the predecessor's endpoint was lost (its plugin closed
  * it, or a fatal socket error): without them the worker (or, for
- * unixgram:, the listener) would stay deaf until a restart. One that
- * cannot be bound (a privileged port or a root-owned directory after the
- * switch to `user`) is a warning, not a failed reload: that worker stays
- * without an endpoint, as it was, and the next reload tries again. */
+ * unixgram:, the listener) would stay deaf until a restart. A udp: socket
+ * that cannot be bound again shares another worker's: after the switch to
+ * `user` no new socket can join the SO_REUSEPORT group root's sockets
+ * form, nor bind a privileged port. Where nothing works (a unixgram: file
+ * in a directory only root may write to, every udp: endpoint lost) it is a
+ * warning, not a failed reload: the listener stays as it was, and the next
+ * reload tries again. */
 static void rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
 {
     char scratch[128];
@@ -403,10 +415,18 @@ static void rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
             }
         } else {
             int fd = udp_socket(&set->addr, set->addrlen);
+            if (fd < 0 && (fd = dup_sibling(set)) >= 0) {
+                evs_log(EVS_LOG_WARN,
+                        "listener '%s': worker %d had lost its socket; it shares another "
+                        "worker's",
+                        c->name, i);
+                set->fds[i] = fd;
+                continue;
+            }
             if (fd < 0) {
                 evs_log(EVS_LOG_WARN,
-                        "listener '%s': worker %d lost its socket and cannot bind a new one on %s: %s",
-                        c->name, i, c->listen, strerror(-fd));
+                        "listener '%s': worker %d lost its socket and cannot bind a new one on %s",
+                        c->name, i, c->listen);
                 continue;
             }
             set->fds[i] = fd;

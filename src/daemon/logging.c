@@ -57,7 +57,9 @@ static void sink(evs_log_level level, int worker, const char *msg, void *arg)
     (void)rc;
 }
 
-#define LOG_FILE_FLAGS (O_WRONLY | O_APPEND | O_CLOEXEC)
+/* O_NOFOLLOW: evstreamd starts as root, and a link planted in a log
+ * directory its `user` may write to would point root's writes anywhere. */
+#define LOG_FILE_FLAGS (O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW)
 #define LOG_FILE_MODE 0640
 
 int evsd_log_file_open(const char *path)

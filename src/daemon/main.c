@@ -153,7 +153,7 @@ static int pidfile_fd = -1;
 static int pidfile_write(const char *path)
 {
     char buf[32];
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644); /* as root: see logging.c */
     int n;
 
     if (fd < 0) {
@@ -207,10 +207,12 @@ static int write_at_start(int fd, const char *text, size_t len)
 }
 
 /* The listeners' addresses, one "name address" line each, into @path by
- * way of a new file renamed over it. Neither file is opened through a
- * symbolic link: the directory may be the user's, and this runs as root
- * at the start. @return 0, or -1 (logged). */
-static int write_ports(evsd_service *svc, const char *path)
+ * way of a new file renamed over it, given to @owner first unless it is
+ * (uid_t)-1 (the `user` a root start switches to, who rewrites it at
+ * reloads). Neither file is opened through a symbolic link: the directory
+ * may be the user's, and this runs as root at the start. @return 0, or -1
+ * (logged). */
+static int write_ports(evsd_service *svc, const char *path, uid_t owner)
 {
     char tmp[PATH_MAX], *text = NULL;
     size_t len = 0;
@@ -234,15 +236,17 @@ static int write_ports(evsd_service *svc, const char *path)
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd >= 0) {
         rc = write_at_start(fd, text, len);
+        if (rc == 0 && owner != (uid_t)-1)
+            rc = fchown(fd, owner, (gid_t)-1);
         if (close(fd) < 0 || rc < 0 || rename(tmp, path) < 0) {
             rc = -1;
             evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
             unlink(tmp);
         }
-    } else if (errno == EACCES) {
-        /* A reload as `user` in a directory only root may write to: the
-         * file itself became the user's at the switch, so it is rewritten
-         * in place. */
+    } else if (errno == EACCES || errno == EPERM || errno == EEXIST) {
+        /* A reload as `user` in a directory only root may write to (or
+         * with a leftover temporary file it cannot remove): the file itself
+         * became the user's at the start, so it is rewritten in place. */
         fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
         rc = fd >= 0 ? write_at_start(fd, text, len) : -1;
         if (rc < 0)
@@ -410,7 +414,7 @@ static void reload(evsd_service *svc, const char *path, const options *o)
         evs_log(EVS_LOG_INFO, "reloaded %s", path);
         if (ignored[0])
             evs_log(EVS_LOG_WARN, "reload: changed %s: applied at the next restart", ignored);
-        write_ports(svc, o->ports_file);
+        write_ports(svc, o->ports_file, (uid_t)-1);
     }
     free(log_file);
 }
@@ -551,8 +555,8 @@ int main(int argc, char **argv)
      * listeners accept nothing before the switch to `user`). A
      * ports file that cannot be written fails the start as a pidfile does:
      * whatever reads it would wait for it forever. */
-    if (write_ports(svc, o.ports_file) < 0 ||
-        evsd_drop_privileges(evsd_service_config(svc), o.ports_file) < 0) {
+    if (write_ports(svc, o.ports_file, evsd_switch_uid(evsd_service_config(svc))) < 0 ||
+        evsd_drop_privileges(evsd_service_config(svc)) < 0) {
         evsd_service_stop(svc);
         if (o.pidfile)
             pidfile_remove(o.pidfile);

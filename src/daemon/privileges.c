@@ -147,11 +147,11 @@ int evsd_prepare_process(const evsd_config *cfg)
 }
 
 /* A log file root made (or found) before the switch is reopened by `user`
- * at a reload or a SIGUSR1 (rotation), and the ports file is rewritten at
- * a reload: each becomes that user's, group kept, as nginx does. Only a
- * regular file with one name, reached without a symbolic link at the end
- * (the directory may be the user's, who could otherwise point the name at
- * a file of root's and be given it); a device (/dev/null) is left alone. */
+ * at a reload or a SIGUSR1 (rotation): it becomes that user's, group
+ * kept, as nginx does. Only a regular file with one name, reached without
+ * a symbolic link at the end (the directory may be the user's, who could
+ * otherwise point the name at a file of root's and be given it); a device
+ * (/dev/null) is left alone. */
 static void hand_over_file(const char *path, uid_t uid)
 {
     struct stat st;
@@ -160,31 +160,40 @@ static void hand_over_file(const char *path, uid_t uid)
     if (!path || strcmp(path, "stderr") == 0 || strcmp(path, "syslog") == 0)
         return;
     /* O_PATH: nothing is opened for reading (a FIFO or a device could
-     * block or react); fstat and fchownat work on the descriptor. */
+     * block or react); fstat and fchownat work on the descriptor, which
+     * is the link itself if the name is one. */
     fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ELOOP)
-            evs_log(EVS_LOG_WARN, "%s is a symbolic link: not given to the user (a reload "
-                                  "cannot rewrite or reopen it unless the user may)", path);
+    if (fd < 0)
         return;
+    if (fstat(fd, &st) == 0 && st.st_uid != uid) {
+        if (S_ISLNK(st.st_mode) || (S_ISREG(st.st_mode) && st.st_nlink != 1))
+            evs_log(EVS_LOG_WARN,
+                    "%s is a symbolic link or has several names: not given to the user "
+                    "(reopening it will fail)", path);
+        else if (S_ISREG(st.st_mode) && fchownat(fd, "", uid, (gid_t)-1, AT_EMPTY_PATH) < 0)
+            evs_log(EVS_LOG_WARN, "cannot give %s to the user: %s (reopening it will fail)",
+                    path, strerror(errno));
     }
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_uid != uid &&
-        fchownat(fd, "", uid, (gid_t)-1, AT_EMPTY_PATH) < 0)
-        evs_log(EVS_LOG_WARN,
-                "cannot give %s to the user: %s (a reload cannot rewrite or reopen it)", path,
-                strerror(errno));
     close(fd);
 }
 
-static void hand_over_files(const evsd_config *cfg, const char *ports_file, uid_t uid)
+static void hand_over_logs(const evsd_config *cfg, uid_t uid)
 {
     hand_over_file(cfg->log_file, uid);
     for (size_t i = 0; i < cfg->nlisteners; i++)
         hand_over_file(cfg->listeners[i].access_log, uid);
-    hand_over_file(ports_file, uid);
 }
 
-int evsd_drop_privileges(const evsd_config *cfg, const char *ports_file)
+uid_t evsd_switch_uid(const evsd_config *cfg)
+{
+    struct passwd *pw;
+
+    if (!cfg->user || geteuid() != 0 || !(pw = getpwnam(cfg->user)))
+        return (uid_t)-1;
+    return pw->pw_uid;
+}
+
+int evsd_drop_privileges(const evsd_config *cfg)
 {
     struct passwd *pw;
     struct group *gr = NULL;
@@ -209,7 +218,7 @@ int evsd_drop_privileges(const evsd_config *cfg, const char *ports_file)
                     cfg->user);
         return 0;
     }
-    hand_over_files(cfg, ports_file, pw->pw_uid);
+    hand_over_logs(cfg, pw->pw_uid);
     if (setgroups(0, NULL) < 0 || initgroups(pw->pw_name, gid) < 0 || setgid(gid) < 0 ||
         setuid(pw->pw_uid) < 0) {
         evs_log(EVS_LOG_ERROR, "cannot switch to user %s: %s", cfg->user, strerror(errno));

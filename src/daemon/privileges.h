@@ -6,6 +6,7 @@
 #define EVSD_PRIVILEGES_H
 
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "config.h"
 
@@ -21,9 +22,11 @@ int evsd_prepare_process(const evsd_config *cfg);
  * this process runs with. @return 0, or -1 after printing every problem,
  * one per line, to @errors. */
 int evsd_check_process(const evsd_config *cfg, FILE *errors);
+/* The uid evsd_drop_privileges will switch to: `user`'s when started as
+ * root, else (uid_t)-1. */
+uid_t evsd_switch_uid(const evsd_config *cfg);
 /* After binding: switch to the configured user and group, giving it the
- * log files and @ports_file (may be NULL) first, which reloads and
- * SIGUSR1 rewrite or reopen. @return 0 or -1. */
-int evsd_drop_privileges(const evsd_config *cfg, const char *ports_file);
+ * log files first, which reloads and SIGUSR1 reopen. @return 0 or -1. */
+int evsd_drop_privileges(const evsd_config *cfg);
 
 #endif

@@ -1053,9 +1053,10 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
     old->next = svc->retired;
     svc->retired = old;
     carry_freed(old, g);
-    /* Before the switch: a scrape must not see the counters fall. */
-    refresh_earlier(svc, g, false);
     pthread_mutex_lock(&svc->view_lock);
+    /* With the switch, in one section: a scrape must not see the
+     * counters fall (refresh_earlier only reads atomic counters). */
+    refresh_earlier(svc, g, false);
     svc->current = g;
     pthread_mutex_unlock(&svc->view_lock);
     evsd_service_reap(svc);

@@ -871,6 +871,29 @@ TEST(Ops, ALinkAtThePortsFilesNameIsNotFollowed) {
     remove_dir(dir);
 }
 
+// Log files are never opened through a symbolic link: root, at the start,
+// appended to whatever a link planted in a log directory its user may write
+// to named. Like any log file that cannot be opened, it is a warning that
+// names the file (-t) and the daemon logs to stderr instead.
+TEST(Ops, ALogFileThatIsASymbolicLinkIsNotFollowed) {
+    std::string dir = make_temp_dir();
+    std::string victim = dir + "/victim", link = dir + "/main.log";
+    write_file(victim, "untouched\n");
+    ASSERT_EQ(0, symlink(victim.c_str(), link.c_str()));
+    std::string conf = "log = { file = \"" + link + "\"; };\n" +
+                       base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }");
+    write_file(dir + "/t.conf", conf);
+    Result r = run_daemon(dir + "/t.conf", {"-t"});
+    EXPECT_NE(std::string::npos, r.out.find("log file " + link + ": " + strerror(ELOOP))) << r.out;
+    Daemon d(dir, conf);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    echo_once(d.port("e"), "served");
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    EXPECT_NE(std::string::npos, read_file(d.log).find(strerror(ELOOP))) << read_file(d.log);
+    EXPECT_EQ("untouched\n", read_file(victim));
+    remove_dir(dir);
+}
+
 // umask applies to every file the daemon makes, the main log first: the
 // log was created before the umask was set (0640 under "0077").
 TEST(Ops, TheUmaskAppliesToTheMainLog) {
@@ -939,6 +962,20 @@ std::string udp_ask(const struct sockaddr *to, socklen_t tolen, const std::strin
     ssize_t n = recv(fd, buf, sizeof buf, 0);
     close(fd);
     return n > 0 ? std::string(buf, (size_t)n) : std::string();
+}
+
+// How many IPv4 UDP sockets are bound to @port (from /proc/net/udp).
+int udp_sockets_on(uint16_t port) {
+    char suffix[8];
+    snprintf(suffix, sizeof suffix, ":%04X", port);
+    std::istringstream in(read_file("/proc/net/udp"));
+    std::string line, sl, local;
+    int n = 0;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        if (fields >> sl >> local && local.size() > 5) n += local.compare(local.size() - 5, 5, suffix) == 0;
+    }
+    return n;
 }
 
 }  // namespace
@@ -1064,19 +1101,7 @@ TEST(Ops, AReloadGivesALostDatagramEndpointANewSocket) {
     fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     ASSERT_EQ(5, sendto(fd, "close", 5, 0, (struct sockaddr *)&sin, sizeof sin));
     close(fd);
-    auto udp_sockets = [&] {  // bound to the port, from /proc/net/udp
-        char port[8];
-        snprintf(port, sizeof port, ":%04X", d.port("udp"));
-        std::istringstream in(read_file("/proc/net/udp"));
-        std::string line, sl, local;
-        int n = 0;
-        while (std::getline(in, line)) {
-            std::istringstream fields(line);
-            if (fields >> sl >> local && local.size() > 5)
-                n += local.compare(local.size() - 5, 5, port) == 0;
-        }
-        return n;
-    };
+    auto udp_sockets = [&] { return udp_sockets_on(d.port("udp")); };
     ASSERT_TRUE(eventually(10, [&] { return udp_sockets() == 1; })) << udp_sockets();
     EXPECT_TRUE(all_udp_answered("one worker left"));  // the kernel skips a closed socket
 
@@ -1109,6 +1134,7 @@ TEST(Ops, ALostDatagramEndpointThatCannotBeReboundDoesNotFailTheReload) {
     std::string dir = make_temp_dir();
     chmod(dir.c_str(), 0755);
     std::string gram = dir + "/gram.sock";
+    std::string udp_port = "0";  // the second config keeps the port the first got
     auto conf = [&](const std::string &tcp_name) {
         return std::string("user = \"nobody\";\nworkers = 2;\n") +
                "plugins = ( { name = \"closer\"; path = \"" + builddir() +
@@ -1116,6 +1142,7 @@ TEST(Ops, ALostDatagramEndpointThatCannotBeReboundDoesNotFailTheReload) {
                "            { name = \"echo\"; path = \"echo.so\"; } );\n"
                "listeners = (\n"
                "{ name = \"gram\"; listen = \"unixgram:" + gram + "\"; plugin = \"closer\"; },\n"
+               "{ name = \"udp\"; listen = \"udp:127.0.0.1:" + udp_port + "\"; plugin = \"closer\"; },\n"
                "{ name = \"" + tcp_name + "\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; } );\n";
     };
     Daemon d(dir, conf("first"));
@@ -1130,13 +1157,29 @@ TEST(Ops, ALostDatagramEndpointThatCannotBeReboundDoesNotFailTheReload) {
     ASSERT_EQ(5, sendto(fd, "close", 5, 0, (struct sockaddr *)&sun, sizeof sun));
     close(fd);
     EXPECT_EQ("", udp_ask((struct sockaddr *)&sun, sizeof sun, "unheard", dir + "/client.sock", 1));
+    // One udp: worker's socket closed: as `user`, a new one cannot join
+    // root's SO_REUSEPORT group, so that worker shares the other's.
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons(d.port("udp"));
+    udp_port = std::to_string(d.port("udp"));
+    fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(5, sendto(fd, "close", 5, 0, (struct sockaddr *)&sin, sizeof sin));
+    close(fd);
+    ASSERT_TRUE(eventually(10, [&] { return udp_sockets_on(d.port("udp")) == 1; }));
     write_file(dir + "/evstreamd.conf", conf("second"));
     d.signal(SIGHUP);
     ASSERT_TRUE(eventually(10, [&] { return read_file(d.log).find("reloaded ") != std::string::npos; }))
         << read_file(d.log);
     std::string log = read_file(d.log);
     EXPECT_NE(std::string::npos, log.find("listener 'gram': lost its socket and cannot bind a new one")) << log;
+    EXPECT_NE(std::string::npos, log.find("had lost its socket; it shares another worker's")) << log;
     EXPECT_EQ(std::string::npos, log.find("reload failed")) << log;
+    for (int i = 0; i < 20; i++) {  // 20 source ports: every datagram is answered
+        std::string msg = "udp " + std::to_string(i);
+        EXPECT_EQ(msg, udp_ask((struct sockaddr *)&sin, sizeof sin, msg));
+    }
     ASSERT_TRUE(d.ready());
     echo_once(d.port("second"), "the new configuration");
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
