@@ -958,7 +958,8 @@ TEST_F(ChatTest, LongLineInPiecesIsSkippedToItsNewline) {
     ASSERT_TRUE(read_until_line(fa, "* " + b + " joined"));
     set_timeouts(fb, 10);
     ASSERT_TRUE(send_text(fb, std::string(300000, 'z')));
-    EXPECT_EQ("* line too long", read_line(fb));
+    // (a's join may reach b's worker after b joined: skip what comes first)
+    EXPECT_TRUE(read_until_line(fb, "* line too long"));
     nap_ms(50);
     ASSERT_TRUE(send_text(fb, std::string(5000, 'y')));
     nap_ms(50);
