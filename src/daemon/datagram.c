@@ -391,48 +391,44 @@ static int dup_sibling(const evsd_datagram *set)
     return -1;
 }
 
-/* New sockets where the predecessor's endpoint was lost (its plugin closed
- * it, or a fatal socket error): without them the worker (or, for
- * unixgram:, the listener) would stay deaf until a restart. A udp: socket
- * that cannot be bound again shares another worker's: after the switch to
- * `user` no new socket can join the SO_REUSEPORT group root's sockets
- * form, nor bind a privileged port. Where nothing works (a unixgram: file
- * in a directory only root may write to, every udp: endpoint lost) it is a
- * warning, not a failed reload: the listener stays as it was, and the next
- * reload tries again. */
-static void rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
+/* A socket for worker @i, whose endpoint was lost: a new one bound to the
+ * address or, for udp: where that fails, a copy of another worker's
+ * (after the switch to `user` no new socket can join the SO_REUSEPORT
+ * group root's sockets form, nor bind a privileged port). @return what it
+ * got, for the log, or NULL. */
+static const char *replace_lost(evsd_datagram *set, const evsd_listener_conf *c, int i)
 {
     char scratch[128];
 
+    if (c->family == EVSD_UNIXGRAM)
+        return bind_unixgram(c, set, scratch, sizeof scratch) == 0 ? "a new one" : NULL;
+    if ((set->fds[i] = udp_socket(&set->addr, set->addrlen)) >= 0)
+        return "a new one";
+    if ((set->fds[i] = dup_sibling(set)) >= 0)
+        return "a copy of another worker's";
+    set->fds[i] = -1;
+    return NULL;
+}
+
+/* New sockets where the predecessor's endpoint was lost (its plugin closed
+ * it, or a fatal socket error): without them the worker (or, for
+ * unixgram:, the listener) would stay deaf until a restart. Where none
+ * can be had (a unixgram: file in a directory only root may write to,
+ * every udp: endpoint lost) it is a warning, not a failed reload: the
+ * listener stays as it was, and the next reload tries again. */
+static void rebind_lost(evsd_datagram *set, const evsd_listener_conf *c)
+{
     for (int i = 0; i < set->n; i++) {
+        const char *got;
+
         if (set->fds[i] >= 0)
             continue;
-        if (c->family == EVSD_UNIXGRAM) {
-            if (bind_unixgram(c, set, scratch, sizeof scratch) < 0) {
-                evs_log(EVS_LOG_WARN, "listener '%s': lost its socket and cannot bind a new one",
-                        c->name);
-                continue;
-            }
-        } else {
-            int fd = udp_socket(&set->addr, set->addrlen);
-            if (fd < 0 && (fd = dup_sibling(set)) >= 0) {
-                evs_log(EVS_LOG_WARN,
-                        "listener '%s': worker %d had lost its socket; it shares another "
-                        "worker's",
-                        c->name, i);
-                set->fds[i] = fd;
-                continue;
-            }
-            if (fd < 0) {
-                evs_log(EVS_LOG_WARN,
-                        "listener '%s': worker %d lost its socket and cannot bind a new one on %s",
-                        c->name, i, c->listen);
-                continue;
-            }
-            set->fds[i] = fd;
-        }
-        evs_log(EVS_LOG_WARN, "listener '%s': worker %d had lost its socket; it has a new one",
-                c->name, i);
+        if ((got = replace_lost(set, c, i)))
+            evs_log(EVS_LOG_WARN, "listener '%s': worker %d had lost its socket; it has %s",
+                    c->name, i, got);
+        else
+            evs_log(EVS_LOG_WARN, "listener '%s': worker %d lost its socket and cannot get a new one",
+                    c->name, i);
     }
 }
 

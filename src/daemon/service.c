@@ -960,15 +960,14 @@ static void carry_freed(generation *old, generation *g)
 }
 
 /* @g's listeners' `earlier`: their freed predecessors and the retired
- * servers of their names that still have connections. @visible: @g is
- * current, so the admin listener may be reading (the sums are made first,
- * the lock held only to store them). */
-static void refresh_earlier(evsd_service *svc, generation *g, bool visible)
+ * servers of their names that still have connections. Under view_lock
+ * (the admin listener reads `earlier`); it only loads atomic counters. */
+static void refresh_earlier(evsd_service *svc, generation *g)
 {
     for (size_t i = 0; i < g->n; i++) {
         listener *l = &g->listeners[i];
-        evs_server_stats sum = l->freed;
 
+        l->earlier = l->freed;
         for (generation *r = svc->retired; r; r = r->next)
             for (size_t j = 0; j < r->n; j++) {
                 evs_server_stats st;
@@ -976,13 +975,8 @@ static void refresh_earlier(evsd_service *svc, generation *g, bool visible)
                     strcmp(r->listeners[j].conf->name, l->conf->name) != 0)
                     continue;
                 evs_server_stats_get(r->listeners[j].server, &st);
-                stats_add(&sum, &st);
+                stats_add(&l->earlier, &st);
             }
-        if (visible)
-            pthread_mutex_lock(&svc->view_lock);
-        l->earlier = sum;
-        if (visible)
-            pthread_mutex_unlock(&svc->view_lock);
     }
 }
 
@@ -1055,8 +1049,8 @@ int evsd_service_reload(evsd_service *svc, evsd_config *cfg)
     carry_freed(old, g);
     pthread_mutex_lock(&svc->view_lock);
     /* With the switch, in one section: a scrape must not see the
-     * counters fall (refresh_earlier only reads atomic counters). */
-    refresh_earlier(svc, g, false);
+     * counters fall. */
+    refresh_earlier(svc, g);
     svc->current = g;
     pthread_mutex_unlock(&svc->view_lock);
     evsd_service_reap(svc);
@@ -1100,7 +1094,9 @@ void evsd_service_reap(evsd_service *svc)
             pp = &g->next;
         }
     }
-    refresh_earlier(svc, svc->current, true);
+    pthread_mutex_lock(&svc->view_lock);
+    refresh_earlier(svc, svc->current);
+    pthread_mutex_unlock(&svc->view_lock);
 }
 
 void evsd_service_print_addresses(evsd_service *svc, FILE *f, bool human)
