@@ -400,26 +400,44 @@ TEST(Examples, Socketpair) {
 
 namespace {
 
-// A one-shot HTTP server on 127.0.0.1: accepts one connection, reads the
-// request head, answers `reply` and closes. Blocking, with timeouts.
+// A one-shot HTTP server on 127.0.0.1, or on [::1] when `v6`: accepts one
+// connection, reads the request head, answers `reply` and closes. Blocking,
+// with timeouts. `fixed_port` 0 takes any free port; port stays 0 when the
+// address cannot be bound (no IPv6 here, or the port is taken).
 struct TinyHttpServer {
     int listener = -1;
     uint16_t port = 0;
+    std::string bind_error;
     std::string request;
     std::thread thread;
 
-    explicit TinyHttpServer(std::string reply) {
-        listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t len = sizeof a;
-        if (listener < 0 || bind(listener, (struct sockaddr *)&a, sizeof a) < 0 ||
-            listen(listener, 4) < 0 || getsockname(listener, (struct sockaddr *)&a, &len) < 0) {
-            ADD_FAILURE() << "cannot set up the HTTP server: " << strerror(errno);
+    explicit TinyHttpServer(std::string reply, bool v6 = false, uint16_t fixed_port = 0) {
+        struct sockaddr_storage ss{};
+        socklen_t len;
+        if (v6) {
+            auto *a = (struct sockaddr_in6 *)&ss;
+            a->sin6_family = AF_INET6;
+            a->sin6_addr = in6addr_loopback;
+            a->sin6_port = htons(fixed_port);
+            len = sizeof *a;
+        } else {
+            auto *a = (struct sockaddr_in *)&ss;
+            a->sin_family = AF_INET;
+            a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            a->sin_port = htons(fixed_port);
+            len = sizeof *a;
+        }
+        int one = 1;
+        listener = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (listener < 0 ||
+            setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+            bind(listener, (struct sockaddr *)&ss, len) < 0 || listen(listener, 4) < 0 ||
+            getsockname(listener, (struct sockaddr *)&ss, &len) < 0) {
+            bind_error = strerror(errno);
             return;
         }
-        port = ntohs(a.sin_port);
+        port = ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                        : ((struct sockaddr_in *)&ss)->sin_port);
         set_timeouts(listener); // a bounded accept()
         thread = std::thread([this, reply] {
             int c = accept(listener, nullptr, nullptr);
@@ -453,7 +471,7 @@ TEST(Examples, HttpHeadPrintsHeaders) {
         "Content-Length: 14\r\n"
         "\r\n"
         "Not-A-Header: body\n");
-    ASSERT_NE(0, http.port);
+    ASSERT_NE(0, http.port) << "cannot set up the HTTP server: " << http.bind_error;
     std::string port = std::to_string(http.port);
     std::string out, err;
     int status =
@@ -473,7 +491,7 @@ TEST(Examples, HttpHeadDefaultPathAndTruncatedHeaders) {
     // No path in the URL means "/"; a server closing before the empty line
     // gets its lines printed and a non-zero exit.
     TinyHttpServer http("HTTP/1.0 500 Oops\r\nX-Cut: he");
-    ASSERT_NE(0, http.port);
+    ASSERT_NE(0, http.port) << "cannot set up the HTTP server: " << http.bind_error;
     std::string port = std::to_string(http.port);
     std::string out, err;
     int status = run({program("http_head"), "http://127.0.0.1:" + port}, &out, &err);
@@ -482,6 +500,29 @@ TEST(Examples, HttpHeadDefaultPathAndTruncatedHeaders) {
     EXPECT_EQ("HTTP header> HTTP/1.0 500 Oops\nHTTP header> X-Cut: he\n", out);
     EXPECT_NE(std::string::npos, err.find("before the end of the headers")) << err;
     EXPECT_EQ(0u, http.request.find("HEAD / HTTP/1.0\r\n")) << http.request;
+}
+
+// An IPv6 literal keeps its brackets in Host, with a port and without one
+// (the default port), or its colons would read as a port.
+TEST(Examples, HttpHeadSendsAnIpv6HostInBrackets) {
+    const std::string reply = "HTTP/1.0 204 No Content\r\n\r\n";
+    {
+        TinyHttpServer http(reply, true);
+        if (http.port == 0) GTEST_SKIP() << "no IPv6 loopback here: " << http.bind_error;
+        std::string port = std::to_string(http.port);
+        std::string out, err;
+        int status = run({program("http_head"), "http://[::1]:" + port + "/v6"}, &out, &err);
+        http.join();
+        EXPECT_TRUE(exited_with(status, 0)) << describe(status) << "; stderr: " << err;
+        EXPECT_EQ("HEAD /v6 HTTP/1.0\r\nHost: [::1]:" + port + "\r\n\r\n", http.request);
+    }
+    TinyHttpServer http(reply, true, 80);
+    if (http.port == 0) GTEST_SKIP() << "cannot listen on [::1]:80 here: " << http.bind_error;
+    std::string out, err;
+    int status = run({program("http_head"), "http://[::1]/"}, &out, &err);
+    http.join();
+    EXPECT_TRUE(exited_with(status, 0)) << describe(status) << "; stderr: " << err;
+    EXPECT_EQ("HEAD / HTTP/1.0\r\nHost: [::1]\r\n\r\n", http.request);
 }
 
 TEST(Examples, HttpHeadRejectsBadUrls) {
