@@ -336,15 +336,52 @@ static int bind_unixgram(const evsd_listener_conf *c, evsd_datagram *set, char *
     return 0;
 }
 
+/* The socket the service manager bound for @c (socket activation): it
+ * comes blocking, and one socket serves every udp: worker (systemd gives
+ * one per address; the kernel hands each datagram to one reader). */
+static int adopt(const evsd_listener_conf *c, evsd_datagram *set, int fd, char *address,
+                 size_t alen)
+{
+    int flags = fcntl(fd, F_GETFL);
+    char a[128];
+
+    set->addrlen = sizeof set->addr;
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 ||
+        getsockname(fd, (struct sockaddr *)&set->addr, &set->addrlen) < 0) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': the socket from the service manager: %s",
+                c->file, c->line, c->name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    set->fds[0] = fd;
+    for (int i = 1; i < set->n; i++) {
+        if ((set->fds[i] = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+            evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot share its socket: %s", c->file,
+                    c->line, c->name, strerror(errno));
+            return -1;
+        }
+    }
+    evs_format_address((struct sockaddr *)&set->addr, set->addrlen, a, sizeof a);
+    if (c->family == EVSD_UDP)
+        snprintf(address, alen, "udp:%s", a);
+    else /* "unix:PATH" */
+        snprintf(address, alen, "unixgram:%s", a + strlen("unix:"));
+    return 0;
+}
+
 evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
-                                   const evs_datagram_protocol *proto, void *ctx, char *address,
-                                   size_t alen)
+                                   const evs_datagram_protocol *proto, void *ctx, int inherited,
+                                   char *address, size_t alen)
 {
     int workers = evs_runtime_worker_count(rt);
     evsd_datagram *set = calloc(1, sizeof *set);
 
-    if (!set)
+    if (!set) {
+        if (inherited >= 0)
+            close(inherited);
         return NULL;
+    }
     set->n = c->family == EVSD_UDP ? workers : 1;
     set->fds = malloc((size_t)set->n * sizeof *set->fds);
     set->eps = calloc((size_t)workers, sizeof *set->eps);
@@ -353,13 +390,18 @@ evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
     set->high = (size_t)c->limits.write_high_water;
     set->low = (size_t)c->limits.write_low_water;
     if (!set->fds || !set->eps) {
-        free_set(set);
+        if (inherited >= 0)
+            close(inherited);
+        free(set->fds);
+        free(set->eps);
+        free(set);
         return NULL;
     }
     for (int i = 0; i < set->n; i++)
         set->fds[i] = -1;
-    if ((c->family == EVSD_UDP ? bind_udp(c, set, address, alen)
-                               : bind_unixgram(c, set, address, alen)) < 0 ||
+    if ((inherited >= 0                ? adopt(c, set, inherited, address, alen)
+         : c->family == EVSD_UDP ? bind_udp(c, set, address, alen)
+                                 : bind_unixgram(c, set, address, alen)) < 0 ||
         on_workers(rt, set, open_here) > 0) {
         evsd_datagram_stop(rt, set);
         return NULL;

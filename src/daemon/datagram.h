@@ -15,12 +15,15 @@ typedef struct evsd_datagram evsd_datagram;
 
 /* Bind @c's sockets on the main thread, then open an endpoint on each
  * worker with @proto and @ctx (and @c's write watermarks), not reading
- * until evsd_datagram_serve (the start drops privileges first). @address
- * receives the bound address ("udp:127.0.0.1:5353", "unixgram:/path").
- * @return the set or NULL (logged). */
+ * until evsd_datagram_serve (the start drops privileges first). With
+ * @inherited >= 0 (socket activation), nothing is bound: every worker
+ * reads that socket, which the set then owns, and a unixgram: file is the
+ * service manager's (never removed here). @address receives the bound
+ * address ("udp:127.0.0.1:5353", "unixgram:/path"). @return the set or
+ * NULL (logged). */
 evsd_datagram *evsd_datagram_start(evs_runtime *rt, const evsd_listener_conf *c,
-                                   const evs_datagram_protocol *proto, void *ctx, char *address,
-                                   size_t alen);
+                                   const evs_datagram_protocol *proto, void *ctx, int inherited,
+                                   char *address, size_t alen);
 /* A reload's successor of @prev (same address): endpoints for @c with
  * @proto and @ctx on copies (dup) of @prev's sockets, so nothing is bound
  * again (a privileged port stays reachable after the switch to `user`, and

@@ -604,12 +604,12 @@ static void describe_address(listener *l)
         snprintf(l->address, sizeof l->address, "%s", l->conf->listen);
 }
 
-static int start_datagram_listener(evsd_service *svc, listener *l)
+static int start_datagram_listener(evsd_service *svc, listener *l, int inherited)
 {
     const evs_plugin *d = l->inst->desc; /* a datagram plugin: instance_new checked */
 
-    l->dgram = evsd_datagram_start(svc->rt, l->conf, d->datagram, l->inst->state, l->address,
-                                   sizeof l->address);
+    l->dgram = evsd_datagram_start(svc->rt, l->conf, d->datagram, l->inst->state, inherited,
+                                   l->address, sizeof l->address);
     return l->dgram ? 0 : -EADDRINUSE;
 }
 
@@ -661,7 +661,7 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     int rc;
 
     if (is_datagram(c))
-        return start_datagram_listener(svc, l);
+        return start_datagram_listener(svc, l, nfds ? fds[0] : -1);
     memset(&o, 0, sizeof o);
     if (l->inst->desc->mode == EVS_PLUGIN_STREAM)
         o.client_connected = l->inst->desc->client_connected;
@@ -772,8 +772,8 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
     evsd_activation_take();
     for (size_t i = 0; i < svc->current->n; i++) {
         listener *l = &svc->current->listeners[i];
-        int fd = is_datagram(l->conf) ? -1 : evsd_activation_claim(l->conf);
-        if (start_listener(svc, l, fd >= 0 ? &fd : NULL, fd >= 0) < 0)
+        int fd = evsd_activation_claim(l->conf);
+        if (fd == -EPROTOTYPE || start_listener(svc, l, fd >= 0 ? &fd : NULL, fd >= 0) < 0)
             goto fail;
     }
     evsd_activation_close_unclaimed();

@@ -91,7 +91,30 @@ size_t evsd_activation_take(void)
     return nfds;
 }
 
-/* Is @fd a listening socket bound to @l's address? */
+/* Whether @l takes datagrams (udp:, unixgram:) rather than connections. */
+static bool wants_datagrams(const evsd_listener_conf *l)
+{
+    return l->family == EVSD_UDP || l->family == EVSD_UNIXGRAM;
+}
+
+/* Whether @fd is the kind of socket @l serves: a listening stream socket
+ * (not a connection, as Accept=yes would pass) or a datagram socket. */
+static bool right_kind(int fd, const evsd_listener_conf *l)
+{
+    int type = 0, listening = 0;
+    socklen_t len = sizeof type;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return false;
+    if (wants_datagrams(l))
+        return type == SOCK_DGRAM;
+    len = sizeof listening;
+    return type == SOCK_STREAM &&
+           getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening;
+}
+
+/* Is @fd bound to @l's address? (right_kind says whether it is the right
+ * kind: a TCP and a udp: listener may share a port number.) */
 static bool same_address(int fd, const evsd_listener_conf *l)
 {
     struct sockaddr_storage ss;
@@ -99,7 +122,7 @@ static bool same_address(int fd, const evsd_listener_conf *l)
 
     if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
         return false;
-    if (l->family == EVSD_UNIX) {
+    if (l->family == EVSD_UNIX || l->family == EVSD_UNIXGRAM) {
         const struct sockaddr_un *un = (const struct sockaddr_un *)&ss;
         size_t plen = len > offsetof(struct sockaddr_un, sun_path)
                           ? len - offsetof(struct sockaddr_un, sun_path)
@@ -139,18 +162,27 @@ int evsd_activation_claim(const evsd_listener_conf *l)
 {
     /* A FileDescriptorName= equal to the listener's name wins. */
     for (size_t i = 0; i < nfds; i++) {
-        if (!fds[i].claimed && fds[i].name[0] && strcmp(fds[i].name, l->name) == 0) {
-            fds[i].claimed = true;
-            return fds[i].fd;
+        if (fds[i].claimed || !fds[i].name[0] || strcmp(fds[i].name, l->name) != 0)
+            continue;
+        if (!right_kind(fds[i].fd, l)) {
+            evs_log(EVS_LOG_ERROR,
+                    "%s:%d: listener '%s': the socket the service manager named '%s' (fd %d) is "
+                    "not a %s",
+                    l->file, l->line, l->name, fds[i].name, fds[i].fd,
+                    wants_datagrams(l) ? "datagram socket"
+                                       : "listening stream socket (Accept=yes is not supported)");
+            return -EPROTOTYPE;
         }
+        fds[i].claimed = true;
+        return fds[i].fd;
     }
     for (size_t i = 0; i < nfds; i++) {
-        if (!fds[i].claimed && same_address(fds[i].fd, l)) {
+        if (!fds[i].claimed && right_kind(fds[i].fd, l) && same_address(fds[i].fd, l)) {
             fds[i].claimed = true;
             return fds[i].fd;
         }
     }
-    return -1;
+    return -ENOENT;
 }
 
 void evsd_activation_close_unclaimed(void)

@@ -19,8 +19,10 @@ void evsd_notify_reloading(void);
  * and clear those variables. @return how many there are. */
 size_t evsd_activation_take(void);
 /* The inherited socket for @l: the one named like the listener
- * (FileDescriptorName=) or bound to its address; -1 when none. Each socket
- * is given out once. */
+ * (FileDescriptorName=) or bound to its address, of the kind @l serves (a
+ * listening stream socket, or a datagram socket). Each socket is given out
+ * once. @return it, -ENOENT when there is none, or -EPROTOTYPE (logged)
+ * when the socket named like @l is of the wrong kind. */
 int evsd_activation_claim(const evsd_listener_conf *l);
 /* Close the inherited sockets no listener claimed (with a warning). */
 void evsd_activation_close_unclaimed(void);

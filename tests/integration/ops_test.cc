@@ -38,10 +38,11 @@ struct Daemon {
     std::string dir, ports, log;
     std::map<std::string, std::string> addresses;
 
-    // @env: "NAME=value" strings. @inherit: a socket to pass as fd 3 with
-    // LISTEN_FDS (socket activation), named @fdname when not empty.
+    // @env: "NAME=value" strings. @inherit: sockets to pass as fds 3, 4, ...
+    // with LISTEN_FDS (socket activation), named by @fdnames (LISTEN_FDNAMES,
+    // colon-separated) when not empty.
     Daemon(const std::string &dir_, const std::string &conf, std::vector<std::string> env = {},
-           int inherit = -1, const std::string &fdname = "")
+           std::vector<int> inherit = {}, const std::string &fdnames = "")
         : dir(dir_), ports(dir_ + "/ports"), log(dir_ + "/daemon.out") {
         std::string confpath = dir + "/evstreamd.conf";
         write_file(confpath, conf);
@@ -51,7 +52,7 @@ struct Daemon {
             size_t eq = e.find('=');
             changes.emplace_back(e.substr(0, eq), e.substr(eq + 1));
         }
-        if (!fdname.empty()) changes.emplace_back("LISTEN_FDNAMES", fdname);
+        if (!fdnames.empty()) changes.emplace_back("LISTEN_FDNAMES", fdnames);
         pid = spawn({daemon_path(), "-c", confpath, "--ports-file", ports, "-l", "info"}, "", log,
                     log, changes, inherit);
     }
@@ -662,15 +663,22 @@ TEST(Ops, NotifiesReadyReloadingAndStopping) {
 
 namespace {
 
-int listening_socket(uint16_t *port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+// A socket of @type bound to 127.0.0.1:@port (0: any port), as systemd's
+// .socket unit would pass it: a stream socket listens.
+int bound_socket(int type, uint16_t *port) {
+    int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin{};
     sin.sin_family = AF_INET;
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, (struct sockaddr *)&sin, sizeof sin);
-    listen(fd, 16);
+    sin.sin_port = htons(*port);
     socklen_t len = sizeof sin;
-    getsockname(fd, (struct sockaddr *)&sin, &len);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof sin) < 0 ||
+        (type == SOCK_STREAM && listen(fd, 16) < 0) ||
+        getsockname(fd, (struct sockaddr *)&sin, &len) < 0) {
+        ADD_FAILURE() << "cannot bind a socket: " << strerror(errno);
+        if (fd >= 0) close(fd);
+        return -1;
+    }
     *port = ntohs(sin.sin_port);
     return fd;
 }
@@ -679,11 +687,11 @@ int listening_socket(uint16_t *port) {
 
 TEST(Ops, SocketActivationMatchesByName) {
     std::string dir = make_temp_dir();
-    uint16_t port;
-    int lfd = listening_socket(&port);
+    uint16_t port = 0;
+    int lfd = bound_socket(SOCK_STREAM, &port);
     // The configured address differs: the name decides.
     Daemon d(dir, base_conf("{ name = \"activated\"; listen = \"127.0.0.1:1\"; plugin = \"echo\"; }"),
-             {}, lfd, "activated");
+             {}, {lfd}, "activated");
     close(lfd);
     ASSERT_TRUE(d.ready()) << read_file(d.log);
     EXPECT_EQ(port, d.port("activated"));
@@ -695,21 +703,21 @@ TEST(Ops, SocketActivationMatchesByName) {
 
 TEST(Ops, SocketActivationMatchesByAddressAndClosesUnclaimed) {
     std::string dir = make_temp_dir();
-    uint16_t port;
-    int lfd = listening_socket(&port);
+    uint16_t port = 0;
+    int lfd = bound_socket(SOCK_STREAM, &port);
     Daemon d(dir, base_conf("{ name = \"by-address\"; listen = \"127.0.0.1:" + std::to_string(port) +
                             "\"; plugin = \"echo\"; }"),
-             {}, lfd, "some-other-name");
+             {}, {lfd}, "some-other-name");
     close(lfd);
     ASSERT_TRUE(d.ready()) << read_file(d.log);
     echo_once(port, "matched by address");
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
 
     // A socket no listener wants is closed with a warning, not leaked.
-    uint16_t other;
-    int ofd = listening_socket(&other);
-    Daemon e(dir, base_conf("{ name = \"x\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), {}, ofd,
-             "unwanted");
+    uint16_t other = 0;
+    int ofd = bound_socket(SOCK_STREAM, &other);
+    Daemon e(dir, base_conf("{ name = \"x\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), {},
+             {ofd}, "unwanted");
     close(ofd);
     ASSERT_TRUE(e.ready()) << read_file(e.log);
     EXPECT_NE(std::string::npos, read_file(e.log).find("no listener for fd 3")) << read_file(e.log);
@@ -761,15 +769,15 @@ TEST(Ops, AQueuedClientIsServedAsTheUserNeverAsRoot) {
     if (geteuid() != 0) GTEST_SKIP() << "needs root";
     std::string dir = make_temp_dir();
     chmod(dir.c_str(), 0755);
-    uint16_t port;
-    int lfd = listening_socket(&port);
+    uint16_t port = 0;
+    int lfd = bound_socket(SOCK_STREAM, &port);
     int early = connect_tcp(port);  // queued before the daemon runs
     ASSERT_GE(early, 0);
     Daemon d(dir, "user = \"nobody\";\n"
                   "plugins = ( { name = \"exec\"; path = \"exec.so\"; } );\n"
                   "listeners = ( { name = \"id\"; listen = \"127.0.0.1:1\"; plugin = \"exec\";\n"
                   "  settings = { argv = [\"/usr/bin/id\", \"-u\"]; }; } );\n",
-             {}, lfd, "id");
+             {}, {lfd}, "id");
     close(lfd);
     ASSERT_TRUE(d.ready()) << read_file(d.log);
     set_timeouts(early, 10);
@@ -979,6 +987,81 @@ int udp_sockets_on(uint16_t port) {
 }
 
 }  // namespace
+
+// Datagram listeners take sockets from the service manager too: a udp: one
+// by address beside a TCP listener on the same port number (each gets its
+// own kind), a unixgram: one by name. Every worker reads the one socket, a
+// reload keeps it, and the socket file stays the service manager's.
+TEST(Ops, SocketActivationServesDatagramListeners) {
+    std::string dir = make_temp_dir();
+    uint16_t port = 0;
+    int udp = bound_socket(SOCK_DGRAM, &port);
+    int tcp = bound_socket(SOCK_STREAM, &port);
+    ASSERT_GE(udp, 0);
+    ASSERT_GE(tcp, 0);
+    std::string gram = dir + "/gram.sock";
+    int gfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", gram.c_str());
+    ASSERT_EQ(0, bind(gfd, (struct sockaddr *)&sun, sizeof sun)) << strerror(errno);
+    std::string p = std::to_string(port);
+    Daemon d(dir,
+             datagram_conf("{ name = \"t\"; listen = \"127.0.0.1:" + p + "\"; plugin = \"echo\"; },\n"
+                           "{ name = \"u\"; listen = \"udp:127.0.0.1:" + p + "\"; plugin = \"udp_echo\"; },\n"
+                           "{ name = \"g\"; listen = \"unixgram:" + dir + "/elsewhere.sock\"; "
+                           "plugin = \"udp_echo\"; }"),
+             {}, {udp, tcp, gfd}, "unknown:unknown:g");
+    close(udp);
+    close(tcp);
+    close(gfd);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    EXPECT_EQ("udp:127.0.0.1:" + p, d.addresses["u"]);
+    EXPECT_EQ("unixgram:" + gram, d.addresses["g"]);
+    struct sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons(port);
+    for (int i = 0; i < 10; i++) {  // from many source ports: both workers read
+        std::string msg = "activated datagram " + std::to_string(i);
+        EXPECT_EQ(msg, udp_ask((struct sockaddr *)&sin, sizeof sin, msg));
+    }
+    echo_once(port, "and a connection on the same port");
+    EXPECT_EQ("over the passed file", udp_ask((struct sockaddr *)&sun, sizeof sun,
+                                              "over the passed file", dir + "/client.sock"));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return read_file(d.log).find("reloaded ") != std::string::npos; }))
+        << read_file(d.log);
+    EXPECT_EQ("after the reload", udp_ask((struct sockaddr *)&sin, sizeof sin, "after the reload"));
+    EXPECT_EQ("gram after the reload", udp_ask((struct sockaddr *)&sun, sizeof sun,
+                                               "gram after the reload", dir + "/client.sock"));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    struct stat st;
+    EXPECT_EQ(0, lstat(gram.c_str(), &st)) << "the service manager's socket file was removed";
+    EXPECT_EQ(std::string::npos, read_file(d.log).find("no listener for fd")) << read_file(d.log);
+    remove_dir(dir);
+}
+
+// A socket named for a listener but of the other kind is a clear error at
+// start, not an "Invalid argument" from listen().
+TEST(Ops, SocketActivationRefusesASocketOfTheWrongKind) {
+    std::string dir = make_temp_dir();
+    uint16_t port = 0;
+    int udp = bound_socket(SOCK_DGRAM, &port);
+    ASSERT_GE(udp, 0);
+    Daemon d(dir, datagram_conf("{ name = \"t\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), {},
+             {udp}, "t");
+    close(udp);
+    int st = -1;
+    ASSERT_TRUE(wait_exit(d.pid, 20, &st)) << read_file(d.log);
+    d.pid = -1;
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << st;
+    EXPECT_NE(std::string::npos, read_file(d.log).find("listener 't': the socket the service manager "
+                                                       "named 't' (fd 3) is not a listening stream "
+                                                       "socket"))
+        << read_file(d.log);
+    remove_dir(dir);
+}
 
 TEST(Ops, UdpAndUnixgramListenersServeDatagramPlugins) {
     std::string dir = make_temp_dir();

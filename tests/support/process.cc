@@ -1,5 +1,7 @@
 #include "process.h"
 
+#include <algorithm>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -150,10 +152,15 @@ void put_own_pid(char *slot) {
 
 pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
             const std::string &out_path, const std::string &err_path, const Env &env,
-            int pass_fd) {
+            const std::vector<int> &pass_fds) {
+    constexpr size_t kMaxPassed = 16;
+    size_t npass = pass_fds.size();
+    int passed[kMaxPassed];
+    if (npass > kMaxPassed) return -1;
+    std::copy(pass_fds.begin(), pass_fds.end(), passed);
     Env changes = env;
-    if (pass_fd >= 0) {
-        changes.emplace_back("LISTEN_FDS", "1");
+    if (npass > 0) {
+        changes.emplace_back("LISTEN_FDS", std::to_string(npass));
         changes.emplace_back("LISTEN_PID", std::string(kPidDigits, ' '));
     }
     std::vector<std::string> envs;
@@ -172,7 +179,7 @@ pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
     argv.push_back(nullptr);
     for (auto &e : envs) {
         envp.push_back(&e[0]);
-        if (pass_fd >= 0 && e.compare(0, sizeof kListenPid - 1, kListenPid) == 0) pid_slot = &e[0];
+        if (npass > 0 && e.compare(0, sizeof kListenPid - 1, kListenPid) == 0) pid_slot = &e[0];
     }
     envp.push_back(nullptr);
     const char *in_file = in_path.empty() ? "/dev/null" : in_path.c_str();
@@ -182,8 +189,9 @@ pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
 
     pid_t pid = fork();
     if (pid != 0) return pid;
-    // Above every fd dup2'd below, so that those cannot overwrite it.
-    if (pass_fd >= 0 && (pass_fd = fcntl(pass_fd, F_DUPFD, 10)) < 0) _exit(126);
+    // Above every fd dup2'd below, so that those cannot overwrite them.
+    for (size_t i = 0; i < npass; i++)
+        if ((passed[i] = fcntl(passed[i], F_DUPFD, 3 + (int)kMaxPassed)) < 0) _exit(126);
     int in = open(in_file, O_RDONLY);
     int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int err = one_file ? out : open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -191,11 +199,9 @@ pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
     dup2(in, 0);
     dup2(out, 1);
     dup2(err, 2);
-    if (pass_fd >= 0) {
-        dup2(pass_fd, 3);
-        put_own_pid(pid_slot);
-    }
-    for (long fd = pass_fd >= 0 ? 4 : 3; fd < maxfd; fd++) close((int)fd);
+    for (size_t i = 0; i < npass; i++) dup2(passed[i], 3 + (int)i);
+    if (npass > 0) put_own_pid(pid_slot);
+    for (long fd = 3 + (long)npass; fd < maxfd; fd++) close((int)fd);
     // A signal mask and ignored signals survive execve; the tests ignore
     // SIGPIPE, the programs they run expect the default.
     sigset_t none;

@@ -74,14 +74,15 @@ struct Result {
 // fork + execve of @args (args[0] is a path) with stdin from @in_path
 // ("": /dev/null) and stdout/stderr to files (the same path: one file, both
 // streams in the order written), in this process's environment changed by
-// @env. With @pass_fd >= 0 the child gets it as fd 3, the way systemd's
-// socket activation passes a socket: LISTEN_FDS=1 and LISTEN_PID=<its pid>.
+// @env. The child gets @pass_fds as fds 3, 4, ... (at most 16), the way
+// systemd's socket activation passes sockets: LISTEN_FDS=<how many> and
+// LISTEN_PID=<its pid>.
 // Everything the child needs is prepared before fork: only
 // async-signal-safe calls after it, since the test process has threads.
 // @return the pid, -1 when fork fails.
 pid_t spawn(const std::vector<std::string> &args, const std::string &in_path,
             const std::string &out_path, const std::string &err_path, const Env &env = {},
-            int pass_fd = -1);
+            const std::vector<int> &pass_fds = {});
 
 // waitpid for at most @seconds. @return true and the status once it exited.
 // A process that is not our child (a daemon that forked into the background)
