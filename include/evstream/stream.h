@@ -147,7 +147,12 @@ EVS_EXTERN int evs_writelines(evs_writer *w, const struct iovec *iov, int iovcnt
  */
 EVS_EXTERN int evs_drain(evs_writer *w);
 
-/** Close the write side after flushing; reading goes on. @return 0 or -EPIPE. */
+/**
+ * Close the write side after flushing; reading goes on.
+ * @return 0; -EPIPE when the writer is closed or its connection lost;
+ *         -ENOTSUP where evs_can_write_eof() is false (TLS, as in asyncio,
+ *         and a pipe that reads and writes through one fd).
+ */
 EVS_EXTERN int evs_write_eof(evs_writer *w);
 /** True when write_eof is supported. */
 EVS_EXTERN bool evs_can_write_eof(const evs_writer *w);
@@ -187,7 +192,9 @@ EVS_EXTERN int evs_stream_open_fd(int fd, size_t limit, evs_reader **r, evs_writ
  * handler returns; do not free those. Tasks parked in a call on the pair
  * at that moment return from it (the reader at EOF, drain and wait_closed
  * done, or the connection's error); no task may start a call on it after.
- * A pair still open when its loop ends (evs_run's function returned, or
+ * A line or partial bytes such a call returns (readline at EOF, readuntil's
+ * EVS_EINCOMPLETE and evs_reader_partial()) stay readable until that task
+ * next waits. A pair still open when its loop ends (evs_run's function returned, or
  * the runtime stopped) is freed with the loop.
  */
 EVS_EXTERN void evs_writer_free(evs_writer *w);

@@ -72,8 +72,9 @@ typedef struct evs_stream {
     evs_reader reader;
     evs_writer writer;
     bool released;
+    bool doomed;                /* on the worker's list of pairs to free (free_soon()) */
     unsigned inside;            /* tasks inside a call on the pair (see enter()) */
-    struct evs_stream *orphan_next; /* lost and not released: the worker's list */
+    struct evs_stream *orphan_next; /* lost and not released, or doomed: a worker's list */
     struct evs_stream *orphan_prev;
     void *tag;
     bool made;                  /* connection_made (after the TLS handshake) */
@@ -130,6 +131,21 @@ static void orphan_remove(evs_stream *s)
     s->orphan_next = s->orphan_prev = NULL;
 }
 
+/* The pairs free_soon() put off, now that their callers have waited. A
+ * pair someone entered since (a call on a released pair) is left to the
+ * leave() of that call. */
+void evs__stream_free_doomed(evs_worker *w)
+{
+    while (w->doomed_streams) {
+        evs_stream *s = w->doomed_streams;
+
+        w->doomed_streams = s->orphan_next;
+        s->doomed = false;
+        if (s->inside == 0)
+            stream_free(s);
+    }
+}
+
 void evs__stream_free_orphans(evs_worker *w)
 {
     while (w->orphan_streams) {
@@ -138,6 +154,23 @@ void evs__stream_free_orphans(evs_worker *w)
         orphan_remove(s);
         stream_free(s);
     }
+    evs__stream_free_doomed(w);
+}
+
+/* A pair to free whose reader has a view out: the line readline() just
+ * returned, or the partial bytes of EVS_EINCOMPLETE, to a task woken by
+ * another task's evs_writer_free(). The caller may read them until it next
+ * waits, so the pair is freed when control is back in the loop. */
+static void free_soon(evs_stream *s)
+{
+    evs_worker *w = s->reader.t->worker;
+
+    if (s->doomed)
+        return;
+    s->doomed = true;
+    s->orphan_next = w->doomed_streams;
+    w->doomed_streams = s;
+    event_active(&w->doomed_ev, EV_TIMEOUT, 0);
 }
 
 /* Free the pair once nothing can reach it: its connection is gone, its
@@ -145,7 +178,11 @@ void evs__stream_free_orphans(evs_worker *w)
  * there is no owner), and no task is inside a call on it. */
 static void maybe_free(evs_stream *s)
 {
-    if (s->inside == 0 && s->writer.lost && (s->released || (s->on_made && !s->made)))
+    if (s->inside != 0 || !s->writer.lost || !(s->released || (s->on_made && !s->made)))
+        return;
+    if (s->reader.consume > 0 || s->reader.partial > 0)
+        free_soon(s);
+    else
         stream_free(s);
 }
 

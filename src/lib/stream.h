@@ -24,9 +24,13 @@ typedef void (*evs__stream_made_fn)(evs_writer *w, void *arg);
 void evs__stream_on_made(evs_writer *w, evs__stream_made_fn fn, void *arg);
 /* Park until connection_made (0) or the connection is lost (its error). */
 int evs__stream_wait_made(evs_writer *w);
-/* Free the pairs whose connection is gone and that nobody released: the
- * worker is ending, so nothing can release them any more. */
+/* Free the pairs whose connection is gone and that nobody released, and
+ * those evs__stream_free_doomed would free: the worker is ending, so
+ * nothing can release or read them any more. */
 void evs__stream_free_orphans(evs_worker *w);
+/* Free the released pairs whose last reader call handed out a view
+ * (worker's doomed_ev, run once the task that got it has waited). */
+void evs__stream_free_doomed(evs_worker *w);
 /* An opaque pointer carried by the pair (servers keep their handler's). */
 void evs__stream_set_tag(evs_writer *w, void *tag);
 void *evs__stream_tag(const evs_writer *w);

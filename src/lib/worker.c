@@ -221,6 +221,13 @@ static void run_cb(evutil_socket_t fd, short what, void *arg)
     evs__task_run_ready(arg);
 }
 
+static void doomed_cb(evutil_socket_t fd, short what, void *arg)
+{
+    EVS_UNUSED(fd);
+    EVS_UNUSED(what);
+    evs__stream_free_doomed(arg);
+}
+
 int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size)
 {
     struct event_config *cfg;
@@ -251,6 +258,7 @@ int evs__worker_init(evs_worker *w, evs_runtime *rt, int id, size_t stack_size)
     event_assign(&w->wake_ev, w->base, w->wake_fd, EV_READ | EV_PERSIST, inbox_cb, w);
     event_add(&w->wake_ev, NULL);
     event_assign(&w->run_ev, w->base, -1, 0, run_cb, w);
+    event_assign(&w->doomed_ev, w->base, -1, 0, doomed_cb, w);
     evtimer_assign(&w->tick_ev, w->base, tick_cb, w);
     evs__transport_list_init(w);
     if (rt) {
@@ -298,6 +306,7 @@ void evs__worker_fini(evs_worker *w)
         if (w->wake_fd >= 0)
             event_del(&w->wake_ev);
         event_del(&w->run_ev);
+        event_del(&w->doomed_ev);
         if (event_initialized(&w->tick_ev))
             event_del(&w->tick_ev);
         evs__transport_list_fini(w);

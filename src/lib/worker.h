@@ -90,6 +90,8 @@ struct evs_worker {
     /* Connections. */
     evs__tlist transports;
     struct evs_stream *orphan_streams; /* lost pairs nobody released (stream.c) */
+    struct evs_stream *doomed_streams; /* released pairs to free in the next pass */
+    struct event doomed_ev;            /* active while doomed_streams is not empty */
     evs__closable *closables;
     bool stopping; /* no new tasks or connections */
     bool exit_loop;

@@ -1856,6 +1856,35 @@ TEST(StreamWriter, FreeingThePairWakesTheTasksParkedOnIt) {
     });
 }
 
+// A task parked in readline or readuntil with an unterminated line buffered
+// is woken at EOF when another task frees the pair: it gets the line (or,
+// from readuntil, the partial bytes), readable until it next waits. The
+// pair and its buffer were freed before the call returned (ASan: a read of
+// freed memory).
+TEST(StreamWriter, FreeingThePairLeavesAWokenReadersBytesReadable) {
+    run([] {
+        for (bool readline : {true, false}) {
+            Conn c;
+            ASSERT_TRUE(c.ok());
+            std::string got;
+            auto reader = [&] {
+                const void *p = nullptr;
+                ssize_t n = readline ? evs_readline(c.r, &p) : evs_readuntil(c.r, "\r\n", 2, &p);
+                if (n == EVS_EINCOMPLETE) n = (ssize_t)evs_reader_partial(c.r, &p);
+                if (n > 0) got.assign((const char *)p, (size_t)n);
+                return (int)n;
+            };
+            evs_task *rt = spawn(reader);
+            c.send("no end");
+            while (evs_reader_buffered(c.r) < 6) EXPECT_EQ(0, evs_sleep(0.001));
+            evs_writer_free(c.w);
+            c.w = nullptr;
+            EXPECT_EQ(6, join(rt)) << (readline ? "readline" : "readuntil");
+            EXPECT_EQ("no end", got) << (readline ? "readline" : "readuntil");
+        }
+    });
+}
+
 // Pairs left open when evs_run()'s function returns (some already lost,
 // some aborted by evs_run) are freed with the loop: nothing could free them
 // once the loop is gone. They leaked, with their transports.
