@@ -99,12 +99,17 @@ static void bad(errlist *e, const config_setting_t *s, const char *fmt, ...)
 static void bad(errlist *e, const config_setting_t *s, const char *fmt, ...)
 {
     char what[768], path[256];
-    char *file = source_path(e, s);
+    char *file;
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
+    if (!s) { /* a caller's bug: still an error, not a crash */
+        add_error(e, "configuration: %s", what);
+        return;
+    }
+    file = source_path(e, s);
     setting_path(s, path, sizeof path);
     add_error(e, "%s:%u: %s: %s", file, config_setting_source_line(s), path, what);
     free(file);
@@ -441,7 +446,9 @@ static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, b
     get_count(e, g, "max_connections_per_ip", 0, 10000000, &l->max_connections_per_ip);
     get_rate(e, g, "connection_rate_per_ip", &l->connection_rate_per_ip);
     get_rate(e, g, "connection_burst_per_ip", &l->connection_burst_per_ip);
-    if (l->connection_burst_per_ip > 0 && l->connection_burst_per_ip < 1)
+    /* Only where it is set: an inherited value was judged where it was. */
+    if (config_setting_get_member(g, "connection_burst_per_ip") &&
+        l->connection_burst_per_ip > 0 && l->connection_burst_per_ip < 1)
         bad(e, config_setting_get_member(g, "connection_burst_per_ip"),
             "must be 0 (one second's worth of connection_rate_per_ip) or at least 1");
     {

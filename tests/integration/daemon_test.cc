@@ -596,6 +596,12 @@ ConfigError config_error_case(const std::string &name) {
     if (name == "BurstBelowOne")  // it meant one second of the rate, silently
         return {config(listener("limits = { connection_rate_per_ip = 1000; connection_burst_per_ip = 0.5; #@\n  };")), "",
                 {"connection_burst_per_ip: must be 0 (one second's worth of connection_rate_per_ip) or at least 1"}};
+    if (name == "GlobalBurstBelowOne")  // a listener's own limits group crashed the check
+        return {config(listener("limits = { max_connections = 10; };"),
+                       "limits = { shutdown_timeout = \"3s\"; connection_rate_per_ip = 5;\n"
+                       "  connection_burst_per_ip = 0.5; }; #@\n"),
+                "",
+                {"limits.connection_burst_per_ip: must be 0 (one second's worth of connection_rate_per_ip) or at least 1"}};
     if (name == "ErrorInIncludedFile")
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
@@ -676,7 +682,8 @@ INSTANTIATE_TEST_SUITE_P(
                       "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
                       "GroupGidWrapsRound", "RelativeUnixPath", "ListenerNameWithSpaces",
                       "ListenerNamedAdmin", "EmptyListenerName", "SniWildcardInsideAName",
-                      "SniNameTwice", "ProxyTimeoutZero", "BurstBelowOne", "ErrorInIncludedFile",
+                      "SniNameTwice", "ProxyTimeoutZero", "BurstBelowOne", "GlobalBurstBelowOne",
+                      "ErrorInIncludedFile",
                       "SyntaxErrorInIncludedFile", "MissingIncludedFile",
                       "IncludedFileIncludesItself"),
     [](const ::testing::TestParamInfo<const char *> &info) { return std::string(info.param); });
