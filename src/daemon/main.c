@@ -487,6 +487,9 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     if ((rc = parse_args(argc, argv, &o)) != 0)
         return rc;
+    /* Before anything opens a file (the configuration loads plugins): the
+     * passed sockets are fds 3 and up. */
+    evsd_activation_take();
     config_path = joined_to_cwd(o.config);
     /* -d changes to "/": name the pidfile and ports file from here. */
     if (o.pidfile)

@@ -767,9 +767,11 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
     if (!svc->current)
         goto fail;
     svc->boot = cfg;
-    /* Sockets from the service manager (socket activation) go to the
-     * listeners they match; the others are bound here. */
-    evsd_activation_take();
+    /* Sockets from the service manager (socket activation, taken by
+     * main()) go to the listeners they match; the others are bound here. */
+    if (evsd_activation_count() > 0)
+        evs_log(EVS_LOG_INFO, "socket activation: %zu socket(s) from the service manager",
+                evsd_activation_count());
     for (size_t i = 0; i < svc->current->n; i++) {
         listener *l = &svc->current->listeners[i];
         int fd = evsd_activation_claim(l->conf);

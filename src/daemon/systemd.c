@@ -11,11 +11,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +56,27 @@ static struct inherited {
 } fds[MAX_FDS];
 static size_t nfds;
 
+/* Whether @fd, passed as an inherited socket, is one: LISTEN_FDS may count
+ * more than were passed, and what sits at those numbers is not ours to
+ * take or close. */
+static bool usable(int fd)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) < 0) {
+        evs_log(EVS_LOG_WARN, "socket activation: fd %d was not passed (%s); ignoring it", fd,
+                strerror(errno));
+        return false;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        evs_log(EVS_LOG_WARN, "socket activation: fd %d is not a socket; ignoring it", fd);
+        return false;
+    }
+    /* Not for the children of plugins (exec), as the daemon's own are. */
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return true;
+}
+
 size_t evsd_activation_take(void)
 {
     const char *pid = getenv("LISTEN_PID"), *count = getenv("LISTEN_FDS");
@@ -72,7 +95,8 @@ size_t evsd_activation_take(void)
     }
     for (long i = 0; i < n; i++) {
         fds[i].fd = FIRST_FD + (int)i;
-        fds[i].claimed = false;
+        /* One that is no socket counts as claimed: never handed out or closed. */
+        fds[i].claimed = !usable(fds[i].fd);
         fds[i].name[0] = '\0';
     }
     /* Names are colon-separated, in fd order. */
@@ -86,8 +110,6 @@ size_t evsd_activation_take(void)
     unsetenv("LISTEN_PID");
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
-    if (nfds)
-        evs_log(EVS_LOG_INFO, "socket activation: %zu socket(s) from the service manager", nfds);
     return nfds;
 }
 
@@ -156,6 +178,15 @@ static bool same_address(int fd, const evsd_listener_conf *l)
         match = ai->ai_addrlen <= len && memcmp(ai->ai_addr, &ss, ai->ai_addrlen) == 0;
     freeaddrinfo(res);
     return match;
+}
+
+size_t evsd_activation_count(void)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < nfds; i++)
+        n += !fds[i].claimed;
+    return n;
 }
 
 int evsd_activation_claim(const evsd_listener_conf *l)

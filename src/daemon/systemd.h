@@ -16,8 +16,12 @@ void evsd_notify(const char *state);
 void evsd_notify_reloading(void);
 
 /* Take the sockets systemd passed (LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES)
- * and clear those variables. @return how many there are. */
+ * and clear those variables. Called before the daemon opens any file, so
+ * that fds 3 and up are still the passed ones; a number that is not an
+ * open socket is ignored with a warning. @return how many were counted. */
 size_t evsd_activation_take(void);
+/* How many taken sockets are not claimed yet. */
+size_t evsd_activation_count(void);
 /* The inherited socket for @l: the one named like the listener
  * (FileDescriptorName=) or bound to its address, of the kind @l serves (a
  * listening stream socket, or a datagram socket). Each socket is given out

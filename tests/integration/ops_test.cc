@@ -1042,6 +1042,33 @@ TEST(Ops, SocketActivationServesDatagramListeners) {
     remove_dir(dir);
 }
 
+// LISTEN_FDS counting more sockets than were passed: the numbers past them
+// are not sockets of ours. They were taken after the log file and the
+// pidfile had been opened there, and closed as unclaimed: the log went to
+// whatever connection got the number next, and the pidfile lost its lock.
+TEST(Ops, SocketActivationCountingMoreThanWerePassedLeavesTheDaemonsFilesAlone) {
+    std::string dir = make_temp_dir();
+    uint16_t port = 0;
+    int lfd = bound_socket(SOCK_STREAM, &port);
+    ASSERT_GE(lfd, 0);
+    std::string logfile = dir + "/evstreamd.log";
+    Daemon d(dir,
+             base_conf("{ name = \"a\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                       "log = { file = \"" + logfile + "\"; level = \"info\"; };\n"),
+             {"LISTEN_FDS=3"}, {lfd}, "unwanted");
+    close(lfd);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    echo_once(d.port("a"), "still served");
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    std::string out = read_file(d.log), log = read_file(logfile);
+    EXPECT_NE(std::string::npos, out.find("fd 4 was not passed")) << out;
+    EXPECT_NE(std::string::npos, out.find("fd 5 was not passed")) << out;
+    EXPECT_NE(std::string::npos, log.find("no listener for fd 3")) << log;  // the passed one
+    EXPECT_EQ(std::string::npos, log.find("no listener for fd 4")) << log;
+    EXPECT_NE(std::string::npos, log.find("stopped")) << "the log file lost its descriptor:\n" << log;
+    remove_dir(dir);
+}
+
 // A socket named for a listener but of the other kind is a clear error at
 // start, not an "Invalid argument" from listen().
 TEST(Ops, SocketActivationRefusesASocketOfTheWrongKind) {

@@ -75,8 +75,8 @@ struct Result {
 // ("": /dev/null) and stdout/stderr to files (the same path: one file, both
 // streams in the order written), in this process's environment changed by
 // @env. The child gets @pass_fds as fds 3, 4, ... (at most 16), the way
-// systemd's socket activation passes sockets: LISTEN_FDS=<how many> and
-// LISTEN_PID=<its pid>.
+// systemd's socket activation passes sockets: LISTEN_FDS=<how many> (unless
+// @env sets it) and LISTEN_PID=<its pid>.
 // Everything the child needs is prepared before fork: only
 // async-signal-safe calls after it, since the test process has threads.
 // @return the pid, -1 when fork fails.
