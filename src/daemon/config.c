@@ -466,7 +466,7 @@ static void read_limits(errlist *e, const config_setting_t *g, evsd_limits *l, b
             (unsigned long long)l->max_write_buffer, (unsigned long long)l->write_high_water);
     if (global) {
         get_duration(e, g, "shutdown_timeout", MAX_SECONDS, &l->shutdown_timeout);
-        get_size(e, g, "stack_size", 16 * 1024, 64 * 1024 * 1024, &l->stack_size);
+        get_size(e, g, "stack_size", 64 * 1024, 64 * 1024 * 1024, &l->stack_size);
         get_size(e, g, "write_budget", 0, MAX_BYTES, &l->write_budget);
     } else {
         const char *only_global[] = {"shutdown_timeout", "stack_size", "write_budget"};

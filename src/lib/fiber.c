@@ -535,7 +535,9 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx)
         uintptr_t a = (uintptr_t)si->si_addr;
         uintptr_t lo = (uintptr_t)f->map;
         if (a >= lo && a - lo < f->pool->page) {
-            static const char msg[] = "evstream: fiber stack overflow\n";
+            static const char msg[] =
+                "evstream: a task overflowed its stack: give tasks a larger stack "
+                "(evs_runtime_options.stack_size; evstreamd: limits.stack_size)\n";
             if (write(2, msg, sizeof msg - 1) < 0) {
                 /* nothing more we can do */
             }

@@ -45,13 +45,18 @@ static void *worker_main(void *arg)
 }
 
 /* Start a thread with every asynchronous signal blocked: signals belong to
- * the embedding program's threads (the daemon handles them on main). */
+ * the embedding program's threads (the daemon handles them on main). The
+ * faults stay unblocked: one raised while blocked kills the process before
+ * any handler runs, the report of a task stack overflow among them. */
 static int start_thread(evs_worker *w)
 {
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS};
     sigset_t all, old;
     int err;
 
     sigfillset(&all);
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        sigdelset(&all, faults[i]);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     err = pthread_create(&w->thread, NULL, worker_main, w);
     pthread_sigmask(SIG_SETMASK, &old, NULL);

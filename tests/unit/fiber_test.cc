@@ -443,7 +443,7 @@ void run_overflow() {
 
 TEST(FiberDeathTest, StackOverflowReported) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
-    EXPECT_DEATH(run_overflow(), "fiber stack overflow");
+    EXPECT_DEATH(run_overflow(), "a task overflowed its stack");
 }
 
 // A fault that is not a fiber overflow still kills the process the usual way.

@@ -591,3 +591,44 @@ TEST(Runtime, StopOnItsOwnWorkerRefusesInsteadOfFreeingItsLoop) {
         EXPECT_EQ(0, evs_runtime_stop(rt, 5));
     }
 }
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+namespace {
+
+volatile bool g_stop_deepening = false;
+
+int deepen(int n) {
+    volatile char buf[256];
+    buf[0] = (char)n;
+    if (g_stop_deepening) return buf[0];
+    return deepen(n + 1) + buf[0];
+}
+
+int overflowing_task(void *) { return deepen(0); }
+
+void spawn_overflowing_task(evs_worker *, void *) {
+    evs_task_spawn(overflowing_task, nullptr, nullptr);
+}
+
+// A task on a runtime worker that overflows its stack. Returns (and so
+// fails the death test) only if the process survived it.
+void overflow_on_a_worker() {
+    evs_runtime_options o{};
+    o.workers = 1;
+    o.stack_size = 64 * 1024;
+    evs_runtime *rt = nullptr;
+    if (evs_runtime_new(&o, &rt) != 0) return;
+    evs_worker_call(evs_runtime_worker(rt, 0), spawn_overflowing_task, nullptr);
+    sleep(20);
+}
+
+}  // namespace
+
+// Workers block the asynchronous signals, and had blocked the faults too: a
+// SIGSEGV raised while blocked kills the process before any handler runs,
+// so an overflow on a worker died silently instead of being reported.
+TEST(RuntimeDeathTest, AStackOverflowOnAWorkerIsReported) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_DEATH(overflow_on_a_worker(), "a task overflowed its stack");
+}
+#endif
