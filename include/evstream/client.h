@@ -26,7 +26,9 @@ typedef struct evs_connect_options {
      *  and says which check failed in *tls_error. */
     evs_tls_context *tls;
     /** Name for SNI and certificate verification; NULL = the host given to
-     *  evs_open_connection (an IP literal is verified as an IP address). */
+     *  evs_open_connection (an IP literal is verified as an IP address).
+     *  evs_open_unix_connection has no host: a context that verifies the
+     *  server needs this name, or the call fails with -EINVAL. */
     const char *server_hostname;
     double tls_handshake_timeout; /**< 0 = 60 s */
     /** On TLS failure, receives the reason (may be NULL). */

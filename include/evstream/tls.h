@@ -99,8 +99,10 @@ EVS_EXTERN void *evs_tls_context_ssl_ctx(evs_tls_context *ctx);
 typedef struct evs_tls_options {
     /** Client side: the name to send as SNI and to verify the certificate
      *  against; an IP literal is verified as an IP address (and not sent as
-     *  SNI). NULL: no SNI and no name check (verification of the chain still
-     *  happens). */
+     *  SNI). Required (-EINVAL without it) when the context verifies the
+     *  server, as asyncio requires it: a chain check alone accepts any
+     *  certificate a trusted CA signed. NULL with a no_verify context: no
+     *  SNI and no checks. */
     const char *server_hostname;
     double handshake_timeout; /**< seconds; 0 = 60 */
     double shutdown_timeout;  /**< seconds to flush close_notify; 0 = 30 */

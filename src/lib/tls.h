@@ -28,6 +28,10 @@ void evs__tls_readable(evs_transport *t);
 int evs__tls_write(evs_transport *t, const struct iovec *iov, int iovcnt);
 /* Send close_notify before the transport closes. */
 void evs__tls_close(evs_transport *t);
+/* close() during the first handshake with writes held for it: true when
+ * the handshake goes on (reading, within its timeout) and the close
+ * follows it (evs__transport_finish_close), so those writes go out. */
+bool evs__tls_close_after_handshake(evs_transport *t);
 /* Plaintext held until the handshake (or a renegotiation) is done. */
 size_t evs__tls_pending(const evs_transport *t);
 /* Throw that plaintext away (an abort, a fatal error). */

@@ -47,6 +47,7 @@ struct evs__tls {
     bool upgrade;       /* start_tls: connection_made already happened */
     bool handshake_done;
     bool failed;
+    bool close_when_done; /* close() came during the first handshake */
     bool close_notify;  /* the peer sent close_notify */
     bool tcp_eof;
     bool drained;       /* a short recv this wakeup: the socket is empty */
@@ -262,7 +263,10 @@ bool evs__tls_sweep(evs_worker *w)
 
     for (s = w->tls_busy; s; s = next) {
         next = s->busy_next;
-        if (now - s->io_sec >= 2) { /* no I/O in the last whole second */
+        /* A record decrypted but not all read (a reader that paused in
+         * it) keeps its buffer: OpenSSL before 3.0.14 freed it anyway and
+         * read freed memory next (CVE-2024-4741). */
+        if (now - s->io_sec >= 2 && !SSL_has_pending(s->ssl)) { /* no I/O for a second */
             SSL_set_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
             SSL_free_buffers(s->ssl); /* or after the next call, if they hold data */
             busy_remove(s);
@@ -374,12 +378,32 @@ static bool is_ip_literal(const char *name)
     return inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
 }
 
+/* The name a client sends as SNI and checks the server's certificate
+ * against. @return 0; -EINVAL for no name while the server is verified
+ * (only the chain would be checked, and any certificate a trusted CA
+ * signed would pass: asyncio refuses this too) or a name OpenSSL refuses
+ * (an SNI name over 255 bytes); -ENOMEM. */
+static int set_peer_name(evs__tls *s, const char *name)
+{
+    if (!name || !*name)
+        return SSL_get_verify_mode(s->ssl) & SSL_VERIFY_PEER ? -EINVAL : 0;
+    if (!(s->sni = strdup(name)))
+        return -ENOMEM;
+    /* IP literals are checked as IP SANs and never sent as SNI. */
+    if (is_ip_literal(name))
+        return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), name) == 1 ? 0 : -EINVAL;
+    return SSL_set_tlsext_host_name(s->ssl, name) == 1 && SSL_set1_host(s->ssl, name) == 1
+               ? 0
+               : -EINVAL;
+}
+
 int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
                     const evs_tls_options *opts, bool upgrade, const void *prefix, size_t len)
 {
     evs__tls *s;
     BIO *bio;
     double hs;
+    int rc;
 
     /* connection_made comes after the handshake; a failure here (after
      * a PROXY stage that was "made") must not end in connection_lost. */
@@ -395,13 +419,17 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
     bio = transport_bio(t);
     if (prefix && len > 0 && (s->prefix = malloc(len)))
         memcpy(s->prefix, prefix, len);
-    if (!s->ssl || !bio || (prefix && len > 0 && !s->prefix)) {
+    rc = !s->ssl || !bio || (prefix && len > 0 && !s->prefix) ? -ENOMEM
+         : server ? 0
+                  : set_peer_name(s, opts ? opts->server_hostname : NULL);
+    if (rc < 0) {
         SSL_free(s->ssl);
         BIO_free(bio);
         free(s->prefix);
+        free(s->sni);
         free(s);
         ERR_clear_error();
-        return -ENOMEM;
+        return rc;
     }
     s->prefix_len = prefix ? len : 0;
     SSL_set_bio(s->ssl, bio, bio); /* one BIO both ways: one reference */
@@ -411,22 +439,10 @@ int evs__tls_attach(evs_transport *t, evs_tls_context *ctx, bool server,
     s->upgrade = upgrade;
     s->shutdown_timeout =
         opts && opts->shutdown_timeout > 0 ? opts->shutdown_timeout : DEFAULT_SHUTDOWN_TIMEOUT;
-    if (server) {
+    if (server)
         SSL_set_accept_state(s->ssl);
-    } else {
-        const char *name = opts ? opts->server_hostname : NULL;
+    else
         SSL_set_connect_state(s->ssl);
-        if (name && *name) {
-            s->sni = strdup(name);
-            if (is_ip_literal(name)) {
-                /* IP literals are checked as IP SANs and never sent as SNI. */
-                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), name);
-            } else {
-                SSL_set_tlsext_host_name(s->ssl, name);
-                SSL_set1_host(s->ssl, name);
-            }
-        }
-    }
     t->tls = s;
     evtimer_assign(&s->timer, t->worker->base, timer_cb, t);
     hs = opts && opts->handshake_timeout > 0 ? opts->handshake_timeout : DEFAULT_HANDSHAKE_TIMEOUT;
@@ -547,6 +563,8 @@ static void handshake_finished(evs_transport *t)
     } else {
         evs__transport_made(t);
     }
+    if (s->close_when_done && !t->lost_scheduled)
+        evs__transport_finish_close(t);
 }
 
 /* Drive the handshake. @return true when it is done. */
@@ -717,8 +735,10 @@ void evs__tls_readable(evs_transport *t)
     if (s->handshake_done || do_handshake(t))
         deliver(t);
     /* A TLS 1.2 server's renegotiation ended in this read: what was
-     * written meanwhile goes out. */
-    if (s->pending && s->handshake_done && !SSL_in_init(s->ssl) && !t->lost_scheduled)
+     * written meanwhile goes out, unless a close came first (its
+     * close_notify is sent: the close reported those bytes dropped). */
+    if (s->pending && s->handshake_done && !SSL_in_init(s->ssl) && !t->lost_scheduled &&
+        !t->closing)
         flush_pending(t);
     evs__transport_unref(t);
 }
@@ -843,6 +863,16 @@ static int write_records(evs_transport *t, const struct iovec *iov, int iovcnt)
     if (rc == 0 && staged > 0)
         rc = write_plain(t, stage, staged);
     return rc;
+}
+
+bool evs__tls_close_after_handshake(evs_transport *t)
+{
+    evs__tls *s = t->tls;
+
+    if (s->handshake_done || s->failed || evs__tls_pending(t) == 0)
+        return false;
+    s->close_when_done = true;
+    return true;
 }
 
 void evs__tls_close(evs_transport *t)

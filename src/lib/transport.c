@@ -305,13 +305,23 @@ void evs_transport_close(evs_transport *t)
     if (t->closing)
         return;
     t->closing = true;
+    if (t->tls && evs__tls_close_after_handshake(t))
+        return; /* evs__transport_finish_close once it is done */
+    evs__transport_finish_close(t);
+}
+
+void evs__transport_finish_close(evs_transport *t)
+{
     event_del(&t->rd_ev);
     if (t->tls) {
-        /* Plaintext held for a handshake (a TLS 1.2 server's
-         * renegotiation) cannot go out once we stop reading: say it was
-         * dropped (a parked drain gets -EPIPE), do not pretend. */
-        if (evs__tls_pending(t) > 0)
+        /* Plaintext held for a TLS 1.2 server's renegotiation cannot go
+         * out once we stop reading: say it was dropped (a parked drain
+         * and connection_lost get -EPIPE), do not pretend. */
+        if (evs__tls_pending(t) > 0) {
             t->dropped = true;
+            if (t->error == 0)
+                t->error = -EPIPE;
+        }
         evs__tls_close(t); /* queues close_notify, bounds the flush */
     }
     if (evs__transport_queued(t) == 0)

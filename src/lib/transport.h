@@ -115,6 +115,9 @@ void evs__transport_unref(evs_transport *t);
 void evs__transport_made(evs_transport *t);
 /* End the connection with @err: drop the buffer, connection_lost(err). */
 void evs__transport_fatal(evs_transport *t, int err);
+/* The rest of a close() (closing is set): stop reading, close TLS, and
+ * connection_lost once the buffer is flushed. */
+void evs__transport_finish_close(evs_transport *t);
 /* The peer will send no more: eof_received, then close unless kept. */
 void evs__transport_eof(evs_transport *t);
 /* Send bytes as they are (after TLS): try the socket, queue the rest. */

@@ -1129,6 +1129,68 @@ TEST_F(Tls, StartTlsFromTheLibraryClient) {
     EXPECT_TRUE(eventually([&] { return rt.stats().tls_handshakes == 1; }));
 }
 
+// A client that verifies the server must name it: without a name only the
+// chain was checked, and any certificate a trusted CA signed passed (asyncio
+// refuses this too). Without verification no name is needed.
+TEST_F(Tls, AVerifyingClientMustNameTheServer) {
+    Ctx sctx, cctx, nctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    ASSERT_TRUE(client_ctx(&cctx));
+    ASSERT_TRUE(client_ctx(&nctx, [](evs_tls_client_options *o) { o->no_verify = true; }));
+    StartTlsServer st;
+    st.ctx = sctx.c;
+    Runtime rt;
+    evs_server *s = start(rt, upgrade_handler, &st, nullptr);
+    ASSERT_NE(nullptr, s);
+    uint16_t port = evs_server_port(s);
+    std::string dir = make_temp_dir(), path = dir + "/quiet.sock";
+    int quiet = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);  // connects, never accepts
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+    ASSERT_EQ(0, bind(quiet, (struct sockaddr *)&sun, sizeof sun));
+    ASSERT_EQ(0, listen(quiet, 4));
+    std::string unix_why;
+    int unix_rc = 1, no_name_rc = 1, no_verify_rc = 1;
+    std::string answer;
+    int rc = run([&]() -> int {
+        char why[256] = "";
+        evs_connect_options co{};
+        co.tls = cctx.c;
+        co.tls_error = why;
+        co.tls_error_len = sizeof why;
+        evs_reader *r;
+        evs_writer *w;
+        unix_rc = evs_open_unix_connection(path.c_str(), &co, &r, &w);
+        unix_why = why;
+        if (unix_rc == 0) evs_writer_free(w);
+        for (evs_tls_context *ctx : {cctx.c, nctx.c}) {
+            int rc = evs_open_connection("127.0.0.1", port, nullptr, &r, &w);
+            if (rc < 0) return rc;
+            write_str(w, "STARTTLS\n");
+            EXPECT_EQ("GO\n", readline_str(r));
+            rc = evs_start_tls(w, ctx, false, nullptr);
+            if (ctx == cctx.c) {
+                no_name_rc = rc;
+            } else {
+                no_verify_rc = rc;
+                write_str(w, "secret\n");
+                answer = readline_str(r);
+            }
+            evs_writer_free(w);
+        }
+        return 0;
+    });
+    close(quiet);
+    remove_dir(dir);
+    EXPECT_EQ(0, rc);
+    EXPECT_EQ(-EINVAL, unix_rc);
+    EXPECT_NE(std::string::npos, unix_why.find("needs server_hostname")) << unix_why;
+    EXPECT_EQ(-EINVAL, no_name_rc);
+    EXPECT_EQ(0, no_verify_rc);
+    EXPECT_EQ("ok secret\n", answer);
+}
+
 // --- protocol mode ------------------------------------------------------------------
 
 namespace {
@@ -1208,6 +1270,48 @@ const evs_protocol big_then_close_protocol = {.connection_made = big_then_close,
                                               .connection_lost = pm_lost};
 
 }  // namespace
+
+namespace {
+
+// Upgrades on "STARTTLS\n", writes and closes at once, before the handshake.
+std::atomic<int> early_close_lost{1};
+void early_close_data(evs_transport *t, const void *d, size_t n, void *) {
+    const char *p = static_cast<const char *>(d);
+    if (evs_transport_is_tls(t) || !is_starttls(p, n)) return;
+    if (evs_transport_start_tls(t, early_ctx, true, nullptr, p + 9, n - 9) == 0) {
+        evs_transport_write(t, "early words\n", 12);
+        evs_transport_close(t);
+    }
+}
+void early_close_lost_cb(evs_transport *, int err, void *) { early_close_lost = err; }
+const evs_protocol early_close_protocol = {.connection_made = nullptr,
+                                           .data_received = early_close_data,
+                                           .connection_lost = early_close_lost_cb};
+
+}  // namespace
+
+// close() right after start_tls and a write: the write waits for the
+// handshake, so the handshake goes on and the close follows it. The close
+// stopped reading, the handshake could never end, and connection_lost said
+// 0 for bytes that never went.
+TEST_F(Tls, CloseDuringTheFirstHandshakeSendsTheHeldWritesFirst) {
+    Ctx sctx;
+    ASSERT_TRUE(default_server_ctx(&sctx));
+    early_ctx = sctx.c;
+    early_close_lost = 1;
+    Runtime rt;
+    evs_server *s = start_protocol(rt, &early_close_protocol);
+    ASSERT_NE(nullptr, s);
+    RawTls c(evs_server_port(s));
+    ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
+    ASSERT_TRUE(c.handshake());
+    EXPECT_EQ("early words\n", c.readline());
+    char byte;
+    EXPECT_EQ(0, SSL_read(c.ssl, &byte, 1));  // then close_notify
+    EXPECT_EQ(SSL_ERROR_ZERO_RETURN, SSL_get_error(c.ssl, 0));
+    EXPECT_TRUE(eventually([&] { return early_close_lost != 1; }, 20));
+    EXPECT_EQ(0, early_close_lost.load());
+}
 
 // A close whose flush outlasts the shutdown timeout (a peer that stopped
 // reading) reports -ETIMEDOUT: the unsent bytes were dropped. It reported
