@@ -8,6 +8,7 @@
  * so the operator fixes the file in one go.
  */
 #include "config.h"
+#include "config_integers.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -1306,6 +1307,14 @@ static void syntax_error(errlist *e, config_t *cfg, const char *path, const char
     free(file);
 }
 
+static void report_wide_integer(void *arg, const char *file, int line, int len, const char *text)
+{
+    add_error(arg,
+              "%s:%d: %.*s does not fit in 32 bits, and this libconfig would cut it: write "
+              "%.*sL (a 64-bit integer)",
+              file, line, len, text, len, text);
+}
+
 int evsd_config_load(const char *path, evsd_config **out, char **errors)
 {
     errlist e = {0};
@@ -1328,6 +1337,7 @@ int evsd_config_load(const char *path, evsd_config **out, char **errors)
             syntax_error(&e, &c->cfg, path, confdir);
         }
     } else {
+        evsd_check_integer_literals(path, confdir, report_wide_integer, &e);
         expand_all(&e, config_root_setting(&c->cfg));
         if (e.count == 0)
             read_top(&e, c);

@@ -701,6 +701,28 @@ TEST_F(DaemonTest, EveryConfigErrorIsReportedAtOnce) {
         << t.err;
 }
 
+// An integer over 32 bits without an L: libconfig before 1.7 cut it
+// silently (backlog = 4294967301 listened with a backlog of 5, and
+// max_connections = 4294967296 meant no limit). Either it is refused for
+// its width or, where libconfig keeps it, for its range: never another
+// value. Numbers in comments and strings, floats and L literals are left.
+TEST_F(DaemonTest, AnIntegerWiderThan32BitsIsNeverCut) {
+    std::string inc = write("wide.conf", "workers = 0xFFFFFFFF;\n");
+    std::string text = config(listener("backlog = 4294967301; #2\n"
+                                       "    # backlog = 99999999999 in a comment\n"
+                                       "    access_log_format = \"99999999999\";"),
+                              "@include \"wide.conf\"  # workers\nx_float = 1.5e10;\n");
+    std::string conf = write("evstreamd.conf", text);
+    Result t = run({"-t", "-c", conf});
+    EXPECT_EQ(1, t.status);
+    EXPECT_TRUE(contains(line_naming(t.err, conf, line_of(text, "#2")), "4294967301")) << t.err;
+    EXPECT_TRUE(contains(line_naming(t.err, inc, 1), "0xFFFFFFFF") ||
+                contains(line_naming(t.err, inc, 1), "4294967295"))
+        << t.err;
+    EXPECT_FALSE(contains(t.err, "99999999999")) << t.err;
+    EXPECT_FALSE(contains(t.err, "1.5e10")) << t.err;
+}
+
 TEST_F(DaemonTest, MissingConfigFileExits1) {
     Result t = run({"-t", "-c", path("nowhere.conf")});
     EXPECT_EQ(1, t.status);
