@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -484,6 +485,29 @@ static void report(FILE *errors, const char *what)
         evs_log(EVS_LOG_ERROR, "%s", what);
 }
 
+/* Whether @c's host resolves (-t checks it; a start or a reload finds out
+ * when it binds). A Unix listener has none; no host means every
+ * interface. */
+static int check_host(const evsd_listener_conf *c, char *err, size_t len)
+{
+    struct addrinfo hints, *res;
+    int rc;
+
+    if ((c->family != EVSD_TCP && c->family != EVSD_UDP) || !c->host || !*c->host)
+        return 0;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = c->family == EVSD_TCP ? SOCK_STREAM : SOCK_DGRAM;
+    hints.ai_flags = AI_PASSIVE;
+    if ((rc = getaddrinfo(c->host, NULL, &hints, &res)) != 0) {
+        snprintf(err, len, "%s:%d: listener '%s': cannot resolve '%s': %s", c->file, c->line,
+                 c->name, c->host, gai_strerror(rc));
+        return -1;
+    }
+    freeaddrinfo(res);
+    return 0;
+}
+
 /* Everything a listener needs before its socket: its plugin instance
  * (loaded, its mode fitting the address, init run), its TLS context and
  * its access log. A start, a reload and `-t` all come through here, so
@@ -502,6 +526,10 @@ static int prepare_listener(const evsd_config *cfg, listener *l, bool check, FIL
         failures++;
     }
     if (make_tls(c, &l->tls, err, sizeof err) < 0) {
+        report(errors, err);
+        failures++;
+    }
+    if (check && check_host(c, err, sizeof err) < 0) {
         report(errors, err);
         failures++;
     }
@@ -711,6 +739,11 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
         o.host = c->host;
         o.port = c->port;
         rc = evs_start_server(svc->rt, &o, &l->server);
+    }
+    if (rc == -EHOSTUNREACH) { /* what the library says of a name that does not resolve */
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: cannot resolve '%s'",
+                c->file, c->line, c->name, c->listen, c->host ? c->host : "*");
+        return rc;
     }
     if (rc < 0) {
         evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s", c->file, c->line,

@@ -723,6 +723,23 @@ TEST_F(DaemonTest, AnIntegerWiderThan32BitsIsNeverCut) {
     EXPECT_FALSE(contains(t.err, "1.5e10")) << t.err;
 }
 
+// A host that does not resolve: -t says so (it said OK), and a start says
+// "cannot resolve" (it said "No route to host"). RES_OPTIONS bounds the
+// lookup where no DNS server answers.
+TEST_F(DaemonTest, AHostThatDoesNotResolveIsNamed) {
+    std::string text = config(listener("", "nosuchhost.invalid:0") + ",\n" +
+                              "  { name = \"m\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }");
+    std::string conf = write("evstreamd.conf", text);
+    Env env = {{"RES_OPTIONS", "timeout:1 attempts:1"}};
+    Result t = run({"-t", "-c", conf}, env);
+    EXPECT_EQ(1, t.status);
+    EXPECT_TRUE(contains(t.err, "listener 'l': cannot resolve 'nosuchhost.invalid'")) << t.err;
+    Result s = run({"-c", conf}, env);
+    EXPECT_EQ(1, s.status);
+    EXPECT_TRUE(contains(s.err, "cannot resolve 'nosuchhost.invalid'")) << s.err;
+    EXPECT_FALSE(contains(s.err, "No route to host")) << s.err;
+}
+
 TEST_F(DaemonTest, MissingConfigFileExits1) {
     Result t = run({"-t", "-c", path("nowhere.conf")});
     EXPECT_EQ(1, t.status);
