@@ -157,8 +157,9 @@ EVS_EXTERN int evs_start_server(evs_runtime *rt, const evs_server_options *opts,
 
 /**
  * Like evs_start_server() on a Unix stream socket at opts->path. A stale
- * socket file (nobody listening) is replaced; a path that is not a socket,
- * or a socket somebody listens on, is refused with -EADDRINUSE.
+ * socket file (nobody listening) is replaced; a socket somebody listens on
+ * is refused with -EADDRINUSE, and a path that is not a socket (a file, a
+ * directory, a symbolic link) with -EEXIST, and left alone.
  */
 EVS_EXTERN int evs_start_unix_server(evs_runtime *rt, const evs_server_options *opts,
                                      evs_server **out);

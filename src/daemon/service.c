@@ -740,6 +740,11 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
         o.port = c->port;
         rc = evs_start_server(svc->rt, &o, &l->server);
     }
+    if (rc == -EEXIST && c->family == EVSD_UNIX) {
+        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s exists and is not a "
+                "socket (it is left alone)", c->file, c->line, c->name, c->listen, c->path);
+        return rc;
+    }
     if (rc == -EHOSTUNREACH) { /* what the library says of a name that does not resolve */
         evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: cannot resolve '%s'",
                 c->file, c->line, c->name, c->listen, c->host ? c->host : "*");

@@ -178,7 +178,7 @@ static int clear_stale_socket(const char *path)
         return errno == ENOENT ? 0 : -errno;
     if (!S_ISSOCK(st.st_mode)) {
         evs__debug("%s exists and is not a socket; not replacing it", path);
-        return -EADDRINUSE;
+        return -EEXIST;
     }
     if ((rc = evs__unix_address(path, &sun, &len)) < 0)
         return rc;

@@ -740,6 +740,17 @@ TEST_F(DaemonTest, AHostThatDoesNotResolveIsNamed) {
     EXPECT_FALSE(contains(s.err, "No route to host")) << s.err;
 }
 
+// A unix: path that is a regular file: named as such (it said "Address
+// already in use"), and left alone.
+TEST_F(DaemonTest, AUnixPathThatIsNoSocketIsNamedAndKept) {
+    std::string file = write("not-a-socket", "keep me");
+    std::string conf = write("evstreamd.conf", config(listener("", "unix:" + file)));
+    Result s = run({"-c", conf});
+    EXPECT_EQ(1, s.status);
+    EXPECT_TRUE(contains(s.err, file + " exists and is not a socket")) << s.err;
+    EXPECT_EQ("keep me", read_file(file));
+}
+
 TEST_F(DaemonTest, MissingConfigFileExits1) {
     Result t = run({"-t", "-c", path("nowhere.conf")});
     EXPECT_EQ(1, t.status);

@@ -382,7 +382,7 @@ TEST(Server, StaleUnixSocketIsReplacedLiveOneAndNonSocketRefused) {
     fputs("keep me", f);
     fclose(f);
     o.path = file.c_str();
-    EXPECT_EQ(-EADDRINUSE, evs_start_unix_server(r.rt, &o, nullptr));
+    EXPECT_EQ(-EEXIST, evs_start_unix_server(r.rt, &o, nullptr));
     struct stat st;
     EXPECT_EQ(0, stat(file.c_str(), &st));
     EXPECT_TRUE(S_ISREG(st.st_mode));
