@@ -117,7 +117,9 @@ static void resume_writing(evs_datagram *d, void *ctx)
 
 static int init(evs_settings *s, void **state)
 {
-    (void)s;
+    if (evs_settings_count(s) > 0)
+        return evs_settings_fail(s, "unknown setting '%s' (udp_echo takes none)",
+                                 evs_settings_key(s, 0));
     *state = calloc(1, sizeof(udp_echo));
     return *state ? 0 : -ENOMEM;
 }

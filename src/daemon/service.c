@@ -252,6 +252,15 @@ static instance *instance_new(const evsd_config *cfg, const evsd_listener_conf *
             return NULL;
         }
         evs_settings_free(settings);
+    } else if (l->settings && config_setting_length(l->settings) > 0) {
+        /* Nothing would read them: a typo would pass unseen. */
+        snprintf(err, errlen, "%s:%d: listener '%s': plugin '%s' takes no settings",
+                 config_setting_source_file(l->settings) ? config_setting_source_file(l->settings)
+                                                         : l->file,
+                 config_setting_source_line(l->settings), l->name, l->plugin);
+        plugin_put(in->plugin);
+        free(in);
+        return NULL;
     }
     return in;
 }

@@ -596,6 +596,9 @@ ConfigError config_error_case(const std::string &name) {
     if (name == "BurstBelowOne")  // it meant one second of the rate, silently
         return {config(listener("limits = { connection_rate_per_ip = 1000; connection_burst_per_ip = 0.5; #@\n  };")), "",
                 {"connection_burst_per_ip: must be 0 (one second's worth of connection_rate_per_ip) or at least 1"}};
+    if (name == "SettingsForAPluginWithoutInit")  // nothing read them: a typo passed
+        return {config(listener("settings = { bogus = 1; }; #@")), "",
+                {"listener 'l': plugin 'echo' takes no settings"}};
     if (name == "GlobalBurstBelowOne")  // a listener's own limits group crashed the check
         return {config(listener("limits = { max_connections = 10; };"),
                        "limits = { shutdown_timeout = \"3s\"; connection_rate_per_ip = 5;\n"
@@ -683,6 +686,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "GroupGidWrapsRound", "RelativeUnixPath", "ListenerNameWithSpaces",
                       "ListenerNamedAdmin", "EmptyListenerName", "SniWildcardInsideAName",
                       "SniNameTwice", "ProxyTimeoutZero", "BurstBelowOne", "GlobalBurstBelowOne",
+                      "SettingsForAPluginWithoutInit",
                       "ErrorInIncludedFile",
                       "SyntaxErrorInIncludedFile", "MissingIncludedFile",
                       "IncludedFileIncludesItself"),
