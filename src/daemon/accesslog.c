@@ -63,6 +63,8 @@ int evsd_access_log_reopen_all(void)
     for (evsd_access_log *log = all; log; log = log->next) {
         int fd = evsd_log_file_open(log->path);
         if (fd < 0) {
+            evs_log(EVS_LOG_ERROR, "cannot reopen the access log %s: %s (writing on to the old file)",
+                    log->path, evs_strerror(fd));
             rc = fd;
             continue;
         }

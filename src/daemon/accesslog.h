@@ -16,7 +16,9 @@ typedef struct evsd_access_log evsd_access_log;
 /* Open (append) @path for @listener's lines; @format NULL = the default.
  * @return the log or NULL with errno set. Main thread. */
 evsd_access_log *evsd_access_log_open(const char *path, const char *listener, const char *format);
-/* Reopen every open access log (log rotation). Main thread. @return 0 or -errno. */
+/* Reopen every open access log (log rotation); each that fails is logged,
+ * by name, and goes on writing to its old file. Main thread. @return 0 or
+ * the last -errno. */
 int evsd_access_log_reopen_all(void);
 void evsd_access_log_close(evsd_access_log *log);
 /* The evs_server_options.connection_closed callback (arg: the log).

@@ -156,8 +156,11 @@ int evsd_log_reopen(void)
     if (!log_path)
         return 0;
     fd = evsd_log_file_open(log_path);
-    if (fd < 0)
+    if (fd < 0) {
+        evs_log(EVS_LOG_ERROR, "cannot reopen the log %s: %s (writing on to the old file)",
+                log_path, evs_strerror(fd));
         return fd;
+    }
     pthread_mutex_lock(&lock);
     close(log_fd);
     log_fd = fd;

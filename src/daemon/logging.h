@@ -20,7 +20,8 @@ int evsd_log_file_open(const char *path);
 /* Whether evsd_log_file_open(@path) would succeed, leaving nothing behind.
  * @return 0 or a negative errno. */
 int evsd_log_file_check(const char *path);
-/* Reopen the file (log rotation). @return 0 or a negative errno. */
+/* Reopen the file (log rotation); a failure is logged, by name, and the
+ * old file stays. @return 0 or a negative errno. */
 int evsd_log_reopen(void);
 void evsd_log_close(void);
 

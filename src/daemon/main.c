@@ -440,13 +440,10 @@ static int serve(evsd_service *svc, const char *config_path, const options *o)
         if (sig == SIGHUP)
             reload(svc, config_path, o);
         else if (sig == SIGUSR1) {
+            /* Each failure is logged with its file's name. */
             int rc = evsd_log_reopen();
             int arc = evsd_access_log_reopen_all();
-            if (arc < 0)
-                evs_log(EVS_LOG_ERROR, "SIGUSR1: cannot reopen an access log: %s", evs_strerror(arc));
-            if (rc < 0)
-                evs_log(EVS_LOG_ERROR, "SIGUSR1: cannot reopen the log: %s", evs_strerror(rc));
-            else
+            if (rc == 0 && arc == 0)
                 evs_log(EVS_LOG_INFO, "SIGUSR1: log files reopened");
         }
         evsd_service_reap(svc);

@@ -575,7 +575,20 @@ TEST(Ops, AccessLogHasALinePerConnectionAndReopensOnSIGUSR1) {
     echo_once(d.port("logged"), "abc");
     ASSERT_TRUE(eventually(10, [&] { return read_file(logfile).find(" 3/3 ") != std::string::npos; }));
     EXPECT_EQ(first, read_file(logfile + ".1"));
+
+    // A path that cannot be opened any more: the failure names the file,
+    // and the lines go on to the old one.
+    ASSERT_EQ(0, rename(logfile.c_str(), (logfile + ".2").c_str()));
+    ASSERT_EQ(0, mkdir(logfile.c_str(), 0755));
+    d.signal(SIGUSR1);
+    ASSERT_TRUE(eventually(10, [&] {
+        return read_file(d.log).find("cannot reopen the access log " + logfile + ": Is a directory") !=
+               std::string::npos;
+    })) << read_file(d.log);
+    echo_once(d.port("logged"), "wxyz");
+    ASSERT_TRUE(eventually(10, [&] { return read_file(logfile + ".2").find(" 4/4 ") != std::string::npos; }));
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    rmdir(logfile.c_str());
     remove_dir(dir);
 }
 
