@@ -76,6 +76,22 @@ static bool name_char(char c)
     return isalnum((unsigned char)c) || c == '_' || c == '-' || c == '*';
 }
 
+/* The rest of a float from @p (at its '.', 'e' or 'E'): the fraction's
+ * digits and the exponent, which must not be read as integers. */
+static const char *skip_float_tail(const char *p)
+{
+    if (*p == '.')
+        for (p++; isdigit((unsigned char)*p); p++)
+            ;
+    if ((*p == 'e' || *p == 'E') &&
+        (isdigit((unsigned char)p[1]) ||
+         ((p[1] == '+' || p[1] == '-') && isdigit((unsigned char)p[2])))) {
+        for (p += 2; isdigit((unsigned char)*p); p++)
+            ;
+    }
+    return p;
+}
+
 /* The literal at @p (a sign or a digit, not inside a name): report it when
  * it has no L and does not fit in 32 bits. @return where it ends. */
 static const char *check_number(scan *sc, const char *file, int line, const char *p)
@@ -93,8 +109,8 @@ static const char *check_number(scan *sc, const char *file, int line, const char
     v = strtoull(digits, &end, hex ? 16 : 10);
     if (end == digits)
         return p; /* a lone sign */
-    if (*end == '.' || *end == 'e' || *end == 'E')
-        return end; /* a float: strtod's business, not ours */
+    if (!hex && (*end == '.' || *end == 'e' || *end == 'E'))
+        return skip_float_tail(end); /* a float: strtod's business, not ours */
     if (*end == 'L')
         return end + 1;
     if (errno == ERANGE || (hex ? v > 0x7fffffffULL
@@ -176,6 +192,10 @@ static void scan_text(scan *sc, const char *file, const char *text, int depth)
         if (name_char(c) && !isdigit((unsigned char)c) && c != '-') {
             while (name_char(*p))
                 p++;
+            continue;
+        }
+        if (c == '.' && isdigit((unsigned char)p[1])) { /* a float like .5 */
+            p = skip_float_tail(p);
             continue;
         }
         if (isdigit((unsigned char)c) || ((c == '-' || c == '+') && isdigit((unsigned char)p[1]))) {

@@ -194,9 +194,10 @@ static int finish_connection(evs_worker *wk, int fd, const char *host,
         if (rc < 0) {
             if (o->tls_error && o->tls_error_len)
                 snprintf(o->tls_error, o->tls_error_len, "%s",
-                         rc == -EINVAL ? "a verified server needs server_hostname (the name its "
-                                         "certificate must carry)"
-                                       : evs_strerror(rc));
+                         rc == -EINVAL && !to.server_hostname
+                             ? "a verified server needs server_hostname (the name its "
+                               "certificate must carry)"
+                             : evs_strerror(rc));
             evs_transport_abort(t);
             evs_writer_free(*w);
             return rc;

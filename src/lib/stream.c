@@ -178,7 +178,9 @@ static void free_soon(evs_stream *s)
  * there is no owner), and no task is inside a call on it. */
 static void maybe_free(evs_stream *s)
 {
-    if (s->inside != 0 || !s->writer.lost || !(s->released || (s->on_made && !s->made)))
+    /* A doomed pair is on the worker's list: evs__stream_free_doomed frees it. */
+    if (s->doomed || s->inside != 0 || !s->writer.lost ||
+        !(s->released || (s->on_made && !s->made)))
         return;
     if (s->reader.consume > 0 || s->reader.partial > 0)
         free_soon(s);

@@ -32,6 +32,8 @@ void evs__tls_close(evs_transport *t);
  * the handshake goes on (reading, within its timeout) and the close
  * follows it (evs__transport_finish_close), so those writes go out. */
 bool evs__tls_close_after_handshake(evs_transport *t);
+/* True while such a close waits for the handshake. */
+bool evs__tls_close_waits(const evs_transport *t);
 /* Plaintext held until the handshake (or a renegotiation) is done. */
 size_t evs__tls_pending(const evs_transport *t);
 /* Throw that plaintext away (an abort, a fatal error). */

@@ -875,6 +875,11 @@ bool evs__tls_close_after_handshake(evs_transport *t)
     return true;
 }
 
+bool evs__tls_close_waits(const evs_transport *t)
+{
+    return t->tls->close_when_done && !t->tls->handshake_done;
+}
+
 void evs__tls_close(evs_transport *t)
 {
     evs__tls *s = t->tls;

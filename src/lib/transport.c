@@ -536,7 +536,9 @@ static void flushed(evs_transport *t)
             evs__transport_fatal(t, -errno);
         }
     }
-    if (t->closing)
+    /* A close that waits for the first handshake ends after it
+     * (evs__transport_finish_close), not when its flight is out. */
+    if (t->closing && !(t->tls && evs__tls_close_waits(t)))
         schedule_lost(t);
 }
 

@@ -715,7 +715,8 @@ TEST_F(DaemonTest, AnIntegerWiderThan32BitsIsNeverCut) {
     std::string text = config(listener("backlog = 4294967301; #2\n"
                                        "    # backlog = 99999999999 in a comment\n"
                                        "    access_log_format = \"99999999999\";"),
-                              "@include \"wide.conf\"  # workers\nx_float = 1.5e10;\n");
+                              "@include \"wide.conf\"  # workers\nx_float = 1.5e10;\n"
+                              "x_fraction = 0.33333333333;\nx_dot = .12345678901;\n");
     std::string conf = write("evstreamd.conf", text);
     Result t = run({"-t", "-c", conf});
     EXPECT_EQ(1, t.status);
@@ -725,6 +726,8 @@ TEST_F(DaemonTest, AnIntegerWiderThan32BitsIsNeverCut) {
         << t.err;
     EXPECT_FALSE(contains(t.err, "99999999999")) << t.err;
     EXPECT_FALSE(contains(t.err, "1.5e10")) << t.err;
+    EXPECT_FALSE(contains(t.err, "33333333333")) << t.err;  // a float's fraction
+    EXPECT_FALSE(contains(t.err, "12345678901")) << t.err;
 }
 
 // A host that does not resolve: -t says so (it said OK), and a start says

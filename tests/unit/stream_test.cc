@@ -1858,9 +1858,9 @@ TEST(StreamWriter, FreeingThePairWakesTheTasksParkedOnIt) {
 
 // A task parked in readline or readuntil with an unterminated line buffered
 // is woken at EOF when another task frees the pair: it gets the line (or,
-// from readuntil, the partial bytes), readable until it next waits. The
-// pair and its buffer were freed before the call returned (ASan: a read of
-// freed memory).
+// from readuntil, the partial bytes), readable until it next waits, and a
+// call it makes before it waits finds EOF. The pair and its buffer were
+// freed before the call returned (ASan: a read of freed memory).
 TEST(StreamWriter, FreeingThePairLeavesAWokenReadersBytesReadable) {
     run([] {
         for (bool readline : {true, false}) {
@@ -1872,6 +1872,11 @@ TEST(StreamWriter, FreeingThePairLeavesAWokenReadersBytesReadable) {
                 ssize_t n = readline ? evs_readline(c.r, &p) : evs_readuntil(c.r, "\r\n", 2, &p);
                 if (n == EVS_EINCOMPLETE) n = (ssize_t)evs_reader_partial(c.r, &p);
                 if (n > 0) got.assign((const char *)p, (size_t)n);
+                // A reader loop asks once more before it learns of the end:
+                // EOF, and the pair is freed once, after the task waits.
+                if (readline) {
+                    EXPECT_EQ(0, evs_readline(c.r, &p));
+                }
                 return (int)n;
             };
             evs_task *rt = spawn(reader);

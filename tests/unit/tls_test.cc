@@ -21,7 +21,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -1275,9 +1277,14 @@ namespace {
 
 // Upgrades on "STARTTLS\n", writes and closes at once, before the handshake.
 std::atomic<int> early_close_lost{1};
+bool early_close_small_sndbuf;
 void early_close_data(evs_transport *t, const void *d, size_t n, void *) {
     const char *p = static_cast<const char *>(d);
     if (evs_transport_is_tls(t) || !is_starttls(p, n)) return;
+    if (early_close_small_sndbuf) {  // the handshake's flight waits in the buffer
+        int one = 1;
+        setsockopt(evs_transport_get_fd(t), SOL_SOCKET, SO_SNDBUF, &one, sizeof one);
+    }
     if (evs_transport_start_tls(t, early_ctx, true, nullptr, p + 9, n - 9) == 0) {
         evs_transport_write(t, "early words\n", 12);
         evs_transport_close(t);
@@ -1295,22 +1302,42 @@ const evs_protocol early_close_protocol = {.connection_made = nullptr,
 // stopped reading, the handshake could never end, and connection_lost said
 // 0 for bytes that never went.
 TEST_F(Tls, CloseDuringTheFirstHandshakeSendsTheHeldWritesFirst) {
-    Ctx sctx;
-    ASSERT_TRUE(default_server_ctx(&sctx));
-    early_ctx = sctx.c;
-    early_close_lost = 1;
-    Runtime rt;
-    evs_server *s = start_protocol(rt, &early_close_protocol);
-    ASSERT_NE(nullptr, s);
-    RawTls c(evs_server_port(s));
-    ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
-    ASSERT_TRUE(c.handshake());
-    EXPECT_EQ("early words\n", c.readline());
-    char byte;
-    EXPECT_EQ(0, SSL_read(c.ssl, &byte, 1));  // then close_notify
-    EXPECT_EQ(SSL_ERROR_ZERO_RETURN, SSL_get_error(c.ssl, 0));
-    EXPECT_TRUE(eventually([&] { return early_close_lost != 1; }, 20));
-    EXPECT_EQ(0, early_close_lost.load());
+    // Second round: a long certificate chain through small socket buffers,
+    // so the flight is queued and its flush must not end the close early.
+    std::string big_chain = certs.server + ".big";
+    auto slurp = [](const std::string &path) {
+        std::ifstream in(path);
+        return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    };
+    std::string chain = slurp(certs.server), ca = slurp(certs.ca);
+    for (int i = 0; i < 100; i++) chain += ca;  // under the client's 100 KB cap
+    std::ofstream(big_chain) << chain;
+    for (bool big : {false, true}) {
+        Ctx sctx;
+        ASSERT_TRUE(big ? server_ctx(&sctx, {{big_chain, certs.server_key, {}}})
+                        : default_server_ctx(&sctx));
+        early_ctx = sctx.c;
+        early_close_lost = 1;
+        early_close_small_sndbuf = big;
+        Runtime rt;
+        evs_server *s = start_protocol(rt, &early_close_protocol);
+        ASSERT_NE(nullptr, s);
+        RawTls c(evs_server_port(s));
+        if (big) {
+            int one = 1;
+            setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &one, sizeof one);
+        }
+        ASSERT_TRUE(write_all(c.fd, "STARTTLS\n", 9));
+        if (big) usleep(100 * 1000);  // the flight meets full buffers (a pass either way)
+        ASSERT_TRUE(c.handshake()) << (big ? "big chain" : "small");
+        EXPECT_EQ("early words\n", c.readline()) << (big ? "big chain" : "small");
+        char byte;
+        EXPECT_EQ(0, SSL_read(c.ssl, &byte, 1));  // then close_notify
+        EXPECT_EQ(SSL_ERROR_ZERO_RETURN, SSL_get_error(c.ssl, 0));
+        EXPECT_TRUE(eventually([&] { return early_close_lost != 1; }, 20));
+        EXPECT_EQ(0, early_close_lost.load());
+    }
+    unlink(big_chain.c_str());
 }
 
 // A close whose flush outlasts the shutdown timeout (a peer that stopped
