@@ -91,7 +91,7 @@ static void check_limits(const evsd_limits *l)
           l->handshake_timeout <= 365.0 * 86400.0);
     CHECK(isfinite(l->shutdown_timeout) && l->shutdown_timeout >= 0 &&
           l->shutdown_timeout <= 365.0 * 86400.0);
-    CHECK(l->stack_size >= 16 * 1024 && l->stack_size <= 64 * 1024 * 1024);
+    CHECK(l->stack_size >= 64 * 1024 && l->stack_size <= 64 * 1024 * 1024);
 }
 
 static void check_listener(const evsd_config *c, const evsd_listener_conf *l, bool admin)
@@ -100,11 +100,11 @@ static void check_listener(const evsd_config *c, const evsd_listener_conf *l, bo
 
     CHECK(l->name && *l->name);
     CHECK(l->listen);
-    if (l->family == EVSD_UNIX) {
+    if (l->family == EVSD_UNIX || l->family == EVSD_UNIXGRAM) {
         CHECK(l->path && *l->path && strlen(l->path) <= 107 && l->host == NULL);
         CHECK(!l->reuseport);
     } else {
-        CHECK(l->family == EVSD_TCP && l->path == NULL);
+        CHECK((l->family == EVSD_TCP || l->family == EVSD_UDP) && l->path == NULL);
         CHECK(!l->has_mode && !l->has_owner && !l->has_group);
     }
     if (l->has_mode) {
