@@ -749,19 +749,18 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
         o.port = c->port;
         rc = evs_start_server(svc->rt, &o, &l->server);
     }
-    if (rc == -EEXIST && c->family == EVSD_UNIX) {
-        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s exists and is not a "
-                "socket (it is left alone)", c->file, c->line, c->name, c->listen, c->path);
-        return rc;
-    }
-    if (rc == -EHOSTUNREACH) { /* what the library says of a name that does not resolve */
-        evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: cannot resolve '%s'",
-                c->file, c->line, c->name, c->listen, c->host ? c->host : "*");
-        return rc;
-    }
     if (rc < 0) {
+        char why[PATH_MAX + 64];
+        /* The library's codes for a path that is no socket and a name that
+         * does not resolve, said in words. */
+        if (rc == -EEXIST && c->family == EVSD_UNIX)
+            snprintf(why, sizeof why, "%s exists and is not a socket (it is left alone)", c->path);
+        else if (rc == -EHOSTUNREACH)
+            snprintf(why, sizeof why, "cannot resolve '%s'", c->host ? c->host : "*");
+        else
+            snprintf(why, sizeof why, "%s", evs_strerror(rc));
         evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot listen on %s: %s", c->file, c->line,
-                c->name, c->listen, evs_strerror(rc));
+                c->name, c->listen, why);
         return rc;
     }
     describe_address(l);

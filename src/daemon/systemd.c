@@ -119,18 +119,37 @@ static bool wants_datagrams(const evsd_listener_conf *l)
     return l->family == EVSD_UDP || l->family == EVSD_UNIXGRAM;
 }
 
-/* Whether @fd is the kind of socket @l serves: a listening stream socket
- * (not a connection, as Accept=yes would pass) or a datagram socket. */
+/* The kind of socket @l serves, for the error that names it. */
+static const char *kind_name(const evsd_listener_conf *l)
+{
+    switch (l->family) {
+    case EVSD_TCP:
+        return "listening TCP socket";
+    case EVSD_UNIX:
+        return "listening Unix stream socket";
+    case EVSD_UDP:
+        return "UDP socket";
+    default:
+        return "Unix datagram socket";
+    }
+}
+
+/* Whether @fd is the kind of socket @l serves: of its family (Unix or IP)
+ * and type, and for a stream listener listening (not a connection, as
+ * Accept=yes would pass). */
 static bool right_kind(int fd, const evsd_listener_conf *l)
 {
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss, len = sizeof(int);
     int type = 0, listening = 0;
-    socklen_t len = sizeof type;
+    bool unix_family = l->family == EVSD_UNIX || l->family == EVSD_UNIXGRAM;
 
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+        getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0 ||
+        (ss.ss_family == AF_UNIX) != unix_family)
         return false;
     if (wants_datagrams(l))
         return type == SOCK_DGRAM;
-    len = sizeof listening;
     return type == SOCK_STREAM &&
            getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening;
 }
@@ -198,10 +217,9 @@ int evsd_activation_claim(const evsd_listener_conf *l)
         if (!right_kind(fds[i].fd, l)) {
             evs_log(EVS_LOG_ERROR,
                     "%s:%d: listener '%s': the socket the service manager named '%s' (fd %d) is "
-                    "not a %s",
-                    l->file, l->line, l->name, fds[i].name, fds[i].fd,
-                    wants_datagrams(l) ? "datagram socket"
-                                       : "listening stream socket (Accept=yes is not supported)");
+                    "not a %s%s",
+                    l->file, l->line, l->name, fds[i].name, fds[i].fd, kind_name(l),
+                    wants_datagrams(l) ? "" : " (Accept=yes is not supported)");
             return -EPROTOTYPE;
         }
         fds[i].claimed = true;

@@ -107,8 +107,9 @@ evs__fiber *evs__fiber_current(void);
 /**
  * Per-thread set-up: an alternate signal stack and (once per process) a
  * SIGSEGV handler that reports an overflow into a fiber's guard page as
- * "evstream: a task overflowed its stack: ..." on stderr, then aborts. Faults elsewhere
- * are passed on to the previous handler or the default action.
+ * "evstream: a task overflowed its stack: ..." on stderr, then aborts.
+ * Faults elsewhere are passed on to the previous handler or the default
+ * action.
  * @return 0 or a negative errno.
  */
 int evs__fiber_thread_init(void);

@@ -1086,20 +1086,30 @@ TEST(Ops, SocketActivationCountingMoreThanWerePassedLeavesTheDaemonsFilesAlone) 
 // start, not an "Invalid argument" from listen().
 TEST(Ops, SocketActivationRefusesASocketOfTheWrongKind) {
     std::string dir = make_temp_dir();
-    uint16_t port = 0;
-    int udp = bound_socket(SOCK_DGRAM, &port);
-    ASSERT_GE(udp, 0);
-    Daemon d(dir, datagram_conf("{ name = \"t\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }"), {},
-             {udp}, "t");
-    close(udp);
-    int st = -1;
-    ASSERT_TRUE(wait_exit(d.pid, 20, &st)) << read_file(d.log);
-    d.pid = -1;
-    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << st;
-    EXPECT_NE(std::string::npos, read_file(d.log).find("listener 't': the socket the service manager "
-                                                       "named 't' (fd 3) is not a listening stream "
-                                                       "socket"))
-        << read_file(d.log);
+    // A UDP socket named for a TCP listener (the wrong type), and for a
+    // unixgram: one (the wrong family: its address was printed as garbage).
+    struct Case {
+        std::string listener, error;
+    };
+    for (const Case &k : {Case{"{ name = \"t\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                               "is not a listening TCP socket"},
+                          Case{"{ name = \"t\"; listen = \"unixgram:" + dir +
+                                   "/g.sock\"; plugin = \"udp_echo\"; }",
+                               "is not a Unix datagram socket"}}) {
+        uint16_t port = 0;
+        int udp = bound_socket(SOCK_DGRAM, &port);
+        ASSERT_GE(udp, 0);
+        Daemon d(dir, datagram_conf(k.listener), {}, {udp}, "t");
+        close(udp);
+        int st = -1;
+        ASSERT_TRUE(wait_exit(d.pid, 20, &st)) << read_file(d.log);
+        d.pid = -1;
+        EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << st;
+        EXPECT_NE(std::string::npos,
+                  read_file(d.log).find("listener 't': the socket the service manager named 't' "
+                                        "(fd 3) " + k.error))
+            << read_file(d.log);
+    }
     remove_dir(dir);
 }
 
