@@ -80,8 +80,8 @@ static void fini(void *state)
  * the newline within what is buffered now (evs_readuntil_any's limit): if
  * it is there, that ends the line; if not, those bytes all belong to the
  * line and go at once, through a view (nothing copied). The next round
- * waits for more. Every byte is looked at no more than twice: evs_readline and a
- * drop of max_line bytes would search the whole buffer to drop each
+ * waits for more. Every byte is looked at no more than twice: evs_readline
+ * and a drop of max_line bytes would search the whole buffer to drop each
  * max_line bytes, and one byte per evs_read costs a call per byte.
  * @return 0, or < 0 to end the connection (EOF inside the line too). */
 static int skip_line(evs_reader *r)
