@@ -677,8 +677,9 @@ TEST(Ops, NotifiesReadyReloadingAndStopping) {
 namespace {
 
 // A socket of @type bound to 127.0.0.1:@port (0: any port), as systemd's
-// .socket unit would pass it: a stream socket listens.
-int bound_socket(int type, uint16_t *port) {
+// .socket unit would pass it: a stream socket listens. A failure is a test
+// failure unless @may_fail (then -errno).
+int bound_socket(int type, uint16_t *port, bool may_fail = false) {
     int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin{};
     sin.sin_family = AF_INET;
@@ -688,12 +689,26 @@ int bound_socket(int type, uint16_t *port) {
     if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof sin) < 0 ||
         (type == SOCK_STREAM && listen(fd, 16) < 0) ||
         getsockname(fd, (struct sockaddr *)&sin, &len) < 0) {
-        ADD_FAILURE() << "cannot bind a socket: " << strerror(errno);
+        int err = errno;
+        if (!may_fail) ADD_FAILURE() << "cannot bind a socket: " << strerror(err);
         if (fd >= 0) close(fd);
-        return -1;
+        return -err;
     }
     *port = ntohs(sin.sin_port);
     return fd;
+}
+
+// A UDP and a TCP socket on one port number. The TCP port may be taken
+// by somebody else (tests run side by side): then another UDP port.
+bool udp_and_tcp_on_one_port(int *udp, int *tcp, uint16_t *port) {
+    for (int attempt = 0; attempt < 50; attempt++) {
+        *port = 0;
+        if ((*udp = bound_socket(SOCK_DGRAM, port)) < 0) return false;
+        if ((*tcp = bound_socket(SOCK_STREAM, port, true)) >= 0) return true;
+        close(*udp);
+    }
+    ADD_FAILURE() << "no port free for both UDP and TCP";
+    return false;
 }
 
 }  // namespace
@@ -1008,10 +1023,8 @@ int udp_sockets_on(uint16_t port) {
 TEST(Ops, SocketActivationServesDatagramListeners) {
     std::string dir = make_temp_dir();
     uint16_t port = 0;
-    int udp = bound_socket(SOCK_DGRAM, &port);
-    int tcp = bound_socket(SOCK_STREAM, &port);
-    ASSERT_GE(udp, 0);
-    ASSERT_GE(tcp, 0);
+    int udp = -1, tcp = -1;
+    ASSERT_TRUE(udp_and_tcp_on_one_port(&udp, &tcp, &port));
     std::string gram = dir + "/gram.sock";
     int gfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sun{};
