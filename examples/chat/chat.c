@@ -281,36 +281,6 @@ static void release_name(chat *ch, taken_name *mine)
     free(mine);
 }
 
-/* Throw away the rest of an overlong line, up to and including its
- * newline, and nothing after it, a buffer at a time: each round looks for
- * the newline only within what is buffered now; if it is not there, all
- * of that belongs to the line and goes at once, through a view (nothing
- * copied), and the next round waits for more. Every byte is looked at
- * no more than twice. @return 0, or < 0 to end the connection (EOF inside the
- * line too). */
-static int skip_line(evs_reader *r)
-{
-    static const evs_separator nl = {"\n", 1};
-
-    for (;;) {
-        const void *view;
-        size_t have = evs_reader_buffered(r);
-        /* (A limit of 0 would mean the reader's own.) */
-        ssize_t n = evs_readuntil_any(r, &nl, 1, have ? have : 1, &view);
-
-        if (n > 0)
-            return 0;
-        if (n != EVS_ELIMIT)
-            return -1;
-        while (have > 0) {
-            ssize_t got = evs_read_view(r, have, &view);
-            if (got <= 0)
-                return -1;
-            have -= (size_t)got;
-        }
-    }
-}
-
 /* Answer the client itself (a notice about its own line). Unlike a
  * message to the others, this may park: draining here stops us reading a
  * client that sends lines without reading our answers, which would
@@ -382,7 +352,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
         const char *line = view;
 
         if (len == EVS_ELIMIT) {
-            if (say(w, "* line too long\n") < 0 || skip_line(r) < 0)
+            if (say(w, "* line too long\n") < 0 || evs_skipuntil(r, "\n", 1) < 0)
                 break;
             continue;
         }

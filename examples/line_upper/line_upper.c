@@ -75,38 +75,6 @@ static void fini(void *state)
     free(lu);
 }
 
-/* Throw away the rest of an overlong line, up to and including its
- * newline, and nothing after it, a buffer at a time. Each round looks for
- * the newline within what is buffered now (evs_readuntil_any's limit): if
- * it is there, that ends the line; if not, those bytes all belong to the
- * line and go at once, through a view (nothing copied). The next round
- * waits for more. Every byte is looked at no more than twice: evs_readline
- * and a drop of max_line bytes would search the whole buffer to drop each
- * max_line bytes, and one byte per evs_read costs a call per byte.
- * @return 0, or < 0 to end the connection (EOF inside the line too). */
-static int skip_line(evs_reader *r)
-{
-    static const evs_separator nl = {"\n", 1};
-
-    for (;;) {
-        const void *view;
-        size_t have = evs_reader_buffered(r);
-        /* (A limit of 0 would mean the reader's own.) */
-        ssize_t n = evs_readuntil_any(r, &nl, 1, have ? have : 1, &view);
-
-        if (n > 0)
-            return 0;
-        if (n != EVS_ELIMIT)
-            return -1;
-        while (have > 0) {
-            ssize_t got = evs_read_view(r, have, &view);
-            if (got <= 0)
-                return -1;
-            have -= (size_t)got;
-        }
-    }
-}
-
 static void client_connected(evs_reader *r, evs_writer *w, void *state)
 {
     line_upper *lu = state;
@@ -123,7 +91,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
             /* Drain like any answer: a client that sends overlong lines
              * without reading must stop being read, not grow our buffer. */
             if (evs_write(w, "ERR line too long\n", 18) < 0 || evs_drain(w) < 0 ||
-                skip_line(r) < 0)
+                evs_skipuntil(r, "\n", 1) < 0)
                 break;
             continue;
         }

@@ -112,6 +112,18 @@ EVS_EXTERN ssize_t evs_readuntil_any(evs_reader *r, const evs_separator *seps, s
                                      size_t limit, const void **data);
 
 /**
+ * Skip past the next @p sep, however far away: the way on after
+ * EVS_ELIMIT (evs_skipuntil(r, "\n", 1) drops the rest of an over-long
+ * line). Parks. The skipped bytes are dropped as they arrive, so the reader
+ * holds next to nothing meanwhile; unlike the reads, bytes skipped before a
+ * timeout, cancel or error stay skipped.
+ * @return the bytes skipped, @p sep included; EVS_EINCOMPLETE at EOF
+ *         without @p sep (all was skipped); -EINVAL for an empty @p sep;
+ *         a negative error.
+ */
+EVS_EXTERN ssize_t evs_skipuntil(evs_reader *r, const void *sep, size_t seplen);
+
+/**
  * After EVS_EINCOMPLETE: the partial bytes (the seed's
  * IncompleteReadError.partial) as a view valid until the next call on @p r.
  * @return their count (0 after any other result).

@@ -984,6 +984,59 @@ ssize_t evs_readuntil_any(evs_reader *r, const evs_separator *seps, size_t nseps
     return read_until(r, seps, nseps, limit, false, data);
 }
 
+/* Drop the first @n buffered bytes. No view is out (begin() dropped it). */
+static void drop(evs_reader *r, size_t n)
+{
+    r->start += n;
+    settle(r);
+}
+
+/* Unlike the reads, this drops bytes as it goes: what it has skipped stays
+ * skipped when it fails, and it holds at most a separator's length minus
+ * one byte however long the run it skips. */
+static ssize_t skip_until(evs_reader *r, const evs_separator *sep)
+{
+    size_t skipped = 0, which = 0;
+    int rc = begin(r);
+    double began = 0;
+
+    if (rc)
+        return rc;
+    if (!sep->data || sep->len == 0)
+        return -EINVAL;
+    for (;;) {
+        size_t len = buffered(r), keep;
+        ssize_t pos = find_separator(r, sep, 1, 0, &which);
+
+        if (pos >= 0) {
+            len = (size_t)pos + sep->len;
+            drop(r, len);
+            consumed(r);
+            return (ssize_t)(skipped + len);
+        }
+        /* Keep what may be the start of a separator cut by the read. */
+        keep = r->eof ? 0 : len < sep->len - 1 ? len : sep->len - 1;
+        drop(r, len - keep);
+        skipped += len - keep;
+        consumed(r);
+        if (r->eof)
+            return EVS_EINCOMPLETE;
+        if (r->err)
+            return r->err;
+        if ((rc = wait_data(r, &began)) < 0)
+            return rc;
+    }
+}
+
+ssize_t evs_skipuntil(evs_reader *r, const void *sep, size_t seplen)
+{
+    evs_stream *s = stream_of_reader(r);
+    evs_separator one = {sep, seplen};
+
+    enter(s);
+    return leave(s, skip_until(r, &one));
+}
+
 size_t evs_reader_partial(evs_reader *r, const void **data)
 {
     if (data)

@@ -987,6 +987,84 @@ TEST(StreamReaduntilAny, InvalidSeparators) {
     });
 }
 
+/* --- skipuntil -------------------------------------------------------- */
+
+TEST(StreamSkipuntil, SkipsTheRestOfAnOverLongLine) {
+    run([] {
+        Conn c(Kind::Pair, 16);
+        ASSERT_TRUE(c.ok());
+        c.send(std::string(100, 'x') + "\nnext\n");
+        ssize_t rc;
+        readline_str(c.r, &rc);
+        EXPECT_EQ(EVS_ELIMIT, rc);
+        EXPECT_EQ(101, evs_skipuntil(c.r, "\n", 1));
+        EXPECT_EQ("next\n", readline_str(c.r));
+    });
+}
+
+TEST(StreamSkipuntil, FindsASeparatorSplitAcrossArrivals) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        Feeder f{c.peer, {"aa-", "-", "-b-", "-c"}, true, 0.002};
+        evs_task *ft = spawn(f);
+        EXPECT_EQ(5, evs_skipuntil(c.r, "---", 3));
+        char buf[8];
+        EXPECT_EQ(4, evs_read_to_eof(c.r, buf, sizeof buf));
+        EXPECT_EQ("b--c", std::string(buf, 4));
+        EXPECT_EQ(0, join(ft));
+    });
+}
+
+// Megabytes without the separator pass through a reader whose limit is
+// 1 KiB: the skip drops bytes as they come instead of buffering them.
+TEST(StreamSkipuntil, ARunFarLongerThanTheLimitPassesThrough) {
+    run([] {
+        int sv[2];
+        socket_pair(sv);
+        evs_reader *r;
+        evs_writer *w;
+        ASSERT_EQ(0, evs_stream_open_fd(sv[0], 1024, &r, &w));
+        const size_t kRun = 8u << 20;
+        std::thread client([&] {
+            std::string chunk(65536, 'x');
+            for (size_t sent = 0; sent < kRun; sent += chunk.size())
+                if (!write_all(sv[1], chunk.data(), chunk.size())) return;
+            write_all(sv[1], "\r\nend\n", 6);
+        });
+        EXPECT_EQ((ssize_t)kRun + 2, evs_skipuntil(r, "\r\n", 2));
+        EXPECT_LE(evs_reader_buffered(r), 4u);
+        EXPECT_EQ("end\n", readline_str(r));
+        evs_writer_free(w);  // first: a client still sending then fails
+        client.join();
+        close(sv[1]);
+    });
+}
+
+TEST(StreamSkipuntil, AtEofWithoutTheSeparatorEverythingIsGone) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("abc\r");
+        c.eof();
+        EXPECT_EQ(EVS_EINCOMPLETE, evs_skipuntil(c.r, "\r\n", 2));
+        EXPECT_TRUE(evs_at_eof(c.r));
+        EXPECT_EQ(0u, evs_reader_partial(c.r, nullptr));
+    });
+}
+
+TEST(StreamSkipuntil, AnEmptySeparatorIsInvalidAndSkipsNothing) {
+    run([] {
+        Conn c;
+        ASSERT_TRUE(c.ok());
+        c.send("ab\n");
+        ASSERT_TRUE(wait_until([&] { return evs_reader_buffered(c.r) == 3; }));
+        EXPECT_EQ(-EINVAL, evs_skipuntil(c.r, "", 0));
+        EXPECT_EQ(-EINVAL, evs_skipuntil(c.r, nullptr, 1));
+        EXPECT_EQ("ab\n", readline_str(c.r));
+    });
+}
+
 /* --- views, limits, at_eof ------------------------------------------ */
 
 // A view from readline must survive the task parking while the loop reads
