@@ -5,7 +5,8 @@ SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 $SUDO apt-get update
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y \
-    build-essential pkg-config libevent-dev libssl-dev openssl \
+    build-essential autoconf automake libtool pkg-config libevent-dev \
+    libssl-dev openssl libconfig-dev libgtest-dev \
     nginx libnginx-mod-stream redis-server redis-tools wrk \
     python3 python3-uvloop gnuplot-nox util-linux procps valgrind
 # Packages start their services on install; the benchmark runs its own.

@@ -37,8 +37,9 @@ extern "C" {
 typedef enum evs_plugin_mode {
     EVS_PLUGIN_STREAM = 1,   /**< client_connected(reader, writer, state) in a task */
     EVS_PLUGIN_PROTOCOL = 2, /**< an evs_protocol; connection_made gets state as ctx */
-    /** An evs_datagram_protocol for udp: and unixgram: listeners; every
-     *  worker gets its own endpoint (ctx = the instance state). */
+    /** An evs_datagram_protocol for udp: and unixgram: listeners (ctx =
+     *  the instance state): a udp: listener has an endpoint on every
+     *  worker, a unixgram: listener one, on the first worker. */
     EVS_PLUGIN_DATAGRAM = 3,
 } evs_plugin_mode;
 
