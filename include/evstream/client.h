@@ -40,7 +40,8 @@ typedef struct evs_connect_options {
  * Resolve @p host asynchronously (names and numeric addresses), try each
  * address in turn and return a (reader, writer) pair for the first that
  * connects. Parks.
- * @param r,w receive the pair; release it with evs_writer_free().
+ * @param r,w receive the pair, release it with evs_writer_free(); both
+ *        are NULL after a failure.
  * @return 0; the last address's error (-ECONNREFUSED, -ETIMEDOUT...);
  *         -EHOSTUNREACH when the name does not resolve; -ECANCELED.
  */

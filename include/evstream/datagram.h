@@ -90,7 +90,8 @@ typedef struct evs_datagram_options {
     socklen_t remote_addrlen;
     bool reuse_port;      /**< SO_REUSEPORT (one port served by several workers) */
     bool allow_broadcast; /**< SO_BROADCAST */
-    /** The largest datagram received whole; 0 = 65536. */
+    /** The largest datagram received whole; 0 = 65536, at most 16 MiB
+     *  (-EINVAL above: the receive buffer is this size). */
     size_t max_datagram;
 } evs_datagram_options;
 

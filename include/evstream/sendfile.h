@@ -32,8 +32,10 @@ extern "C" {
  * @return the bytes sent or queued (less than asked only at the end of the
  *         file); -EPIPE after close or write_eof; -EINVAL for a bad
  *         offset; a read error of the file (-EIO, -EBADF for a file not
- *         open for reading: the connection lives on); the connection's
- *         error.
+ *         open for reading): the connection lives on when no byte had
+ *         gone, and is aborted with that error when some had (the peer
+ *         would hold a cut file on a connection that looks healthy); the
+ *         connection's error.
  */
 EVS_EXTERN ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset,
                                           size_t count);
@@ -44,7 +46,8 @@ EVS_EXTERN ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t o
  * Parks.
  * @return the bytes sent (less than asked only at the end of the file), or
  *         a negative error (the stream's, the file's, -ECANCELED,
- *         -ETIMEDOUT).
+ *         -ETIMEDOUT). A file that fails after some of it was sent aborts
+ *         the connection, as above.
  */
 EVS_EXTERN ssize_t evs_sendfile(evs_writer *w, int file_fd, off_t offset, size_t count);
 

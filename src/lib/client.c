@@ -176,13 +176,16 @@ static double timeout_of(const evs_connect_options *o)
 }
 
 /* Wrap the connected socket in a pair; with TLS, return after the
- * handshake (or its failure, with the reason). */
+ * handshake (or its failure, with the reason). The pair reaches the
+ * caller only on success: a failure frees it. */
 static int finish_connection(evs_worker *wk, int fd, const char *host,
                              const evs_connect_options *o, evs_reader **r, evs_writer **w)
 {
     evs_transport *t;
     evs_tls_options to;
-    int rc = evs__stream_create(wk, fd, EVS__FD_PROBE, o ? o->limit : 0, r, w, &t);
+    evs_reader *rd;
+    evs_writer *wr;
+    int rc = evs__stream_create(wk, fd, EVS__FD_PROBE, o ? o->limit : 0, &rd, &wr, &t);
 
     if (rc < 0)
         return rc;
@@ -199,22 +202,24 @@ static int finish_connection(evs_worker *wk, int fd, const char *host,
                                "certificate must carry)"
                              : evs_strerror(rc));
             evs_transport_abort(t);
-            evs_writer_free(*w);
+            evs_writer_free(wr);
             return rc;
         }
     }
     evs__transport_start(t);
     if (o && o->tls) {
-        rc = evs__stream_wait_made(*w);
+        rc = evs__stream_wait_made(wr);
         if (rc < 0) {
             const char *why = evs_transport_tls_error(t);
             if (o->tls_error && o->tls_error_len)
                 snprintf(o->tls_error, o->tls_error_len, "%s", why ? why : evs_strerror(rc));
             evs_transport_abort(t);
-            evs_writer_free(*w);
+            evs_writer_free(wr);
             return rc;
         }
     }
+    *r = rd;
+    *w = wr;
     return 0;
 }
 
@@ -225,7 +230,11 @@ int evs_open_connection(const char *host, uint16_t port, const evs_connect_optio
     struct evutil_addrinfo *res = NULL, *ai;
     int fd = -EHOSTUNREACH, rc;
 
-    if (!wk || !evs_task_current() || !host || !r || !w)
+    if (!r || !w)
+        return -EINVAL;
+    *r = NULL;
+    *w = NULL;
+    if (!wk || !evs_task_current() || !host)
         return -EINVAL;
     rc = resolve(wk, host, port, &res);
     if (rc < 0)
@@ -251,7 +260,11 @@ int evs_open_unix_connection(const char *path, const evs_connect_options *opts, 
     socklen_t len;
     int fd;
 
-    if (!wk || !evs_task_current() || !r || !w)
+    if (!r || !w)
+        return -EINVAL;
+    *r = NULL;
+    *w = NULL;
+    if (!wk || !evs_task_current())
         return -EINVAL;
     if ((fd = evs__unix_address(path, &sun, &len)) < 0)
         return fd;

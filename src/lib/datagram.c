@@ -32,6 +32,8 @@
  * the worker's other connections. */
 #define DGRAMS_PER_EVENT 32
 #define MAX_DATAGRAM_DEFAULT 65536u
+/* Above any datagram a socket takes, and the receive buffer is this big. */
+#define MAX_DATAGRAM_LIMIT (16u << 20)
 
 typedef struct pending {
     struct pending *next;
@@ -220,7 +222,7 @@ int evs_datagram_new(int fd, size_t max_datagram, const evs_datagram_protocol *p
     int flags, type = 0;
     socklen_t tl = sizeof type;
 
-    if (!w || !proto || fd < 0) {
+    if (!w || !proto || fd < 0 || max_datagram > MAX_DATAGRAM_LIMIT) {
         if (fd >= 0)
             close(fd);
         return -EINVAL;

@@ -60,6 +60,15 @@ static bool socket_error(int err)
     }
 }
 
+/* The file failed after part of it went out: the peer holds a cut file
+ * on a connection that looks healthy, so end the connection, with the
+ * file's error. (Before any byte went, the caller may still answer.) */
+static int cut_short(evs_transport *t, int err)
+{
+    evs__transport_fatal(t, err);
+    return err;
+}
+
 ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size_t count)
 {
     size_t total = 0;
@@ -92,9 +101,9 @@ ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size
                     errno == ENOSYS || errno == EOVERFLOW)
                     break; /* full, or this file cannot be sent so: copy */
                 err = -errno;
-                if (socket_error(-err))
-                    evs__transport_fatal(t, err);
-                return err; /* else the file's (EIO, EBADF): the connection lives on */
+                if (socket_error(-err) || total > 0)
+                    return cut_short(t, err);
+                return err; /* the file's (EIO, EBADF): the connection lives on */
             }
             if (n == 0)
                 break; /* the file is shorter than it was */
@@ -120,7 +129,7 @@ ssize_t evs_transport_sendfile(evs_transport *t, int file_fd, off_t offset, size
                 continue;
             err = -errno;
             free(buf);
-            return err;
+            return total > 0 ? cut_short(t, err) : err;
         }
         if (n == 0)
             break;
@@ -166,7 +175,7 @@ ssize_t evs_sendfile(evs_writer *w, int file_fd, off_t offset, size_t count)
         ssize_t n = evs_transport_sendfile(t, file_fd, offset + (off_t)sent, slice);
 
         if (n < 0)
-            return n;
+            return sent > 0 && !t->closing ? cut_short(t, (int)n) : n;
         sent += (size_t)n;
         if ((size_t)n < slice)
             break; /* end of file */

@@ -4,6 +4,7 @@
  */
 #include "internal.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -225,7 +226,7 @@ int evs_settings_get_list_string(evs_settings *s, const char *key, size_t i, con
         return -ENOENT;
     if (config_setting_type(v) != CONFIG_TYPE_LIST && config_setting_type(v) != CONFIG_TYPE_ARRAY)
         return fail_at(s, v, key, "expected a list, got %s", type_name(v));
-    e = config_setting_get_elem(v, (unsigned)i);
+    e = i <= UINT_MAX ? config_setting_get_elem(v, (unsigned)i) : NULL;
     if (!e)
         return -ENOENT;
     if (config_setting_type(e) != CONFIG_TYPE_STRING)
@@ -245,7 +246,7 @@ const char *evs_settings_key(const evs_settings *s, size_t i)
 
     if (!s || !s->group)
         return NULL;
-    e = config_setting_get_elem(s->group, (unsigned)i);
+    e = i <= UINT_MAX ? config_setting_get_elem(s->group, (unsigned)i) : NULL;
     return e ? config_setting_name(e) : NULL;
 }
 

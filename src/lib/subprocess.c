@@ -167,6 +167,20 @@ static void close_fd(int *fd)
     }
 }
 
+/* Move @fd to a number above 2 (close-on-exec) if it is one of 0-2. */
+static int lift_above_stdio(int *fd)
+{
+    int high;
+
+    if (*fd > 2)
+        return 0;
+    if ((high = fcntl(*fd, F_DUPFD_CLOEXEC, 3)) < 0)
+        return -errno;
+    close(*fd);
+    *fd = high;
+    return 0;
+}
+
 /*
  * Start the child. @parent receives our ends of the pipes (-1 where the
  * stream is not piped): parent[0] writes to the child's stdin, parent[1]
@@ -208,6 +222,14 @@ static int spawn(const evs_process_options *o, pid_t *pid, int parent[3])
             continue;
         if (pipe2(p, O_CLOEXEC) < 0) {
             err = -errno;
+            break;
+        }
+        /* In a program that closed its fds 0-2 a pipe gets those numbers,
+         * and the child's own dup2 actions would replace its end (stderr's
+         * pipe at fd 1 by the stdout action): lift both ends above 2. */
+        if ((err = lift_above_stdio(&p[0])) < 0 || (err = lift_above_stdio(&p[1])) < 0) {
+            close(p[0]);
+            close(p[1]);
             break;
         }
         /* stdin: the child reads p[0]; stdout/stderr: it writes p[1]. */

@@ -661,6 +661,11 @@ TEST(DatagramTest, ExtraInfoProtocolSwitchAndBadArguments) {
         int stream = socket(AF_INET, SOCK_STREAM, 0);
         EXPECT_EQ(-EINVAL, evs_datagram_new(stream, 0, &kProto, &s, nullptr));
         EXPECT_EQ(-1, fcntl(stream, F_GETFD));  // closed on failure
+        // A receive buffer of SIZE_MAX + 1 bytes was malloc(0): every
+        // datagram was then dropped as too big.
+        int dgram = socket(AF_INET, SOCK_DGRAM, 0);
+        EXPECT_EQ(-EINVAL, evs_datagram_new(dgram, SIZE_MAX, &kProto, &s, nullptr));
+        EXPECT_EQ(-1, fcntl(dgram, F_GETFD));
         struct sockaddr_in a = loopback4(0);
         evs_datagram_options o = {};
         o.local_addr = (struct sockaddr *)&a;

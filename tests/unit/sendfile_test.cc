@@ -221,6 +221,62 @@ TEST(SendfileTest, AFileErrorIsReturnedAndTheConnectionLivesOn) {
     close(wo);
 }
 
+// A file that fails after part of it was sent leaves the peer a cut file:
+// the connection is aborted with the file's error. It stayed open, and a
+// handler that went on writing gave the peer a stream with a hole in it.
+TEST(SendfileTest, AFileThatFailsHalfWayAbortsTheConnection) {
+    std::string content = pattern(4 * 1024 * 1024, 23);
+    TempFile f(content);
+    int sv[2];
+    socket_pair(sv);
+    int small = 16384;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    std::atomic<bool> go{false};
+    std::string got;
+    std::thread peer([&] {
+        while (!go) usleep(1000);
+        got = read_to_eof(sv[1]);
+        close(sv[1]);
+    });
+    run([&] {
+        evs_reader *r;
+        evs_writer *w;
+        ASSERT_EQ(0, evs_stream_open_fd(sv[0], 0, &r, &w));
+        struct Breaker {
+            evs_writer *w;
+            int file_fd;
+            std::string dir;
+            std::atomic<bool> *go;
+        } b{w, f.fd, f.dir, &go};
+        evs_task *breaker = nullptr;
+        // Once the first slice waits in the queue, the file's fd becomes a
+        // directory: the next slice's read fails with EISDIR.
+        ASSERT_EQ(0, evs_task_spawn(
+                         [](void *a) -> int {
+                             Breaker *b = static_cast<Breaker *>(a);
+                             evs_transport *t = evs_writer_transport(b->w);
+                             while (evs_transport_get_write_buffer_size(t) == 0)
+                                 if (evs_sleep(0.001) < 0) return -1;
+                             int d = open(b->dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                             int rc = d >= 0 && dup2(d, b->file_fd) >= 0 ? 0 : -2;
+                             if (d >= 0) close(d);
+                             *b->go = true;
+                             return rc;
+                         },
+                         &b, &breaker));
+        EXPECT_EQ(-EISDIR, evs_sendfile(w, f.fd, 0, 0));
+        EXPECT_EQ(0, evs_task_join(breaker, nullptr));
+        EXPECT_TRUE(evs_is_closing(w));
+        EXPECT_EQ(-EISDIR, evs_write(w, "x", 1));
+        evs_writer_free(w);
+    });
+    go = true;
+    peer.join();
+    EXPECT_LT(got.size(), content.size());
+    EXPECT_TRUE(got == content.substr(0, got.size()));
+}
+
 // evs_sendfile's slices fit the connection's cap (max_write_buffer) on top
 // of what is queued: a 256 KiB slice to a peer not reading yet went past a
 // 128 KiB cap, and the connection was aborted (-ENOBUFS).

@@ -522,6 +522,43 @@ TEST_F(SubprocessTest, AGivenFdIsTheParentsEvenWhenAnEarlierPipeTookItsNumber) {
     remove_dir(dir);
 }
 
+// In a program that closed its fds 0 and 1, a pipe gets those numbers:
+// the stderr pipe's child end was fd 1, the stdout action put /dev/null
+// there first, and the child's stderr went to /dev/null.
+TEST_F(SubprocessTest, APipeIsTheChildsEvenWhenTheProgramClosedItsStdio) {
+    std::string err;
+    int code = INT_MIN;
+    fflush(stdout);
+    int saved0 = dup(0), saved1 = dup(1);
+    ASSERT_GE(saved0, 0);
+    ASSERT_GE(saved1, 0);
+    run([&] {
+        evs_process_options o = opts({"/bin/sh", "-c", "echo to-stderr >&2"});
+        o.stdin_mode = EVS_STDIO_DEVNULL;
+        o.stdout_mode = EVS_STDIO_DEVNULL;
+        o.stderr_mode = EVS_STDIO_PIPE;
+        evs_process *p = nullptr;
+        close(0);  // here, after the loop took its own fds
+        close(1);
+        int rc = evs_process_spawn(&o, &p);
+        if (rc == 0) {
+            char buf[64];
+            ssize_t n;
+            while ((n = evs_read(evs_process_stderr(p), buf, sizeof buf)) > 0)
+                err.append(buf, (size_t)n);
+            evs_process_wait(p, &code);
+            evs_process_free(p);
+        }
+        dup2(saved0, 0);
+        dup2(saved1, 1);
+        EXPECT_EQ(0, rc);
+    });
+    close(saved0);
+    close(saved1);
+    EXPECT_EQ(0, code);
+    EXPECT_EQ("to-stderr\n", err);
+}
+
 TEST_F(SubprocessTest, StreamModeLargeDataThroughCatWithAReaderTask) {
     std::string payload = pattern(3 * 1024 * 1024, 11);
     std::string got;

@@ -2294,6 +2294,45 @@ TEST_F(Tls, WithoutVerificationAFailureIsNoVerifyFailure) {
     EXPECT_EQ(std::string::npos, why.find("certificate verify failed")) << why;
 }
 
+// A failed connection leaves NULL in both outputs. After a failed TLS
+// handshake they pointed at the freed pair, and a caller that freed a
+// non-NULL writer on failure freed it twice.
+TEST_F(Tls, AFailedConnectionLeavesNoPairBehind) {
+    Ctx cctx;
+    ASSERT_TRUE(client_ctx(&cctx, [](evs_tls_client_options *o) { o->no_verify = true; }));
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof a;
+    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&a, sizeof a));
+    ASSERT_EQ(0, listen(lfd, 4));
+    ASSERT_EQ(0, getsockname(lfd, (struct sockaddr *)&a, &al));
+    std::thread plain([lfd] {  // a plain server: accepts and hangs up
+        int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) close(fd);
+    });
+    int tls_rc = 0, unix_rc = 0;
+    bool tls_null = false, unix_null = false;
+    EXPECT_EQ(0, run([&]() -> int {
+        evs_reader *r = reinterpret_cast<evs_reader *>(&tls_rc);  // anything but NULL
+        evs_writer *w = reinterpret_cast<evs_writer *>(&tls_rc);
+        tls_rc = tls_connect("127.0.0.1", ntohs(a.sin_port), cctx.c, &r, &w);
+        tls_null = !r && !w;
+        r = reinterpret_cast<evs_reader *>(&unix_rc);
+        w = reinterpret_cast<evs_writer *>(&unix_rc);
+        unix_rc = evs_open_unix_connection("/nonexistent/evs.sock", nullptr, &r, &w);
+        unix_null = !r && !w;
+        return 0;
+    }));
+    plain.join();
+    close(lfd);
+    EXPECT_LT(tls_rc, 0);
+    EXPECT_TRUE(tls_null);
+    EXPECT_EQ(-ENOENT, unix_rc);
+    EXPECT_TRUE(unix_null);
+}
+
 namespace {
 evs_tls_context *paused_upgrade_ctx;
 // STARTTLS with reading paused (as a protocol might while it parses the
