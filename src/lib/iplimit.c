@@ -224,26 +224,30 @@ void evs__iplimit_free(evs_server *s)
 static void count_refusal(evs_server *s, int why, const struct sockaddr_storage *peer,
                           socklen_t plen)
 {
-    double now = evs__monotonic();
+    double now = evs__monotonic(), span = 0;
+    unsigned long refused = 0;
     char who[128];
 
     if (why == -EMFILE)
         atomic_fetch_add_explicit(&s->rejected_per_ip, 1, memory_order_relaxed);
     else
         atomic_fetch_add_explicit(&s->rejected_rate, 1, memory_order_relaxed);
-    /* Workers accepting on their own sockets (reuse_port) share the log. */
+    /* Workers accepting on their own sockets (reuse_port) share the log;
+     * the line is written after the lock, which accepts and closes take. */
     pthread_mutex_lock(&s->ip_lock);
     s->rejects_unlogged++;
     if (now - s->last_reject_log >= 1.0) {
-        evs__info("refused %lu connection(s) in the last %.0fs, the latest from %s: %s",
-                  s->rejects_unlogged, s->last_reject_log > 0 ? now - s->last_reject_log : 1.0,
-                  evs_format_address((const struct sockaddr *)peer, plen, who, sizeof who),
-                  why == -EMFILE ? "too many connections from this address"
-                                 : "connection rate per address exceeded");
+        refused = s->rejects_unlogged;
+        span = s->last_reject_log > 0 ? now - s->last_reject_log : 1.0;
         s->rejects_unlogged = 0;
         s->last_reject_log = now;
     }
     pthread_mutex_unlock(&s->ip_lock);
+    if (refused)
+        evs__info("refused %lu connection(s) in the last %.0fs, the latest from %s: %s", refused,
+                  span, evs_format_address((const struct sockaddr *)peer, plen, who, sizeof who),
+                  why == -EMFILE ? "too many connections from this address"
+                                 : "connection rate per address exceeded");
 }
 
 /* Refused at the door: the optional one-line message, then close. */

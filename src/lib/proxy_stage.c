@@ -242,6 +242,10 @@ static void stage_timeout(evutil_socket_t fd, short what, void *arg)
 
     EVS_UNUSED(fd);
     EVS_UNUSED(what);
+    if (t->closing) { /* refused by a per-address limit, and still flushing */
+        evs_transport_abort(t);
+        return;
+    }
     evs_transport_get_protocol(t, &ctx);
     reject(t, ctx, "no complete header in time");
 }
