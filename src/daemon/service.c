@@ -386,6 +386,10 @@ typedef struct listener {
      * what it was bound with, so this is the running state, which the
      * file's `reuseport` may differ from until a restart. */
     bool reuseport_sockets;
+    /* Its socket came from the service manager (socket activation), which
+     * made its Unix socket file and keeps it: the file is never ours to
+     * remove, in this generation or a later one. */
+    bool managers_socket;
     /* The counts of the earlier generations of this listener name, so that
      * a reload neither drops the connections it leaves running nor resets
      * the counters: `freed` sums the servers already freed (main thread
@@ -737,7 +741,8 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
         o.connection_closed_arg = l->access_log;
     }
     if (c->family == EVSD_UNIX) {
-        o.path = c->path;
+        /* A server given the path removes the file when it closes. */
+        o.path = l->managers_socket ? NULL : c->path;
         o.mode = c->has_mode ? c->mode : 0;
         rc = evs_start_unix_server(svc->rt, &o, &l->server);
         if (rc == 0 && nfds == 0 && (rc = set_socket_owner(c)) < 0) {
@@ -821,6 +826,7 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
     for (size_t i = 0; i < svc->current->n; i++) {
         listener *l = &svc->current->listeners[i];
         int fd = evsd_activation_claim(l->conf);
+        l->managers_socket = fd >= 0;
         if (fd == -EPROTOTYPE || start_listener(svc, l, fd >= 0 ? &fd : NULL, fd >= 0) < 0)
             goto fail;
     }
@@ -937,6 +943,7 @@ static int start_successor(evsd_service *svc, listener *l)
 
     if (!fds)
         return -ENOMEM;
+    l->managers_socket = l->prev->managers_socket;
     n = evs_server_sockets(l->prev->server, fds, n);
     for (k = 0; k < n && rc == 0; k++) {
         int fd = fcntl(fds[k], F_DUPFD_CLOEXEC, 0);

@@ -1068,6 +1068,44 @@ TEST(Ops, SocketActivationServesDatagramListeners) {
     remove_dir(dir);
 }
 
+// A unix: listener on a socket from the service manager leaves the file,
+// which is the manager's, through a reload and the stop. It removed it at
+// the stop, so after a restart the passed socket had no name to reach it by.
+TEST(Ops, SocketActivationLeavesTheManagersUnixSocketFile) {
+    std::string dir = make_temp_dir();
+    std::string path = dir + "/stream.sock";
+    int sfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+    ASSERT_EQ(0, bind(sfd, (struct sockaddr *)&sun, sizeof sun)) << strerror(errno);
+    ASSERT_EQ(0, listen(sfd, 16));
+    auto echo_unix = [&](const std::string &msg) {
+        int fd = connect_unix(path);
+        ASSERT_GE(fd, 0) << strerror(errno);
+        ASSERT_TRUE(write_all(fd, msg.data(), msg.size()));
+        std::string back(msg.size(), '\0');
+        ASSERT_TRUE(read_exact(fd, &back[0], back.size()));
+        EXPECT_EQ(msg, back);
+        close(fd);
+    };
+    for (int run = 0; run < 2; run++) {  // the second run is the restart
+        Daemon d(dir, base_conf("{ name = \"s\"; listen = \"unix:" + path + "\"; plugin = \"echo\"; }"),
+                 {}, {sfd}, "s");
+        ASSERT_TRUE(d.ready()) << read_file(d.log);
+        echo_unix("run " + std::to_string(run));
+        d.signal(SIGHUP);
+        ASSERT_TRUE(eventually(20, [&] { return read_file(d.log).find("reloaded ") != std::string::npos; }))
+            << read_file(d.log);
+        echo_unix("after the reload");
+        EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+        struct stat st;
+        EXPECT_EQ(0, lstat(path.c_str(), &st)) << "the service manager's socket file was removed";
+    }
+    close(sfd);
+    remove_dir(dir);
+}
+
 // LISTEN_FDS counting more sockets than were passed: the numbers past them
 // are not sockets of ours. They were taken after the log file and the
 // pidfile had been opened there, and closed as unclaimed: the log went to
