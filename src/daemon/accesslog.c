@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@ struct evsd_access_log {
     char *format;
     int fd;
     atomic_bool failing; /* the last write failed (warned once per episode) */
+    atomic_bool cut;     /* a short write left a line without its newline */
     pthread_rwlock_t lock;
     evsd_access_log *next; /* every open log, for the reopen */
 };
@@ -71,6 +73,7 @@ int evsd_access_log_reopen_all(void)
         pthread_rwlock_wrlock(&log->lock);
         close(log->fd);
         log->fd = fd;
+        atomic_store(&log->cut, false); /* the cut line stays in the old file */
         pthread_rwlock_unlock(&log->lock);
     }
     pthread_mutex_unlock(&all_lock);
@@ -196,8 +199,18 @@ void evsd_access_log_write(const evs_connection_info *info, void *arg)
         p += v ? n : 0;
     }
     line[off++] = '\n';
+    /* After a cut line, a newline first: the next line must not be glued
+     * to what is left of it. */
+    bool after_cut = atomic_exchange(&log->cut, false);
+    struct iovec iov[2] = {{(void *)"\n", 1}, {line, off}};
     pthread_rwlock_rdlock(&log->lock);
-    ssize_t w = write(log->fd, line, off);
+    ssize_t w = writev(log->fd, after_cut ? iov : iov + 1, after_cut ? 2 : 1);
+    if (after_cut && w < 1)
+        atomic_store(&log->cut, true); /* the newline did not go either */
+    else if (after_cut)
+        w--;
+    if (w > 0 && w < (ssize_t)off)
+        atomic_store(&log->cut, true);
     if (w != (ssize_t)off) {
         /* A full disk loses lines: say so (once, not once a line). */
         if (!atomic_exchange(&log->failing, true))

@@ -185,8 +185,15 @@ static void pidfile_remove(const char *path)
         return;
     /* After the switch to `user`, only a directory that user may write to
      * lets it go: say so, a stale pidfile misleads whoever reads it. */
-    if (unlink(path) < 0 && errno != ENOENT)
-        evs_log(EVS_LOG_WARN, "cannot remove the pidfile %s: %s", path, strerror(errno));
+    if (unlink(path) < 0 && errno != ENOENT) {
+        /* Emptied at least, through the descriptor opened as root: the
+         * pid in it would soon be somebody else's, and a logrotate
+         * postrotate would signal that process. */
+        int err = errno;
+        bool emptied = ftruncate(pidfile_fd, 0) == 0;
+        evs_log(EVS_LOG_WARN, "cannot remove the pidfile %s: %s%s", path, strerror(err),
+                emptied ? " (emptied it)" : "");
+    }
     close(pidfile_fd);
     pidfile_fd = -1;
 }

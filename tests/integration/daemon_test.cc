@@ -1595,6 +1595,24 @@ TEST_F(DaemonTest, StalePidfileIsReused) {
     EXPECT_FALSE(file_exists(pidfile));
 }
 
+// Run as `user`, evstreamd cannot remove a pidfile in a directory only
+// root may write to: it empties it instead. It left its pid there, which
+// soon names another process, and a logrotate postrotate signals it.
+TEST_F(DaemonTest, APidfileTheUserCannotRemoveIsEmptiedAtTheStop) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root";
+    std::string pidfile = path("evstreamd.pid");
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "user = \"nobody\";\n"));
+    Daemon &d = start(conf, {"-p", pidfile});
+    ASSERT_TRUE(d.running());
+    EXPECT_EQ(std::to_string(d.pid) + "\n", read_file(pidfile));
+    EXPECT_EQ(0, d.stop());
+    EXPECT_TRUE(file_exists(pidfile));
+    EXPECT_EQ("", read_file(pidfile));
+    EXPECT_TRUE(contains(d.err(), "cannot remove the pidfile")) << d.err();
+}
+
 TEST_F(DaemonTest, DaemonModeBackgroundsAndStopsByPidfile) {
     std::string pidfile = path("evstreamd.pid");
     std::string log = path("evstreamd.log");

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -616,6 +617,38 @@ TEST(Ops, AccessLogEscapesThePeerAddress) {
     std::string logfile = dir + "/access.log";
     ASSERT_TRUE(eventually(10, [&] { return read_file(logfile).find('\n') != std::string::npos; }));
     EXPECT_EQ("unix:" + dir + "/c\\x0aforged\\x201.2.3.4 u closed\n", read_file(logfile));
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
+// A write cut short (a full disk) leaves part of a line without its
+// newline; the next line starts on a line of its own. It was glued to the
+// cut one. A file size limit on the daemon plays the full disk.
+TEST(Ops, AccessLogLineCutShortDoesNotGlueTheNext) {
+    std::string dir = make_temp_dir();
+    std::string logfile = dir + "/access.log";
+    struct sigaction ign{}, old{};
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGXFSZ, &ign, &old);  // inherited: a write past the limit is cut, not fatal
+    Daemon d(dir, base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\";\n"
+                            "  access_log = { file = \"access.log\"; format = \"$listener $reason\"; }; }"));
+    sigaction(SIGXFSZ, &old, nullptr);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    auto size_is = [&](size_t n) { return eventually(10, [&] { return read_file(logfile).size() == n; }); };
+    echo_once(d.port("e"), "one");
+    ASSERT_TRUE(size_is(9)) << read_file(logfile);
+    struct rlimit lim{};
+    ASSERT_EQ(0, prlimit(d.pid, RLIMIT_FSIZE, nullptr, &lim));
+    struct rlimit tight = lim;
+    tight.rlim_cur = 13;  // room for "e cl" only
+    ASSERT_EQ(0, prlimit(d.pid, RLIMIT_FSIZE, &tight, nullptr));
+    echo_once(d.port("e"), "two");
+    ASSERT_TRUE(size_is(13)) << read_file(logfile);
+    ASSERT_EQ(0, prlimit(d.pid, RLIMIT_FSIZE, &lim, nullptr));
+    echo_once(d.port("e"), "three");
+    ASSERT_TRUE(eventually(10, [&] { return read_file(logfile).size() > 13; }));
+    EXPECT_TRUE(eventually(10, [&] { return read_file(logfile) == "e closed\ne cl\ne closed\n"; }))
+        << read_file(logfile);
     EXPECT_EQ(0, WEXITSTATUS(d.stop()));
     remove_dir(dir);
 }
