@@ -56,6 +56,33 @@ struct TempFile {
     }
 };
 
+// A socket pair with small buffers whose peer end starts reading (to EOF)
+// only once told to, so that the sender fills the queue and parks first.
+struct LatePeer {
+    int sv[2];
+    std::atomic<bool> go{false};
+    std::string got;
+    std::thread th;
+    LatePeer() {
+        socket_pair(sv);
+        int small = 16384;
+        setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+        setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        th = std::thread([this] {
+            while (!go) usleep(1000);
+            got = read_to_eof(sv[1]);
+            close(sv[1]);
+        });
+    }
+    // Let it read (if not yet), wait for EOF, and return what it read.
+    std::string join() {
+        go = true;
+        if (th.joinable()) th.join();
+        return got;
+    }
+    ~LatePeer() { join(); }
+};
+
 struct Rec {
     int pause = 0, resume = 0, lost = 0;
     int lost_err = INT_MIN;
@@ -227,18 +254,9 @@ TEST(SendfileTest, AFileErrorIsReturnedAndTheConnectionLivesOn) {
 TEST(SendfileTest, AFileThatFailsHalfWayAbortsTheConnection) {
     std::string content = pattern(4 * 1024 * 1024, 23);
     TempFile f(content);
-    int sv[2];
-    socket_pair(sv);
-    int small = 16384;
-    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    std::atomic<bool> go{false};
-    std::string got;
-    std::thread peer([&] {
-        while (!go) usleep(1000);
-        got = read_to_eof(sv[1]);
-        close(sv[1]);
-    });
+    LatePeer lp;
+    int *sv = lp.sv;
+    std::atomic<bool> &go = lp.go;
     run([&] {
         evs_reader *r;
         evs_writer *w;
@@ -271,8 +289,7 @@ TEST(SendfileTest, AFileThatFailsHalfWayAbortsTheConnection) {
         EXPECT_EQ(-EISDIR, evs_write(w, "x", 1));
         evs_writer_free(w);
     });
-    go = true;
-    peer.join();
+    std::string got = lp.join();
     EXPECT_LT(got.size(), content.size());
     EXPECT_TRUE(got == content.substr(0, got.size()));
 }
@@ -283,18 +300,9 @@ TEST(SendfileTest, AFileThatFailsHalfWayAbortsTheConnection) {
 TEST(SendfileTest, StreamSendfileStaysWithinTheConnectionsCap) {
     std::string content = pattern(4 * 1024 * 1024, 17);
     TempFile f(content);
-    int sv[2];
-    socket_pair(sv);
-    int small = 16384;
-    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    std::atomic<bool> go{false};
-    std::string got;
-    std::thread peer([&] {
-        while (!go) usleep(1000);  // not reading until the sender is parked
-        got = read_to_eof(sv[1]);
-        close(sv[1]);
-    });
+    LatePeer lp;
+    int *sv = lp.sv;
+    std::atomic<bool> &go = lp.go;
     ssize_t sent = -1;
     run([&] {
         evs_reader *r;
@@ -317,8 +325,7 @@ TEST(SendfileTest, StreamSendfileStaysWithinTheConnectionsCap) {
         EXPECT_EQ(0, evs_task_join(starter, nullptr));
         evs_writer_free(w);
     });
-    go = true;
-    peer.join();
+    std::string got = lp.join();
     EXPECT_EQ((ssize_t)content.size(), sent);
     EXPECT_TRUE(got == content);
 }
