@@ -201,9 +201,16 @@ void evsd_access_log_write(const evs_connection_info *info, void *arg)
     line[off++] = '\n';
     /* After a cut line, a newline first: the next line must not be glued
      * to what is left of it. */
-    bool after_cut = atomic_exchange(&log->cut, false);
+    bool after_cut = atomic_load_explicit(&log->cut, memory_order_relaxed);
     struct iovec iov[2] = {{(void *)"\n", 1}, {line, off}};
-    pthread_rwlock_rdlock(&log->lock);
+    if (after_cut) {
+        /* Alone: no other worker's line may land between the cut line and
+         * our newline, and a reopen cannot come between the flag and it. */
+        pthread_rwlock_wrlock(&log->lock);
+        after_cut = atomic_exchange(&log->cut, false);
+    } else {
+        pthread_rwlock_rdlock(&log->lock);
+    }
     ssize_t w = writev(log->fd, after_cut ? iov : iov + 1, after_cut ? 2 : 1);
     if (after_cut && w < 1)
         atomic_store(&log->cut, true); /* the newline did not go either */

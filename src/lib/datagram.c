@@ -288,8 +288,8 @@ int evs_datagram_open(const evs_datagram_options *o, const evs_datagram_protocol
     const struct sockaddr *any;
     int fd, one = 1, family;
 
-    if (!o || !proto || !evs_worker_current())
-        return -EINVAL;
+    if (!o || !proto || !evs_worker_current() || o->max_datagram > MAX_DATAGRAM_LIMIT)
+        return -EINVAL; /* before a bind makes a socket file */
     any = o->local_addr ? o->local_addr : o->remote_addr;
     if (!any)
         return -EINVAL;

@@ -666,6 +666,16 @@ TEST(DatagramTest, ExtraInfoProtocolSwitchAndBadArguments) {
         int dgram = socket(AF_INET, SOCK_DGRAM, 0);
         EXPECT_EQ(-EINVAL, evs_datagram_new(dgram, SIZE_MAX, &kProto, &s, nullptr));
         EXPECT_EQ(-1, fcntl(dgram, F_GETFD));
+        std::string dir = make_temp_dir();  // refused before a socket file is made
+        socklen_t ul;
+        struct sockaddr_un u = unix_addr(dir + "/big.sock", &ul);
+        evs_datagram_options big = {};
+        big.local_addr = (struct sockaddr *)&u;
+        big.local_addrlen = ul;
+        big.max_datagram = SIZE_MAX;
+        EXPECT_EQ(-EINVAL, evs_datagram_open(&big, &kProto, &s, nullptr));
+        EXPECT_NE(0, access((dir + "/big.sock").c_str(), F_OK));
+        remove_dir(dir);
         struct sockaddr_in a = loopback4(0);
         evs_datagram_options o = {};
         o.local_addr = (struct sockaddr *)&a;
