@@ -20,6 +20,8 @@ int connect_tcp(uint16_t port);
 int connect_unix(const std::string &path);
 // Put 20 s send/receive timeouts on a blocking socket.
 void set_timeouts(int fd, int seconds = 20);
+// A listening TCP socket on 127.0.0.1 at a free port, stored in *port; -1 on error.
+int listen_loopback(uint16_t *port);
 // A connected AF_UNIX stream socketpair with timeouts on both ends.
 void socket_pair(int sv[2]);
 // Write everything; false on error.

@@ -386,15 +386,10 @@ TEST(SendfileTest, PipeTransportFallsBackToReadAndWrite) {
 TEST(SendfileTest, StreamSendfileOverTcpKeepsTheQueueBounded) {
     std::string content = pattern(8 * 1024 * 1024, 13);
     TempFile f(content);
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t al = sizeof a;
-    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&a, sizeof a));
-    ASSERT_EQ(0, listen(lfd, 1));
-    ASSERT_EQ(0, getsockname(lfd, (struct sockaddr *)&a, &al));
-    int cfd = connect_tcp(ntohs(a.sin_port));
+    uint16_t port = 0;
+    int lfd = listen_loopback(&port);
+    ASSERT_GE(lfd, 0);
+    int cfd = connect_tcp(port);
     ASSERT_GE(cfd, 0);
     int sfd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
     ASSERT_GE(sfd, 0);

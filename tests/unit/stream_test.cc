@@ -1017,7 +1017,8 @@ TEST(StreamSkipuntil, FindsASeparatorSplitAcrossArrivals) {
 }
 
 // Megabytes without the separator pass through a reader whose limit is
-// 1 KiB: the skip drops bytes as they come instead of buffering them.
+// 1 KiB: the skip drops bytes as they come instead of buffering them (a
+// second task watches the reader while the skip waits).
 TEST(StreamSkipuntil, ARunFarLongerThanTheLimitPassesThrough) {
     run([] {
         int sv[2];
@@ -1032,7 +1033,22 @@ TEST(StreamSkipuntil, ARunFarLongerThanTheLimitPassesThrough) {
                 if (!write_all(sv[1], chunk.data(), chunk.size())) return;
             write_all(sv[1], "\r\nend\n", 6);
         });
+        bool done = false;
+        size_t peak = 0, samples = 0;
+        auto watch = [&]() -> int {
+            while (!done) {
+                peak = std::max(peak, evs_reader_buffered(r));
+                samples++;
+                if (evs_sleep(0.0002) < 0) return -1;
+            }
+            return 0;
+        };
+        evs_task *watcher = spawn(watch);
         EXPECT_EQ((ssize_t)kRun + 2, evs_skipuntil(r, "\r\n", 2));
+        done = true;
+        EXPECT_EQ(0, join(watcher));
+        EXPECT_GT(samples, 0u);
+        EXPECT_LT(peak, (size_t)1 << 20);  // a few reads' worth, never the run
         EXPECT_LE(evs_reader_buffered(r), 4u);
         EXPECT_EQ("end\n", readline_str(r));
         evs_writer_free(w);  // first: a client still sending then fails

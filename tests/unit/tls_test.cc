@@ -1881,23 +1881,6 @@ TEST_F(Tls, EmptyCiphersuitesServesTls12) {
 
 // --- renegotiation, paused upgrades, error text ----------------------------
 
-namespace {
-int listen_loopback(uint16_t *port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t l = sizeof a;
-    if (fd < 0 || bind(fd, (sockaddr *)&a, sizeof a) < 0 || listen(fd, 4) < 0 ||
-        getsockname(fd, (sockaddr *)&a, &l) < 0) {
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-}  // namespace
-
 // A raw OpenSSL server context limited to TLS 1.2, the last version that
 // renegotiates, with the test server's certificate.
 static SSL_CTX *tls12_server_ctx() {
@@ -2300,14 +2283,9 @@ TEST_F(Tls, WithoutVerificationAFailureIsNoVerifyFailure) {
 TEST_F(Tls, AFailedConnectionLeavesNoPairBehind) {
     Ctx cctx;
     ASSERT_TRUE(client_ctx(&cctx, [](evs_tls_client_options *o) { o->no_verify = true; }));
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t al = sizeof a;
-    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&a, sizeof a));
-    ASSERT_EQ(0, listen(lfd, 4));
-    ASSERT_EQ(0, getsockname(lfd, (struct sockaddr *)&a, &al));
+    uint16_t port = 0;
+    int lfd = listen_loopback(&port);
+    ASSERT_GE(lfd, 0);
     std::thread plain([lfd] {  // a plain server: accepts and hangs up
         int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd >= 0) close(fd);
@@ -2317,7 +2295,7 @@ TEST_F(Tls, AFailedConnectionLeavesNoPairBehind) {
     EXPECT_EQ(0, run([&]() -> int {
         evs_reader *r = reinterpret_cast<evs_reader *>(&tls_rc);  // anything but NULL
         evs_writer *w = reinterpret_cast<evs_writer *>(&tls_rc);
-        tls_rc = tls_connect("127.0.0.1", ntohs(a.sin_port), cctx.c, &r, &w);
+        tls_rc = tls_connect("127.0.0.1", port, cctx.c, &r, &w);
         tls_null = !r && !w;
         r = reinterpret_cast<evs_reader *>(&unix_rc);
         w = reinterpret_cast<evs_writer *>(&unix_rc);
@@ -2325,6 +2303,7 @@ TEST_F(Tls, AFailedConnectionLeavesNoPairBehind) {
         unix_null = !r && !w;
         return 0;
     }));
+    shutdown(lfd, SHUT_RDWR);  // the accept ends even if nobody connected
     plain.join();
     close(lfd);
     EXPECT_LT(tls_rc, 0);
