@@ -731,6 +731,22 @@ int bound_socket(int type, uint16_t *port, bool may_fail = false) {
     return fd;
 }
 
+// A Unix socket of @type bound to @path (listening, for a stream one), as
+// a service manager makes it; its address in *@sun. -1 on error.
+int bound_unix(int type, const std::string &path, struct sockaddr_un *sun) {
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+    *sun = {};
+    sun->sun_family = AF_UNIX;
+    snprintf(sun->sun_path, sizeof sun->sun_path, "%s", path.c_str());
+    if (fd < 0 || bind(fd, (struct sockaddr *)sun, sizeof *sun) < 0 ||
+        (type == SOCK_STREAM && listen(fd, 16) < 0)) {
+        ADD_FAILURE() << "cannot bind " << path << ": " << strerror(errno);
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 // A UDP and a TCP socket on one port number. The TCP port may be taken
 // by somebody else (tests run side by side): then another UDP port.
 bool udp_and_tcp_on_one_port(int *udp, int *tcp, uint16_t *port) {
@@ -1059,11 +1075,9 @@ TEST(Ops, SocketActivationServesDatagramListeners) {
     int udp = -1, tcp = -1;
     ASSERT_TRUE(udp_and_tcp_on_one_port(&udp, &tcp, &port));
     std::string gram = dir + "/gram.sock";
-    int gfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", gram.c_str());
-    ASSERT_EQ(0, bind(gfd, (struct sockaddr *)&sun, sizeof sun)) << strerror(errno);
+    struct sockaddr_un sun;
+    int gfd = bound_unix(SOCK_DGRAM, gram, &sun);
+    ASSERT_GE(gfd, 0);
     std::string p = std::to_string(port);
     Daemon d(dir,
              datagram_conf("{ name = \"t\"; listen = \"127.0.0.1:" + p + "\"; plugin = \"echo\"; },\n"
@@ -1107,12 +1121,9 @@ TEST(Ops, SocketActivationServesDatagramListeners) {
 TEST(Ops, SocketActivationLeavesTheManagersUnixSocketFile) {
     std::string dir = make_temp_dir();
     std::string path = dir + "/stream.sock";
-    int sfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
-    ASSERT_EQ(0, bind(sfd, (struct sockaddr *)&sun, sizeof sun)) << strerror(errno);
-    ASSERT_EQ(0, listen(sfd, 16));
+    struct sockaddr_un sun;
+    int sfd = bound_unix(SOCK_STREAM, path, &sun);
+    ASSERT_GE(sfd, 0);
     auto echo_unix = [&](const std::string &msg) {
         int fd = connect_unix(path);
         ASSERT_GE(fd, 0) << strerror(errno);
@@ -1528,13 +1539,9 @@ TEST(Ops, UdpListenersOverlappingOnAPortAreRefused) {
 TEST(Ops, LiveStreamSocketIsNotTakenForAStaleUnixgramFile) {
     std::string dir = make_temp_dir();
     std::string path = dir + "/taken.sock";
-    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun;
+    int lfd = bound_unix(SOCK_STREAM, path, &sun);
     ASSERT_GE(lfd, 0);
-    struct sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
-    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sun, sizeof sun));
-    ASSERT_EQ(0, listen(lfd, 4));
     Daemon d(dir, datagram_conf("{ name = \"gram\"; listen = \"unixgram:" + path +
                                 "\"; plugin = \"udp_echo\"; }"));
     EXPECT_TRUE(eventually(10, [&] {
