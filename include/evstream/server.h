@@ -125,6 +125,13 @@ typedef struct evs_server_options {
      *  access logs); may be NULL. */
     void (*connection_closed)(const evs_connection_info *info, void *arg);
     void *connection_closed_arg;
+    /** The server this one replaces on a reload (it took over its sockets
+     *  with fds): its max_connections and per-address limits count the
+     *  connections still open there too, and a close there lets this one
+     *  accept again. The two share the counts, so for the moment both
+     *  serve, one at its max_connections pauses both. Same runtime, not
+     *  freed yet; NULL = a fresh count. */
+    evs_server *predecessor;
 } evs_server_options;
 
 /** A server's counters (a snapshot). Bytes are counted when a connection

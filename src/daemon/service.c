@@ -725,6 +725,8 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
     o.connection_burst_per_ip = c->limits.connection_burst_per_ip;
     o.reject_message = c->limits.reject_message;
     o.max_connections = c->own_max_connections ? c->limits.max_connections : 0;
+    /* A reload's successor goes on counting its predecessor's connections. */
+    o.predecessor = l->prev ? l->prev->server : NULL;
     o.tls = l->tls;
     o.tls_handshake_timeout = c->limits.handshake_timeout;
     /* 0 means "do not wait" for the daemon; the library's 0 is its default. */

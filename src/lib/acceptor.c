@@ -52,7 +52,7 @@ static void sync_listener(evs__listener *l)
 {
     evs_server *s = l->server;
     bool want = l->ev_assigned && l->fd >= 0 && atomic_load(&s->serving) &&
-                !atomic_load(&s->closed) && !atomic_load(&s->limit_paused) && !runtime_paused(s);
+                !atomic_load(&s->closed) && !atomic_load(&s->limits->paused) && !runtime_paused(s);
 
     if (want && !l->ev_added) {
         event_add(&l->ev, NULL);
@@ -118,7 +118,7 @@ static evs_worker *pick_worker(evs_runtime *rt)
  * least-connections see connections still in flight to a worker. */
 static void count_accepted(evs_server *s, evs_worker *w)
 {
-    /* s->conns and rt->conns were reserved before the accept (take_slot). */
+    /* The limits counted the connection before the accept (take_slot). */
     atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&w->active, 1, memory_order_relaxed);
     /* Not evs__counter_add: the acceptor and the worker itself (its own
@@ -127,13 +127,14 @@ static void count_accepted(evs_server *s, evs_worker *w)
 }
 
 /* Wake the acceptor if it paused at the runtime's limit (@runtime: a slot
- * of it was given back) or at @s's (NULL: none of a server). */
+ * of it was given back) or at @s's (NULL: none of a server; @s may be a
+ * closed generation whose successor paused on the limits they share). */
 static void resume_after_release(evs_runtime *rt, bool runtime, evs_server *s)
 {
     bool resume = runtime && atomic_load(&rt->limit_paused) &&
                   atomic_exchange(&rt->limit_paused, false);
 
-    if (s && atomic_load(&s->limit_paused) && atomic_exchange(&s->limit_paused, false))
+    if (s && atomic_load(&s->limits->paused) && atomic_exchange(&s->limits->paused, false))
         resume = true;
     if (resume)
         evs_worker_post(&rt->acceptor, evs__acceptor_resume, NULL);
@@ -161,13 +162,14 @@ static int take_slot(evs_server *s)
 
     if (global && !reserve(&rt->conns, rt->max_connections))
         return 1;
-    if (!reserve(&s->conns, s->opts.max_connections)) {
+    if (!reserve(&s->limits->conns, s->opts.max_connections)) {
         if (global) {
             atomic_fetch_sub(&rt->conns, 1);
             resume_after_release(rt, true, NULL); /* another thread may have paused on it */
         }
         return 2;
     }
+    atomic_fetch_add(&s->conns, 1);
     return 0;
 }
 
@@ -177,6 +179,7 @@ static void release_slot(evs_server *s)
     bool global = counts_in_runtime(s);
 
     atomic_fetch_sub(&s->conns, 1);
+    atomic_fetch_sub(&s->limits->conns, 1);
     if (global)
         atomic_fetch_sub(&s->rt->conns, 1);
     resume_after_release(s->rt, global, s);
@@ -340,18 +343,28 @@ static void pause_for_limit(evs_runtime *rt)
 
 static bool server_at_limit(evs_server *s)
 {
-    return s->opts.max_connections > 0 && atomic_load(&s->conns) >= s->opts.max_connections;
+    return s->opts.max_connections > 0 &&
+           atomic_load(&s->limits->conns) >= s->opts.max_connections;
 }
 
-/* One server at its own max_connections: only its sockets stop. */
+/* One server at its own max_connections: only its sockets stop (and those
+ * of an older generation sharing its limits, if that still serves). */
 static void pause_server(evs_server *s)
 {
-    if (!atomic_exchange(&s->limit_paused, true))
+    if (!atomic_exchange(&s->limits->paused, true))
         log_pause(&s->limit_log, "listener max_connections", s->opts.max_connections,
                   "one of its connections closes");
     set_listening(s->rt); /* drops this server's sockets only */
-    if (!server_at_limit(s) && atomic_exchange(&s->limit_paused, false))
+    if (!server_at_limit(s) && atomic_exchange(&s->limits->paused, false))
         set_listening(s->rt);
+}
+
+/* A pause a predecessor left on the limits @s shares holds @s back only
+ * if @s is at its own limit too: a reload may have raised it. */
+static void drop_inherited_pause(evs_server *s)
+{
+    if (atomic_load(&s->limits->paused) && !server_at_limit(s))
+        atomic_store(&s->limits->paused, false);
 }
 
 /* A worker may not touch the acceptor's back-off state: it leaves a flag
@@ -436,6 +449,8 @@ void evs__acceptor_add(evs_worker *acceptor, void *arg)
 {
     evs_server *s = arg;
 
+    if (atomic_load(&s->serving))
+        drop_inherited_pause(s);
     for (size_t i = 0; i < s->nlisteners; i++) {
         evs__listener *l = &s->listeners[i];
         if (!l->owner)
@@ -450,6 +465,7 @@ void evs__acceptor_serve(evs_worker *acceptor, void *arg)
     evs_server *s = arg;
 
     EVS_UNUSED(acceptor);
+    drop_inherited_pause(s);
     atomic_store(&s->serving, true);
     set_listening(s->rt);
 }

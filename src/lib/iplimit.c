@@ -1,11 +1,17 @@
 /*
- * iplimit.c - per-client-address limits of a server: live connections per
- * address (an IPv4 address, or an IPv6 /64, which one host usually owns)
- * and a token bucket for the rate of new connections.
+ * iplimit.c - a server's limits: the counts its max_connections and
+ * per-client-address limits are checked against, and those per-address
+ * limits: live connections per address (an IPv4 address, or an IPv6 /64,
+ * which one host usually owns) and a token bucket for the rate of new
+ * connections.
  *
- * The acceptor admits under the server's lock; the worker that closes the
+ * The counts live apart from the server so that a reload successor can
+ * share them (opts.predecessor): a connection still open on the old
+ * generation holds its place in the new one's limits.
+ *
+ * The acceptor admits under the limits' lock; the worker that closes the
  * connection releases under it. That is one lock per connection, never per
- * read or write, and only on servers that set a limit.
+ * read or write, and only on servers that set a per-address limit.
  */
 #include "server.h"
 
@@ -94,9 +100,9 @@ static uint64_t random_odd(void)
     return r | 1;
 }
 
-static ip_entry **slot(evs_server *s, uint64_t key)
+static ip_entry **slot(evs__limits *lim, uint64_t key)
 {
-    ip_entry **pp = &s->ip_table[(key * s->ip_mult) >> (64 - BUCKET_BITS)];
+    ip_entry **pp = &lim->table[(key * lim->mult) >> (64 - BUCKET_BITS)];
 
     while (*pp && (*pp)->key != key)
         pp = &(*pp)->next;
@@ -120,9 +126,10 @@ static void maybe_forget(evs_server *s, ip_entry **pp)
  * the table, in turn, and drops what says nothing any more. */
 static void sweep_one_bucket(evs_server *s, double now)
 {
-    ip_entry **pp = &s->ip_table[s->ip_sweep];
+    evs__limits *lim = s->limits;
+    ip_entry **pp = &lim->table[lim->sweep];
 
-    s->ip_sweep = (s->ip_sweep + 1) % BUCKETS;
+    lim->sweep = (lim->sweep + 1) % BUCKETS;
     while (*pp) {
         ip_entry *e = *pp;
 
@@ -135,23 +142,24 @@ static void sweep_one_bucket(evs_server *s, double now)
 
 int evs__iplimit_admit(evs_server *s, uint64_t key)
 {
+    evs__limits *lim = s->limits;
     double now = evs__monotonic();
     ip_entry **pp, *e;
     int rc = 0;
 
-    pthread_mutex_lock(&s->ip_lock);
-    if (!s->ip_table) {
-        if (!(s->ip_table = calloc(BUCKETS, sizeof *s->ip_table))) {
-            pthread_mutex_unlock(&s->ip_lock);
+    pthread_mutex_lock(&lim->lock);
+    if (!lim->table) {
+        if (!(lim->table = calloc(BUCKETS, sizeof *lim->table))) {
+            pthread_mutex_unlock(&lim->lock);
             return 0; /* no memory for bookkeeping: do not refuse clients for it */
         }
-        s->ip_mult = random_odd();
+        lim->mult = random_odd();
     }
-    pp = slot(s, key);
+    pp = slot(lim, key);
     if (!*pp) {
         e = calloc(1, sizeof *e);
         if (!e) {
-            pthread_mutex_unlock(&s->ip_lock);
+            pthread_mutex_unlock(&lim->lock);
             return 0;
         }
         e->key = key;
@@ -171,52 +179,74 @@ int evs__iplimit_admit(evs_server *s, uint64_t key)
             e->tokens -= 1;
     }
     sweep_one_bucket(s, now);
-    pthread_mutex_unlock(&s->ip_lock);
+    pthread_mutex_unlock(&lim->lock);
     return rc;
 }
 
+/* @s: the server the connection came to, whose options refill the bucket;
+ * a later generation's may differ, and apply from then on. */
 void evs__iplimit_release(evs_server *s, uint64_t key)
 {
+    evs__limits *lim = s->limits;
     double now = evs__monotonic();
     ip_entry **pp;
 
-    pthread_mutex_lock(&s->ip_lock);
-    if (s->ip_table && *(pp = slot(s, key))) {
+    pthread_mutex_lock(&lim->lock);
+    if (lim->table && *(pp = slot(lim, key))) {
         if ((*pp)->count > 0)
             (*pp)->count--;
         refill(s, *pp, now);
         maybe_forget(s, pp);
     }
-    if (s->ip_table)
+    if (lim->table)
         sweep_one_bucket(s, now);
-    pthread_mutex_unlock(&s->ip_lock);
+    pthread_mutex_unlock(&lim->lock);
 }
 
 size_t evs__iplimit_entries(evs_server *s)
 {
+    evs__limits *lim = s->limits;
     size_t n = 0;
 
-    pthread_mutex_lock(&s->ip_lock);
-    for (size_t i = 0; s->ip_table && i < BUCKETS; i++)
-        for (ip_entry *e = s->ip_table[i]; e; e = e->next)
+    pthread_mutex_lock(&lim->lock);
+    for (size_t i = 0; lim->table && i < BUCKETS; i++)
+        for (ip_entry *e = lim->table[i]; e; e = e->next)
             n++;
-    pthread_mutex_unlock(&s->ip_lock);
+    pthread_mutex_unlock(&lim->lock);
     return n;
 }
 
-void evs__iplimit_free(evs_server *s)
+evs__limits *evs__limits_new(void)
 {
-    if (!s->ip_table)
+    evs__limits *lim = calloc(1, sizeof *lim);
+
+    if (!lim)
+        return NULL;
+    atomic_init(&lim->refs, 1);
+    pthread_mutex_init(&lim->lock, NULL);
+    return lim;
+}
+
+evs__limits *evs__limits_ref(evs__limits *lim)
+{
+    atomic_fetch_add_explicit(&lim->refs, 1, memory_order_relaxed);
+    return lim;
+}
+
+void evs__limits_unref(evs__limits *lim)
+{
+    if (!lim || atomic_fetch_sub_explicit(&lim->refs, 1, memory_order_acq_rel) != 1)
         return;
-    for (size_t i = 0; i < BUCKETS; i++) {
-        ip_entry *e = s->ip_table[i], *next;
+    for (size_t i = 0; lim->table && i < BUCKETS; i++) {
+        ip_entry *e = lim->table[i], *next;
         for (; e; e = next) {
             next = e->next;
             free(e);
         }
     }
-    free(s->ip_table);
-    s->ip_table = NULL;
+    free(lim->table);
+    pthread_mutex_destroy(&lim->lock);
+    free(lim);
 }
 
 /* A refusal counted, and logged at most once a second per server, with
@@ -224,6 +254,7 @@ void evs__iplimit_free(evs_server *s)
 static void count_refusal(evs_server *s, int why, const struct sockaddr_storage *peer,
                           socklen_t plen)
 {
+    evs__limits *lim = s->limits;
     double now = evs__monotonic(), span = 0;
     unsigned long refused = 0;
     char who[128];
@@ -232,17 +263,18 @@ static void count_refusal(evs_server *s, int why, const struct sockaddr_storage 
         atomic_fetch_add_explicit(&s->rejected_per_ip, 1, memory_order_relaxed);
     else
         atomic_fetch_add_explicit(&s->rejected_rate, 1, memory_order_relaxed);
-    /* Workers accepting on their own sockets (reuse_port) share the log;
-     * the line is written after the lock, which accepts and closes take. */
-    pthread_mutex_lock(&s->ip_lock);
-    s->rejects_unlogged++;
-    if (now - s->last_reject_log >= 1.0) {
-        refused = s->rejects_unlogged;
-        span = s->last_reject_log > 0 ? now - s->last_reject_log : 1.0;
-        s->rejects_unlogged = 0;
-        s->last_reject_log = now;
+    /* Workers accepting on their own sockets (reuse_port) share the log,
+     * and so do the generations of a reloaded listener; the line is
+     * written after the lock, which accepts and closes take. */
+    pthread_mutex_lock(&lim->lock);
+    lim->rejects_unlogged++;
+    if (now - lim->last_reject_log >= 1.0) {
+        refused = lim->rejects_unlogged;
+        span = lim->last_reject_log > 0 ? now - lim->last_reject_log : 1.0;
+        lim->rejects_unlogged = 0;
+        lim->last_reject_log = now;
     }
-    pthread_mutex_unlock(&s->ip_lock);
+    pthread_mutex_unlock(&lim->lock);
     if (refused)
         evs__info("refused %lu connection(s) in the last %.0fs, the latest from %s: %s", refused,
                   span, evs_format_address((const struct sockaddr *)peer, plen, who, sizeof who),

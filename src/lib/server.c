@@ -47,8 +47,7 @@ void evs__server_free(evs_server *s)
 {
     free(s->reject_message);
     free(s->trusted);
-    evs__iplimit_free(s);
-    pthread_mutex_destroy(&s->ip_lock);
+    evs__limits_unref(s->limits);
     if (s->opts.tls)
         evs_tls_context_unref(s->opts.tls);
     close_listeners(s);
@@ -310,12 +309,19 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
         return -EINVAL;
     if (o->nfds > 0 && !o->fds)
         return -EINVAL;
+    if (o->predecessor && o->predecessor->rt != rt)
+        return -EINVAL; /* another runtime's counts and wake-ups */
     s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
     s->rt = rt;
     s->opts = *o;
-    pthread_mutex_init(&s->ip_lock, NULL);
+    s->opts.predecessor = NULL; /* not kept: it may be freed before this server */
+    s->limits = o->predecessor ? evs__limits_ref(o->predecessor->limits) : evs__limits_new();
+    if (!s->limits) {
+        free(s);
+        return -ENOMEM;
+    }
     s->opts.host = NULL;
     s->opts.hosts = NULL;
     s->opts.path = NULL;
@@ -323,7 +329,7 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
     s->opts.nfds = 0;
     s->opts.tls = NULL; /* set with its reference once nothing can fail */
     if (unix_socket && o->path && !(s->path = strdup(o->path))) {
-        free(s);
+        evs__server_free(s);
         return -ENOMEM;
     }
     if (o->proxy_protocol) {

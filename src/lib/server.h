@@ -31,6 +31,22 @@ typedef struct evs__pause_log {
     _Atomic uint64_t last_ms;     /* monotonic time of the last line; 0: none yet */
 } evs__pause_log;
 
+/* What a server's own limits are counted in: its max_connections and the
+ * per-address table. A reload successor (opts.predecessor) shares its
+ * predecessor's, so connections still open on an older generation count
+ * against the new one (iplimit.c). */
+typedef struct evs__limits {
+    _Atomic size_t refs;
+    _Atomic size_t conns; /* live connections of every generation */
+    _Atomic bool paused;  /* a generation stopped at its max_connections */
+    pthread_mutex_t lock; /* the table and the refusal log */
+    struct ip_entry **table;
+    uint64_t mult;  /* the table's random odd multiplier, set with it */
+    size_t sweep;   /* the table's next bucket to sweep */
+    unsigned long rejects_unlogged;
+    double last_reject_log;
+} evs__limits;
+
 /* One listening socket. Its event lives on the base of the thread that
  * accepts from it: the acceptor's, or with reuse_port one worker's (each
  * worker then accepts on its own SO_REUSEPORT socket, with no hand-off).
@@ -56,9 +72,9 @@ struct evs_server {
 
     _Atomic bool serving;
     _Atomic bool closed;
-    _Atomic size_t conns;
+    _Atomic size_t conns;      /* this server's own live connections */
     _Atomic size_t handlers;   /* stream handlers spawned and not returned */
-    _Atomic bool limit_paused; /* at opts.max_connections */
+    evs__limits *limits;       /* what opts.max_connections and the per-address limits count */
     evs__pause_log limit_log;
     _Atomic uint64_t accepted;
     _Atomic uint64_t closed_count;
@@ -71,15 +87,8 @@ struct evs_server {
     char *reject_message; /* the server's copy */
     evs__cidr *trusted; /* PROXY protocol peers */
     size_t ntrusted;
-    /* Per-address limits (iplimit.c). */
-    pthread_mutex_t ip_lock;
-    struct ip_entry **ip_table;
-    uint64_t ip_mult;          /* the table's random odd multiplier, set with it */
-    size_t ip_sweep;           /* the table's next bucket to sweep, under ip_lock */
     _Atomic uint64_t rejected_per_ip;
     _Atomic uint64_t rejected_rate;
-    unsigned long rejects_unlogged; /* under ip_lock */
-    double last_reject_log;
     bool keep_path;            /* sockets handed over: leave the file */
 
     evs_server *next; /* the runtime's list, under rt->lock; only the
@@ -110,6 +119,11 @@ struct evs_runtime {
 
 int evs__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len);
 
+/* A server's limits (iplimit.c): fresh, or another server's shared. */
+evs__limits *evs__limits_new(void);
+evs__limits *evs__limits_ref(evs__limits *lim);
+void evs__limits_unref(evs__limits *lim);
+
 /* Per-address limits (iplimit.c). */
 bool evs__iplimit_enabled(const evs_server *s);
 bool evs__ip_key(const struct sockaddr_storage *peer, uint64_t *key);
@@ -120,7 +134,6 @@ void evs__iplimit_reject(evs_server *s, int fd, int why, const struct sockaddr_s
                          socklen_t plen);
 void evs__iplimit_reject_transport(evs_server *s, evs_transport *t, int why,
                                    const struct sockaddr_storage *peer, socklen_t plen);
-void evs__iplimit_free(evs_server *s);
 /* How many addresses the table holds (tests). */
 size_t evs__iplimit_entries(evs_server *s);
 

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1384,6 +1385,33 @@ TEST_F(DaemonTest, AReloadNamingThePortAListenerGotKeepsItsSocket) {
     EXPECT_EQ("AFTER", ask(fresh, "after"));
     EXPECT_EQ("still", ask(old, "still"));
     close(old);
+    close(fresh);
+}
+
+// A reloaded listener goes on counting the connections its old generation
+// still holds: with max_connections = 1 and one open from before the
+// reload, a second waits until the first closes.
+TEST_F(DaemonTest, AReloadedListenersMaxConnectionsCountsTheOldGenerationsConnections) {
+    const std::string limit = "limits = { max_connections = 1; };";
+    std::string conf = write("evstreamd.conf", config(listener(limit)));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("l");
+    ASSERT_NE(0, port);
+    int old = connect_tcp(port);
+    ASSERT_GE(old, 0);
+    EXPECT_EQ("before", ask(old, "before"));
+
+    write_file(conf, config(listener(limit, "127.0.0.1:" + std::to_string(port))));
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    int fresh = connect_tcp(port);
+    ASSERT_GE(fresh, 0);
+    ASSERT_TRUE(write_all(fresh, "after\n", 6));
+    pollfd p = {fresh, POLLIN, 0};
+    EXPECT_EQ(0, poll(&p, 1, 300)) << "served while the old connection held the one place";
+    close(old);
+    EXPECT_EQ("after", read_line(fresh));
     close(fresh);
 }
 

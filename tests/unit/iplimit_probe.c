@@ -14,14 +14,16 @@ evs_server *probe_iplimit_server(double rate, double burst, unsigned max_per_ip)
     s->opts.connection_rate_per_ip = rate;
     s->opts.connection_burst_per_ip = burst;
     s->opts.max_connections_per_ip = max_per_ip;
-    pthread_mutex_init(&s->ip_lock, NULL);
+    if (!(s->limits = evs__limits_new())) {
+        free(s);
+        return NULL;
+    }
     return s;
 }
 
 void probe_iplimit_server_free(evs_server *s)
 {
-    evs__iplimit_free(s);
-    pthread_mutex_destroy(&s->ip_lock);
+    evs__limits_unref(s->limits);
     free(s);
 }
 

@@ -620,6 +620,93 @@ int connect_from(const char *local_ip, uint16_t port) {
 }
 }  // namespace
 
+// A reload's successor (opts.predecessor) counts the connections still open
+// on the server it replaces: its max_connections waits for one of those to
+// close, and its per-address limit sees their addresses.
+TEST_P(ServerWorkers, ASuccessorCountsItsPredecessorsConnections) {
+    Runtime r(GetParam());
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.max_connections = 2;
+    o.max_connections_per_ip = 1;
+    o.reject_message = "busy\n";
+    evs_server *old_server;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &old_server));
+    uint16_t port = evs_server_port(old_server);
+    int a = connect_from("127.0.0.1", port), b = connect_from("127.0.0.2", port);
+    EXPECT_EQ(0u, read_line(a).rfind("limit=", 0));
+    EXPECT_EQ(0u, read_line(b).rfind("limit=", 0));
+
+    int fd;
+    ASSERT_EQ(1u, evs_server_take_sockets(old_server, &fd, 1));
+    o.host = nullptr;
+    o.fds = &fd;
+    o.nfds = 1;
+    o.predecessor = old_server;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, nullptr));
+    evs_server_close(old_server);
+
+    int c = connect_from("127.0.0.3", port);
+    EXPECT_TRUE(gets_no_byte_within(c, 200));  // a and b fill the successor's two places
+    close(b);  // a close on the old server wakes the new one
+    EXPECT_EQ(0u, read_line(c).rfind("limit=", 0));
+    close(c);
+    int d = connect_from("127.0.0.1", port);
+    EXPECT_EQ("busy\n", read_to_eof(d));  // a, still open on the old server, is 127.0.0.1's one
+    close(d);
+    close(a);
+}
+
+// A pause at the predecessor's limit does not hold back a successor with
+// room: a reload may raise max_connections.
+TEST_P(ServerWorkers, ASuccessorWithMoreRoomServesWhatItsPredecessorPausedOn) {
+    Runtime r(GetParam());
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.max_connections = 1;
+    evs_server *old_server;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &old_server));
+    uint16_t port = evs_server_port(old_server);
+    int a = connect_tcp(port);
+    EXPECT_EQ(0u, read_line(a).rfind("limit=", 0));
+    int b = connect_tcp(port);
+    EXPECT_TRUE(gets_no_byte_within(b, 200));  // the old server paused at its one
+
+    int fd;
+    ASSERT_EQ(1u, evs_server_take_sockets(old_server, &fd, 1));
+    o.host = nullptr;
+    o.fds = &fd;
+    o.nfds = 1;
+    o.max_connections = 2;
+    o.predecessor = old_server;
+    o.defer_serving = GetParam() == 1;  // both ways of starting to serve
+    evs_server *successor;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &successor));
+    if (o.defer_serving) {
+        ASSERT_EQ(0, evs_server_start_serving(successor));
+    }
+    EXPECT_EQ(0u, read_line(b).rfind("limit=", 0));  // a holds one of two places
+    close(a);
+    close(b);
+}
+
+// A predecessor of another runtime is refused: the counts would be
+// woken on the wrong acceptor.
+TEST(Server, APredecessorMustBeOfTheSameRuntime) {
+    Runtime r1(1), r2(1);
+    evs_server *other = start_greeter(r2.rt);
+    ASSERT_NE(nullptr, other);
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.predecessor = other;
+    evs_server *s = nullptr;
+    EXPECT_EQ(-EINVAL, evs_start_server(r1.rt, &o, &s));
+    EXPECT_EQ(nullptr, s);
+}
+
 TEST_P(ServerWorkers, MaxConnectionsPerAddressRefusesTheExtraOnesWithTheMessage) {
     Runtime r(GetParam());
     evs_server_options o{};
