@@ -127,10 +127,13 @@ typedef struct evs_server_options {
     void *connection_closed_arg;
     /** The server this one replaces on a reload (it took over its sockets
      *  with fds): its max_connections and per-address limits count the
-     *  connections still open there too, and a close there lets this one
-     *  accept again. The two share the counts, so for the moment both
-     *  serve, one at its max_connections pauses both. Same runtime, not
-     *  freed yet; NULL = a fresh count. */
+     *  connections still open there too (those the predecessor counted:
+     *  with no per-address limit there, none per address), and a close
+     *  there lets this one accept again. Once this one serves, its
+     *  connection rate fills the shared per-address buckets. Close the
+     *  predecessor or take its sockets first: while both serve, one at
+     *  its max_connections pauses both. Same runtime, not freed yet;
+     *  NULL = a fresh count. */
     evs_server *predecessor;
 } evs_server_options;
 

@@ -359,12 +359,17 @@ static void pause_server(evs_server *s)
         set_listening(s->rt);
 }
 
-/* A pause a predecessor left on the limits @s shares holds @s back only
- * if @s is at its own limit too: a reload may have raised it. */
-static void drop_inherited_pause(evs_server *s)
+/* A server starting to serve takes charge of the limits it may share
+ * with a predecessor: its rate now fills the shared buckets, and a pause
+ * the predecessor left holds it back only if it is at its own limit too
+ * (a reload may have raised it). Not at start: a reload that fails
+ * discards a successor that never served. @return whether a pause went. */
+static bool take_charge_of_limits(evs_server *s)
 {
-    if (atomic_load(&s->limits->paused) && !server_at_limit(s))
-        atomic_store(&s->limits->paused, false);
+    evs__limits_set_rate(s->limits, s->opts.connection_rate_per_ip,
+                         s->opts.connection_burst_per_ip);
+    return !server_at_limit(s) && atomic_load(&s->limits->paused) &&
+           atomic_exchange(&s->limits->paused, false);
 }
 
 /* A worker may not touch the acceptor's back-off state: it leaves a flag
@@ -448,9 +453,8 @@ static void attach_listener(evs_worker *owner, void *arg)
 void evs__acceptor_add(evs_worker *acceptor, void *arg)
 {
     evs_server *s = arg;
+    bool unpaused = atomic_load(&s->serving) && take_charge_of_limits(s);
 
-    if (atomic_load(&s->serving))
-        drop_inherited_pause(s);
     for (size_t i = 0; i < s->nlisteners; i++) {
         evs__listener *l = &s->listeners[i];
         if (!l->owner)
@@ -458,6 +462,8 @@ void evs__acceptor_add(evs_worker *acceptor, void *arg)
         else
             evs_worker_post(l->owner, attach_listener, l);
     }
+    if (unpaused)
+        set_listening(acceptor->rt); /* a predecessor still serving may accept again */
 }
 
 void evs__acceptor_serve(evs_worker *acceptor, void *arg)
@@ -465,7 +471,7 @@ void evs__acceptor_serve(evs_worker *acceptor, void *arg)
     evs_server *s = arg;
 
     EVS_UNUSED(acceptor);
-    drop_inherited_pause(s);
+    take_charge_of_limits(s);
     atomic_store(&s->serving, true);
     set_listening(s->rt);
 }

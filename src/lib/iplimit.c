@@ -64,20 +64,24 @@ bool evs__ip_key(const struct sockaddr_storage *peer, uint64_t *key)
     return false; /* Unix peers have no address to limit */
 }
 
-static double burst(const evs_server *s)
+/* The rate and bucket size are the newest generation's: the buckets are
+ * shared, and an older generation's closes must not refill them at its
+ * old rate (or forget a bucket a new rate is still emptying). */
+void evs__limits_set_rate(evs__limits *lim, double rate, double burst)
 {
-    double b = s->opts.connection_burst_per_ip;
-    double r = s->opts.connection_rate_per_ip;
-    return b >= 1 ? b : (r > 1 ? r : 1);
+    pthread_mutex_lock(&lim->lock);
+    lim->rate = rate;
+    lim->burst = burst >= 1 ? burst : (rate > 1 ? rate : 1);
+    pthread_mutex_unlock(&lim->lock);
 }
 
-static void refill(const evs_server *s, ip_entry *e, double now)
+static void refill(const evs__limits *lim, ip_entry *e, double now)
 {
-    if (s->opts.connection_rate_per_ip <= 0)
+    if (lim->rate <= 0)
         return;
-    e->tokens += (now - e->last) * s->opts.connection_rate_per_ip;
-    if (e->tokens > burst(s))
-        e->tokens = burst(s);
+    e->tokens += (now - e->last) * lim->rate;
+    if (e->tokens > lim->burst)
+        e->tokens = lim->burst;
     e->last = now;
 }
 
@@ -110,11 +114,11 @@ static ip_entry **slot(evs__limits *lim, uint64_t key)
 }
 
 /* An entry with no connection and a full bucket says nothing: drop it. */
-static void maybe_forget(evs_server *s, ip_entry **pp)
+static void maybe_forget(const evs__limits *lim, ip_entry **pp)
 {
     ip_entry *e = *pp;
 
-    if (e->count == 0 && (s->opts.connection_rate_per_ip <= 0 || e->tokens >= burst(s))) {
+    if (e->count == 0 && (lim->rate <= 0 || e->tokens >= lim->burst)) {
         *pp = e->next;
         free(e);
     }
@@ -124,17 +128,16 @@ static void maybe_forget(evs_server *s, ip_entry **pp)
  * a refused address never releases: without a sweep every address ever
  * seen would stay. So each admit and release also looks at one bucket of
  * the table, in turn, and drops what says nothing any more. */
-static void sweep_one_bucket(evs_server *s, double now)
+static void sweep_one_bucket(evs__limits *lim, double now)
 {
-    evs__limits *lim = s->limits;
     ip_entry **pp = &lim->table[lim->sweep];
 
     lim->sweep = (lim->sweep + 1) % BUCKETS;
     while (*pp) {
         ip_entry *e = *pp;
 
-        refill(s, e, now);
-        maybe_forget(s, pp);
+        refill(lim, e, now);
+        maybe_forget(lim, pp);
         if (*pp == e)
             pp = &e->next;
     }
@@ -163,28 +166,26 @@ int evs__iplimit_admit(evs_server *s, uint64_t key)
             return 0;
         }
         e->key = key;
-        e->tokens = burst(s);
+        e->tokens = lim->burst;
         e->last = now;
         *pp = e;
     }
     e = *pp;
-    refill(s, e, now);
+    refill(lim, e, now);
     if (s->opts.max_connections_per_ip && e->count >= s->opts.max_connections_per_ip)
         rc = -EMFILE;
-    else if (s->opts.connection_rate_per_ip > 0 && e->tokens < 1)
+    else if (lim->rate > 0 && e->tokens < 1)
         rc = -EAGAIN;
     else {
         e->count++;
-        if (s->opts.connection_rate_per_ip > 0)
+        if (lim->rate > 0)
             e->tokens -= 1;
     }
-    sweep_one_bucket(s, now);
+    sweep_one_bucket(lim, now);
     pthread_mutex_unlock(&lim->lock);
     return rc;
 }
 
-/* @s: the server the connection came to, whose options refill the bucket;
- * a later generation's may differ, and apply from then on. */
 void evs__iplimit_release(evs_server *s, uint64_t key)
 {
     evs__limits *lim = s->limits;
@@ -195,11 +196,11 @@ void evs__iplimit_release(evs_server *s, uint64_t key)
     if (lim->table && *(pp = slot(lim, key))) {
         if ((*pp)->count > 0)
             (*pp)->count--;
-        refill(s, *pp, now);
-        maybe_forget(s, pp);
+        refill(lim, *pp, now);
+        maybe_forget(lim, pp);
     }
     if (lim->table)
-        sweep_one_bucket(s, now);
+        sweep_one_bucket(lim, now);
     pthread_mutex_unlock(&lim->lock);
 }
 

@@ -43,6 +43,8 @@ typedef struct evs__limits {
     struct ip_entry **table;
     uint64_t mult;  /* the table's random odd multiplier, set with it */
     size_t sweep;   /* the table's next bucket to sweep */
+    double rate;    /* the newest generation's connection_rate_per_ip */
+    double burst;   /* and its bucket size */
     unsigned long rejects_unlogged;
     double last_reject_log;
 } evs__limits;
@@ -123,6 +125,7 @@ int evs__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len)
 evs__limits *evs__limits_new(void);
 evs__limits *evs__limits_ref(evs__limits *lim);
 void evs__limits_unref(evs__limits *lim);
+void evs__limits_set_rate(evs__limits *lim, double rate, double burst);
 
 /* Per-address limits (iplimit.c). */
 bool evs__iplimit_enabled(const evs_server *s);

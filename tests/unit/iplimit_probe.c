@@ -18,6 +18,7 @@ evs_server *probe_iplimit_server(double rate, double burst, unsigned max_per_ip)
         free(s);
         return NULL;
     }
+    evs__limits_set_rate(s->limits, rate, burst);
     return s;
 }
 

@@ -658,6 +658,44 @@ TEST_P(ServerWorkers, ASuccessorCountsItsPredecessorsConnections) {
     close(a);
 }
 
+// The rate of the newest generation fills the buckets the generations
+// share: a close on the old server, which had no rate, does not forget a
+// bucket the new rate has emptied.
+TEST(Server, AnOldGenerationsCloseDoesNotRefillTheNewRatesBucket) {
+    Runtime r(1);
+    evs_server_options o{};
+    o.client_connected = greeter;
+    o.host = "127.0.0.1";
+    o.max_connections_per_ip = 5;  // the old server counts addresses, with no rate
+    o.reject_message = "slow down\n";
+    evs_server *old_server;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &old_server));
+    uint16_t port = evs_server_port(old_server);
+    int a = connect_from("127.0.0.1", port);
+    EXPECT_EQ(0u, read_line(a).rfind("limit=", 0));
+
+    int fd;
+    ASSERT_EQ(1u, evs_server_take_sockets(old_server, &fd, 1));
+    o.host = nullptr;
+    o.fds = &fd;
+    o.nfds = 1;
+    o.connection_rate_per_ip = 0.001;  // one token, and no new one within the test
+    o.connection_burst_per_ip = 1;
+    o.predecessor = old_server;
+    evs_server *successor;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &successor));
+    int b = connect_from("127.0.0.1", port);
+    EXPECT_EQ(0u, read_line(b).rfind("limit=", 0));  // the one token
+    close(b);
+    close(a);  // 127.0.0.1's last connection ends on the old server
+    auto live = [&] { return evs_server_connections(old_server) + evs_server_connections(successor); };
+    for (int i = 0; i < 2500 && live() > 0; i++) usleep(2000);
+    ASSERT_EQ(0u, live());
+    int c = connect_from("127.0.0.1", port);
+    EXPECT_EQ("slow down\n", read_to_eof(c));  // the bucket is still empty
+    close(c);
+}
+
 // A pause at the predecessor's limit does not hold back a successor with
 // room: a reload may raise max_connections.
 TEST_P(ServerWorkers, ASuccessorWithMoreRoomServesWhatItsPredecessorPausedOn) {
