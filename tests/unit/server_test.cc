@@ -620,6 +620,16 @@ int connect_from(const char *local_ip, uint16_t port) {
 }
 }  // namespace
 
+// Turn @o into the options of @old's successor, as a reload does: @old's
+// one socket (taken into @fd) and @old as the predecessor.
+static void become_successor(evs_server_options *o, evs_server *old, int *fd) {
+    ASSERT_EQ(1u, evs_server_take_sockets(old, fd, 1));
+    o->host = nullptr;
+    o->fds = fd;
+    o->nfds = 1;
+    o->predecessor = old;
+}
+
 // A reload's successor (opts.predecessor) counts the connections still open
 // on the server it replaces: its max_connections waits for one of those to
 // close, and its per-address limit sees their addresses.
@@ -639,11 +649,7 @@ TEST_P(ServerWorkers, ASuccessorCountsItsPredecessorsConnections) {
     EXPECT_EQ(0u, read_line(b).rfind("limit=", 0));
 
     int fd;
-    ASSERT_EQ(1u, evs_server_take_sockets(old_server, &fd, 1));
-    o.host = nullptr;
-    o.fds = &fd;
-    o.nfds = 1;
-    o.predecessor = old_server;
+    ASSERT_NO_FATAL_FAILURE(become_successor(&o, old_server, &fd));
     ASSERT_EQ(0, evs_start_server(r.rt, &o, nullptr));
     evs_server_close(old_server);
 
@@ -675,13 +681,9 @@ TEST(Server, AnOldGenerationsCloseDoesNotRefillTheNewRatesBucket) {
     EXPECT_EQ(0u, read_line(a).rfind("limit=", 0));
 
     int fd;
-    ASSERT_EQ(1u, evs_server_take_sockets(old_server, &fd, 1));
-    o.host = nullptr;
-    o.fds = &fd;
-    o.nfds = 1;
+    ASSERT_NO_FATAL_FAILURE(become_successor(&o, old_server, &fd));
     o.connection_rate_per_ip = 0.001;  // one token, and no new one within the test
     o.connection_burst_per_ip = 1;
-    o.predecessor = old_server;
     evs_server *successor;
     ASSERT_EQ(0, evs_start_server(r.rt, &o, &successor));
     int b = connect_from("127.0.0.1", port);
@@ -713,12 +715,8 @@ TEST_P(ServerWorkers, ASuccessorWithMoreRoomServesWhatItsPredecessorPausedOn) {
     EXPECT_TRUE(gets_no_byte_within(b, 200));  // the old server paused at its one
 
     int fd;
-    ASSERT_EQ(1u, evs_server_take_sockets(old_server, &fd, 1));
-    o.host = nullptr;
-    o.fds = &fd;
-    o.nfds = 1;
+    ASSERT_NO_FATAL_FAILURE(become_successor(&o, old_server, &fd));
     o.max_connections = 2;
-    o.predecessor = old_server;
     o.defer_serving = GetParam() == 1;  // both ways of starting to serve
     evs_server *successor;
     ASSERT_EQ(0, evs_start_server(r.rt, &o, &successor));
