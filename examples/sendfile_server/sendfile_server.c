@@ -8,7 +8,8 @@
  * memory, whatever the file's size.
  *
  * The file is opened for every connection (a file replaced on disk is seen
- * by the next client) and sent up to the end it has at that moment. The
+ * by the next client) and sent up to the end it has at that moment; if it
+ * is no longer a regular file then, the client is closed at once. The
  * client's input is ignored.
  *
  * Settings (the listener's settings group):
@@ -33,11 +34,28 @@ typedef struct sendfile_server {
     char *header; /* with its "\n", or NULL */
 } sendfile_server;
 
+/* Open @path if it is a regular file. O_NONBLOCK: opening a FIFO put in
+ * its place must not block the worker until a writer comes (it changes
+ * nothing for a regular file). @return the fd, or -errno (-EINVAL: not a
+ * regular file). */
+static int open_regular(const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
+    return fd;
+}
+
 static int init(evs_settings *s, void **state)
 {
     const char *file = NULL, *header = NULL;
     sendfile_server *sf;
-    struct stat st;
     int rc, fd;
 
     for (size_t i = 0; i < evs_settings_count(s); i++) {
@@ -56,13 +74,12 @@ static int init(evs_settings *s, void **state)
         return evs_settings_fail(s, "header must be one line (no CR or LF in it)");
 
     /* Refuse the configuration now rather than fail every connection. */
-    fd = open(file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return evs_settings_fail(s, "file '%s' cannot be read: %s", file, strerror(errno));
-    rc = fstat(fd, &st);
-    close(fd);
-    if (rc < 0 || !S_ISREG(st.st_mode))
+    fd = open_regular(file);
+    if (fd == -EINVAL)
         return evs_settings_fail(s, "file '%s' is not a regular file", file);
+    if (fd < 0)
+        return evs_settings_fail(s, "file '%s' cannot be read: %s", file, strerror(-fd));
+    close(fd);
 
     if (!(sf = calloc(1, sizeof *sf)))
         return -ENOMEM;
@@ -100,9 +117,10 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
     int fd;
 
     (void)r;
-    fd = open(sf->file, O_RDONLY | O_CLOEXEC);
+    fd = open_regular(sf->file);
     if (fd < 0) {
-        evs_log(EVS_LOG_WARN, "sendfile_server: cannot open %s: %s", sf->file, strerror(errno));
+        evs_log(EVS_LOG_WARN, "sendfile_server: cannot open %s: %s", sf->file,
+                fd == -EINVAL ? "not a regular file" : strerror(-fd));
         return;
     }
     /* The header is queued first; evs_sendfile sends after what is queued. */

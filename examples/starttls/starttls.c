@@ -14,7 +14,8 @@
  * (CVE-2011-0411-style injection is impossible).
  *
  * Settings: certificate = "server.pem"; key = "server.key";
- *           password_file = "..." (optional, for an encrypted key)
+ *           password_file = "..." (optional, for an encrypted key);
+ *           any other name is an error.
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   openssl s_client -connect 127.0.0.1:8587 -starttls smtp   (any STARTTLS
  *   client works once it has seen the "220" line and sent "STARTTLS")
@@ -33,6 +34,13 @@ static int init(evs_settings *s, void **state)
     char why[512];
     int rc;
 
+    for (size_t i = 0; i < evs_settings_count(s); i++) {
+        const char *key = evs_settings_key(s, i);
+        if (strcmp(key, "certificate") != 0 && strcmp(key, "key") != 0 &&
+            strcmp(key, "password_file") != 0)
+            return evs_settings_fail(
+                s, "unknown setting '%s' (expected certificate, key, password_file)", key);
+    }
     if ((rc = evs_settings_get_string(s, "certificate", &cert.certificate)) < 0 ||
         (rc = evs_settings_get_string(s, "key", &cert.key)) < 0)
         return rc == -ENOENT ? evs_settings_fail(s, "certificate and key are required") : rc;
@@ -50,10 +58,12 @@ static void fini(void *state)
     evs_tls_context_unref(state);
 }
 
+/* Whether @line is the command @cmd: the word alone or followed by a
+ * space ("STARTTLSX" is no STARTTLS). */
 static bool is(const char *line, size_t n, const char *cmd)
 {
     size_t len = strlen(cmd);
-    return n >= len && strncasecmp(line, cmd, len) == 0;
+    return n >= len && strncasecmp(line, cmd, len) == 0 && (n == len || line[len] == ' ');
 }
 
 static void reply(evs_writer *w, const char *text)
@@ -80,8 +90,9 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
             break;
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
             n--;
-        if (is(line, (size_t)n, "ECHO ")) {
-            snprintf(out, sizeof out, "250 %.*s\r\n", (int)(n - 5 > 512 ? 512 : n - 5), line + 5);
+        if (is(line, (size_t)n, "ECHO")) {
+            ssize_t len = n > 5 ? n - 5 : 0; /* the text after "ECHO " */
+            snprintf(out, sizeof out, "250 %.*s\r\n", (int)(len > 512 ? 512 : len), line + 5);
             reply(w, out);
         } else if (is(line, (size_t)n, "STARTTLS")) {
             if (evs_transport_is_tls(evs_writer_transport(w))) {

@@ -30,6 +30,8 @@
 #include <netinet/ip.h>
 #include <netinet/udp.h>
 
+#include <openssl/ssl.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -199,7 +201,8 @@ class ExamplesTest : public ::testing::Test {
         ASSERT_FALSE(dir.empty());
         ASSERT_EQ(0, access(daemon_path().c_str(), X_OK))
             << daemon_path() << " is missing: build it first (or set EVS_TEST_BUILDDIR)";
-        for (const char *p : {"http_hello", "redis_lite", "chat", "proxy", "line_upper", "udp_echo"})
+        for (const char *p : {"http_hello", "redis_lite", "chat", "proxy", "line_upper", "udp_echo",
+                              "starttls"})
             ASSERT_TRUE(file_exists(plugin_dir() + "/" + p + ".so"))
                 << p << ".so is not in " << plugin_dir() << ": run make first";
     }
@@ -224,6 +227,16 @@ class ExamplesTest : public ::testing::Test {
     }
 
     std::string path(const std::string &name) const { return dir + "/" + name; }
+
+    // cert.pem and key.pem for localhost and 127.0.0.1. @return false
+    // when the openssl command is missing.
+    bool make_cert() {
+        std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                          "-days 1 -subj /CN=localhost "
+                          "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
+                          path("key.pem") + " -out " + path("cert.pem") + " >/dev/null 2>&1";
+        return system(cmd.c_str()) == 0;
+    }
     std::string next_name(const std::string &base) { return path(base + "." + std::to_string(serial++)); }
 
     // Write a config with @listeners (libconfig list entries); its path.
@@ -242,7 +255,8 @@ class ExamplesTest : public ::testing::Test {
                              "  { name = \"chat\"; path = \"chat.so\"; },\n"
                              "  { name = \"proxy\"; path = \"proxy.so\"; },\n"
                              "  { name = \"line_upper\"; path = \"line_upper.so\"; },\n"
-                             "  { name = \"udp_echo\"; path = \"udp_echo.so\"; }\n"
+                             "  { name = \"udp_echo\"; path = \"udp_echo.so\"; },\n"
+                             "  { name = \"starttls\"; path = \"starttls.so\"; }\n"
                              ");\n"
                              "listeners = (\n" + listeners + "\n);\n");
         return conf;
@@ -1250,16 +1264,6 @@ class ProxyTest : public ExamplesTest {
         EXPECT_TRUE(d.running());
         return d.port("proxy");
     }
-
-    // cert.pem and key.pem for localhost and 127.0.0.1. @return false
-    // when the openssl command is missing.
-    bool make_cert() {
-        std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                          "-days 1 -subj /CN=localhost "
-                          "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
-                          path("key.pem") + " -out " + path("cert.pem") + " >/dev/null 2>&1";
-        return system(cmd.c_str()) == 0;
-    }
 };
 
 TEST_F(ProxyTest, CurlAndRedisCliThroughTheProxy) {
@@ -1473,6 +1477,76 @@ TEST_F(ProxyTest, UpstreamEofClosesATlsClient) {
     EXPECT_EQ("", read_all(u));
     close(u);
     close(lfd);
+}
+
+// =============================================================================
+// starttls
+// =============================================================================
+
+// One line through @ssl, without its "\r\n"; "<eof>" when the TLS
+// connection ends first.
+std::string ssl_read_line(SSL *ssl) {
+    std::string line;
+    char c;
+    while (SSL_read(ssl, &c, 1) == 1) {
+        if (c == '\n') {
+            if (!line.empty() && line.back() == '\r') line.pop_back();
+            return line;
+        }
+        line += c;
+    }
+    return line + "<eof>";
+}
+
+// The session: commands in plaintext (a longer word is no command), then
+// STARTTLS, a real handshake on the same socket, and commands in TLS.
+TEST_F(ExamplesTest, StarttlsUpgradesTheConnectionItIsAskedOn) {
+    if (!make_cert()) GTEST_SKIP() << "the openssl command is not installed";
+    Daemon &d = start("  { name = \"st\"; listen = \"127.0.0.1:0\"; plugin = \"starttls\";"
+                      " settings = { certificate = \"" + path("cert.pem") + "\"; key = \"" +
+                      path("key.pem") + "\"; }; }");
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("st"));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 10);
+    EXPECT_EQ("220 evstream starttls example", read_line(fd));
+    ASSERT_TRUE(send_text(fd, "ECHO hello there\r\nECHO\r\nTLS?\r\nSTARTTLSX\r\nQUITTER\r\n"));
+    EXPECT_EQ("250 hello there", read_line(fd));
+    EXPECT_EQ("250 ", read_line(fd));
+    EXPECT_EQ("250 plaintext -", read_line(fd));
+    EXPECT_EQ("500 unknown command", read_line(fd));
+    EXPECT_EQ("500 unknown command", read_line(fd));
+    ASSERT_TRUE(send_text(fd, "starttls\r\n"));
+    ASSERT_EQ("220 go ahead", read_line(fd));
+
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    ASSERT_NE(nullptr, ctx);
+    ASSERT_EQ(1, SSL_CTX_load_verify_locations(ctx, path("cert.pem").c_str(), nullptr));
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    SSL_set_tlsext_host_name(ssl, "localhost");
+    EXPECT_EQ(1, SSL_connect(ssl)) << "the handshake after STARTTLS failed";
+    std::string cmds = "TLS?\r\nSTARTTLS\r\nECHO secret\r\nQUIT\r\n";
+    EXPECT_EQ((int)cmds.size(), SSL_write(ssl, cmds.data(), (int)cmds.size()));
+    EXPECT_EQ(0u, ssl_read_line(ssl).rfind("250 TLSv1.3 TLS_", 0));
+    EXPECT_EQ("503 already in TLS", ssl_read_line(ssl));
+    EXPECT_EQ("250 secret", ssl_read_line(ssl));
+    EXPECT_EQ("221 bye", ssl_read_line(ssl));
+    EXPECT_EQ("<eof>", ssl_read_line(ssl));
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+}
+
+// A misspelt setting is an error at the start, not a default in silence.
+TEST_F(ExamplesTest, StarttlsRefusesAnUnknownSetting) {
+    std::string conf = write_conf("  { name = \"st\"; listen = \"127.0.0.1:0\"; plugin = \"starttls\";"
+                                  " settings = { certificate = \"c.pem\"; key = \"k.pem\";"
+                                  " pasword_file = \"p\"; }; }");
+    Result t = run({daemon_path(), "-t", "-c", conf});
+    EXPECT_EQ(1, t.status) << t.out << t.err;
+    EXPECT_TRUE(contains(t.err, "unknown setting 'pasword_file'")) << t.err;
 }
 
 // =============================================================================

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <netinet/in.h>
@@ -398,6 +399,37 @@ TEST_F(SendfileTest, SendsTheFileOverTls) {
     EXPECT_EQ(header + "\n", r.out.substr(0, header.size() + 1));
     EXPECT_TRUE(r.out.compare(header.size() + 1, std::string::npos, data) == 0)
         << "the file differs";
+}
+
+// A FIFO put where the file was must not hold a worker (opening it for
+// reading would block until a writer came): the client is closed at once,
+// and the next one gets the regular file again. At the config check the
+// FIFO is refused, without hanging.
+TEST_F(SendfileTest, AFifoInPlaceOfTheFileClosesTheClientAndHoldsNoWorker) {
+    Daemon &d = start(listener("sf"));
+    ASSERT_TRUE(d.running());
+    ASSERT_EQ(0, rename(file.c_str(), (file + ".away").c_str()));
+    ASSERT_EQ(0, mkfifo(file.c_str(), 0600));
+    for (int i = 0; i < 2; i++) {  // each worker (round-robin on ties)
+        int fd = connect_tcp(d.port("sf"));
+        ASSERT_GE(fd, 0);
+        set_timeouts(fd, 10);
+        char c;
+        EXPECT_EQ(0, recv(fd, &c, 1, 0)) << "not closed at once: " << strerror(errno);
+        close(fd);
+    }
+    std::string conf = config("  { name = \"sf\"; listen = \"127.0.0.1:0\"; plugin = \"sendfile_server\";\n"
+                              "    settings = { file = \"" + file + "\"; }; }");
+    Result r = run({daemon_path(), "-t", "-c", conf}, 20);
+    EXPECT_NE(0, r.status);
+    EXPECT_TRUE(contains(r.err, "is not a regular file")) << r.err;
+    ASSERT_EQ(0, unlink(file.c_str()));
+    ASSERT_EQ(0, rename((file + ".away").c_str(), file.c_str()));
+    int fd = connect_tcp(d.port("sf"));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 10);
+    EXPECT_EQ(header.size() + 1 + data.size(), read_to_eof(fd).size());
+    close(fd);
 }
 
 TEST_F(SendfileTest, UnreadableFileFailsTheConfigCheck) {
