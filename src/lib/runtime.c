@@ -3,6 +3,7 @@
  */
 #include "server.h"
 
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,6 +212,13 @@ static void worker_finish(evs_worker *w, void *arg)
     w->exit_loop = true;
 }
 
+/* For a round trip: once it ran, so did what was posted before it. */
+static void nothing(evs_worker *w, void *arg)
+{
+    EVS_UNUSED(w);
+    EVS_UNUSED(arg);
+}
+
 static bool workers_idle(evs_runtime *rt)
 {
     for (int i = 0; i < rt->nworkers; i++) {
@@ -248,15 +256,23 @@ int evs_runtime_stop(evs_runtime *rt, double timeout)
      * runs on. */
     if (evs_worker_current() && evs_worker_current()->rt == rt)
         return -EDEADLK;
+    if (isnan(timeout))
+        timeout = 0; /* as elsewhere: a bound that is no number waits for nothing */
     atomic_store(&rt->stopping, true);
 
-    /* 1. Stop accepting: close every listener, end the acceptor. */
+    /* 1. Stop accepting: close every listener, end the acceptor. Calls,
+     * not posts: their messages need no memory, so they cannot fail. */
     if (rt->acceptor.thread_started) {
-        if (evs_worker_post(&rt->acceptor, evs__acceptor_stop, NULL) == 0)
+        if (evs_worker_call(&rt->acceptor, evs__acceptor_stop, NULL) == 0)
             pthread_join(rt->acceptor.thread, NULL);
         rt->acceptor.thread_started = false;
     }
     evs__worker_close_inbox(&rt->acceptor);
+    /* The acceptor posted the close of reuse_port sockets to the workers
+     * that own them; until those ran, a worker could still accept. */
+    for (int i = 0; i < rt->nworkers; i++)
+        if (rt->workers[i].thread_started)
+            evs_worker_call(&rt->workers[i], nothing, NULL);
 
     /* 2. Let handlers finish, then abort and cancel what is left. */
     if (!wait_idle(rt, timeout)) {
@@ -275,7 +291,7 @@ int evs_runtime_stop(evs_runtime *rt, double timeout)
         evs_worker *w = &rt->workers[i];
         if (!w->thread_started)
             continue;
-        evs_worker_post(w, worker_finish, NULL);
+        evs_worker_call(w, worker_finish, NULL);
         evs__worker_close_inbox(w);
         pthread_join(w->thread, NULL);
     }

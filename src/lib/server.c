@@ -451,6 +451,7 @@ static bool listening(evs_server *s)
 int evs_server_wait_closed(evs_server *s)
 {
     struct timespec nap = {0, 2 * 1000 * 1000};
+    double began = 0; /* in a task: when its timeout started to count */
 
     /* A worker's loop closes its sockets and connections: blocked, it
      * would wait for itself. */
@@ -462,7 +463,7 @@ int evs_server_wait_closed(evs_server *s)
      * returns (or handed over, by evs_server_take_sockets). */
     while (!atomic_load(&s->closed) || atomic_load(&s->conns) > 0 || listening(s)) {
         if (evs_task_current()) {
-            int rc = evs_sleep(0.005);
+            int rc = evs__task_nap_in_call(0.005, &began);
             if (rc < 0)
                 return rc;
         } else {

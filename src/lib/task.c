@@ -174,6 +174,22 @@ int evs__task_park_in_call(evs__waitq *q, double *began)
     return evs__task_park_for(q, left, -ETIMEDOUT);
 }
 
+int evs__task_nap_in_call(double nap, double *began)
+{
+    evs_task *t = running_task;
+    double now, left;
+
+    if (!t || t->cancelled || t->timeout <= 0)
+        return evs__task_park_for(NULL, nap, 0);
+    now = evs__monotonic();
+    if (*began == 0)
+        *began = now;
+    left = t->timeout - (now - *began);
+    if (left <= 0)
+        return -ETIMEDOUT;
+    return evs__task_park_for(NULL, left < nap ? left : nap, 0);
+}
+
 int evs_sleep(double seconds)
 {
     if (!running_task)

@@ -216,6 +216,10 @@ int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry);
  * call as a whole. @began starts at 0 in the call and is kept by the
  * first wait. */
 int evs__task_park_in_call(evs__waitq *q, double *began);
+/* The same for a call that polls instead of parking on a queue: a nap of
+ * at most @nap seconds. @return 0 (look again), -ETIMEDOUT once the
+ * task's timeout is spent since @began, or -ECANCELED. */
+int evs__task_nap_in_call(double nap, double *began);
 /* Make a parked task ready with @result. No-op when it is not parked. */
 void evs__task_wake(evs_task *t, int result);
 /* Wake every task parked on @q with @result. */

@@ -13,6 +13,8 @@
 #include <netinet/in.h>
 
 #include <atomic>
+#include <cmath>
+#include <future>
 #include <mutex>
 #include <set>
 #include <string>
@@ -337,6 +339,56 @@ TEST(Server, WaitClosedLeavesThePortFreeAndRefusesToBlockAWorker) {
         EXPECT_LT(fd, 0);
         if (fd >= 0) close(fd);
     }
+}
+
+// In a task, the task's timeout bounds the whole wait: it polls in short
+// naps, and each nap ending was taken for "look again" for ever.
+TEST(Server, WaitClosedInATaskEndsAtTheTasksTimeout) {
+    Runtime r(1);
+    evs_server *s = start_greeter(r.rt);
+    ASSERT_NE(nullptr, s);
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_EQ(0u, read_line(fd).rfind("limit=", 0));  // a live connection
+    evs_server_close(s);
+    struct Arg {
+        evs_server *s;
+        std::atomic<int> rc{1};
+    } arg{s};
+    ASSERT_EQ(0, evs_worker_call(
+                     evs_runtime_worker(r.rt, 0),
+                     [](evs_worker *, void *a) {
+                         evs_task_spawn(
+                             [](void *a2) {
+                                 Arg *x = static_cast<Arg *>(a2);
+                                 evs_task_set_timeout(evs_task_current(), 0.1);
+                                 x->rc = evs_server_wait_closed(x->s);
+                                 return 0;
+                             },
+                             a, nullptr);
+                     },
+                     &arg));
+    for (int i = 0; i < 5000 && arg.rc == 1; i++) usleep(2000);  // watchdog: 10 s
+    EXPECT_EQ(-ETIMEDOUT, arg.rc);
+    close(fd);
+    EXPECT_EQ(0, evs_server_wait_closed(s));
+    for (int i = 0; i < 5000 && arg.rc == 1; i++) usleep(2000);  // the task is done with arg
+}
+
+// A timeout that is no number waits for nothing, as everywhere else in the
+// API: it waited for ever, the comparison with 0 being false.
+TEST(Server, RuntimeStopWithANaNTimeoutAbortsAtOnce) {
+    Runtime r(1);
+    evs_server *s = start_greeter(r.rt);
+    ASSERT_NE(nullptr, s);
+    int fd = connect_tcp(evs_server_port(s));
+    ASSERT_EQ(0u, read_line(fd).rfind("limit=", 0));  // a handler that waits for the client
+    evs_runtime *rt = r.rt;
+    r.rt = nullptr;
+    auto stop = std::async(std::launch::async, [rt] { return evs_runtime_stop(rt, NAN); });
+    bool ended = stop.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    EXPECT_TRUE(ended) << "evs_runtime_stop(NAN) waited for the handler";
+    close(fd);  // ends the handler either way
+    EXPECT_EQ(-ETIMEDOUT, stop.get());
 }
 
 TEST(Server, UnixSocketFileIsRemovedOnClose) {
