@@ -264,8 +264,16 @@ static int connection_vars(evs_transport *t, char **vars, size_t *n)
     if (local.ss_family == AF_UNIX) {
         const struct sockaddr_un *sun = (const struct sockaddr_un *)&local;
         rc = add_var(vars, n, "PROTO", "UNIX");
-        if (!rc && llen > offsetof(struct sockaddr_un, sun_path) && sun->sun_path[0])
-            rc = add_var(vars, n, "UNIXLOCALPATH", sun->sun_path);
+        if (!rc && llen > offsetof(struct sockaddr_un, sun_path) && sun->sun_path[0]) {
+            /* A path of sun_path's whole length has no NUL in it. */
+            size_t room = llen - offsetof(struct sockaddr_un, sun_path);
+            size_t len = strnlen(sun->sun_path, room < sizeof sun->sun_path ? room
+                                                                             : sizeof sun->sun_path);
+            char path[sizeof sun->sun_path + 1];
+            memcpy(path, sun->sun_path, len);
+            path[len] = '\0';
+            rc = add_var(vars, n, "UNIXLOCALPATH", path);
+        }
 #ifdef SO_PEERCRED
         struct ucred cred;
         socklen_t clen = sizeof cred;

@@ -229,6 +229,11 @@ static int init(evs_settings *s, void **state)
         free(px);
         return -ENOMEM;
     }
+    if (!*px->host) {
+        free(px->host);
+        free(px);
+        return evs_settings_fail(s, "upstream '%s' has no host", upstream);
+    }
     px->port = (uint16_t)port;
     px->connect_timeout = timeout;
 
@@ -250,6 +255,10 @@ static int init(evs_settings *s, void **state)
             goto fail;
         }
         px->server_name = strdup(server_name ? server_name : px->host);
+        if (!px->server_name) {
+            rc = -ENOMEM;
+            goto fail;
+        }
     } else if (ca_file || server_name) {
         rc = evs_settings_fail(s, "ca_file and server_name need upstream_tls = true");
         goto fail;
@@ -258,6 +267,8 @@ static int init(evs_settings *s, void **state)
     return 0;
 
 fail:
+    if (px->tls)
+        evs_tls_context_unref(px->tls);
     free(px->host);
     free(px);
     return rc;

@@ -1266,6 +1266,23 @@ class ProxyTest : public ExamplesTest {
     }
 };
 
+// A bad upstream is refused at the config check, by what is wrong with it.
+TEST_F(ProxyTest, ABadUpstreamFailsTheConfigCheck) {
+    const std::pair<std::string, std::string> cases[] = {
+        {"localhost", "is not host:port"},
+        {"localhost:http", "has no valid port"},
+        {"localhost:70000", "has no valid port"},
+        {"[]:80", "has no host"},
+    };
+    for (const auto &c : cases) {
+        std::string conf = write_conf("  { name = \"p\"; listen = \"127.0.0.1:0\"; plugin = \"proxy\";"
+                                      " settings = { upstream = \"" + c.first + "\"; }; }");
+        Result t = run({daemon_path(), "-t", "-c", conf});
+        EXPECT_EQ(1, t.status) << c.first << ": " << t.err;
+        EXPECT_TRUE(contains(t.err, "upstream '" + c.first + "' " + c.second)) << t.err;
+    }
+}
+
 TEST_F(ProxyTest, CurlAndRedisCliThroughTheProxy) {
     REQUIRE_TOOL(curl, "curl", "curl");
     // The upstreams: http_hello and redis_lite in their own daemon.
