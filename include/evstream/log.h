@@ -31,7 +31,9 @@ typedef void (*evs_log_fn)(evs_log_level level, int worker, const char *msg, voi
 EVS_EXTERN void evs_log_set_level(evs_log_level level);
 /** The current level. Any thread. */
 EVS_EXTERN evs_log_level evs_log_get_level(void);
-/** Replace the sink (NULL restores the stderr sink). Call before starting runtimes. */
+/** Replace the sink (NULL restores the stderr sink). Any thread but the
+ *  sink itself: it returns once no line is being written to the old sink,
+ *  so the old @p arg may then be freed. */
 EVS_EXTERN void evs_log_set_handler(evs_log_fn fn, void *arg);
 /** Parse "error", "warn", "info" or "debug". @return 0 or -EINVAL. */
 EVS_EXTERN int evs_log_level_parse(const char *name, evs_log_level *out);

@@ -3,6 +3,7 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +14,11 @@
 
 _Atomic int evs__log_level = EVS_LOG_WARN;
 
+/* The sink may be replaced while threads log (evstreamd does at a
+ * reload): the pair is read and used under the read side, so a caller of
+ * evs_log_set_handler knows the old one is done with once it returns.
+ * Taken only for lines that pass the level. */
+static pthread_rwlock_t sink_lock = PTHREAD_RWLOCK_INITIALIZER;
 static evs_log_fn log_fn;
 static void *log_arg;
 
@@ -30,8 +36,10 @@ evs_log_level evs_log_get_level(void)
 
 void evs_log_set_handler(evs_log_fn fn, void *arg)
 {
+    pthread_rwlock_wrlock(&sink_lock);
     log_fn = fn;
     log_arg = arg;
+    pthread_rwlock_unlock(&sink_lock);
 }
 
 const char *evs_log_level_name(evs_log_level level)
@@ -91,8 +99,10 @@ void evs_log(evs_log_level level, const char *fmt, ...)
     va_end(ap);
     w = evs_worker_current();
     worker = w ? evs_worker_id(w) : -1;
+    pthread_rwlock_rdlock(&sink_lock);
     if (log_fn)
         log_fn(level, worker, msg, log_arg);
     else
         stderr_sink(level, worker, msg);
+    pthread_rwlock_unlock(&sink_lock);
 }
