@@ -229,10 +229,11 @@ static int init(evs_settings *s, void **state)
         free(px);
         return -ENOMEM;
     }
-    if (!*px->host) {
+    /* Brackets left after the strip: "[::1:80", "[]:80". */
+    if (!*px->host || strpbrk(px->host, "[]")) {
         free(px->host);
         free(px);
-        return evs_settings_fail(s, "upstream '%s' has no host", upstream);
+        return evs_settings_fail(s, "upstream '%s' has no valid host", upstream);
     }
     px->port = (uint16_t)port;
     px->connect_timeout = timeout;

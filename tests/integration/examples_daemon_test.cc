@@ -1272,7 +1272,8 @@ TEST_F(ProxyTest, ABadUpstreamFailsTheConfigCheck) {
         {"localhost", "is not host:port"},
         {"localhost:http", "has no valid port"},
         {"localhost:70000", "has no valid port"},
-        {"[]:80", "has no host"},
+        {"[]:80", "has no valid host"},
+        {"[::1:80", "has no valid host"},
     };
     for (const auto &c : cases) {
         std::string conf = write_conf("  { name = \"p\"; listen = \"127.0.0.1:0\"; plugin = \"proxy\";"

@@ -139,11 +139,17 @@ void greeter(evs_reader *r, evs_writer *w, void *) {
     evs_read(r, &c, 1);  // until the client goes away
 }
 
-// A greeter server on 127.0.0.1 with default options, or nullptr.
-evs_server *start_greeter(evs_runtime *rt) {
+// Options of a greeter server on 127.0.0.1, the rest at their defaults.
+evs_server_options greeter_options() {
     evs_server_options o{};
     o.client_connected = greeter;
     o.host = "127.0.0.1";
+    return o;
+}
+
+// A greeter server on 127.0.0.1 with default options, or nullptr.
+evs_server *start_greeter(evs_runtime *rt) {
+    evs_server_options o = greeter_options();
     evs_server *s = nullptr;
     EXPECT_EQ(0, evs_start_server(rt, &o, &s));
     return s;
@@ -179,9 +185,7 @@ TEST(Server, NeedsExactlyOneHandler) {
 
 TEST(Server, LimitAndWatermarkOptionsReachTheConnection) {
     Runtime r;
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.limit = 1000;
     o.write_high_water = 4096;
     evs_server *s;
@@ -216,9 +220,7 @@ TEST(Server, SeveralHostsEachGetAListener) {
 
 TEST(Server, AddressInUseUnlessReusePort) {
     Runtime r;
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     evs_server *s;
     ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
     o.port = evs_server_port(s);
@@ -245,9 +247,7 @@ TEST(Server, UnknownHostIsAnError) {
 
 TEST_P(ServerWorkers, DeferServingAcceptsOnlyAfterStartServing) {
     Runtime r(GetParam());
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.defer_serving = true;
     evs_server *s;
     ASSERT_EQ(0, evs_start_server(r.rt, &o, &s));
@@ -503,9 +503,7 @@ TEST(Server, IdleTimeoutClosesSilentConnectionsAndParkedReadsGetETIMEDOUT) {
 
 TEST_P(ServerWorkers, OwnMaxConnectionsPausesOnlyThatServer) {
     Runtime r(GetParam());
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.max_connections = 1;
     evs_server *limited, *other;
     ASSERT_EQ(0, evs_start_server(r.rt, &o, &limited));
@@ -527,9 +525,7 @@ TEST_P(ServerWorkers, OwnMaxConnectionsPausesOnlyThatServer) {
 // goes on accepting while the other servers are paused at it.
 TEST_P(ServerWorkers, NoRuntimeLimitServerIsOutsideTheRuntimeLimit) {
     Runtime r(GetParam(), 1);
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     evs_server *counted, *outside;
     ASSERT_EQ(0, evs_start_server(r.rt, &o, &counted));
     o.no_runtime_limit = true;
@@ -687,9 +683,7 @@ static void become_successor(evs_server_options *o, evs_server *old, int *fd) {
 // close, and its per-address limit sees their addresses.
 TEST_P(ServerWorkers, ASuccessorCountsItsPredecessorsConnections) {
     Runtime r(GetParam());
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.max_connections = 2;
     o.max_connections_per_ip = 1;
     o.reject_message = "busy\n";
@@ -721,9 +715,7 @@ TEST_P(ServerWorkers, ASuccessorCountsItsPredecessorsConnections) {
 // bucket the new rate has emptied.
 TEST(Server, AnOldGenerationsCloseDoesNotRefillTheNewRatesBucket) {
     Runtime r(1);
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.max_connections_per_ip = 5;  // the old server counts addresses, with no rate
     o.reject_message = "slow down\n";
     evs_server *old_server;
@@ -754,9 +746,7 @@ TEST(Server, AnOldGenerationsCloseDoesNotRefillTheNewRatesBucket) {
 // room: a reload may raise max_connections.
 TEST_P(ServerWorkers, ASuccessorWithMoreRoomServesWhatItsPredecessorPausedOn) {
     Runtime r(GetParam());
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.max_connections = 1;
     evs_server *old_server;
     ASSERT_EQ(0, evs_start_server(r.rt, &o, &old_server));
@@ -786,9 +776,7 @@ TEST(Server, APredecessorMustBeOfTheSameRuntime) {
     Runtime r1(1), r2(1);
     evs_server *other = start_greeter(r2.rt);
     ASSERT_NE(nullptr, other);
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.predecessor = other;
     evs_server *s = nullptr;
     EXPECT_EQ(-EINVAL, evs_start_server(r1.rt, &o, &s));
@@ -797,9 +785,7 @@ TEST(Server, APredecessorMustBeOfTheSameRuntime) {
 
 TEST_P(ServerWorkers, MaxConnectionsPerAddressRefusesTheExtraOnesWithTheMessage) {
     Runtime r(GetParam());
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.max_connections_per_ip = 2;
     o.reject_message = "busy\n";
     evs_server *s;
@@ -836,9 +822,7 @@ TEST_P(ServerWorkers, MaxConnectionsPerAddressRefusesTheExtraOnesWithTheMessage)
 
 TEST(Server, ConnectionRatePerAddressIsATokenBucket) {
     Runtime r;
-    evs_server_options o{};
-    o.client_connected = greeter;
-    o.host = "127.0.0.1";
+    evs_server_options o = greeter_options();
     o.connection_rate_per_ip = 0.01;  // one every 100 seconds ...
     o.connection_burst_per_ip = 3;   // ... after a burst of three
     evs_server *s;
