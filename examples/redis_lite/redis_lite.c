@@ -36,8 +36,8 @@
  *
  * Expiry is lazy: a key past its deadline is deleted when a command looks
  * at it, and each part that reaches a shard also sweeps one bucket of it,
- * so expired keys nobody asks for are reclaimed over time. DBSIZE sweeps
- * the whole shard, so it counts live keys only.
+ * so expired keys nobody asks for are reclaimed over time. As in Redis,
+ * DBSIZE counts the expired keys not reclaimed yet.
  *
  * Settings (the listener's settings group):
  *   max_bulk    = "16M";   largest accepted argument (default 16M)
@@ -45,6 +45,9 @@
  *                          and largest GET or MGET answer (default the
  *                          larger of 64M and max_bulk; at least
  *                          max_bulk, at most 1G)
+ *   max_memory  = "1G";    bound on the store (keys, values and their
+ *                          overhead), split evenly over the shards;
+ *                          at least 1M
  * A command is read whole before it runs, so without max_request one
  * unfinished command (up to 1M arguments of max_bulk each) could hold
  * gigabytes. An argument that would take the total past it is a protocol
@@ -58,6 +61,12 @@
  * and the connection goes on. A small MGET naming one big key many times
  * would otherwise make the server build an answer of gigabytes (Redis
  * builds it: by default its output buffer limits spare normal clients).
+ * max_memory is Redis's maxmemory with its noeviction policy: once a
+ * shard holds more than its part, SET, INCR/DECR and MSET are refused
+ * there with Redis's "-OOM command not allowed..." error, while reads,
+ * DEL, EXPIRE and FLUSHALL go on. One command may take a shard past its
+ * part (by at most max_request), never further. Redis has no bound by
+ * default; here clients could otherwise fill the daemon's memory.
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   redis-cli -p 6380 SET greeting hello
@@ -197,6 +206,7 @@ static void add_error(buf *b, const char *fmt, ...)
 
 #define ERR_NOT_INT "ERR value is not an integer or out of range"
 #define ERR_SYNTAX "ERR syntax error"
+#define ERR_OOM "OOM command not allowed when used memory > 'maxmemory'."
 
 /* --- numbers ------------------------------------------------------------- */
 
@@ -329,9 +339,11 @@ typedef struct shard {
     size_t nbuckets; /* a power of two */
     size_t count;
     size_t sweep;    /* next bucket the incremental sweep looks at */
+    size_t used;     /* bytes held by the entries, as entry_bytes counts them */
+    size_t limit;    /* this shard's part of max_memory */
 } shard;
 
-static shard *shard_new(void)
+static shard *shard_new(size_t limit)
 {
     shard *s = calloc(1, sizeof *s);
     if (!s)
@@ -342,11 +354,22 @@ static shard *shard_new(void)
         free(s);
         return NULL;
     }
+    s->limit = limit;
     return s;
 }
 
-static void entry_free(entry *e)
+/* What an entry costs: its two blocks and malloc's header on each. The
+ * bucket table is left out: it is a pointer per entry at most. */
+static size_t entry_bytes(size_t klen, size_t vlen)
 {
+    return sizeof(entry) + klen + 1 + vlen + 1 + 2 * 16;
+}
+
+/* Free @e, which the caller has taken out of its bucket. */
+static void entry_drop(shard *s, entry *e)
+{
+    s->used -= entry_bytes(e->klen, e->vlen);
+    s->count--;
     free(e->val);
     free(e);
 }
@@ -357,11 +380,10 @@ static void shard_clear(shard *s)
         entry *e = s->buckets[i], *next;
         for (; e; e = next) {
             next = e->next;
-            entry_free(e);
+            entry_drop(s, e);
         }
         s->buckets[i] = NULL;
     }
-    s->count = 0;
 }
 
 static void shard_free(shard *s)
@@ -410,8 +432,7 @@ static size_t sweep_bucket(shard *s, size_t i, int64_t now)
         entry *e = *pp;
         if (e->expire && e->expire <= now) {
             *pp = e->next;
-            entry_free(e);
-            s->count--;
+            entry_drop(s, e);
             n++;
         } else {
             pp = &e->next;
@@ -428,8 +449,7 @@ static entry **find(shard *s, const char *k, size_t kn, uint64_t h, int64_t now)
         if (e->hash == h && e->klen == kn && memcmp(e->key, k, kn) == 0) {
             if (e->expire && e->expire <= now) {
                 *pp = e->next;
-                entry_free(e);
-                s->count--;
+                entry_drop(s, e);
                 return NULL;
             }
             return pp;
@@ -453,8 +473,7 @@ static bool delete_key(shard *s, const char *k, size_t kn, uint64_t h, int64_t n
         return false;
     e = *pp;
     *pp = e->next;
-    entry_free(e);
-    s->count--;
+    entry_drop(s, e);
     return true;
 }
 
@@ -471,6 +490,7 @@ static bool store(shard *s, const char *k, size_t kn, uint64_t h, const char *v,
     memcpy(copy, v, vn);
     copy[vn] = '\0';
     if (e) {
+        s->used = s->used - e->vlen + vn;
         free(e->val);
         e->val = copy;
         e->vlen = vn;
@@ -493,6 +513,7 @@ static bool store(shard *s, const char *k, size_t kn, uint64_t h, const char *v,
     size_t b = bucket_of(s, h);
     e->next = s->buckets[b];
     s->buckets[b] = e;
+    s->used += entry_bytes(kn, vn);
     if (++s->count > s->nbuckets)
         shard_grow(s);
     return true;
@@ -503,6 +524,7 @@ static bool store(shard *s, const char *k, size_t kn, uint64_t h, const char *v,
 typedef struct redis_lite {
     size_t max_bulk;
     size_t max_request; /* the arguments of one command, in total */
+    size_t max_memory;  /* the store, over all shards */
     atomic_int nworkers;
     /* shards[i] is created, used and freed on worker i only. */
     shard *shards[MAX_WORKERS];
@@ -656,6 +678,12 @@ static bool claim_answer(call *c, size_t n)
     return before + n <= c->rl->max_request;
 }
 
+/* Redis's "denyoom" commands. */
+static bool may_grow(const command *cmd)
+{
+    return cmd->id == C_SET || cmd->id == C_INCRBY || cmd->id == C_MSET;
+}
+
 /* Run one part against its shard, on the shard's worker. */
 static void exec_part(shard *s, call *c, part *p)
 {
@@ -665,6 +693,16 @@ static void exec_part(shard *s, call *c, part *p)
     /* Reclaim expired keys nobody asks for, a bucket at a time. */
     sweep_bucket(s, s->sweep, now);
     s->sweep = (s->sweep + 1) & (s->nbuckets - 1);
+
+    /* Redis's noeviction policy: past the limit, a command that could
+     * grow the store is refused, and the rest (reads, DEL, FLUSHALL) run.
+     * MSET's part then stores nothing, and its short count makes the task
+     * answer the same error. */
+    if (may_grow(cmd) && s->used > s->limit) {
+        if (cmd->kind == K_ONE)
+            add_error(&p->out, ERR_OOM);
+        return;
+    }
 
     for (int i = 0; i < p->nkeys || (cmd->kind == K_ALL && i == 0); i++) {
         const arg *k = cmd->kind == K_ALL ? NULL : &c->argv[c->keys[p->first + i]];
@@ -696,7 +734,7 @@ static void exec_part(shard *s, call *c, part *p)
             }
             if (!store(s, k->p, k->n, h, v->p, v->n, c->ttl_ms ? deadline(now, c->ttl_ms) : 0,
                        c->keep_ttl, now))
-                add_error(&p->out, "OOM command not allowed when used memory > 'maxmemory'.");
+                add_error(&p->out, ERR_OOM);
             else
                 add_simple(&p->out, "OK");
             break;
@@ -723,7 +761,7 @@ static void exec_part(shard *s, call *c, part *p)
             cur += c->delta;
             int n = snprintf(num, sizeof num, "%lld", cur);
             if (!store(s, k->p, k->n, h, num, (size_t)n, 0, true, now))
-                add_error(&p->out, "OOM command not allowed when used memory > 'maxmemory'.");
+                add_error(&p->out, ERR_OOM);
             else
                 add_int(&p->out, cur);
             break;
@@ -759,8 +797,9 @@ static void exec_part(shard *s, call *c, part *p)
             p->count += lookup(s, k->p, k->n, h, now) != NULL;
             break;
         case C_DBSIZE:
-            for (size_t b = 0; b < s->nbuckets; b++)
-                sweep_bucket(s, b, now);
+            /* As Redis's, it counts the expired keys not reclaimed yet:
+             * sweeping the whole shard here would let a client make every
+             * DBSIZE cost a walk over millions of keys. */
             p->count = (long long)s->count;
             break;
         case C_FLUSHALL:
@@ -1107,7 +1146,7 @@ static int execute(conn *cn, int argc, arg *argv)
     c = calloc(1, sizeof *c);
     if (!c) {
         free_args(argc, argv);
-        add_error(out, "OOM command not allowed when used memory > 'maxmemory'.");
+        add_error(out, ERR_OOM);
         return 0;
     }
     atomic_init(&c->refs, 1);
@@ -1148,7 +1187,7 @@ static int execute(conn *cn, int argc, arg *argv)
         c->ttl_ms = secs * 1000;
     }
     if (make_parts(c, nworkers) < 0) {
-        add_error(out, "OOM command not allowed when used memory > 'maxmemory'.");
+        add_error(out, ERR_OOM);
         goto done;
     }
 
@@ -1202,7 +1241,7 @@ static int execute(conn *cn, int argc, arg *argv)
         if (stored == c->nkeys)
             add_simple(out, "OK");
         else
-            add_error(out, "OOM command not allowed when used memory > 'maxmemory'.");
+            add_error(out, ERR_OOM);
         break;
     }
     case K_MGET:
@@ -1459,14 +1498,15 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
 static int init(evs_settings *s, void **state)
 {
     redis_lite *rl;
-    uint64_t max_bulk = 16 * 1024 * 1024, max_request = 0;
+    uint64_t max_bulk = 16 * 1024 * 1024, max_request = 0, max_memory = 1024 * 1024 * 1024;
     int rc;
 
     for (size_t i = 0; i < evs_settings_count(s); i++) {
         const char *key = evs_settings_key(s, i);
-        if (strcmp(key, "max_bulk") != 0 && strcmp(key, "max_request") != 0)
-            return evs_settings_fail(s, "unknown setting '%s' (expected max_bulk, max_request)",
-                                     key);
+        if (strcmp(key, "max_bulk") != 0 && strcmp(key, "max_request") != 0 &&
+            strcmp(key, "max_memory") != 0)
+            return evs_settings_fail(
+                s, "unknown setting '%s' (expected max_bulk, max_request, max_memory)", key);
     }
     if ((rc = evs_settings_get_size(s, "max_bulk", &max_bulk)) < 0 && rc != -ENOENT)
         return rc;
@@ -1482,12 +1522,17 @@ static int init(evs_settings *s, void **state)
     /* Below max_bulk, the largest argument could never be sent. */
     if (max_request < max_bulk || max_request > 1024 * 1024 * 1024)
         return evs_settings_fail(s, "max_request must be between max_bulk and 1G");
+    if ((rc = evs_settings_get_size(s, "max_memory", &max_memory)) < 0 && rc != -ENOENT)
+        return rc;
+    if (max_memory < 1024 * 1024 || max_memory > SIZE_MAX / 2)
+        return evs_settings_fail(s, "max_memory must be at least 1M");
     pthread_once(&sip_key_once, sip_key_init);
     rl = calloc(1, sizeof *rl);
     if (!rl)
         return -ENOMEM;
     rl->max_bulk = (size_t)max_bulk;
     rl->max_request = (size_t)max_request;
+    rl->max_memory = (size_t)max_memory;
     *state = rl;
     return 0;
 }
@@ -1496,11 +1541,14 @@ static int worker_start(evs_worker *w, void *state)
 {
     redis_lite *rl = state;
     int id = evs_worker_id(w);
+    int nworkers = evs_runtime_worker_count(evs_worker_runtime(w));
 
     if (id < 0 || id >= MAX_WORKERS)
         return -EINVAL;
-    atomic_store(&rl->nworkers, evs_runtime_worker_count(evs_worker_runtime(w)));
-    rl->shards[id] = shard_new();
+    atomic_store(&rl->nworkers, nworkers);
+    /* Keys spread evenly over the shards (a secret hash), so each shard
+     * gets an equal part of the bound and none has to ask the others. */
+    rl->shards[id] = shard_new(rl->max_memory / (size_t)nworkers);
     return rl->shards[id] ? 0 : -ENOMEM;
 }
 

@@ -818,6 +818,61 @@ TEST_F(RedisLiteTest, MaxRequestSettingBoundsAnAnswer) {
     close(fd);
 }
 
+// max_memory is maxmemory with noeviction: past it, writes get Redis's OOM
+// error, while reads and deletes go on, and a delete makes room again.
+// Without it a client could SET until the daemon ran out of memory.
+TEST_F(RedisLiteTest, MaxMemorySettingRefusesWritesUntilKeysAreDeleted) {
+    Daemon &d = start("  { name = \"small\"; listen = \"127.0.0.1:0\"; plugin = \"redis_lite\";"
+                      " settings = { max_bulk = \"64k\"; max_memory = \"1M\"; }; }");
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("small"));
+    ASSERT_GE(fd, 0);
+    set_timeouts(fd, 5);
+    const std::string oom = "-OOM command not allowed when used memory > 'maxmemory'.";
+    std::string value(60000, 'v');
+    auto set = [&](const std::string &key) {
+        return raw(fd, "*3\r\n$3\r\nSET\r\n$" + std::to_string(key.size()) + "\r\n" + key +
+                           "\r\n$60000\r\n" + value + "\r\n", 1);
+    };
+    // 1M holds 17 such values; each shard may pass its part by one command.
+    int stored = 0;
+    std::string refused;
+    for (int i = 0; i < 60 && refused.empty(); i++) {
+        std::string key = "k" + std::to_string(i);
+        std::vector<std::string> r = set(key);
+        ASSERT_EQ(1u, r.size());
+        if (r[0] == oom)
+            refused = key;
+        else
+            ASSERT_EQ("+OK", r[0]) << key;
+        stored += r[0] == "+OK";
+    }
+    ASSERT_FALSE(refused.empty()) << stored << " values of 60000 bytes stored under 1M";
+    EXPECT_GE(stored, 8);
+    EXPECT_LE(stored, 17 + 4);
+    // The shard stays full: the same key is refused again, and so are
+    // INCR and an MSET that touches it; reads still work.
+    EXPECT_EQ(std::vector<std::string>({oom}), set(refused));
+    EXPECT_EQ(std::vector<std::string>({oom}), raw(fd, "INCR " + refused + "\r\n", 1));
+    EXPECT_EQ(std::vector<std::string>({oom}), raw(fd, "MSET " + refused + " 1\r\n", 1));
+    EXPECT_EQ(std::vector<std::string>({"$60000", value}), raw(fd, "GET k0\r\n", 2));
+    EXPECT_EQ(std::vector<std::string>({":" + std::to_string(stored)}), raw(fd, "DBSIZE\r\n", 1));
+    // Deleting every key makes room.
+    std::string del = "DEL";
+    for (int i = 0; i < stored; i++) del += " k" + std::to_string(i);
+    EXPECT_EQ(std::vector<std::string>({":" + std::to_string(stored)}), raw(fd, del + "\r\n", 1));
+    EXPECT_EQ(std::vector<std::string>({"+OK"}), set(refused));
+    EXPECT_EQ(std::vector<std::string>({"+OK"}), raw(fd, "FLUSHALL\r\n", 1));
+    EXPECT_EQ(std::vector<std::string>({":0"}), raw(fd, "DBSIZE\r\n", 1));
+    close(fd);
+    // A bound below 1M is a configuration error.
+    std::string conf = write_conf("  { name = \"bad\"; listen = \"127.0.0.1:0\"; plugin = \"redis_lite\";"
+                                  " settings = { max_memory = \"512k\"; }; }");
+    Result t = run({daemon_path(), "-t", "-c", conf});
+    EXPECT_EQ(1, t.status) << t.out << t.err;
+    EXPECT_TRUE(contains(t.err, "max_memory must be at least 1M")) << t.err;
+}
+
 TEST_F(RedisLiteTest, RedisBenchmarkResultsAreCorrect) {
     REQUIRE_TOOL(bench, "redis-benchmark", "redis-tools");
     if (cli.empty()) GTEST_SKIP() << "redis-cli is not installed (Debian package: redis-tools)";
