@@ -18,7 +18,12 @@
  * ::) every local address is ours and a datagram does not say which one
  * it was sent to, so there any source on our port is dropped; a peer that
  * sends from the echo port is most likely another echo service, the other
- * half of the classic echo loop.
+ * half of the classic echo loop. For the same reason a datagram from a
+ * port below 1024 is dropped: clients send from ephemeral ports, while
+ * the well-known ports belong to services (echo, chargen, daytime, DNS...)
+ * that answer what they are sent. A datagram forged to come from one of
+ * them would make this server and that one answer each other for ever.
+ * (Source port 0 cannot be answered at all.)
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   echo hello | nc -u -w1 127.0.0.1 8895
@@ -41,6 +46,19 @@ typedef struct udp_echo {
     /* own[i] belongs to worker i: made, written and freed on its thread. */
     own_address *own[MAX_WORKERS];
 } udp_echo;
+
+/* Whether @a is an IP address on a well-known port (or port 0). */
+static bool from_service_port(const struct sockaddr *a)
+{
+    switch (a->sa_family) {
+    case AF_INET:
+        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port) < 1024;
+    case AF_INET6:
+        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port) < 1024;
+    default:
+        return false;
+    }
+}
 
 /* Whether a datagram from @a came from the endpoint's own address @own. */
 static bool from_self(const own_address *own, const struct sockaddr *a, socklen_t alen)
@@ -90,6 +108,10 @@ static void datagram_received(evs_datagram *d, const void *data, size_t len,
         return;
     if (from_self(ue->own[evs_worker_id(evs_datagram_worker(d))], addr, addrlen)) {
         evs_log(EVS_LOG_DEBUG, "udp_echo: dropped a datagram from our own address");
+        return;
+    }
+    if (from_service_port(addr)) {
+        evs_log(EVS_LOG_DEBUG, "udp_echo: dropped a datagram from a well-known port");
         return;
     }
     evs_datagram_sendto(d, data, len, addr, addrlen);

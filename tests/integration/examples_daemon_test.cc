@@ -1740,3 +1740,46 @@ TEST_F(ExamplesTest, UdpEchoDropsDatagramsFromItsOwnAddress) {
     EXPECT_EQ("hello", std::string(buf, n > 0 ? (size_t)n : 0));
     close(fd);
 }
+
+// A datagram from a well-known port (below 1024) is dropped: it is most
+// likely another service's answer, or forged to start a loop with one
+// (echo, chargen and their kind answer anything). Binding such a port
+// takes root.
+TEST_F(ExamplesTest, UdpEchoDropsDatagramsFromWellKnownPorts) {
+    Daemon &d = start("  { name = \"udp\"; listen = \"udp:127.0.0.1:0\"; plugin = \"udp_echo\"; }");
+    ASSERT_TRUE(d.running());
+    struct sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    to.sin_port = htons(d.port("udp"));
+    ASSERT_NE(0, to.sin_port);
+
+    int service = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(service, 0);
+    struct sockaddr_in from = to;
+    bool bound = false;
+    for (uint16_t port = 1023; port >= 900 && !bound; port--) {
+        from.sin_port = htons(port);
+        bound = bind(service, (struct sockaddr *)&from, sizeof from) == 0;
+        if (!bound && errno == EACCES) {
+            close(service);
+            GTEST_SKIP() << "binding a port below 1024 takes root";
+        }
+    }
+    ASSERT_TRUE(bound) << "no free port between 900 and 1023";
+    ASSERT_EQ(7, sendto(service, "chargen", 7, 0, (struct sockaddr *)&to, sizeof to));
+
+    // An ephemeral port is answered...
+    int client = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(client, 0);
+    set_timeouts(client, 5);
+    ASSERT_EQ(5, sendto(client, "hello", 5, 0, (struct sockaddr *)&to, sizeof to));
+    char buf[64];
+    ssize_t n = recv(client, buf, sizeof buf, 0);
+    EXPECT_EQ("hello", std::string(buf, n > 0 ? (size_t)n : 0));
+    close(client);
+    // ... and the service's port was not, even a while after.
+    struct pollfd p = {service, POLLIN, 0};
+    EXPECT_EQ(0, poll(&p, 1, 300)) << "a datagram from a well-known port was answered";
+    close(service);
+}
