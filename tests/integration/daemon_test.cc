@@ -240,6 +240,15 @@ std::string plugin_entry(const std::string &name, const std::string &tail = "") 
     return ",\n  { name = \"" + name + "\"; path = \"" + test_plugin(name) + "\"; }" + tail;
 }
 
+// SIGHUP @d and wait for its @nth "reloaded @conf" (counted, so that a
+// test's second reload does not pass on the first one's line).
+void reload_expecting_success(Daemon &d, const std::string &conf, size_t nth = 1) {
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reloaded " + conf) >= nth; }))
+        << d.err();
+    ASSERT_TRUE(d.running());
+}
+
 // Write @text as @d's config, SIGHUP, and wait for the daemon's @nth
 // "reload failed"; it keeps running.
 void reload_expecting_failure(Daemon &d, const std::string &conf, const std::string &text,
@@ -1090,8 +1099,7 @@ TEST_F(DaemonTest, ReuseportGivesEachWorkerASocketAndKeepsThemAcrossAReload) {
         ASSERT_EQ("a:X" + std::to_string(i), ask(fd, "x" + std::to_string(i)));
     }
     write_file(conf, config(listener("b:")));
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf));
     EXPECT_EQ(port, d.port("up"));
     EXPECT_EQ(2, listening_sockets(port));  // the same two, handed over
     for (int i = 0; i < 40; i++) {
@@ -1157,8 +1165,7 @@ TEST_F(DaemonTest, SighupWithBadConfigKeepsTheOldOne) {
 
     // And a good config is still accepted afterwards.
     write_file(conf, good);
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf));
     EXPECT_EQ("a:FOUR", ask(live, "four"));
     close(live);
 }
@@ -1236,8 +1243,7 @@ TEST_F(DaemonTest, AReloadLoadsAReplacedPluginAndNamesOneThatFails) {
     EXPECT_EQ("hello", ask(old, "hello"));
 
     install(plugin_dir() + "/line_upper.so");
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf));
     EXPECT_TRUE(contains(d.err(), "plugin " + so + " changed: loaded the new version")) << d.err();
     int fresh = connect_tcp(d.port("l"));
     ASSERT_GE(fresh, 0);
@@ -1278,8 +1284,7 @@ TEST_F(DaemonTest, AReplacedPluginIsCopiedToTmpdirAndAFailedCopySaysWhy) {
     close(fd);
 
     ASSERT_EQ(0, mkdir(copies.c_str(), 0700));
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf));
     EXPECT_TRUE(contains(d.err(), "plugin " + so + " changed: loaded the new version")) << d.err();
     fd = connect_tcp(d.port("l"));
     ASSERT_GE(fd, 0);
@@ -1305,8 +1310,7 @@ TEST_F(DaemonTest, AReloadFollowsASwitchedSymlink) {
 
     ASSERT_EQ(0, symlink(v2.c_str(), (link + ".new").c_str()));
     ASSERT_EQ(0, rename((link + ".new").c_str(), link.c_str()));
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded "); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, link));
     fd = connect_tcp(d.port("l"));
     ASSERT_GE(fd, 0);
     EXPECT_EQ("HELLO", ask(fd, "hello")) << d.err();
@@ -1342,11 +1346,7 @@ TEST_F(DaemonTest, AReloadWarnsOfTheChangesThatWaitForARestart) {
     write_file(conf, config(listener("reuseport = true;"),
                             "workers = 1;\nlimits = { shutdown_timeout = \"3s\"; max_connections = 7; };\n"
                             "admin = { listen = \"127.0.0.1:0\"; };\n"));
-    auto reload = [&](size_t n) {
-        d.signal(SIGHUP);
-        return eventually(20, [&] { return count_of(d.err(), "reloaded " + conf) == n; });
-    };
-    ASSERT_TRUE(reload(1)) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf, 1));
     EXPECT_TRUE(contains(d.err(), "reload: changed workers, limits.max_connections, admin: "
                                   "applied at the next restart"))
         << d.err();
@@ -1354,11 +1354,11 @@ TEST_F(DaemonTest, AReloadWarnsOfTheChangesThatWaitForARestart) {
         << d.err();
     EXPECT_EQ(2u, count_of(d.err(), "applied at the next restart")) << d.err();
     // Reloaded again, the same file still differs from what runs.
-    ASSERT_TRUE(reload(2)) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf, 2));
     EXPECT_EQ(4u, count_of(d.err(), "applied at the next restart")) << d.err();
     // The file as the daemon started: nothing waits any more.
     write_file(conf, started);
-    ASSERT_TRUE(reload(3)) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf, 3));
     EXPECT_EQ(4u, count_of(d.err(), "applied at the next restart")) << d.err();
 }
 
@@ -1376,8 +1376,7 @@ TEST_F(DaemonTest, AReloadNamingThePortAListenerGotKeepsItsSocket) {
     EXPECT_EQ("before", ask(old, "before"));
 
     write_file(conf, config(listener("", "127.0.0.1:" + std::to_string(port), "line_upper")));
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf));
     EXPECT_FALSE(contains(d.err(), "cannot listen")) << d.err();
     EXPECT_EQ(port, d.port("l"));
     int fresh = connect_tcp(port);
@@ -1403,8 +1402,7 @@ TEST_F(DaemonTest, AReloadedListenersMaxConnectionsCountsTheOldGenerationsConnec
     EXPECT_EQ("before", ask(old, "before"));
 
     write_file(conf, config(listener(limit, "127.0.0.1:" + std::to_string(port))));
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf));
     int fresh = connect_tcp(port);
     ASSERT_GE(fresh, 0);
     ASSERT_TRUE(write_all(fresh, "after\n", 6));
@@ -1459,8 +1457,7 @@ TEST_F(DaemonTest, AReloadTakingOverAPortZeroSocketWarnsThatReuseportWaits) {
     ASSERT_NE(0, port);
 
     write_file(conf, config(listener("reuseport = true;", "127.0.0.1:" + std::to_string(port))));
-    d.signal(SIGHUP);
-    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "reloaded " + conf); })) << d.err();
+    ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf));
     EXPECT_TRUE(contains(d.err(), "changed reuseport of 'l': applied at the next restart"))
         << d.err();
     int fd = connect_tcp(port);
@@ -1488,21 +1485,18 @@ TEST_F(DaemonTest, ReloadsFreeTheReplacedServers) {
                path("server.key") + "\"; }; }"));
     Daemon &d = start(conf);
     ASSERT_TRUE(d.running());
-    auto reload = [&](size_t done) {
-        d.signal(SIGHUP);
-        ASSERT_TRUE(eventually(20, [&] { return count_of(d.err(), "reloaded ") > done; }))
-            << d.err();
-    };
     auto rss_kb = [&] {
         std::string st = read_file("/proc/" + std::to_string(d.pid) + "/status");
         size_t at = st.find("VmRSS:");
         return at == std::string::npos ? -1L : atol(st.c_str() + at + 6);
     };
     const size_t warmup = 50, reloads = 300;
-    for (size_t i = 0; i < warmup; i++) reload(i);
+    for (size_t i = 0; i < warmup; i++)
+        ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf, i + 1));
     long before = rss_kb();
     ASSERT_GT(before, 0);
-    for (size_t i = warmup; i < warmup + reloads; i++) reload(i);
+    for (size_t i = warmup; i < warmup + reloads; i++)
+        ASSERT_NO_FATAL_FAILURE(reload_expecting_success(d, conf, i + 1));
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     // A sanitizer's allocator holds freed memory back (ASan's quarantine):
     // RSS says nothing of leaks there. The reloads above still ran every
