@@ -604,11 +604,13 @@ static bool quiesce_server(evs_server *s, bool forget)
 
     if (evs_worker_call(&rt->acceptor, forget ? acceptor_forget : nothing, s) < 0)
         return false;
-    /* With @forget, a worker that cannot be reached leaves @s unlisted and
-     * unfreed: a leak, in a race with evs_runtime_stop the caller was told
-     * to avoid. */
+    /* A worker refuses a call only once its loop has ended (the runtime
+     * is stopping): it runs nothing of @s any more, so it is passed too.
+     * Once the acceptor has unlisted @s, evs_runtime_stop will not free
+     * it, so it must not be left half-way (that was a leak); before, the
+     * refusal tells the caller to leave @s to evs_runtime_stop. */
     for (int i = 0; i < rt->nworkers; i++)
-        if (evs_worker_call(&rt->workers[i], nothing, NULL) < 0)
+        if (evs_worker_call(&rt->workers[i], nothing, NULL) < 0 && !forget)
             return false;
     return true;
 }
@@ -639,7 +641,7 @@ int evs_server_free(evs_server *s)
     if (server_busy(s))
         return -EBUSY;
     if (!quiesce_server(s, true))
-        return -ESHUTDOWN; /* unlisted, not freed: the runtime is going */
+        return -ESHUTDOWN; /* the acceptor had stopped: still listed */
     evs__server_free(s);
     return 0;
 }
