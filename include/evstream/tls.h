@@ -148,8 +148,9 @@ EVS_EXTERN void *evs_transport_tls_ssl(const evs_transport *t);
 /** The peer's certificate as an X509 * (not a new reference), or NULL. */
 EVS_EXTERN void *evs_transport_tls_peer_certificate(const evs_transport *t);
 /** Subject, issuer (one-line RFC 2253 form) and subjectAltName entries
- *  ("DNS:a, IP:1.2.3.4") of the peer certificate into @p buf.
- *  @return 0, or -ENOENT when there is no peer certificate. */
+ *  ("DNS:a, IP:1.2.3.4") of the peer certificate into @p buf, cut to fit.
+ *  @return 0, -ENOENT when there is no peer certificate, or -EINVAL when
+ *  @p buf is NULL or @p len is 0. */
 EVS_EXTERN int evs_transport_tls_peer_subject(const evs_transport *t, char *buf, size_t len);
 EVS_EXTERN int evs_transport_tls_peer_issuer(const evs_transport *t, char *buf, size_t len);
 EVS_EXTERN int evs_transport_tls_peer_san(const evs_transport *t, char *buf, size_t len);

@@ -29,8 +29,10 @@ static int resolve_count(int file_fd, off_t offset, size_t *count)
 {
     struct stat st;
 
-    if (offset < 0 || fstat(file_fd, &st) < 0)
+    if (offset < 0)
         return -EINVAL;
+    if (fstat(file_fd, &st) < 0)
+        return -errno; /* -EBADF, as the header says */
     if (!S_ISREG(st.st_mode))
         return *count ? 0 : -EINVAL;
     if (offset >= st.st_size) {

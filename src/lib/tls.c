@@ -514,7 +514,10 @@ int evs_tls_server_context_new(const evs_tls_server_options *o, evs_tls_context 
             if (!grown)
                 goto nomem;
             e->names = grown;
-            e->names[e->nnames++] = strdup(*n);
+            /* A NULL name would reach strncmp in every SNI lookup. */
+            if (!(e->names[e->nnames] = strdup(*n)))
+                goto nomem;
+            e->nnames++;
         }
     }
     if (SSL_CTX_use_cert_and_key(ctx, x->certs[0].leaf, x->certs[0].key, x->certs[0].chain, 1) !=

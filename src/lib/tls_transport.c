@@ -965,12 +965,18 @@ static int name_of(X509_NAME *name, char *buf, size_t len)
 int evs_transport_tls_peer_subject(const evs_transport *t, char *buf, size_t len)
 {
     X509 *x = evs_transport_tls_peer_certificate(t);
+
+    if (!buf || len == 0)
+        return -EINVAL;
     return x ? name_of(X509_get_subject_name(x), buf, len) : -ENOENT;
 }
 
 int evs_transport_tls_peer_issuer(const evs_transport *t, char *buf, size_t len)
 {
     X509 *x = evs_transport_tls_peer_certificate(t);
+
+    if (!buf || len == 0)
+        return -EINVAL;
     return x ? name_of(X509_get_issuer_name(x), buf, len) : -ENOENT;
 }
 
@@ -980,6 +986,8 @@ int evs_transport_tls_peer_san(const evs_transport *t, char *buf, size_t len)
     GENERAL_NAMES *names;
     size_t off = 0;
 
+    if (!buf || len == 0)
+        return -EINVAL;
     if (!x)
         return -ENOENT;
     buf[0] = '\0';

@@ -206,7 +206,7 @@ TEST(SendfileTest, ErrorsAfterCloseAndForBadArguments) {
         evs_transport *t = nullptr;
         ASSERT_EQ(0, evs_transport_new(sv[0], &kProto, &r, &t));
         EXPECT_EQ(-EINVAL, evs_transport_sendfile(t, f.fd, -1, 10));
-        EXPECT_EQ(-EINVAL, evs_transport_sendfile(t, -1, 0, 10));
+        EXPECT_EQ(-EBADF, evs_transport_sendfile(t, -1, 0, 10));
         // A pipe has no size: count 0 cannot mean "to the end".
         int p[2];
         ASSERT_EQ(0, pipe(p));

@@ -358,6 +358,9 @@ TEST_F(Tls, EchoThroughLibraryClient) {
         if (evs_transport_tls_peer_subject(t, buf, sizeof buf) == 0) subject = buf;
         if (evs_transport_tls_peer_issuer(t, buf, sizeof buf) == 0) issuer = buf;
         if (evs_transport_tls_peer_san(t, buf, sizeof buf) == 0) san = buf;
+        // No room at all is refused, not written one byte past.
+        EXPECT_EQ(-EINVAL, evs_transport_tls_peer_san(t, buf + sizeof buf, 0));
+        EXPECT_EQ(-EINVAL, evs_transport_tls_peer_subject(t, nullptr, 0));
         EXPECT_TRUE(evs_transport_is_tls(t));
         EXPECT_NE(nullptr, evs_transport_tls_peer_certificate(t));
         EXPECT_STREQ("localhost", evs_transport_tls_sni(t));
