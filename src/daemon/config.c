@@ -690,6 +690,10 @@ static void read_unix_owner(errlist *e, const config_setting_t *g, evsd_listener
         long m = strtol(mode, &end, 8);
         if (!*mode || *end || m < 0 || m > 07777)
             bad(e, config_setting_get_member(g, "mode"), "expected an octal mode like \"0660\"");
+        else if (m == 0) /* the library would take 0 for "as created" */
+            bad(e, config_setting_get_member(g, "mode"),
+                "mode \"%s\" lets no one but root connect; expected an octal mode like \"0660\"",
+                mode);
         else {
             l->has_mode = true;
             l->mode = (unsigned)m;

@@ -64,8 +64,21 @@ static void sink(evs_log_level level, int worker, const char *msg, void *arg)
 
 int evsd_log_file_open(const char *path)
 {
-    int fd = open(path, LOG_FILE_FLAGS | O_CREAT, LOG_FILE_MODE);
-    return fd < 0 ? -errno : fd;
+    /* O_NONBLOCK for the open only: a FIFO without a reader fails it
+     * (ENXIO) instead of holding the main thread, with the signals that
+     * would stop or reload the daemon blocked, until a reader comes. */
+    int fd = open(path, LOG_FILE_FLAGS | O_CREAT | O_NONBLOCK, LOG_FILE_MODE);
+    int flags;
+
+    if (fd < 0)
+        return -errno;
+    flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
 }
 
 /* Whether @dir takes a new file. An unnamed one (O_TMPFILE) asks the

@@ -579,6 +579,9 @@ ConfigError config_error_case(const std::string &name) {
     if (name == "GroupGidWrapsRound")  // was gid 0: root
         return {config(listener("group = \"4294967296\"; #@", "unix:/tmp/evs-test-owner.sock")), "",
                 {"listeners[0].group: no such group '4294967296'"}};
+    if (name == "UnixModeZero")  // the library took 0 for "as created"; a reload applied it
+        return {config(listener("mode = \"0000\"; #@", "unix:/tmp/evs-test-owner.sock")), "",
+                {"listeners[0].mode: mode \"0000\" lets no one but root connect"}};
     if (name == "RelativeUnixPath")  // it landed in the working directory, / with -d
         return {config(listener("", "unix:rel.sock", "echo", true)), "",
                 {"listeners[0].listen: a socket path must be absolute"}};
@@ -692,7 +695,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
                       "TlsCaFileWithoutClientCertificates", "TlsVerifyDepthWithoutClientCertificates",
                       "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
-                      "GroupGidWrapsRound", "RelativeUnixPath", "ListenerNameWithSpaces",
+                      "GroupGidWrapsRound", "UnixModeZero", "RelativeUnixPath", "ListenerNameWithSpaces",
                       "ListenerNamedAdmin", "EmptyListenerName", "SniWildcardInsideAName",
                       "SniNameTwice", "ProxyTimeoutZero", "BurstBelowOne", "GlobalBurstBelowOne",
                       "SettingsForAPluginWithoutInit",
@@ -884,6 +887,22 @@ TEST_F(DaemonTest, LogLevelAppliesWhenTheLogFileCannotBeOpened) {
     ASSERT_TRUE(eventually(20, [&] { return file_exists(d.ports_path); })) << read_file(d.err_path);
     std::string err = read_file(d.err_path);
     EXPECT_TRUE(contains(err, "No such file or directory; logging to stderr")) << err;
+    EXPECT_TRUE(contains(err, "[main] listening on 127.0.0.1:")) << err;
+}
+
+// A FIFO with no reader as the log file is one that cannot be opened: the
+// start logs to stderr. Its open waited for a reader, for good, with the
+// signals that would have stopped the daemon blocked.
+TEST_F(DaemonTest, AFifoWithoutAReaderAsTheLogFileLeavesTheLogOnStderr) {
+    std::string fifo = path("evstreamd.log");
+    ASSERT_EQ(0, mkfifo(fifo.c_str(), 0600));
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "log = { file = \"" + fifo + "\"; level = \"info\"; };\n"));
+    Daemon &d = launch({"-c", conf});
+    ASSERT_TRUE(eventually(20, [&] { return file_exists(d.ports_path); })) << read_file(d.err_path);
+    std::string err = read_file(d.err_path);
+    EXPECT_TRUE(contains(err, "No such device or address; logging to stderr")) << err;
     EXPECT_TRUE(contains(err, "[main] listening on 127.0.0.1:")) << err;
 }
 
