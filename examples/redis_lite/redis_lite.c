@@ -65,7 +65,8 @@
  * shard holds more than its part, SET, INCR/DECR and MSET are refused
  * there with Redis's "-OOM command not allowed..." error, while reads,
  * DEL, EXPIRE and FLUSHALL go on. One command may take a shard past its
- * part (by at most max_request), never further. Redis has no bound by
+ * part (by what it stores there: at most max_request bytes of keys and
+ * values, and their overhead), never further. Redis has no bound by
  * default; here clients could otherwise fill the daemon's memory.
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
