@@ -21,6 +21,9 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int log_fd = 2;
 static char *log_path;
+/* The configured log file when it could not be opened (the log went on
+ * where it was): SIGUSR1 tries it again. */
+static char *log_wanted;
 /* Read by every thread's log call, changed by a reload: atomic. */
 static atomic_bool use_syslog;
 
@@ -137,6 +140,10 @@ int evsd_log_open(const char *target, evs_log_level level)
         fd = evsd_log_file_open(target);
         if (fd < 0) {
             /* The sink stays as it was; the level applies all the same. */
+            pthread_mutex_lock(&lock);
+            free(log_wanted);
+            log_wanted = strdup(target);
+            pthread_mutex_unlock(&lock);
             evs_log_set_level(level);
             evs_log_set_handler(sink, NULL);
             return fd;
@@ -148,6 +155,8 @@ int evsd_log_open(const char *target, evs_log_level level)
     log_fd = fd;
     free(log_path);
     log_path = fd > 2 ? strdup(target) : NULL;
+    free(log_wanted);
+    log_wanted = NULL;
     use_syslog = sys;
     pthread_mutex_unlock(&lock);
     evs_log_set_level(level);
@@ -162,21 +171,32 @@ int evsd_log_check(const char *target)
     return evsd_log_file_check(target);
 }
 
+/* Only the main thread changes log_path and log_wanted: it reads them
+ * here without the lock. */
 int evsd_log_reopen(void)
 {
+    const char *path = log_wanted ? log_wanted : log_path;
     int fd;
 
-    if (!log_path)
+    if (!path)
         return 0;
-    fd = evsd_log_file_open(log_path);
+    fd = evsd_log_file_open(path);
     if (fd < 0) {
-        evs_log(EVS_LOG_ERROR, "cannot reopen the log %s: %s (writing on to the old file)",
-                log_path, evs_strerror(fd));
+        evs_log(EVS_LOG_ERROR, "cannot %s the log %s: %s (%s)", log_wanted ? "open" : "reopen",
+                path, evs_strerror(fd),
+                log_wanted ? "logging where it logged before" : "writing on to the old file");
         return fd;
     }
     pthread_mutex_lock(&lock);
-    close(log_fd);
+    if (log_fd > 2)
+        close(log_fd);
     log_fd = fd;
+    if (log_wanted) { /* the configured file, at last */
+        free(log_path);
+        log_path = log_wanted;
+        log_wanted = NULL;
+        use_syslog = false;
+    }
     pthread_mutex_unlock(&lock);
     return 0;
 }
@@ -190,6 +210,8 @@ void evsd_log_close(void)
     log_fd = 2;
     free(log_path);
     log_path = NULL;
+    free(log_wanted);
+    log_wanted = NULL;
     if (use_syslog)
         closelog();
     use_syslog = false;

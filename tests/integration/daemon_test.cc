@@ -1597,6 +1597,30 @@ TEST_F(DaemonTest, Sigusr1ReopensTheLogFile) {
     EXPECT_TRUE(contains(read_file(log), "stopped"));
 }
 
+// A log file that could not be opened at the start (the log went to
+// stderr) is tried again by SIGUSR1: once its directory exists, the log
+// moves there. SIGUSR1 said "log files reopened" and left it on stderr.
+TEST_F(DaemonTest, Sigusr1OpensALogFileTheStartCouldNotOpen) {
+    std::string dir_of_log = path("logs"), log = dir_of_log + "/evstreamd.log";
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "log = { file = \"" + log + "\"; level = \"info\"; };\n"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    EXPECT_TRUE(contains(d.err(), "No such file or directory; logging to stderr")) << d.err();
+
+    d.signal(SIGUSR1);  // still no directory: it says so, and logs on to stderr
+    ASSERT_TRUE(eventually(10, [&] { return contains(d.err(), "cannot open the log " + log); }))
+        << d.err();
+    ASSERT_EQ(0, mkdir(dir_of_log.c_str(), 0700));
+    d.signal(SIGUSR1);
+    ASSERT_TRUE(eventually(10, [&] { return contains(read_file(log), "log files reopened"); }))
+        << d.err();
+    EXPECT_FALSE(contains(d.err(), "log files reopened")) << d.err();
+    EXPECT_EQ(0, d.stop());
+    EXPECT_TRUE(contains(read_file(log), "stopped"));
+}
+
 // --- pidfile, daemon mode --------------------------------------------------------------
 
 TEST_F(DaemonTest, PidfileLocksOutASecondDaemon) {
