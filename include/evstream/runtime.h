@@ -83,9 +83,9 @@ EVS_EXTERN int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **ou
  * handlers finish for up to @p timeout seconds, then abort the connections
  * and cancel the tasks that remain, join every thread and free everything,
  * including the servers. @p rt is invalid afterwards. A negative @p timeout
- * waits for the handlers as long as they take; NaN waits for nothing, as 0. Aborting after a wait is
- * logged (info); with @p timeout 0 it aborts without a line, the caller
- * having asked for it.
+ * waits for the handlers as long as they take; NaN waits for nothing, as
+ * 0. Aborting after a wait is logged (info); with @p timeout 0 it aborts
+ * without a line, the caller having asked for it.
  * @return 0, -ETIMEDOUT when connections had to be aborted, or -EDEADLK
  * (nothing done) when called on one of @p rt's own threads.
  * Thread: the thread that created the runtime (never a worker).

@@ -748,8 +748,8 @@ static int start_listener(evsd_service *svc, listener *l, const int *fds, size_t
         o.mode = c->has_mode ? c->mode : 0;
         rc = evs_start_unix_server(svc->rt, &o, &l->server);
         if (rc == 0 && nfds == 0 && (rc = set_socket_owner(c)) < 0) {
-            evs_server_close(l->server);
-            /* Nobody else would free it: the runtime only at its stop. */
+            /* It closes the server first. Not left to the runtime,
+             * which would free it only at its stop. */
             evs_server_free(l->server);
             l->server = NULL;
         }
