@@ -498,27 +498,120 @@ static void report(FILE *errors, const char *what)
         evs_log(EVS_LOG_ERROR, "%s", what);
 }
 
-/* Whether @c's host resolves (-t checks it; a start or a reload finds out
- * when it binds). A Unix listener has none; no host means every
- * interface. */
-static int check_host(const evsd_listener_conf *c, char *err, size_t len)
+/* The addresses @c's socket would bind, resolved as the library does:
+ * AI_ADDRCONFIG first, then without it (it hides ::1 on hosts with only
+ * loopback IPv6); no host is every interface. @return 0 and *@out, or a
+ * getaddrinfo error. */
+static int resolve_listener(const evsd_listener_conf *c, struct addrinfo **out)
 {
-    struct addrinfo hints, *res;
+    struct addrinfo hints;
+    const char *host = c->host && *c->host ? c->host : NULL;
+    char port[8];
     int rc;
 
-    if ((c->family != EVSD_TCP && c->family != EVSD_UDP) || !c->host || !*c->host)
-        return 0;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = c->family == EVSD_TCP ? SOCK_STREAM : SOCK_DGRAM;
-    hints.ai_flags = AI_PASSIVE;
-    if ((rc = getaddrinfo(c->host, NULL, &hints, &res)) != 0) {
-        snprintf(err, len, "%s:%d: listener '%s': cannot resolve '%s': %s", c->file, c->line,
-                 c->name, c->host, gai_strerror(rc));
-        return -1;
+    hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
+    snprintf(port, sizeof port, "%u", (unsigned)c->port);
+    rc = getaddrinfo(host, port, &hints, out);
+    if (rc == EAI_ADDRFAMILY || rc == EAI_NONAME) {
+        hints.ai_flags &= ~AI_ADDRCONFIG;
+        rc = getaddrinfo(host, port, &hints, out);
     }
-    freeaddrinfo(res);
-    return 0;
+    return rc;
+}
+
+static bool same_sockaddr(const struct addrinfo *a, const struct addrinfo *b)
+{
+    if (a->ai_family != b->ai_family)
+        return false;
+    if (a->ai_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a->ai_addr, *y = (const void *)b->ai_addr;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ai_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a->ai_addr, *y = (const void *)b->ai_addr;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    return false;
+}
+
+/* The next address a listener binds after @a: a udp: listener binds only
+ * the first its host resolves to. */
+static const struct addrinfo *next_bound(const struct addrinfo *a, evsd_family f)
+{
+    return f == EVSD_UDP ? NULL : a->ai_next;
+}
+
+/* The first address that listeners of family @f bound at @a and at @b
+ * share, or NULL. */
+static const struct addrinfo *shared_address(const struct addrinfo *a, const struct addrinfo *b,
+                                             evsd_family f)
+{
+    for (; a; a = next_bound(a, f))
+        for (const struct addrinfo *x = b; x; x = next_bound(x, f))
+            if (same_sockaddr(a, x))
+                return a;
+    return NULL;
+}
+
+/* Resolve every TCP and UDP listener's host: for `-t` (@check), a host
+ * that does not resolve is a problem (a start or a reload finds out when
+ * it binds). Two listeners whose hosts resolve to one address are one
+ * too: config.c compares the address text, which misses one address
+ * written two ways ("localhost:P" and "127.0.0.1:P"). With reuseport both would bind and the kernel would split
+ * the connections between two plugins. A wildcard beside a specific
+ * address is allowed: the kernel gives the specific one its connections.
+ * @return the number of problems, each reported. */
+static int check_addresses(const evsd_config *cfg, bool check, FILE *errors)
+{
+    struct addrinfo **res = calloc(cfg->nlisteners + 1, sizeof *res);
+    char err[1024], text[INET6_ADDRSTRLEN];
+    int failures = 0, rc;
+
+    if (!res) {
+        report(errors, "cannot check the listeners' addresses: out of memory");
+        return 1;
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const evsd_listener_conf *c = &cfg->listeners[i];
+
+        if (c->family != EVSD_TCP && c->family != EVSD_UDP)
+            continue;
+        if ((rc = resolve_listener(c, &res[i])) != 0) {
+            res[i] = NULL;
+            if (check) {
+                snprintf(err, sizeof err, "%s:%d: listener '%s': cannot resolve '%s': %s",
+                         c->file, c->line, c->name, c->host, gai_strerror(rc));
+                report(errors, err);
+                failures++;
+            }
+            continue;
+        }
+        for (size_t j = 0; j < i && c->port != 0; j++) {
+            const evsd_listener_conf *o = &cfg->listeners[j];
+            const struct addrinfo *a;
+
+            if (o->family != c->family || !(a = shared_address(res[i], res[j], c->family)))
+                continue;
+            getnameinfo(a->ai_addr, a->ai_addrlen, text, sizeof text, NULL, 0, NI_NUMERICHOST);
+            snprintf(err, sizeof err,
+                     "%s:%d: listener '%s': %s resolves to %s port %u, an address of listener "
+                     "'%s' (%s)",
+                     c->file, c->line, c->name, c->listen, text, (unsigned)c->port, o->name,
+                     o->listen);
+            report(errors, err);
+            failures++;
+            break;
+        }
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (res[i])
+            freeaddrinfo(res[i]);
+    free(res);
+    return failures;
 }
 
 /* Everything a listener needs before its socket: its plugin instance
@@ -539,10 +632,6 @@ static int prepare_listener(const evsd_config *cfg, listener *l, bool check, FIL
         failures++;
     }
     if (make_tls(c, &l->tls, err, sizeof err) < 0) {
-        report(errors, err);
-        failures++;
-    }
-    if (check && check_host(c, err, sizeof err) < 0) {
         report(errors, err);
         failures++;
     }
@@ -576,6 +665,7 @@ int evsd_service_check(const evsd_config *cfg, FILE *errors)
         ls[i].conf = &cfg->listeners[i];
         failures += prepare_listener(cfg, &ls[i], true, errors);
     }
+    failures += check_addresses(cfg, true, errors);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         instance_free(ls[i].inst);
         evs_tls_context_unref(ls[i].tls);
@@ -613,6 +703,7 @@ static generation *generation_new(evsd_service *svc, evsd_config *cfg)
         failures += prepare_listener(cfg, l, false, NULL);
         list[i] = l->inst;
     }
+    failures += check_addresses(cfg, false, NULL);
     g->live = g->n;
     if (failures == 0) {
         for (size_t i = 0; i < g->n; i++)

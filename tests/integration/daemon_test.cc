@@ -552,6 +552,11 @@ ConfigError config_error_case(const std::string &name) {
                        ",\n  { name = \"m\"; listen = \"127.0.0.1:5353\"; plugin = \"echo\"; reuseport = true; } #@"),
                 "",
                 {"listener 'm': 127.0.0.1:5353 is also the address of listener 'l'"}};
+    if (name == "OneAddressWrittenTwoWays")  // the text differs: both bound, connections split
+        return {config(listener("reuseport = true;", "127.0.0.1:5353") +
+                       ",\n  { name = \"m\"; listen = \"localhost:5353\"; plugin = \"echo\"; reuseport = true; } #@"),
+                "",
+                {"listener 'm': localhost:5353 resolves to 127.0.0.1 port 5353, an address of listener 'l'"}};
     if (name == "StreamPluginOnDatagramAddress")
         return {config(listener("", "udp:127.0.0.1:0", "echo", true)), "",
                 {"listener 'l'", "plugin 'echo' is not a datagram plugin"}};
@@ -692,7 +697,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "PluginWithoutDescriptor", "PluginWithUndefinedSymbol", "PluginInitFails",
                       "PluginInitFailsWithSettings", "PluginRejectsSettingType",
                       "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress", "TwoUdpListenersOnOneAddress", "TwoReuseportListenersOnOneAddress",
-                      "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
+                      "OneAddressWrittenTwoWays", "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
                       "TlsCaFileWithoutClientCertificates", "TlsVerifyDepthWithoutClientCertificates",
                       "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
                       "GroupGidWrapsRound", "UnixModeZero", "RelativeUnixPath", "ListenerNameWithSpaces",
