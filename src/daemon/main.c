@@ -253,8 +253,10 @@ static int write_ports(evsd_service *svc, const char *path, uid_t owner)
     } else if (errno == EACCES || errno == EPERM || errno == EEXIST) {
         /* A reload as `user` in a directory only root may write to (or
          * with a leftover temporary file it cannot remove): the file itself
-         * became the user's at the start, so it is rewritten in place. */
-        fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+         * became the user's at the start, so it is rewritten in place.
+         * O_NONBLOCK: a FIFO there fails ("No such device or address", or
+         * pwrite's "Illegal seek") instead of waiting for a reader. */
+        fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
         rc = fd >= 0 ? write_at_start(fd, text, len) : -1;
         if (rc < 0)
             evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));

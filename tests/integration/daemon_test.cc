@@ -1352,6 +1352,19 @@ TEST_F(DaemonTest, AnUnwritablePortsFileFailsTheStart) {
         << s.err;
 }
 
+// The ports file is rewritten in place when its temporary file cannot be
+// made (here a directory holds that name). A FIFO there with no reader
+// made the start wait in open() for good.
+TEST_F(DaemonTest, AFifoAsThePortsFileFailsTheStart) {
+    std::string conf = write("evstreamd.conf", config(listener("")));
+    std::string ports = path("ports");
+    ASSERT_EQ(0, mkdir((ports + ".tmp").c_str(), 0700));
+    ASSERT_EQ(0, mkfifo(ports.c_str(), 0600));
+    Result s = run({"-c", conf, "--ports-file", ports}, {}, 20);
+    EXPECT_EQ(1, s.status) << s.err;
+    EXPECT_TRUE(contains(s.err, "ports file " + ports + ": No such device or address")) << s.err;
+}
+
 // A directory given as the configuration: the message said "Invalid argument".
 TEST_F(DaemonTest, ADirectoryAsTheConfigurationSaysSo) {
     Result t = run({"-t", "-c", dir});
