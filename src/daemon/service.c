@@ -498,10 +498,11 @@ static void report(FILE *errors, const char *what)
         evs_log(EVS_LOG_ERROR, "%s", what);
 }
 
-/* The addresses @c's socket would bind, resolved as the library does:
- * AI_ADDRCONFIG first, then without it (it hides ::1 on hosts with only
- * loopback IPv6); no host is every interface. @return 0 and *@out, or a
- * getaddrinfo error. */
+/* The addresses @c's socket would bind, resolved as its bind does: a TCP
+ * listener as the library's server.c (AI_ADDRCONFIG first, then without
+ * it, which hides ::1 on hosts with only loopback IPv6), a udp: one as
+ * datagram.c (which binds the first). No host is every interface.
+ * @return 0 and *@out, or a getaddrinfo error. */
 static int resolve_listener(const evsd_listener_conf *c, struct addrinfo **out)
 {
     struct addrinfo hints;
@@ -511,9 +512,14 @@ static int resolve_listener(const evsd_listener_conf *c, struct addrinfo **out)
 
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = c->family == EVSD_TCP ? SOCK_STREAM : SOCK_DGRAM;
-    hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
     snprintf(port, sizeof port, "%u", (unsigned)c->port);
+    if (c->family == EVSD_UDP) {
+        hints.ai_socktype = SOCK_DGRAM;
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+        return getaddrinfo(host, port, &hints, out);
+    }
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
     rc = getaddrinfo(host, port, &hints, out);
     if (rc == EAI_ADDRFAMILY || rc == EAI_NONAME) {
         hints.ai_flags &= ~AI_ADDRCONFIG;
