@@ -37,7 +37,10 @@ typedef struct evs_runtime_options {
     size_t max_connections;
     /** Usable stack size of each task in bytes; 0 = 256 KiB. */
     size_t stack_size;
-    /** Called on each worker thread before it serves anything (may be NULL). */
+    /** Called on each worker thread before it serves anything (may be NULL),
+     *  once every worker thread exists (so it may evs_worker_call another
+     *  worker). If a thread cannot be created, evs_runtime_new fails and
+     *  neither hook runs. */
     void (*worker_started)(evs_worker *worker, void *arg);
     /** Called on each worker thread after its last connection and task are
      *  gone, just before the thread ends (may be NULL). */

@@ -24,21 +24,44 @@ static void libevent_init(void)
     evthread_use_pthreads();
 }
 
+static void set_threads_state(evs_runtime *rt, int state)
+{
+    pthread_mutex_lock(&rt->start_lock);
+    rt->threads_state = state;
+    pthread_cond_broadcast(&rt->start_cond);
+    pthread_mutex_unlock(&rt->start_lock);
+}
+
+/* Whether evs_runtime_new created every thread (it failed otherwise, and
+ * stops the runtime: no hook runs then). */
+static bool all_threads_created(evs_runtime *rt)
+{
+    bool ok;
+
+    pthread_mutex_lock(&rt->start_lock);
+    while (rt->threads_state == 0)
+        pthread_cond_wait(&rt->start_cond, &rt->start_lock);
+    ok = rt->threads_state > 0;
+    pthread_mutex_unlock(&rt->start_lock);
+    return ok;
+}
+
 static void *worker_main(void *arg)
 {
     evs_worker *w = arg;
 
     evs_runtime *rt = w->rt;
-    bool is_worker = w != &rt->acceptor;
+    bool hooks = w != &rt->acceptor && (rt->opts.worker_started || rt->opts.worker_stopping) &&
+                 all_threads_created(rt);
 
     evs__worker_set_current(w);
     evs__signals_blocked_here = true; /* start_thread blocked them all */
     if (evs__fiber_thread_init() < 0)
         evs__warn("worker %d: no alternate signal stack; stack overflows are not reported", w->id);
-    if (is_worker && rt->opts.worker_started)
+    if (hooks && rt->opts.worker_started)
         rt->opts.worker_started(w, rt->opts.hook_arg);
     evs__worker_loop(w);
-    if (is_worker && rt->opts.worker_stopping)
+    if (hooks && rt->opts.worker_stopping)
         rt->opts.worker_stopping(w, rt->opts.hook_arg);
     evs__fiber_thread_fini();
     evs__worker_set_current(NULL);
@@ -96,10 +119,12 @@ int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **out)
     rt->dispatch = opts->dispatch;
     rt->max_connections = opts->max_connections;
     pthread_mutex_init(&rt->lock, NULL);
+    pthread_mutex_init(&rt->start_lock, NULL);
+    pthread_cond_init(&rt->start_cond, NULL);
     rt->workers = calloc((size_t)rt->nworkers, sizeof *rt->workers);
     if (!rt->workers) {
-        free(rt);
-        return -ENOMEM;
+        err = -ENOMEM;
+        goto fail_acceptor;
     }
     err = evs__worker_init(&rt->acceptor, rt, EVS__ACCEPTOR_ID, 16 * 1024);
     if (err)
@@ -121,16 +146,20 @@ int evs_runtime_new(const evs_runtime_options *opts, evs_runtime **out)
     err = start_thread(&rt->acceptor);
     if (err)
         goto fail_threads;
+    set_threads_state(rt, 1);
     *out = rt;
     return 0;
 
 fail_threads:
+    set_threads_state(rt, -1);
     evs_runtime_stop(rt, 0);
     return err;
 fail_workers:
     evs__worker_fini(&rt->acceptor);
 fail_acceptor:
     free(rt->workers);
+    pthread_cond_destroy(&rt->start_cond);
+    pthread_mutex_destroy(&rt->start_lock);
     pthread_mutex_destroy(&rt->lock);
     free(rt);
     return err;
@@ -304,6 +333,8 @@ int evs_runtime_stop(evs_runtime *rt, double timeout)
         evs__server_free(s);
     }
     free(rt->workers);
+    pthread_cond_destroy(&rt->start_cond);
+    pthread_mutex_destroy(&rt->start_lock);
     pthread_mutex_destroy(&rt->lock);
     free(rt);
     return rc;

@@ -117,6 +117,13 @@ struct evs_runtime {
     pthread_mutex_t lock;
     evs_server *servers;
     _Atomic bool stopping;
+
+    /* The workers run worker_started only once every thread exists: a
+     * hook may evs_worker_call another worker, which would wait for ever
+     * on one whose thread is not there yet, or never will be. */
+    pthread_mutex_t start_lock;
+    pthread_cond_t start_cond;
+    int threads_state; /* 0 being created, 1 all created, -1 one failed */
 };
 
 int evs__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len);

@@ -631,4 +631,50 @@ TEST(RuntimeDeathTest, AStackOverflowOnAWorkerIsReported) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     EXPECT_DEATH(overflow_on_a_worker(), "a task overflowed its stack");
 }
+
+namespace {
+
+std::atomic<int> hooks_run{0};
+
+void nothing_on(evs_worker *, void *) {}
+
+void call_the_last_worker(evs_worker *w, void *) {
+    hooks_run++;
+    evs_runtime *rt = evs_worker_runtime(w);
+    evs_worker_call(evs_runtime_worker(rt, evs_runtime_worker_count(rt) - 1), nothing_on, nullptr);
+}
+
+// Threads of 256 MiB stacks, under an address-space limit with room for
+// two more: creating the third fails. (Not under the sanitizers, whose
+// own mappings the limit would refuse.)
+void start_eight_workers_in_too_little_address_space() {
+    alarm(20);  // a hang ends in SIGALRM, which fails the test
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 256u << 20);
+    pthread_setattr_default_np(&a);
+    unsigned long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%lu", &pages) != 1) _exit(2);
+    fclose(f);
+    rlim_t vm = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE);
+    struct rlimit rl = {vm + (600u << 20), vm + (600u << 20)};
+    if (setrlimit(RLIMIT_AS, &rl) < 0) _exit(3);
+    evs_runtime_options o{};
+    o.workers = 8;
+    o.worker_started = call_the_last_worker;
+    evs_runtime *rt = nullptr;
+    int rc = evs_runtime_new(&o, &rt);
+    _exit(rc < 0 && rt == nullptr && hooks_run == 0 ? 0 : 4);
+}
+
+}  // namespace
+
+// A worker_started hook that called a worker whose thread could not be
+// created waited for ever, and so did evs_runtime_new, stopping the
+// workers it had started. The hooks now run only once every thread exists.
+TEST(RuntimeDeathTest, NoHookRunsWhenAWorkerThreadCannotBeCreated) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(start_eight_workers_in_too_little_address_space(), ::testing::ExitedWithCode(0), "");
+}
 #endif
