@@ -89,6 +89,7 @@ typedef struct request {
     bool get_or_head;    /* otherwise 405 */
     int minor;           /* HTTP/1.minor */
     bool keep_alive;     /* after the defaults and the Connection header */
+    bool close;          /* a Connection: close, which no keep-alive undoes */
     bool have_host;
     bool have_length;
     bool chunked;        /* any Transfer-Encoding */
@@ -145,9 +146,10 @@ static int parse_header(request *rq, const char *line, size_t n)
             return 400; /* more than one Host */
         rq->have_host = true;
     } else if (colon == 10 && strncasecmp(line, "connection", 10) == 0) {
+        /* "close" anywhere wins, in any header line (RFC 9112 9.6). */
         if (has_token(v, vn, "close"))
-            rq->keep_alive = false;
-        else if (has_token(v, vn, "keep-alive"))
+            rq->close = true, rq->keep_alive = false;
+        else if (has_token(v, vn, "keep-alive") && !rq->close)
             rq->keep_alive = true;
     } else if (colon == 14 && strncasecmp(line, "content-length", 14) == 0) {
         uint64_t len = 0;

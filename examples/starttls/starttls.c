@@ -95,13 +95,15 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
             snprintf(out, sizeof out, "250 %.*s\r\n", (int)(len > 512 ? 512 : len), line + 5);
             reply(w, out);
         } else if (is(line, (size_t)n, "STARTTLS")) {
+            /* Every answer reaches the drain below: a client that sends
+             * without reading must stop being read, not grow the buffer. */
             if (evs_transport_is_tls(evs_writer_transport(w))) {
                 reply(w, "503 already in TLS\r\n");
-                continue;
+            } else {
+                reply(w, "220 go ahead\r\n");
+                if (evs_start_tls(w, ctx, true, NULL) < 0)
+                    break; /* the reason is in evs_transport_tls_error() */
             }
-            reply(w, "220 go ahead\r\n");
-            if (evs_start_tls(w, ctx, true, NULL) < 0)
-                break; /* the reason is in evs_transport_tls_error() */
         } else if (is(line, (size_t)n, "TLS?")) {
             const char *version = NULL;
             const char *cipher = evs_transport_tls_cipher(evs_writer_transport(w), &version, NULL);

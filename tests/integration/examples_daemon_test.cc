@@ -407,6 +407,12 @@ TEST_F(HttpHelloTest, MalformedRequestsGet400And505ThenClose) {
     // A later 1.x minor version is served as 1.1.
     std::string ok = exchange("GET / HTTP/1.7\r\nHost: a\r\nConnection: close\r\n\r\n");
     EXPECT_EQ(0u, ok.find("HTTP/1.1 200 OK\r\n")) << ok;
+    // "close" wins over a keep-alive in a later Connection line (RFC 9112
+    // 9.6): the answer says close, and the server closes (read_all returns).
+    std::string both = exchange(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n");
+    EXPECT_EQ(0u, both.find("HTTP/1.1 200 OK\r\n")) << both;
+    EXPECT_TRUE(contains(both, "Connection: close\r\n")) << both;
 }
 
 TEST_F(HttpHelloTest, PipelinedRequestsAreAnsweredInOrder) {
