@@ -37,6 +37,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* struct ucred */
 #endif
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,7 @@ extern char **environ;
 #define TERM_GRACE 1.0
 #define KILL_WAIT 5.0
 #define POLL_STEP 0.02
+#define CLIENT_CHECK 1.0 /* seconds between looks at the client while the child's stdin is full */
 
 typedef struct exec_cfg {
     char **argv; /* NULL-terminated */
@@ -381,6 +383,28 @@ static void stop_child(session *s)
 
 /* --- connection -> child's stdin ----------------------------------------------- */
 
+/* Write @n bytes to the child's stdin and wait until it has room again. A
+ * child that stops reading without closing its stdin would park a plain
+ * evs_drain for good, and no one would be watching the connection (this
+ * task reads it; the handler reads the child): look at the client every
+ * CLIENT_CHECK seconds while waiting. @return 0, -1 when the child no
+ * longer reads, or 1 when the client is gone. */
+static int feed_child(session *s, evs_writer *in, const char *buf, size_t n)
+{
+    evs_task *self = evs_task_current();
+    int rc;
+
+    if (evs_write(in, buf, n) < 0)
+        return -1;
+    evs_task_set_timeout(self, CLIENT_CHECK); /* this task's own: nothing else sets it */
+    while ((rc = evs_drain(in)) == -ETIMEDOUT && !evs_is_closing(s->w) && !s->over)
+        ;
+    evs_task_set_timeout(self, 0);
+    if (rc == -ETIMEDOUT)
+        return 1;
+    return rc < 0 ? -1 : 0;
+}
+
 static int input_pump(void *arg)
 {
     session *s = arg;
@@ -388,12 +412,18 @@ static int input_pump(void *arg)
     bool child_reads = in != NULL;
     char buf[16 * 1024];
     ssize_t n;
+    int rc;
 
     while ((n = evs_read(s->r, buf, sizeof buf)) > 0 && !s->over) {
         /* A child that stopped reading (EPIPE) may still be writing: keep
          * reading the client, to see it leave, and drop its bytes. */
-        if (child_reads && (evs_write(in, buf, (size_t)n) < 0 || evs_drain(in) < 0))
+        if (child_reads && (rc = feed_child(s, in, buf, (size_t)n)) != 0) {
             child_reads = false;
+            if (rc > 0) {
+                n = -1; /* the client is gone: stop the child below */
+                break;
+            }
+        }
         if (s->over)
             break;
     }

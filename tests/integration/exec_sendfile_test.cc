@@ -321,6 +321,32 @@ TEST_F(ExecSendfileTest, ChildOutlivingAHalfClosedClientIsStoppedWhenTheConnecti
     }
 }
 
+// A child that stops reading its stdin without closing it, fed until its
+// pipe is full: the task feeding it waited on the pipe for good, and no
+// task watched the connection, so a client that left was never noticed and
+// the child ran on (here for 60 s) after its client had gone.
+TEST_F(ExecSendfileTest, AChildThatStopsReadingIsStoppedWhenItsClientLeaves) {
+    Daemon &d = start(
+        "  { name = \"deaf\"; listen = \"127.0.0.1:0\"; plugin = \"exec\";\n"
+        "    limits = { idle_timeout = \"1s\"; };\n"
+        "    settings = { argv = [\"/bin/sh\", \"-c\", \"read x; exec sleep 60\"]; }; }");
+    ASSERT_TRUE(d.running());
+    int fd = connect_tcp(d.port("deaf"));
+    ASSERT_GE(fd, 0);
+    std::vector<ProcInfo> kids;
+    ASSERT_TRUE(write_all(fd, "x\n", 2));
+    ASSERT_TRUE(eventually(10, [&] {
+        kids = children_of(d.pid);
+        return kids.size() == 1 && kids[0].comm == "sleep";
+    })) << describe(kids);
+    // More than the pipe, the write buffer and the reader's limit hold.
+    const std::string data = pattern(4 * 1024 * 1024, 5);
+    set_timeouts(fd, 2);  // the server stops reading: the write blocks
+    (void)write_all(fd, data.data(), data.size());
+    close_with_reset(fd);
+    expect_no_children("after the client of a child that stopped reading left");
+}
+
 TEST_F(ExecSendfileTest, MissingArgvFailsTheConfigCheck) {
     std::string conf = config("  { name = \"noargv\"; listen = \"127.0.0.1:0\"; plugin = \"exec\";\n"
                               "    settings = { cwd = \"/\"; }; }");
