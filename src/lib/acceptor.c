@@ -388,15 +388,17 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
     evs_runtime *rt = s->rt;
 
     EVS_UNUSED(what);
-    if (atomic_load(&s->closed)) {
-        sync_listener(l); /* its sockets went to a new server, or close */
-        return;
-    }
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
         int fd;
 
+        /* Each time round: on a worker that owns the socket, the last
+         * connection_made ran inline and may have closed the server. */
+        if (atomic_load(&s->closed)) {
+            sync_listener(l); /* its sockets went to a new server, or close */
+            return;
+        }
         int full = take_slot(s);
         if (full) {
             if (full == 1)

@@ -310,10 +310,18 @@ int evs_datagram_open(const evs_datagram_options *o, const evs_datagram_protocol
             /* A stale socket file from an earlier run would make bind fail;
              * anything else that is not a socket is left alone. */
             const struct sockaddr_un *un = (const struct sockaddr_un *)o->local_addr;
+            size_t off = offsetof(struct sockaddr_un, sun_path), n;
+            char path[sizeof un->sun_path + 1];
             struct stat st;
-            if (o->local_addrlen > offsetof(struct sockaddr_un, sun_path) && un->sun_path[0] &&
-                stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
-                unlink(un->sun_path);
+            /* The kernel takes a sun_path that fills the field with no NUL:
+             * copy it out, bounded by the address length, before stat. */
+            n = o->local_addrlen > off ? (size_t)o->local_addrlen - off : 0;
+            if (n > sizeof un->sun_path)
+                n = sizeof un->sun_path;
+            memcpy(path, un->sun_path, n);
+            path[n] = '\0';
+            if (path[0] && stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+                unlink(path);
         }
         if (bind(fd, o->local_addr, o->local_addrlen) < 0)
             goto fail;

@@ -288,8 +288,14 @@ static int check_options(const evs_server_options *o)
         return -EINVAL; /* exactly one handler */
     if (o->tls && !o->tls->server)
         return -EINVAL; /* a client context cannot serve */
-    if (o->nproxy_trusted > 0 && !o->proxy_trusted)
+    if ((o->nproxy_trusted > 0 && !o->proxy_trusted) || (o->nhosts > 0 && !o->hosts))
         return -EINVAL;
+    for (size_t i = 0; i < o->nproxy_trusted; i++)
+        if (!o->proxy_trusted[i])
+            return -EINVAL;
+    for (size_t i = 0; i < o->nhosts; i++)
+        if (!o->hosts[i])
+            return -EINVAL;
     if (o->backlog < 0 || (o->write_low_water && o->write_low_water > o->write_high_water &&
                            o->write_high_water))
         return -EINVAL;
@@ -390,6 +396,8 @@ static int start(evs_runtime *rt, const evs_server_options *o, bool unix_socket,
     err = evs_worker_post(&rt->acceptor, evs__acceptor_add, s);
     if (err) {
         atomic_store(&s->closed, true);
+        if (o->nfds > 0)
+            s->nlisteners = 0; /* the caller keeps its fds on failure */
         close_listeners(s); /* freed with the runtime */
         return err;
     }

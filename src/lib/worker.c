@@ -348,11 +348,13 @@ int evs__worker_push(evs_worker *w, evs__msg *m)
     else
         w->inbox_head = m;
     w->inbox_tail = m;
-    pthread_mutex_unlock(&w->inbox_lock);
+    /* The wake-up is written under the lock: once it is released, the
+     * worker may run the message, finish, and close wake_fd. */
     if (was_empty) {
         while (write(w->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
             ;
     }
+    pthread_mutex_unlock(&w->inbox_lock);
     return 0;
 }
 

@@ -183,6 +183,29 @@ TEST(Server, NeedsExactlyOneHandler) {
     EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));
 }
 
+// A NULL list, or a NULL in one, is bad input, not a crash.
+TEST(Server, NullHostsAndTrustedNetworksAreRejected) {
+    Runtime r;
+    evs_server_options o{};
+    o.client_connected = echo_handler;
+    o.nhosts = 2;  // and no hosts
+    EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));
+    const char *hosts[] = {"127.0.0.1", nullptr};
+    o.hosts = hosts;
+    EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));
+    o.hosts = nullptr;
+    o.nhosts = 0;
+    o.host = "127.0.0.1";
+    const char *trusted[] = {"127.0.0.0/8", nullptr};
+    o.proxy_protocol = true;
+    o.proxy_trusted = trusted;
+    o.nproxy_trusted = 2;
+    EXPECT_EQ(-EINVAL, evs_start_server(r.rt, &o, nullptr));
+    o.nproxy_trusted = 1;
+    evs_server *s = nullptr;
+    EXPECT_EQ(0, evs_start_server(r.rt, &o, &s));
+}
+
 TEST(Server, LimitAndWatermarkOptionsReachTheConnection) {
     Runtime r;
     evs_server_options o = greeter_options();
@@ -260,6 +283,40 @@ TEST_P(ServerWorkers, DeferServingAcceptsOnlyAfterStartServing) {
     EXPECT_EQ(0u, read_line(fd).rfind("limit=", 0));
     EXPECT_TRUE(evs_server_is_serving(s));
     close(fd);
+}
+
+// A one-shot server: its connection_made closes it. With one worker, the
+// worker owns the socket and runs connection_made inside its accept loop,
+// which went on to accept (and serve) the connections already queued.
+std::atomic<int> one_shot_made{0};
+evs_server *one_shot = nullptr;
+
+void close_server_on_made(evs_transport *t, void *) {
+    one_shot_made++;
+    evs_server_close(one_shot);
+    evs_transport_close(t);
+}
+
+TEST(Server, ClosingInConnectionMadeAcceptsNoneOfTheRestOfTheQueue) {
+    Runtime r(1);
+    static const evs_protocol proto = {.connection_made = close_server_on_made};
+    evs_server_options o{};
+    o.protocol = &proto;
+    o.host = "127.0.0.1";
+    o.defer_serving = true;
+    ASSERT_EQ(0, evs_start_server(r.rt, &o, &one_shot));
+    int fds[5];
+    for (int &fd : fds) {
+        fd = connect_tcp(evs_server_port(one_shot));  // each completes in the backlog
+        ASSERT_GE(fd, 0);
+    }
+    ASSERT_EQ(0, evs_server_start_serving(one_shot));
+    // Each ends: the first served and closed, the rest reset with the socket.
+    for (int fd : fds) {
+        EXPECT_EQ("", read_to_eof(fd));
+        close(fd);
+    }
+    EXPECT_EQ(1, one_shot_made.load());
 }
 
 TEST(Server, AdoptsAnExistingListeningSocket) {
