@@ -506,7 +506,7 @@ static void report(FILE *errors, const char *what)
 static int resolve_listener(const evsd_listener_conf *c, struct addrinfo **out)
 {
     struct addrinfo hints;
-    const char *host = c->host && *c->host ? c->host : NULL;
+    const char *host = c->host && *c->host ? c->host : NULL; /* NULL: every interface */
     char port[8];
     int rc;
 
@@ -526,6 +526,11 @@ static int resolve_listener(const evsd_listener_conf *c, struct addrinfo **out)
         rc = getaddrinfo(host, port, &hints, out);
     }
     return rc;
+}
+
+static const char *host_text(const evsd_listener_conf *c)
+{
+    return c->host && *c->host ? c->host : "*";
 }
 
 static bool same_sockaddr(const struct addrinfo *a, const struct addrinfo *b)
@@ -567,9 +572,10 @@ static const struct addrinfo *shared_address(const struct addrinfo *a, const str
  * that does not resolve is a problem (a start or a reload finds out when
  * it binds). Two listeners whose hosts resolve to one address are one
  * too: config.c compares the address text, which misses one address
- * written two ways ("localhost:P" and "127.0.0.1:P"). With reuseport both would bind and the kernel would split
- * the connections between two plugins. A wildcard beside a specific
- * address is allowed: the kernel gives the specific one its connections.
+ * written two ways ("localhost:P" and "127.0.0.1:P"). With reuseport
+ * both would bind and the kernel would split the connections between two
+ * plugins. A TCP wildcard beside a specific address is allowed: the
+ * kernel gives the specific one its connections.
  * @return the number of problems, each reported. */
 static int check_addresses(const evsd_config *cfg, bool check, FILE *errors)
 {
@@ -590,7 +596,7 @@ static int check_addresses(const evsd_config *cfg, bool check, FILE *errors)
             res[i] = NULL;
             if (check) {
                 snprintf(err, sizeof err, "%s:%d: listener '%s': cannot resolve '%s': %s",
-                         c->file, c->line, c->name, c->host, gai_strerror(rc));
+                         c->file, c->line, c->name, host_text(c), gai_strerror(rc));
                 report(errors, err);
                 failures++;
             }
