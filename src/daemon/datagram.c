@@ -217,20 +217,27 @@ static int udp_socket(const struct sockaddr_storage *sa, socklen_t len)
     return fd;
 }
 
-static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *address, size_t alen)
+int evsd_datagram_resolve(const evsd_listener_conf *c, struct addrinfo **out)
 {
-    struct addrinfo hints, *res;
-    struct sockaddr_storage ss;
-    socklen_t sl;
+    struct addrinfo hints;
     char port[8];
-    int rc;
 
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_DGRAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     snprintf(port, sizeof port, "%u", c->port);
-    if ((rc = getaddrinfo(c->host, port, &hints, &res)) != 0) {
+    return getaddrinfo(c->host, port, &hints, out);
+}
+
+static int bind_udp(const evsd_listener_conf *c, evsd_datagram *set, char *address, size_t alen)
+{
+    struct addrinfo *res;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int rc;
+
+    if ((rc = evsd_datagram_resolve(c, &res)) != 0) {
         evs_log(EVS_LOG_ERROR, "%s:%d: listener '%s': cannot resolve %s: %s", c->file, c->line,
                 c->name, c->listen, gai_strerror(rc));
         return -1;

@@ -12,6 +12,11 @@
 #include "config.h"
 
 typedef struct evsd_datagram evsd_datagram;
+struct addrinfo;
+
+/* The addresses a udp: listener's host and port resolve to (getaddrinfo's
+ * result or error); its sockets are bound at the first. */
+int evsd_datagram_resolve(const evsd_listener_conf *c, struct addrinfo **out);
 
 /* Bind @c's sockets on the main thread, then open an endpoint on each
  * worker with @proto and @ctx (and @c's write watermarks), not reading

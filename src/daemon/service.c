@@ -506,31 +506,27 @@ static void report(FILE *errors, const char *what)
 static int resolve_listener(const evsd_listener_conf *c, struct addrinfo **out)
 {
     struct addrinfo hints;
-    const char *host = c->host && *c->host ? c->host : NULL; /* NULL: every interface */
     char port[8];
     int rc;
 
+    if (c->family == EVSD_UDP)
+        return evsd_datagram_resolve(c, out);
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
-    snprintf(port, sizeof port, "%u", (unsigned)c->port);
-    if (c->family == EVSD_UDP) {
-        hints.ai_socktype = SOCK_DGRAM;
-        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-        return getaddrinfo(host, port, &hints, out);
-    }
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
-    rc = getaddrinfo(host, port, &hints, out);
+    snprintf(port, sizeof port, "%u", (unsigned)c->port);
+    rc = getaddrinfo(c->host, port, &hints, out);
     if (rc == EAI_ADDRFAMILY || rc == EAI_NONAME) {
         hints.ai_flags &= ~AI_ADDRCONFIG;
-        rc = getaddrinfo(host, port, &hints, out);
+        rc = getaddrinfo(c->host, port, &hints, out);
     }
     return rc;
 }
 
 static const char *host_text(const evsd_listener_conf *c)
 {
-    return c->host && *c->host ? c->host : "*";
+    return c->host ? c->host : "*"; /* config.c: NULL for "*" and no host */
 }
 
 static bool same_sockaddr(const struct addrinfo *a, const struct addrinfo *b)
