@@ -89,13 +89,16 @@ static int parse_args(int argc, char **argv, options *o)
         case 'P':
             o->ports_file = optarg;
             break;
-        case 'w':
-            o->workers = (int)strtol(optarg, &end, 10);
-            if (*end || o->workers < 1 || o->workers > 1024) {
+        case 'w': {
+            long n = strtol(optarg, &end, 10);
+            /* Checked as a long: a cast first would take 2^32 + 1 for 1. */
+            if (end == optarg || *end || n < 1 || n > 1024) {
                 fprintf(stderr, "evstreamd: -w expects a number from 1 to 1024\n");
                 return 2;
             }
+            o->workers = (int)n;
             break;
+        }
         case 'l':
             if (evs_log_level_parse(optarg, &o->level) < 0) {
                 fprintf(stderr, "evstreamd: -l expects error, warn, info or debug\n");
@@ -256,7 +259,7 @@ static int write_ports(evsd_service *svc, const char *path, uid_t owner)
          * became the user's at the start, so it is rewritten in place.
          * O_NONBLOCK: a FIFO there fails ("No such device or address", or
          * pwrite's "Illegal seek") instead of waiting for a reader. */
-        fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0644);
         rc = fd >= 0 ? write_at_start(fd, text, len) : -1;
         if (rc < 0)
             evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
@@ -268,6 +271,28 @@ static int write_ports(evsd_service *svc, const char *path, uid_t owner)
     }
     free(text);
     return rc;
+}
+
+/* Remove the ports file at a stop or a failed start: left behind, it would
+ * tell whatever waits for it that a dead daemon listens. After the switch
+ * to `user`, in a directory only root may write to, the file (the user's
+ * since the start) is emptied instead, which such readers take for "not
+ * listening" too. */
+static void ports_remove(const char *path)
+{
+    int fd, err;
+
+    if (!path || unlink(path) == 0 || errno == ENOENT)
+        return;
+    err = errno;
+    fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0 && ftruncate(fd, 0) == 0)
+        evs_log(EVS_LOG_WARN, "cannot remove the ports file %s: %s (emptied it)", path,
+                strerror(err));
+    else
+        evs_log(EVS_LOG_WARN, "cannot remove the ports file %s: %s", path, strerror(err));
+    if (fd >= 0)
+        close(fd);
 }
 
 /* --- daemonizing ------------------------------------------------------- */
@@ -540,6 +565,9 @@ int main(int argc, char **argv)
         free(config_path);
         return 1;
     }
+    /* One from an earlier run (killed, so never removed) would be read as
+     * this start's while it binds, and for good if the start fails. */
+    ports_remove(o.ports_file);
     svc = evsd_service_start(cfg, o.workers);
     if (!svc) {
         evs_log(EVS_LOG_ERROR, "not started");
@@ -558,8 +586,6 @@ int main(int argc, char **argv)
         free(config_path);
         return 1;
     }
-    evsd_service_print_addresses(svc, stdout, true);
-    fflush(stdout);
     /* Last: everything that needs the starting user's rights is done (the
      * listeners accept nothing before the switch to `user`). A
      * ports file that cannot be written fails the start as a pidfile does:
@@ -567,17 +593,22 @@ int main(int argc, char **argv)
     if (write_ports(svc, o.ports_file, evsd_switch_uid(evsd_service_config(svc))) < 0 ||
         evsd_drop_privileges(evsd_service_config(svc)) < 0) {
         evsd_service_stop(svc);
+        ports_remove(o.ports_file);
         if (o.pidfile)
             pidfile_remove(o.pidfile);
         report_ready(&ready_fd, 1);
         free(config_path);
         return 1;
     }
+    /* Only now: a start that fails above has listened on nothing. */
+    evsd_service_print_addresses(svc, stdout, true);
+    fflush(stdout);
     evsd_service_serve(svc);
     report_ready(&ready_fd, 0);
     evsd_notify("READY=1\nSTATUS=serving");
 
     rc = serve(svc, config_path, &o);
+    ports_remove(o.ports_file);
     if (o.pidfile)
         pidfile_remove(o.pidfile);
     evs_log(EVS_LOG_INFO, "stopped");

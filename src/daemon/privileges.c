@@ -29,14 +29,26 @@ static bool any_stream_listener(const evsd_config *cfg)
     return cfg->nlisteners > 0;
 }
 
-/* Without a user to switch to, root serves only when the config says so. */
+/* Root serves only when the config says so: without a user to switch to,
+ * or with a user whose uid is 0 ("root", or another name for it). */
 static int check_root(const evsd_config *cfg, char *err, size_t errlen)
 {
-    if (geteuid() == 0 && !cfg->user && !cfg->allow_root) {
+    struct passwd *pw;
+
+    if (geteuid() != 0 || cfg->allow_root)
+        return 0;
+    if (!cfg->user) {
         snprintf(err, errlen,
                  "%s: refusing to run as root: set user = \"...\" (evstreamd binds as root, "
                  "then switches) or allow_root = true",
                  cfg->path);
+        return -1;
+    }
+    if ((pw = getpwnam(cfg->user)) && pw->pw_uid == 0) {
+        snprintf(err, errlen,
+                 "%s: user = \"%s\" is root (uid 0): refusing to run as root: name an "
+                 "unprivileged user or set allow_root = true",
+                 cfg->path, cfg->user);
         return -1;
     }
     return 0;

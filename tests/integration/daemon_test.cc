@@ -958,6 +958,10 @@ TEST_F(DaemonTest, VersionHelpAndBadOptions) {
 
     Result workers = run({"-w", "0", "-t"});
     EXPECT_EQ(2, workers.status);
+    // 2^32 + 1 is out of range, not 1 after a cast.
+    Result wrapped = run({"-w", "4294967297", "-t"});
+    EXPECT_EQ(2, wrapped.status);
+    EXPECT_TRUE(contains(wrapped.err, "from 1 to 1024")) << wrapped.err;
     Result level = run({"-l", "loud", "-t"});
     EXPECT_EQ(2, level.status);
 }
@@ -1353,16 +1357,47 @@ TEST_F(DaemonTest, AnUnwritablePortsFileFailsTheStart) {
 }
 
 // The ports file is rewritten in place when its temporary file cannot be
-// made (here a directory holds that name). A FIFO there with no reader
-// made the start wait in open() for good.
-TEST_F(DaemonTest, AFifoAsThePortsFileFailsTheStart) {
+// made (here a directory holds that name). A FIFO put in its place made
+// the reload wait in open() for good; it fails that write and nothing else.
+TEST_F(DaemonTest, AFifoAsThePortsFileFailsItsRewriteNotTheDaemon) {
+    std::string conf = write("evstreamd.conf", config(listener("")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    uint16_t port = d.port("l");
+    ASSERT_EQ(0, unlink(d.ports_path.c_str()));
+    ASSERT_EQ(0, mkdir((d.ports_path + ".tmp").c_str(), 0700));
+    ASSERT_EQ(0, mkfifo(d.ports_path.c_str(), 0600));
+    ASSERT_EQ(0, kill(d.pid, SIGHUP));
+    std::string want = "ports file " + d.ports_path + ": No such device or address";
+    EXPECT_TRUE(eventually(20, [&] { return contains(d.err(), want); })) << d.err();
+    int fd = connect_tcp(port);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("hello", ask(fd, "hello")) << d.err();
+    close(fd);
+}
+
+// The ports file exists only while the daemon listens: one an earlier
+// (killed) run left is removed at start, even by a start that fails, and
+// a stop removes it. When its temporary file cannot be made, it is
+// created in place.
+TEST_F(DaemonTest, ThePortsFileExistsOnlyWhileListening) {
     std::string conf = write("evstreamd.conf", config(listener("")));
     std::string ports = path("ports");
-    ASSERT_EQ(0, mkdir((ports + ".tmp").c_str(), 0700));
-    ASSERT_EQ(0, mkfifo(ports.c_str(), 0600));
-    Result s = run({"-c", conf, "--ports-file", ports}, {}, 20);
-    EXPECT_EQ(1, s.status) << s.err;
-    EXPECT_TRUE(contains(s.err, "ports file " + ports + ": No such device or address")) << s.err;
+    write_file(ports, "l 127.0.0.1:1\n");
+    std::string busy_conf =
+        write("busy.conf", config(listener("", "unix:" + path("no_such_dir/s.sock"))));
+    Result failed = run({"-c", busy_conf, "--ports-file", ports}, {}, 20);
+    EXPECT_EQ(1, failed.status) << failed.err;
+    EXPECT_FALSE(file_exists(ports)) << read_file(ports);
+
+    std::string next_ports = path("ports." + std::to_string(serial));
+    ASSERT_EQ(0, mkdir((next_ports + ".tmp").c_str(), 0700));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    ASSERT_EQ(next_ports, d.ports_path);
+    EXPECT_NE(0, d.port("l"));
+    EXPECT_EQ(0, d.stop());
+    EXPECT_FALSE(file_exists(d.ports_path)) << read_file(d.ports_path);
 }
 
 // A directory given as the configuration: the message said "Invalid argument".

@@ -818,6 +818,16 @@ TEST(Ops, RootNeedsUserOrAllowRootAndDropsToTheUser) {
     EXPECT_NE(std::string::npos, t.out.find(conf + ": refusing to run as root")) << t.out;
     EXPECT_NE(std::string::npos, t.out.find("configuration " + conf + " has errors")) << t.out;
 
+    // A user that is root is no way round it.
+    std::string as_root = dir + "/as_root.conf";
+    write_file(as_root, "user = \"root\";\n" + read_file(conf));
+    Result u = run_daemon(as_root, {});
+    EXPECT_EQ(1, u.status);
+    EXPECT_NE(std::string::npos, u.out.find("user = \"root\" is root (uid 0)")) << u.out;
+    Result ut = run_daemon(as_root, {"-t"});
+    EXPECT_EQ(1, ut.status);
+    EXPECT_NE(std::string::npos, ut.out.find("refusing to run as root")) << ut.out;
+
     // With user = "nobody" it binds as root, then runs as nobody.
     chmod(dir.c_str(), 0755);
     Daemon d(dir, "user = \"nobody\";\numask = \"0027\";\n" +
