@@ -13,7 +13,9 @@
 #include <unistd.h>
 
 #define HEAD_LIMIT 8192
-#define ADMIN_LIFETIME 10.0 /* seconds */
+#define ADMIN_LIFETIME 10.0  /* seconds */
+#define ADMIN_FIRST_BYTE 2.0 /* seconds */
+#define ADMIN_PER_IP 8       /* connections from one TCP address */
 
 static void respond(evs_writer *w, int code, const char *reason, const char *type,
                     const char *body, size_t len, bool head)
@@ -136,6 +138,10 @@ int evsd_admin_start(evsd_service *svc, const evsd_listener_conf *c)
      * few seconds held one of the 64 slots for hours. */
     o.idle_timeout = ADMIN_LIFETIME;
     o.timeouts.lifetime = ADMIN_LIFETIME;
+    /* Nor can one client take every slot: a scraper needs one or two
+     * connections, and one that opens and says nothing leaves at once. */
+    o.max_connections_per_ip = ADMIN_PER_IP;
+    o.timeouts.first_byte = ADMIN_FIRST_BYTE;
     o.defer_serving = true; /* evsd_service_serve, after the switch to `user` */
     if (c->family == EVSD_UNIX) {
         o.path = c->path;

@@ -685,6 +685,14 @@ static void read_unix_owner(errlist *e, const config_setting_t *g, evsd_listener
         bad(e, v, "mode, owner and group apply to unix: listeners only");
         return;
     }
+    if ((mode || owner || group) && l->path && l->path[0] == '@') {
+        v = config_setting_get_member(g, mode ? "mode" : owner ? "owner" : "group");
+        bad(e, v,
+            "mode, owner and group do not apply to an abstract socket (%s): it has no file, "
+            "and any local user may connect to it",
+            l->listen);
+        return;
+    }
     if (mode) {
         char *end;
         long m = strtol(mode, &end, 8);
@@ -1176,6 +1184,10 @@ static void read_admin(errlist *e, const config_setting_t *g, evsd_config *c)
         l->family != EVSD_TCP && l->family != EVSD_UNIX)
         bad(e, config_setting_get_member(g, "listen"),
             "the admin listener serves HTTP: expected \"host:port\" or \"unix:/path\"");
+    else if (l->family == EVSD_UNIX && l->path[0] == '@')
+        bad(e, config_setting_get_member(g, "listen"),
+            "the admin listener cannot be an abstract socket: it has no file mode, so any "
+            "local user could read /status; expected \"unix:/path\" or \"127.0.0.1:PORT\"");
     read_unix_owner(e, g, l);
 }
 

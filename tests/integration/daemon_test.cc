@@ -622,6 +622,12 @@ ConfigError config_error_case(const std::string &name) {
                        "  connection_burst_per_ip = 0.5; }; #@\n"),
                 "",
                 {"limits.connection_burst_per_ip: must be 0 (one second's worth of connection_rate_per_ip) or at least 1"}};
+    if (name == "AdminOnAbstractSocket")  // any local user could read /status
+        return {config(ok, "workers = 2;\nadmin = { listen = \"unix:@evs-admin\"; }; #@\n"),
+                "", {"admin.listen: the admin listener cannot be an abstract socket"}};
+    if (name == "ModeOnAbstractSocket")  // it was ignored: no file, anyone may connect
+        return {config(listener("mode = \"0600\"; #@", "unix:@evs-mode")), "",
+                {"listeners[0].mode: mode, owner and group do not apply to an abstract socket"}};
     if (name == "ErrorInIncludedFile")
         return {"@include \"include.conf\"\n" + config(ok, "workers = 2;  # limits: in include.conf\n"),
                 "limits = {\n  stream_limit = \"lots\"; #@\n};\n",
@@ -698,6 +704,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "PluginInitFailsWithSettings", "PluginRejectsSettingType",
                       "AccessLogCannotBeOpened", "DatagramPluginOnStreamAddress", "TwoUdpListenersOnOneAddress", "TwoReuseportListenersOnOneAddress",
                       "OneAddressWrittenTwoWays", "StreamPluginOnDatagramAddress", "AdminOnDatagramAddress",
+                      "AdminOnAbstractSocket", "ModeOnAbstractSocket",
                       "TlsCaFileWithoutClientCertificates", "TlsVerifyDepthWithoutClientCertificates",
                       "TlsAlpnRequiredWithoutAlpn", "TlsTicketRotationWithoutTickets", "OwnerUidOutOfRange",
                       "GroupGidWrapsRound", "UnixModeZero", "RelativeUnixPath", "ListenerNameWithSpaces",

@@ -336,6 +336,45 @@ TEST(Ops, ASlowAdminClientIsCutOff) {
     remove_dir(dir);
 }
 
+// One client cannot take the admin listener's 64 slots: 8 per address,
+// and a connection that says nothing is closed after 2 s (it held its slot
+// for the whole 10 s, and 64 of them every 10 s kept /metrics from ever
+// being answered).
+TEST(Ops, OneAdminClientCannotTakeEverySlot) {
+    std::string dir = make_temp_dir();
+    Daemon d(dir, base_conf("{ name = \"plain\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "admin = { listen = \"127.0.0.1:0\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    const std::string req = "GET /status HTTP/1.0\r\n\r\n";
+    std::vector<int> silent;
+    for (int i = 0; i < 8; i++) {
+        int fd = connect_tcp(d.port("admin"));
+        ASSERT_GE(fd, 0);
+        silent.push_back(fd);
+    }
+    int ninth = connect_tcp(d.port("admin"));
+    ASSERT_GE(ninth, 0);
+    ASSERT_TRUE(write_all(ninth, req.data(), req.size()));
+    set_timeouts(ninth, 10);
+    EXPECT_EQ("", read_to_eof(ninth)) << "a ninth connection from one address was served";
+    close(ninth);
+    for (int fd : silent) {
+        struct pollfd p = {fd, POLLIN, 0};
+        EXPECT_EQ(1, poll(&p, 1, 8000)) << "a silent admin connection was kept past 8 s";
+        set_timeouts(fd, 10);
+        EXPECT_EQ("", read_to_eof(fd));
+        close(fd);
+    }
+    int fd = connect_tcp(d.port("admin"));
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(write_all(fd, req.data(), req.size()));
+    set_timeouts(fd, 10);
+    EXPECT_EQ(0u, read_to_eof(fd).find("HTTP/1.1 200 OK"));
+    close(fd);
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 // Connections refused before their handler ran are counted by reason, in
 // /metrics and in /status.
 TEST(Ops, MetricsCountRejectionsByReason) {
