@@ -8,8 +8,14 @@
  *
  * Layout of a stack mapping (grows down):
  *
- *   base            base + page                                  base + map_size
+ *   base            base + guard                                 base + map_size
  *   | guard (NONE)  | usable (READ|WRITE) ...  initial frame | record |
+ *
+ * The guard is 64 KiB, not one page: mappings are made top-down, so the
+ * next-older fiber's record sits right above a fiber's guard, and a frame
+ * larger than the guard (code built without -fstack-clash-protection)
+ * would step over it and write into that record, unreported. It costs
+ * address space only.
  *
  * The fiber's record (struct evs__fiber) sits at the top of its own
  * mapping, above the stack: that page is resident once the fiber has run,
@@ -82,6 +88,7 @@ void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 #else
 #define EVS__STACK_DEFAULT_SIZE EVS__FIBER_STACK_DEFAULT
 #endif
+#define EVS__STACK_GUARD_SIZE (64u * 1024u) /* see the layout above */
 
 #ifdef EVS__TSAN
 void *__tsan_get_current_fiber(void);
@@ -103,7 +110,7 @@ struct evs__fiber {
     evs__stack_pool *pool;
     evs__fiber_fn fn;
     void *arg;
-    char *map;                /* start of the mapping = guard page */
+    char *map;                /* start of the mapping = the guard */
     size_t map_size;          /* guard + usable */
     evs__fiber *next_cached;  /* link in pool->cache */
     bool started;
@@ -120,6 +127,7 @@ struct evs__fiber {
 struct evs__stack_pool {
     size_t stack_size;  /* usable bytes, page multiple */
     size_t page;
+    size_t guard;       /* PROT_NONE bytes below each stack, page multiple */
     size_t max_cached;
     size_t ncached;
     size_t live;        /* fibers handed out and not yet freed */
@@ -143,6 +151,7 @@ struct evs__fiber_tls {
 #endif
     void *altstack;     /* our sigaltstack mapping, or NULL */
     size_t altstack_size;
+    stack_t prev_altstack; /* the thread's own, given back at fini */
     unsigned init_count;
 };
 
@@ -218,7 +227,7 @@ static inline void tsan_destroy(evs__fiber *f)
 #endif
 
 /* Usable stack range of a fiber. */
-static inline char *stack_lo(const evs__fiber *f) { return f->map + f->pool->page; }
+static inline char *stack_lo(const evs__fiber *f) { return f->map + f->pool->guard; }
 static inline char *stack_hi(const evs__fiber *f) { return (char *)(uintptr_t)f; }
 static inline size_t stack_len(const evs__fiber *f) { return (size_t)(stack_hi(f) - stack_lo(f)); }
 
@@ -282,6 +291,7 @@ evs__stack_pool *evs__stack_pool_new(size_t stack_size, size_t max_cached)
         return NULL;
     pool->stack_size = stack_size;
     pool->page = page;
+    pool->guard = (EVS__STACK_GUARD_SIZE + page - 1) / page * page;
     pool->max_cached = max_cached;
     return pool;
 }
@@ -379,7 +389,7 @@ evs__fiber *evs__fiber_new(evs__stack_pool *pool, evs__fiber_fn fn, void *arg)
         /* Left-over redzones of the previous user's frames. */
         asan_unpoison(stack_lo(f), stack_len(f));
     } else {
-        size_t map_size = pool->stack_size + pool->page;
+        size_t map_size = pool->stack_size + pool->guard;
         void *m = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
                        -1, 0);
@@ -387,7 +397,7 @@ evs__fiber *evs__fiber_new(evs__stack_pool *pool, evs__fiber_fn fn, void *arg)
             errno = ENOMEM;
             return NULL;
         }
-        if (mprotect(m, pool->page, PROT_NONE) != 0) {
+        if (mprotect(m, pool->guard, PROT_NONE) != 0) {
             munmap(m, map_size);
             errno = ENOMEM;
             return NULL;
@@ -534,7 +544,7 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx)
     if (f && si) {
         uintptr_t a = (uintptr_t)si->si_addr;
         uintptr_t lo = (uintptr_t)f->map;
-        if (a >= lo && a - lo < f->pool->page) {
+        if (a >= lo && a - lo < f->pool->guard) {
             static const char msg[] =
                 "evstream: a task overflowed its stack: give tasks a larger stack "
                 "(evs_runtime_options.stack_size; evstreamd: limits.stack_size)\n";
@@ -557,12 +567,15 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx)
     }
     /* Default (or ignored, which for a fault means default): restore it and
      * return, so the faulting instruction re-executes and the fault kills
-     * the process as it would have without us. */
+     * the process as it would have without us. A SIGSEGV sent by kill() or
+     * raise() (si_code <= 0) re-executes nothing: send it again. */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     sigemptyset(&dfl.sa_mask);
     dfl.sa_handler = SIG_DFL;
     sigaction(SIGSEGV, &dfl, NULL);
+    if (!si || si->si_code <= 0)
+        raise(sig);
 }
 
 static void segv_install(void)
@@ -598,8 +611,9 @@ int evs__fiber_thread_init(void)
     /* Keep an alternate stack someone else (e.g. a sanitizer runtime)
      * already installed if it is big enough. */
     stack_t cur;
-    if (sigaltstack(NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE) &&
-        cur.ss_size >= want)
+    if (sigaltstack(NULL, &cur) != 0)
+        cur.ss_flags = SS_DISABLE;
+    if (!(cur.ss_flags & SS_DISABLE) && cur.ss_size >= want)
         return 0;
 
     void *m = mmap(NULL, want, PROT_READ | PROT_WRITE,
@@ -621,6 +635,7 @@ int evs__fiber_thread_init(void)
     }
     tl.altstack = m;
     tl.altstack_size = want;
+    tl.prev_altstack = cur; /* too small for us, but the thread's own */
     return 0;
 }
 
@@ -636,9 +651,9 @@ void evs__fiber_thread_fini(void)
     if (cur.ss_sp == tl.altstack && !(cur.ss_flags & SS_DISABLE)) {
         if (cur.ss_flags & SS_ONSTACK)
             return; /* running on it: leak rather than unmap a live stack */
-        stack_t ss;
-        memset(&ss, 0, sizeof ss);
-        ss.ss_flags = SS_DISABLE;
+        /* Give the thread back its own (or none, if it had none). */
+        stack_t ss = tl.prev_altstack;
+        ss.ss_flags &= ~SS_ONSTACK;
         if (sigaltstack(&ss, NULL) != 0)
             return;
     }

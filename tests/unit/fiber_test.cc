@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -422,6 +423,27 @@ TEST(Fiber, ThreadInitFini) {
     evs__fiber_thread_fini();
 }
 
+// A thread's own alternate signal stack, too small for the library, is
+// given back at fini (it was left disabled).
+TEST(Fiber, ThreadFiniRestoresTheThreadsOwnAltstack) {
+    stack_t mine, cur, before;
+    ASSERT_EQ(0, sigaltstack(nullptr, &before));
+    std::vector<char> mem(16 * 1024);
+    mine.ss_sp = mem.data();
+    mine.ss_size = mem.size();
+    mine.ss_flags = 0;
+    ASSERT_EQ(0, sigaltstack(&mine, nullptr));
+    ASSERT_EQ(0, evs__fiber_thread_init());
+    ASSERT_EQ(0, sigaltstack(nullptr, &cur));
+    EXPECT_NE(mine.ss_sp, cur.ss_sp);  // replaced while in use
+    evs__fiber_thread_fini();
+    ASSERT_EQ(0, sigaltstack(nullptr, &cur));
+    EXPECT_EQ(mine.ss_sp, cur.ss_sp);
+    EXPECT_EQ(mine.ss_size, cur.ss_size);
+    EXPECT_FALSE(cur.ss_flags & SS_DISABLE);
+    ASSERT_EQ(0, sigaltstack(&before, nullptr));
+}
+
 #ifndef FIBER_TEST_SANITIZED
 volatile bool g_stop_recursion = false;
 
@@ -444,6 +466,43 @@ void run_overflow() {
 TEST(FiberDeathTest, StackOverflowReported) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     EXPECT_DEATH(run_overflow(), "a task overflowed its stack");
+}
+
+// A frame larger than a one-page guard lands below it: a 64 KiB guard
+// catches the write 8 KiB below the stack (it went unreported, into
+// whatever lay there, another fiber's record among others).
+void jump_fn(void *) {
+    volatile char here = 0;
+    auto below = reinterpret_cast<volatile char *>(reinterpret_cast<uintptr_t>(&here) -
+                                                   (64 + 8) * 1024);
+    *below = 1;
+}
+
+void run_jump() {
+    if (evs__fiber_thread_init() != 0) return;
+    evs__stack_pool *pool = evs__stack_pool_new(64 * 1024, 1);
+    evs__fiber *older = evs__fiber_new(pool, jump_fn, nullptr);
+    evs__fiber *f = evs__fiber_new(pool, jump_fn, nullptr);
+    (void)older;
+    evs__fiber_resume(f);
+}
+
+TEST(FiberDeathTest, AFrameThatJumpsAPageIsStillReported) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_DEATH(run_jump(), "a task overflowed its stack");
+}
+
+// A SIGSEGV sent by kill() or raise() kills as it would without the
+// handler (it was swallowed once: nothing re-executes).
+TEST(FiberDeathTest, ASentSigsegvStillKills) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            evs__fiber_thread_init();
+            raise(SIGSEGV);
+            _exit(0);
+        },
+        ::testing::KilledBySignal(SIGSEGV), "");
 }
 
 // A fault that is not a fiber overflow still kills the process the usual way.
