@@ -50,7 +50,8 @@ extern "C" {
  * write-only transport over a pipe or FIFO as soon as the reader closes
  * (connection_lost gets 0 if nothing was queued, else -EPIPE and the
  * queued bytes are dropped), as asyncio's write pipe transport does;
- * otherwise with -EPIPE at the next write.
+ * otherwise with -EPIPE at the next write. A FIFO opened O_RDWR is its own
+ * reader: it is never left without one.
  * @return 0, -EINVAL (no fd, no protocol, not on a worker), -ESHUTDOWN
  *         (the worker is stopping), or a negative errno.
  */

@@ -70,11 +70,21 @@ typedef struct evs_plugin {
     const evs_datagram_protocol *datagram;
 } evs_plugin;
 
-/** Export @p ... (designated initialisers of evs_plugin) as this plugin's
- *  descriptor, with the ABI version and size filled in. */
+/* In C++ a namespace-scope const has internal linkage: extern "C" gives
+ * the descriptor external linkage and its C name. */
+#ifdef __cplusplus
+#define EVS__PLUGIN_LINKAGE extern "C"
+#else
+#define EVS__PLUGIN_LINKAGE
+#endif
+
+/** Export @p ... (designated initialisers of evs_plugin, in the order of
+ *  its fields in C++) as this plugin's descriptor, with the ABI version
+ *  and size filled in. */
 #define EVS_PLUGIN_DEFINE(...)                                                                \
-    __attribute__((visibility("default"))) const evs_plugin evs_plugin_descriptor = {         \
-        .abi_version = EVS_PLUGIN_ABI_VERSION, .size = sizeof(evs_plugin), __VA_ARGS__}
+    EVS__PLUGIN_LINKAGE __attribute__((visibility("default"))) const evs_plugin              \
+        evs_plugin_descriptor = {.abi_version = EVS_PLUGIN_ABI_VERSION,                       \
+                                 .size = sizeof(evs_plugin), __VA_ARGS__}
 
 /** The exported symbol's name. */
 #define EVS_PLUGIN_SYMBOL "evs_plugin_descriptor"
@@ -85,6 +95,8 @@ typedef struct evs_plugin_handle evs_plugin_handle;
 /**
  * Load a plugin with dlopen(RTLD_NOW | RTLD_LOCAL) and check its descriptor
  * (symbol present, ABI version, size, mode and the matching handler).
+ * A @p path without a '/' names a file in the current directory, as it
+ * does for stat(), not one on dlopen's library search path.
  * @param err receives a message naming the file and the reason on failure.
  * @return 0 or a negative errno (-ENOENT, -ENOEXEC for a bad descriptor...).
  * Thread: any (not a worker: dlopen may block).

@@ -128,6 +128,16 @@ static bool is_fifo(int fd)
     return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
 }
 
+/* Opened O_WRONLY. A FIFO opened O_RDWR (the usual way to open one for
+ * writing without blocking) is its own reader: its "readable" means our own
+ * bytes, not the other reader's end, and it can never be left without one. */
+static bool write_only(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+
+    return fl >= 0 && (fl & O_ACCMODE) == O_WRONLY;
+}
+
 /* Adjust a transport created on the primary fd for (rfd, wfd). */
 static void setup(evs_transport *t, int rfd, int wfd)
 {
@@ -138,7 +148,7 @@ static void setup(evs_transport *t, int rfd, int wfd)
         /* Write-only: t->fd is the write end; nothing is ever read, but a
          * pipe's read end going away is watched for. A socket's read
          * event would fire on data or EOF, which mean no such thing. */
-        if (is_fifo(wfd))
+        if (is_fifo(wfd) && write_only(wfd))
             event_assign(&t->rd_ev, base, wfd, EV_READ | EV_PERSIST, reader_gone_cb, t);
         else
             event_assign(&t->rd_ev, base, -1, 0, never_cb, t);

@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <dlfcn.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,10 +34,21 @@ int evs_plugin_load(const char *path, evs_plugin_handle **out, char *err, size_t
     const evs_plugin *d;
     struct stat st;
     void *dl;
-    char why[512];
+    char why[512], here[PATH_MAX];
 
     if (!path || !out)
         return -EINVAL;
+    /* dlopen() searches the library path for a name without a '/', where
+     * stat() looked in the current directory: a plugin found here would be
+     * refused, or another file of that name loaded in its place. */
+    if (!strchr(path, '/')) {
+        if (strlen(path) + 3 > sizeof here) {
+            snprintf(why, sizeof why, "cannot load plugin: %s", strerror(ENAMETOOLONG));
+            return reject(NULL, err, errlen, -ENAMETOOLONG, path, why);
+        }
+        snprintf(here, sizeof here, "./%s", path);
+        path = here;
+    }
     if (stat(path, &st) < 0) {
         int e = errno;
         snprintf(why, sizeof why, "cannot load plugin: %s", strerror(e));

@@ -1383,6 +1383,37 @@ TEST_F(DaemonTest, AFifoAsThePortsFileFailsItsRewriteNotTheDaemon) {
     close(fd);
 }
 
+// A plugin written in C++ with EVS_PLUGIN_DEFINE loads and serves: its
+// descriptor had internal linkage there ("no 'evs_plugin_descriptor'
+// symbol").
+TEST_F(DaemonTest, APluginWrittenInCxxLoads) {
+    std::string conf = write("evstreamd.conf", config(listener("", "127.0.0.1:0", "cxx_echo"), "",
+                                                      plugin_entry("cxx_echo")));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running()) << d.err();
+    int fd = connect_tcp(d.port("l"));
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ("from c++", ask(fd, "from c++")) << d.err();
+    close(fd);
+}
+
+// A plugin path without a '/' names a file in the current directory: it
+// was checked there and then looked for by dlopen on the library path.
+TEST(PluginLoad, ANameWithoutASlashIsInTheCurrentDirectory) {
+    char cwd[4096];
+    ASSERT_NE(nullptr, getcwd(cwd, sizeof cwd));
+    std::string dir = test_plugin("cxx_echo");
+    dir.resize(dir.rfind('/'));
+    ASSERT_EQ(0, chdir(dir.c_str()));
+    evs_plugin_handle *h = nullptr;
+    char err[512] = "";
+    int rc = evs_plugin_load("cxx_echo.so", &h, err, sizeof err);
+    EXPECT_EQ(0, chdir(cwd));
+    ASSERT_EQ(0, rc) << err;
+    EXPECT_STREQ("cxx_echo", evs_plugin_get(h)->name);
+    evs_plugin_unload(h);
+}
+
 // The ports file exists only while the daemon listens: one an earlier
 // (killed) run left is removed at start, even by a start that fails, and
 // a stop removes it. When its temporary file cannot be made, it is

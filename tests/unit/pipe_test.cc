@@ -477,6 +477,37 @@ TEST(PipeTest, StreamModeLargeTransferWithDrain) {
     EXPECT_TRUE(got == payload);
 }
 
+// A FIFO opened O_RDWR for writing (so that the open neither blocks nor
+// fails for want of a reader) became "readable" with its own bytes, and
+// the transport took that for its reader leaving after the first write.
+TEST(PipeTest, AFifoOpenedReadWriteKeepsWriting) {
+    std::string path = make_temp_dir() + "/fifo";
+    ASSERT_EQ(0, mkfifo(path.c_str(), 0600));
+    int rd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    ASSERT_GE(rd, 0);
+    int wr = open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    ASSERT_GE(wr, 0);
+    Rec r;
+    run([&] {
+        evs_transport *t = nullptr;
+        ASSERT_EQ(0, evs_pipe_open(-1, wr, &kProto, &r, &t));
+        ASSERT_EQ(0, evs_transport_write(t, "one ", 4));
+        // Give the loop turns in which the bytes sit unread in the FIFO.
+        for (int i = 0; i < 20; i++) evs_sleep(0.005);
+        EXPECT_EQ(0, r.lost);
+        ASSERT_EQ(0, evs_transport_write(t, "two", 3));
+        std::string got;
+        EXPECT_TRUE(wait_until([&] {
+            got += drain_fd(rd);
+            return got == "one two";
+        })) << got;
+        evs_transport_close(t);
+    });
+    close(rd);
+    unlink(path.c_str());
+    rmdir(path.substr(0, path.rfind('/')).c_str());
+}
+
 TEST(PipeTest, FifoReadEnd) {
     std::string dir = make_temp_dir();
     std::string path = dir + "/fifo";
