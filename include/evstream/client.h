@@ -39,7 +39,8 @@ typedef struct evs_connect_options {
 /**
  * Resolve @p host asynchronously (names and numeric addresses), try each
  * address in turn and return a (reader, writer) pair for the first that
- * connects. Parks.
+ * connects. Parks. The task's timeout (evs_task_set_timeout) bounds the
+ * call as a whole: lookup, every address tried and the TLS handshake.
  * @param r,w receive the pair, release it with evs_writer_free(); both
  *        are NULL after a failure.
  * @return 0; the last address's error (-ECONNREFUSED, -ETIMEDOUT...);

@@ -50,7 +50,8 @@ static void lookup_cb(int result, struct evutil_addrinfo *res, void *arg)
         evs__task_wake(l->task, 0);
 }
 
-static int resolve(evs_worker *w, const char *host, uint16_t port, struct evutil_addrinfo **out)
+static int resolve(evs_worker *w, const char *host, uint16_t port, struct evutil_addrinfo **out,
+                   double *began)
 {
     struct evutil_addrinfo hints;
     struct evdns_base *dns = evs__worker_dns(w);
@@ -73,7 +74,7 @@ static int resolve(evs_worker *w, const char *host, uint16_t port, struct evutil
     req = evdns_getaddrinfo(dns, host, service, &hints, lookup_cb, l);
     if (!l->done) {
         l->task = evs_task_current();
-        rc = evs__task_park(NULL);
+        rc = evs__task_park_in_call(NULL, began);
         if (!l->done) {
             l->orphaned = true;
             if (req)
@@ -120,8 +121,9 @@ static int bind_local(int fd, int family, const evs_connect_options *o)
 /* Connect a non-blocking socket, parking until it is writable.
  * @return the connected fd or a negative errno. */
 static int connect_one(evs_worker *w, int family, const struct sockaddr *addr, socklen_t len,
-                       const evs_connect_options *o, double timeout)
+                       const evs_connect_options *o, double timeout, double *began)
 {
+    double left;
     struct event ev;
     int fd, rc, soerr = 0;
     socklen_t sl = sizeof soerr;
@@ -142,7 +144,7 @@ static int connect_one(evs_worker *w, int family, const struct sockaddr *addr, s
             rc = -ETIMEDOUT;
             goto fail;
         }
-        if ((rc = evs__task_park_for(NULL, 0.01, 0)) < 0)
+        if ((rc = evs__task_nap_in_call(0.01, began)) < 0)
             goto fail;
         if (connect(fd, addr, len) == 0)
             return fd;
@@ -151,9 +153,15 @@ static int connect_one(evs_worker *w, int family, const struct sockaddr *addr, s
         rc = -errno;
         goto fail;
     }
+    /* The task's timeout bounds the whole call: what the lookup and the
+     * addresses tried before took is spent. */
+    if ((left = evs__task_call_left(began)) == 0) {
+        rc = -ETIMEDOUT;
+        goto fail;
+    }
     event_assign(&ev, w->base, fd, EV_WRITE, writable_cb, evs_task_current());
     event_add(&ev, NULL);
-    rc = evs__task_park_for(NULL, timeout, -ETIMEDOUT);
+    rc = evs__task_park_for(NULL, left > 0 && left < timeout ? left : timeout, -ETIMEDOUT);
     event_del(&ev);
     if (rc < 0)
         goto fail;
@@ -179,7 +187,8 @@ static double timeout_of(const evs_connect_options *o)
  * handshake (or its failure, with the reason). The pair reaches the
  * caller only on success: a failure frees it. */
 static int finish_connection(evs_worker *wk, int fd, const char *host,
-                             const evs_connect_options *o, evs_reader **r, evs_writer **w)
+                             const evs_connect_options *o, double *began, evs_reader **r,
+                             evs_writer **w)
 {
     evs_transport *t;
     evs_tls_options to;
@@ -208,7 +217,7 @@ static int finish_connection(evs_worker *wk, int fd, const char *host,
     }
     evs__transport_start(t);
     if (o && o->tls) {
-        rc = evs__stream_wait_made(wr);
+        rc = evs__stream_wait_made(wr, began);
         if (rc < 0) {
             const char *why = evs_transport_tls_error(t);
             if (o->tls_error && o->tls_error_len)
@@ -229,6 +238,7 @@ int evs_open_connection(const char *host, uint16_t port, const evs_connect_optio
     evs_worker *wk = evs_worker_current();
     struct evutil_addrinfo *res = NULL, *ai;
     int fd = -EHOSTUNREACH, rc;
+    double began = 0; /* the task's timeout bounds the call as a whole */
 
     if (!r || !w)
         return -EINVAL;
@@ -236,20 +246,20 @@ int evs_open_connection(const char *host, uint16_t port, const evs_connect_optio
     *w = NULL;
     if (!wk || !evs_task_current() || !host)
         return -EINVAL;
-    rc = resolve(wk, host, port, &res);
+    rc = resolve(wk, host, port, &res, &began);
     if (rc < 0)
         return rc;
     /* Each address in turn; the last error is the one reported. */
     for (ai = res; ai; ai = ai->ai_next) {
         fd = connect_one(wk, ai->ai_family, ai->ai_addr, (socklen_t)ai->ai_addrlen, opts,
-                         timeout_of(opts));
-        if (fd >= 0 || fd == -ECANCELED)
+                         timeout_of(opts), &began);
+        if (fd >= 0 || fd == -ECANCELED || evs__task_call_left(&began) == 0)
             break;
     }
     evutil_freeaddrinfo(res);
     if (fd < 0)
         return fd;
-    return finish_connection(wk, fd, host, opts, r, w);
+    return finish_connection(wk, fd, host, opts, &began, r, w);
 }
 
 int evs_open_unix_connection(const char *path, const evs_connect_options *opts, evs_reader **r,
@@ -259,6 +269,7 @@ int evs_open_unix_connection(const char *path, const evs_connect_options *opts, 
     struct sockaddr_un sun;
     socklen_t len;
     int fd;
+    double began = 0;
 
     if (!r || !w)
         return -EINVAL;
@@ -268,10 +279,10 @@ int evs_open_unix_connection(const char *path, const evs_connect_options *opts, 
         return -EINVAL;
     if ((fd = evs__unix_address(path, &sun, &len)) < 0)
         return fd;
-    fd = connect_one(wk, AF_UNIX, (struct sockaddr *)&sun, len, opts, timeout_of(opts));
+    fd = connect_one(wk, AF_UNIX, (struct sockaddr *)&sun, len, opts, timeout_of(opts), &began);
     if (fd < 0)
         return fd;
-    return finish_connection(wk, fd, NULL, opts, r, w);
+    return finish_connection(wk, fd, NULL, opts, &began, r, w);
 }
 
 /* --- evs_run ----------------------------------------------------------- */

@@ -518,13 +518,12 @@ void evs__stream_on_made(evs_writer *w, evs__stream_made_fn fn, void *arg)
     s->made_arg = arg;
 }
 
-int evs__stream_wait_made(evs_writer *w)
+int evs__stream_wait_made(evs_writer *w, double *began)
 {
     evs_stream *s = stream_of_writer(w);
-    double began = 0;
 
     while (!s->made && !w->lost) {
-        int rc = evs__task_park_in_call(&s->made_waiters, &began);
+        int rc = evs__task_park_in_call(&s->made_waiters, began);
         if (rc < 0)
             return rc;
     }

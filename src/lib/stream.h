@@ -23,7 +23,7 @@ int evs__stream_create(evs_worker *w, int fd, int family, size_t limit, evs_read
 typedef void (*evs__stream_made_fn)(evs_writer *w, void *arg);
 void evs__stream_on_made(evs_writer *w, evs__stream_made_fn fn, void *arg);
 /* Park until connection_made (0) or the connection is lost (its error). */
-int evs__stream_wait_made(evs_writer *w);
+int evs__stream_wait_made(evs_writer *w, double *began);
 /* Free the pairs whose connection is gone and that nobody released, and
  * those evs__stream_free_doomed would free: the worker is ending, so
  * nothing can release or read them any more. */

@@ -157,19 +157,29 @@ int evs__task_park(evs__waitq *q)
     return evs__task_park_for(q, -1, 0);
 }
 
-int evs__task_park_in_call(evs__waitq *q, double *began)
+double evs__task_call_left(double *began)
 {
     evs_task *t = running_task;
     double now, left;
 
     /* Only a bounded task pays for the clock. */
-    if (!t || t->cancelled || t->timeout <= 0)
-        return evs__task_park(q);
+    if (!t || t->timeout <= 0)
+        return -1;
     now = evs__monotonic();
     if (*began == 0)
         *began = now;
     left = t->timeout - (now - *began);
-    if (left <= 0)
+    return left > 0 ? left : 0;
+}
+
+int evs__task_park_in_call(evs__waitq *q, double *began)
+{
+    evs_task *t = running_task;
+    double left = t && !t->cancelled ? evs__task_call_left(began) : -1;
+
+    if (left < 0)
+        return evs__task_park(q);
+    if (left == 0)
         return -ETIMEDOUT;
     return evs__task_park_for(q, left, -ETIMEDOUT);
 }
@@ -177,15 +187,11 @@ int evs__task_park_in_call(evs__waitq *q, double *began)
 int evs__task_nap_in_call(double nap, double *began)
 {
     evs_task *t = running_task;
-    double now, left;
+    double left = t && !t->cancelled ? evs__task_call_left(began) : -1;
 
-    if (!t || t->cancelled || t->timeout <= 0)
+    if (left < 0)
         return evs__task_park_for(NULL, nap, 0);
-    now = evs__monotonic();
-    if (*began == 0)
-        *began = now;
-    left = t->timeout - (now - *began);
-    if (left <= 0)
+    if (left == 0)
         return -ETIMEDOUT;
     return evs__task_park_for(NULL, left < nap ? left : nap, 0);
 }

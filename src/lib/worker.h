@@ -220,6 +220,10 @@ int evs__task_park_in_call(evs__waitq *q, double *began);
  * at most @nap seconds. @return 0 (look again), -ETIMEDOUT once the
  * task's timeout is spent since @began, or -ECANCELED. */
 int evs__task_nap_in_call(double nap, double *began);
+/* Seconds left of the running task's timeout for a call begun at @began
+ * (0 in the call, set here at the first look): -1 when the task has no
+ * timeout, 0 once it is spent. */
+double evs__task_call_left(double *began);
 /* Make a parked task ready with @result. No-op when it is not parked. */
 void evs__task_wake(evs_task *t, int result);
 /* Wake every task parked on @q with @result. */

@@ -318,3 +318,49 @@ TEST(Client, UnixListenerWithAFullBacklogIsNotAConnection) {
     EXPECT_EQ(-ETIMEDOUT, rc) << "returned a pair on a socket that is not connected: peername -> "
                      << peer_rc << ", write -> " << write_rc;
 }
+
+// The task's own timeout bounds the whole call, as it bounds every parked
+// call: the retries on a full backlog napped 10 ms at a time, each nap
+// under the task's bound, and ran to the connect timeout (60 s here).
+TEST(Client, TheTasksTimeoutBoundsAConnectThatRetries) {
+    static std::string path;
+    std::string dir = make_temp_dir();
+    path = dir + "/full.sock";
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sun, sizeof sun));
+    ASSERT_EQ(0, listen(lfd, 0));
+    std::vector<int> fillers;
+    for (int i = 0; i < 16; i++) {  // fill the backlog
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno == EAGAIN) {
+            close(fd);
+            break;
+        }
+        fillers.push_back(fd);
+    }
+    static double took;
+    int rc = run_task(
+        [](void *) -> int {
+            evs_reader *r;
+            evs_writer *w;
+            evs_connect_options o{};
+            o.timeout = 60;
+            evs_task_set_timeout(evs_task_current(), 0.2);
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            int err = evs_open_unix_connection(path.c_str(), &o, &r, &w);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            took = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+            if (err == 0) evs_writer_free(w);
+            return err;
+        },
+        nullptr);
+    for (int fd : fillers) close(fd);
+    close(lfd);
+    remove_dir(dir);
+    EXPECT_EQ(-ETIMEDOUT, rc);
+    EXPECT_LT(took, 30.0) << "the connect ran to its own 60 s timeout";
+}
