@@ -23,6 +23,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -1507,11 +1508,40 @@ static size_t live_connections(evsd_service *svc)
     return n;
 }
 
+static double monotonic_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Give the handlers up to @timeout seconds to finish. A second SIGTERM or
+ * SIGINT ends the wait at once: an operator who asks again means now.
+ * (Both are blocked in every thread; main.c takes them with sigtimedwait.) */
+static void wait_for_handlers(evsd_service *svc, double timeout)
+{
+    double deadline = monotonic_now() + timeout;
+    struct timespec nap = {0, 10 * 1000 * 1000};
+    sigset_t stop;
+    int sig;
+
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    while (live_connections(svc) > 0 && monotonic_now() < deadline) {
+        sig = sigtimedwait(&stop, NULL, &nap);
+        if (sig == SIGTERM || sig == SIGINT) {
+            evs_log(EVS_LOG_WARN, "%s again: not waiting for the handlers any longer",
+                    sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            return;
+        }
+    }
+}
+
 int evsd_service_stop(evsd_service *svc)
 {
     double timeout = svc->current ? svc->current->cfg->limits.shutdown_timeout : 0;
-    struct timespec nap = {0, 10 * 1000 * 1000};
-    double waited = 0;
     generation *g, *next;
 
     for (g = svc->current; g; g = g == svc->current ? svc->retired : g->next) {
@@ -1524,10 +1554,7 @@ int evsd_service_stop(evsd_service *svc)
         }
     }
     /* Let handlers finish; the runtime aborts what is left. */
-    while (live_connections(svc) > 0 && waited < timeout) {
-        nanosleep(&nap, NULL);
-        waited += 0.01;
-    }
+    wait_for_handlers(svc, timeout);
     if (live_connections(svc) > 0)
         evs_log(EVS_LOG_WARN, "shutdown: aborting %zu connections still open after %.1fs",
                 live_connections(svc), timeout);

@@ -975,6 +975,28 @@ TEST_F(DaemonTest, VersionHelpAndBadOptions) {
 
 // --- signals -------------------------------------------------------------------------
 
+// A second SIGTERM or SIGINT during the grace period stops at once: the
+// operator means now (it was ignored until shutdown_timeout ran out).
+TEST_F(DaemonTest, ASecondSignalEndsTheGracePeriod) {
+    std::string conf = write("evstreamd.conf",
+                             config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                                    "limits = { shutdown_timeout = \"60s\"; };\n"));
+    Daemon &d = start(conf);
+    ASSERT_TRUE(d.running());
+    int idle = connect_tcp(d.port("e"));
+    ASSERT_GE(idle, 0);
+    EXPECT_EQ("x", ask(idle, "x"));
+    d.signal(SIGTERM);
+    ASSERT_TRUE(eventually(20, [&] { return contains(d.err(), "SIGTERM: stopping"); })) << d.err();
+    d.signal(SIGINT);
+    int rc = d.wait(30);
+    EXPECT_EQ(0, rc) << describe_status(d.raw_status) << "\n" << d.err();
+    EXPECT_TRUE(contains(d.err(), "SIGINT again: not waiting for the handlers any longer"))
+        << d.err();
+    EXPECT_EQ(0, wait_eof(idle, 10));
+    close(idle);
+}
+
 TEST_F(DaemonTest, SigtermLetsHandlersFinishThenAbortsTheRest) {
     std::string conf = write("evstreamd.conf",
                              config("  { name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
