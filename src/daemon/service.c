@@ -734,7 +734,9 @@ static void describe_address(listener *l)
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
 
-    if (l->conf->family == EVSD_UNIX) {
+    /* A socket from the service manager is matched by name, and may be
+     * bound elsewhere than the file says: say where it really is. */
+    if (l->conf->family == EVSD_UNIX && !l->managers_socket) {
         snprintf(l->address, sizeof l->address, "unix:%s", l->conf->path);
         return;
     }
@@ -784,7 +786,9 @@ static void adjust_kept_sockets(const listener *l)
             setsockopt(fds[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     }
     free(fds);
-    if (c->family != EVSD_UNIX)
+    /* The service manager's socket file is its own (and perhaps not at
+     * c->path at all: a name matched it): never chmod or chown it. */
+    if (c->family != EVSD_UNIX || l->managers_socket)
         return;
     if (c->path[0] != '@' && c->has_mode && chmod(c->path, c->mode) < 0)
         evs_log(EVS_LOG_WARN, "listener '%s': mode of %s: %s", c->name, c->path, strerror(errno));

@@ -1199,6 +1199,35 @@ TEST(Ops, SocketActivationLeavesTheManagersUnixSocketFile) {
     remove_dir(dir);
 }
 
+// A Unix socket matched by name may be bound elsewhere than the file
+// says: it is reported where it is, and a reload leaves the configured
+// path alone (it chmod'ed it, following links, as root).
+TEST(Ops, SocketActivationByNameReportsTheRealPathAndLeavesTheConfiguredOne) {
+    std::string dir = make_temp_dir();
+    std::string real = dir + "/real.sock", configured = dir + "/configured";
+    write_file(configured, "not a socket\n");
+    ASSERT_EQ(0, chmod(configured.c_str(), 0600));
+    struct sockaddr_un sun;
+    int sfd = bound_unix(SOCK_STREAM, real, &sun);
+    ASSERT_GE(sfd, 0);
+    Daemon d(dir,
+             base_conf("{ name = \"s\"; listen = \"unix:" + configured +
+                       "\"; mode = \"0666\"; plugin = \"echo\"; }"),
+             {}, {sfd}, "s");
+    close(sfd);
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    EXPECT_NE(std::string::npos, read_file(d.log).find("listening on unix:" + real))
+        << read_file(d.log);
+    d.signal(SIGHUP);
+    ASSERT_TRUE(eventually(20, [&] { return read_file(d.log).find("reloaded ") != std::string::npos; }))
+        << read_file(d.log);
+    struct stat st;
+    ASSERT_EQ(0, stat(configured.c_str(), &st));
+    EXPECT_EQ(0600u, st.st_mode & 07777) << "the reload chmod'ed a file that is not its socket";
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 // LISTEN_FDS counting more sockets than were passed: the numbers past them
 // are not sockets of ours. They were taken after the log file and the
 // pidfile had been opened there, and closed as unclaimed: the log went to
