@@ -182,9 +182,19 @@ int evsd_log_reopen(void)
         return 0;
     fd = evsd_log_file_open(path);
     if (fd < 0) {
+        bool to_file;
         evs_log(EVS_LOG_ERROR, "cannot %s the log %s: %s (%s)", log_wanted ? "open" : "reopen",
                 path, evs_strerror(fd),
                 log_wanted ? "logging where it logged before" : "writing on to the old file");
+        pthread_mutex_lock(&lock);
+        to_file = log_fd > 2 && !use_syslog;
+        pthread_mutex_unlock(&lock);
+        /* The old file may be one nobody can see any more (rotated away,
+         * its directory removed): say it on stderr too (the journal under
+         * systemd). */
+        if (to_file)
+            fprintf(stderr, "evstreamd: cannot %s the log %s: %s\n",
+                    log_wanted ? "open" : "reopen", path, evs_strerror(fd));
         return fd;
     }
     pthread_mutex_lock(&lock);

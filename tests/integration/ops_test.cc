@@ -632,6 +632,27 @@ TEST(Ops, AccessLogHasALinePerConnectionAndReopensOnSIGUSR1) {
     remove_dir(dir);
 }
 
+// A log that cannot be reopened (its directory removed) says so on stderr
+// too: the error went only to the old file, which nobody could see.
+TEST(Ops, ALogThatCannotBeReopenedSaysSoOnStderr) {
+    std::string dir = make_temp_dir();
+    std::string sub = dir + "/logs", logfile = sub + "/main.log";
+    ASSERT_EQ(0, mkdir(sub.c_str(), 0755));
+    Daemon d(dir, base_conf("{ name = \"e\"; listen = \"127.0.0.1:0\"; plugin = \"echo\"; }",
+                            "log = { file = \"" + logfile + "\"; level = \"info\"; };\n"));
+    ASSERT_TRUE(d.ready()) << read_file(d.log);
+    ASSERT_EQ(0, unlink(logfile.c_str()));
+    ASSERT_EQ(0, rmdir(sub.c_str()));
+    d.signal(SIGUSR1);
+    EXPECT_TRUE(eventually(10, [&] {
+        return read_file(d.log).find("evstreamd: cannot reopen the log " + logfile +
+                                     ": No such file or directory") != std::string::npos;
+    })) << read_file(d.log);
+    echo_once(d.port("e"), "still served");
+    EXPECT_EQ(0, WEXITSTATUS(d.stop()));
+    remove_dir(dir);
+}
+
 // A Unix client names its own address: a newline in it must not forge a
 // line of the access log, nor spaces shift its fields.
 TEST(Ops, AccessLogEscapesThePeerAddress) {
