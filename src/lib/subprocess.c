@@ -91,6 +91,17 @@ static bool child_poll(child *c)
     return false;
 }
 
+/* Through the pidfd where there is one: it names this child even if an
+ * embedding program's waitpid(-1) reaped it and the pid was given again. */
+static int send_signal(const child *c, int sig)
+{
+#ifdef SYS_pidfd_send_signal
+    if (c->pidfd >= 0)
+        return syscall(SYS_pidfd_send_signal, c->pidfd, sig, NULL, 0) < 0 ? -errno : 0;
+#endif
+    return kill(c->pid, sig) < 0 ? -errno : 0;
+}
+
 /* Look without reaping (WNOWAIT): reaping here would run the owner's
  * callbacks (process_exited, connection_lost, which frees a subprocess
  * transport) inside the caller's call. The watch reports the exit from
@@ -104,7 +115,7 @@ static int child_signal(child *c, int sig)
     memset(&info, 0, sizeof info);
     if (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid != 0)
         return -ESRCH; /* exited (reported from the loop), or reaped by someone else */
-    return kill(c->pid, sig) < 0 ? -errno : 0;
+    return send_signal(c, sig);
 }
 
 /* The worker stops (an abort): end the child, as closing its transport
@@ -119,7 +130,7 @@ static void child_abort(evs__closable *cl)
 
     memset(&info, 0, sizeof info);
     if (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0)
-        kill(c->pid, SIGKILL);
+        send_signal(c, SIGKILL);
 }
 
 static void child_cb(evutil_socket_t fd, short what, void *arg)
