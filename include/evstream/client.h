@@ -51,7 +51,8 @@ EVS_EXTERN int evs_open_connection(const char *host, uint16_t port,
                                    evs_writer **w);
 
 /** Connect to a Unix stream socket (a path, or "@name" for an abstract one).
- *  Parks. @return as evs_open_connection(). */
+ *  Parks; the task's timeout bounds the call as a whole, as in
+ *  evs_open_connection(). @return as evs_open_connection(). */
 EVS_EXTERN int evs_open_unix_connection(const char *path, const evs_connect_options *opts,
                                         evs_reader **r, evs_writer **w);
 

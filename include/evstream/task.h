@@ -67,9 +67,10 @@ EVS_EXTERN bool evs_task_cancelled(const evs_task *task);
  * @p seconds after it began to wait, whatever came in between (what came
  * stays buffered). The task goes on running and may park again. Timers are
  * capped at 1e9 s (about 31 years), so INFINITY or any huge bound means
- * none; NaN is 0. The bound applies from the task's next parking call: a
- * call already parked keeps the bound it parked with (to end that wait
- * now, use evs_task_cancel).
+ * none; NaN is 0. The bound applies from the task's next park: a wait
+ * already parked keeps the bound it parked with (a call that parks several
+ * times, like evs_readexactly, takes the new one at its next wait). To end
+ * a wait now, use evs_task_cancel.
  */
 EVS_EXTERN void evs_task_set_timeout(evs_task *task, double seconds);
 

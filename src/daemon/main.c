@@ -259,7 +259,7 @@ static int write_ports(evsd_service *svc, const char *path, uid_t owner)
          * became the user's at the start, so it is rewritten in place.
          * O_NONBLOCK: a FIFO there fails ("No such device or address", or
          * pwrite's "Illegal seek") instead of waiting for a reader. */
-        fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0644);
+        fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
         rc = fd >= 0 ? write_at_start(fd, text, len) : -1;
         if (rc < 0)
             evs_log(EVS_LOG_ERROR, "ports file %s: %s", path, strerror(errno));
@@ -566,8 +566,11 @@ int main(int argc, char **argv)
         return 1;
     }
     /* One from an earlier run (killed, so never removed) would be read as
-     * this start's while it binds, and for good if the start fails. */
-    ports_remove(o.ports_file);
+     * this start's while it binds, and for good if the start fails. Only
+     * under the pidfile's lock: without it, the file may be a running
+     * instance's, which a mistaken second start must leave alone. */
+    if (o.pidfile)
+        ports_remove(o.ports_file);
     svc = evsd_service_start(cfg, o.workers);
     if (!svc) {
         evs_log(EVS_LOG_ERROR, "not started");

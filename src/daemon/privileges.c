@@ -93,7 +93,7 @@ static int raise_nofile(const evsd_config *cfg, rlim_t *raised, char *err, size_
     return 0;
 }
 
-/* Every task stack is a mapping plus its guard page: two map entries. */
+/* Every task stack is a mapping plus its guard: two map entries. */
 static void check_map_count(const evsd_config *cfg)
 {
     FILE *f = fopen("/proc/sys/vm/max_map_count", "r");

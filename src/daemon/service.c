@@ -1522,10 +1522,11 @@ static double monotonic_now(void)
 
 /* Give the handlers up to @timeout seconds to finish. A second SIGTERM or
  * SIGINT ends the wait at once: an operator who asks again means now.
- * (Both are blocked in every thread; main.c takes them with sigtimedwait.) */
-static void wait_for_handlers(evsd_service *svc, double timeout)
+ * (Both are blocked in every thread; main.c takes them with sigtimedwait.)
+ * @return the seconds waited. */
+static double wait_for_handlers(evsd_service *svc, double timeout)
 {
-    double deadline = monotonic_now() + timeout;
+    double start = monotonic_now(), deadline = start + timeout;
     struct timespec nap = {0, 10 * 1000 * 1000};
     sigset_t stop;
     int sig;
@@ -1538,14 +1539,15 @@ static void wait_for_handlers(evsd_service *svc, double timeout)
         if (sig == SIGTERM || sig == SIGINT) {
             evs_log(EVS_LOG_WARN, "%s again: not waiting for the handlers any longer",
                     sig == SIGTERM ? "SIGTERM" : "SIGINT");
-            return;
+            break;
         }
     }
+    return monotonic_now() - start;
 }
 
 int evsd_service_stop(evsd_service *svc)
 {
-    double timeout = svc->current ? svc->current->cfg->limits.shutdown_timeout : 0;
+    double timeout = svc->current ? svc->current->cfg->limits.shutdown_timeout : 0, waited;
     generation *g, *next;
 
     for (g = svc->current; g; g = g == svc->current ? svc->retired : g->next) {
@@ -1558,10 +1560,10 @@ int evsd_service_stop(evsd_service *svc)
         }
     }
     /* Let handlers finish; the runtime aborts what is left. */
-    wait_for_handlers(svc, timeout);
+    waited = wait_for_handlers(svc, timeout);
     if (live_connections(svc) > 0)
         evs_log(EVS_LOG_WARN, "shutdown: aborting %zu connections still open after %.1fs",
-                live_connections(svc), timeout);
+                live_connections(svc), waited);
     evs_runtime_stop(svc->rt, 0);
     /* worker_stop ran in the exit hook; no instance is on a worker now. */
     pthread_mutex_lock(&svc->lock);

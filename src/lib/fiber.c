@@ -11,9 +11,9 @@
  *   base            base + guard                                 base + map_size
  *   | guard (NONE)  | usable (READ|WRITE) ...  initial frame | record |
  *
- * The guard is 64 KiB, not one page: mappings are made top-down, so the
- * next-older fiber's record sits right above a fiber's guard, and a frame
- * larger than the guard (code built without -fstack-clash-protection)
+ * The guard is 64 KiB, not one page: mappings are made top-down, so right
+ * below a fiber's guard lies the record of the fiber mapped after it, and a
+ * frame larger than the guard (code built without -fstack-clash-protection)
  * would step over it and write into that record, unreported. It costs
  * address space only.
  *
@@ -541,7 +541,8 @@ static int segv_install_err;
 static void segv_handler(int sig, siginfo_t *si, void *uctx)
 {
     evs__fiber *f = tl.current;
-    if (f && si) {
+    bool sent = !si || si->si_code <= 0; /* kill(), raise(): si_addr is no address */
+    if (f && !sent) {
         uintptr_t a = (uintptr_t)si->si_addr;
         uintptr_t lo = (uintptr_t)f->map;
         if (a >= lo && a - lo < f->pool->guard) {
@@ -565,16 +566,20 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx)
         segv_prev.sa_handler(sig);
         return;
     }
+    /* A SIGSEGV sent by kill() or raise() gets what it would have got
+     * without us: ignored, or the default action (sent again, as nothing
+     * re-executes). */
+    if (sent && segv_prev.sa_handler == SIG_IGN)
+        return;
     /* Default (or ignored, which for a fault means default): restore it and
      * return, so the faulting instruction re-executes and the fault kills
-     * the process as it would have without us. A SIGSEGV sent by kill() or
-     * raise() (si_code <= 0) re-executes nothing: send it again. */
+     * the process as it would have without us. */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     sigemptyset(&dfl.sa_mask);
     dfl.sa_handler = SIG_DFL;
     sigaction(SIGSEGV, &dfl, NULL);
-    if (!si || si->si_code <= 0)
+    if (sent)
         raise(sig);
 }
 

@@ -5,7 +5,7 @@
  * thread's loop context resumes a fiber, the fiber yields back to the loop
  * context that resumed it. A fiber never leaves the thread that created it.
  *
- * Stacks come from a per-thread pool (mmap'd, guard page at the low end,
+ * Stacks come from a per-thread pool (mmap'd, a 64 KiB guard at the low end,
  * reused). The switch is a small assembly routine on x86-64 and aarch64 and
  * ucontext elsewhere (configure: --with-fiber-switch=asm|ucontext, which
  * defines EVS_FIBER_UCONTEXT for the fallback). ASan, TSan and valgrind are
@@ -106,7 +106,7 @@ evs__fiber *evs__fiber_current(void);
 
 /**
  * Per-thread set-up: an alternate signal stack and (once per process) a
- * SIGSEGV handler that reports an overflow into a fiber's guard page as
+ * SIGSEGV handler that reports an overflow into a fiber's guard as
  * "evstream: a task overflowed its stack: ..." on stderr, then aborts.
  * Faults elsewhere are passed on to the previous handler or the default
  * action.

@@ -35,26 +35,28 @@ int evs_plugin_load(const char *path, evs_plugin_handle **out, char *err, size_t
     struct stat st;
     void *dl;
     char why[512], here[PATH_MAX];
+    const char *file; /* what is opened; messages name @path as given */
 
     if (!path || !out)
         return -EINVAL;
     /* dlopen() searches the library path for a name without a '/', where
-     * stat() looked in the current directory: a plugin found here would be
+     * stat() looks in the current directory: a plugin found here would be
      * refused, or another file of that name loaded in its place. */
-    if (!strchr(path, '/')) {
+    file = path;
+    if (*path && !strchr(path, '/')) {
         if (strlen(path) + 3 > sizeof here) {
             snprintf(why, sizeof why, "cannot load plugin: %s", strerror(ENAMETOOLONG));
             return reject(NULL, err, errlen, -ENAMETOOLONG, path, why);
         }
         snprintf(here, sizeof here, "./%s", path);
-        path = here;
+        file = here;
     }
-    if (stat(path, &st) < 0) {
+    if (stat(file, &st) < 0) {
         int e = errno;
         snprintf(why, sizeof why, "cannot load plugin: %s", strerror(e));
         return reject(NULL, err, errlen, -e, path, why);
     }
-    dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    dl = dlopen(file, RTLD_NOW | RTLD_LOCAL);
     if (!dl) {
         snprintf(why, sizeof why, "cannot load plugin: %s", dlerror());
         return reject(NULL, err, errlen, -ENOEXEC, path, why);

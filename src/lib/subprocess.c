@@ -96,8 +96,11 @@ static bool child_poll(child *c)
 static int send_signal(const child *c, int sig)
 {
 #ifdef SYS_pidfd_send_signal
-    if (c->pidfd >= 0)
-        return syscall(SYS_pidfd_send_signal, c->pidfd, sig, NULL, 0) < 0 ? -errno : 0;
+    /* A filter (seccomp) may refuse the call: fall back to kill(). */
+    if (c->pidfd >= 0 && syscall(SYS_pidfd_send_signal, c->pidfd, sig, NULL, 0) == 0)
+        return 0;
+    if (c->pidfd >= 0 && errno != ENOSYS && errno != EPERM)
+        return -errno;
 #endif
     return kill(c->pid, sig) < 0 ? -errno : 0;
 }
@@ -165,7 +168,7 @@ static void child_watch(child *c)
     /* Spawned while the worker stops (by a cancelled task): no poll here,
      * the exit is reported from the loop. */
     if (c->worker->stopping)
-        kill(c->pid, SIGKILL);
+        send_signal(c, SIGKILL);
 }
 
 /* --- spawning ------------------------------------------------------------------ */

@@ -428,6 +428,10 @@ TEST(Fiber, ThreadInitFini) {
 TEST(Fiber, ThreadFiniRestoresTheThreadsOwnAltstack) {
     stack_t mine, cur, before;
     ASSERT_EQ(0, sigaltstack(nullptr, &before));
+    struct Restore {  // even when an assertion ends the test early
+        stack_t ss;
+        ~Restore() { sigaltstack(&ss, nullptr); }
+    } restore{before};
     std::vector<char> mem(16 * 1024);
     mine.ss_sp = mem.data();
     mine.ss_size = mem.size();
@@ -441,7 +445,6 @@ TEST(Fiber, ThreadFiniRestoresTheThreadsOwnAltstack) {
     EXPECT_EQ(mine.ss_sp, cur.ss_sp);
     EXPECT_EQ(mine.ss_size, cur.ss_size);
     EXPECT_FALSE(cur.ss_flags & SS_DISABLE);
-    ASSERT_EQ(0, sigaltstack(&before, nullptr));
 }
 
 #ifndef FIBER_TEST_SANITIZED
@@ -469,8 +472,9 @@ TEST(FiberDeathTest, StackOverflowReported) {
 }
 
 // A frame larger than a one-page guard lands below it: a 64 KiB guard
-// catches the write 8 KiB below the stack (it went unreported, into
-// whatever lay there, another fiber's record among others).
+// catches the write 8 KiB below the stack. With one page it went
+// unreported into what lay there: mappings are made top-down, so that is
+// the stack and record of the fiber mapped next.
 void jump_fn(void *) {
     volatile char here = 0;
     auto below = reinterpret_cast<volatile char *>(reinterpret_cast<uintptr_t>(&here) -
@@ -481,9 +485,9 @@ void jump_fn(void *) {
 void run_jump() {
     if (evs__fiber_thread_init() != 0) return;
     evs__stack_pool *pool = evs__stack_pool_new(64 * 1024, 1);
-    evs__fiber *older = evs__fiber_new(pool, jump_fn, nullptr);
     evs__fiber *f = evs__fiber_new(pool, jump_fn, nullptr);
-    (void)older;
+    evs__fiber *next = evs__fiber_new(pool, jump_fn, nullptr);  // mapped below f
+    (void)next;
     evs__fiber_resume(f);
 }
 
@@ -503,6 +507,20 @@ TEST(FiberDeathTest, ASentSigsegvStillKills) {
             _exit(0);
         },
         ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+// ... and one the program ignored before evstream came stays ignored.
+TEST(FiberDeathTest, ASentSigsegvTheProgramIgnoresStaysIgnored) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            signal(SIGSEGV, SIG_IGN);
+            evs__fiber_thread_init();
+            raise(SIGSEGV);
+            raise(SIGSEGV);
+            _exit(3);
+        },
+        ::testing::ExitedWithCode(3), "");
 }
 
 // A fault that is not a fiber overflow still kills the process the usual way.
