@@ -272,6 +272,25 @@ TEST(Client, CancelDuringConnectReturnsECANCELED) {
     close(lfd);
 }
 
+// A Unix listener at @path (backlog 0) whose backlog the connections in
+// *@fillers have filled: the next connect fails with EAGAIN.
+static void listen_with_a_full_backlog(const std::string &path, int *lfd, std::vector<int> *fillers) {
+    *lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+    ASSERT_EQ(0, bind(*lfd, (struct sockaddr *)&sun, sizeof sun));
+    ASSERT_EQ(0, listen(*lfd, 0));
+    for (int i = 0; i < 16; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno == EAGAIN) {
+            close(fd);
+            break;
+        }
+        fillers->push_back(fd);
+    }
+}
+
 // A non-blocking connect() to a Unix listener whose backlog is full fails
 // with EAGAIN: no connection is in progress (unlike TCP's EINPROGRESS), and
 // the unconnected socket is writable at once. evs_open_unix_connection must
@@ -280,21 +299,9 @@ TEST(Client, UnixListenerWithAFullBacklogIsNotAConnection) {
     static std::string path;
     std::string dir = make_temp_dir();
     path = dir + "/full.sock";
-    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
-    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sun, sizeof sun));
-    ASSERT_EQ(0, listen(lfd, 0));
+    int lfd = -1;
     std::vector<int> fillers;
-    for (int i = 0; i < 16; i++) {  // fill the backlog
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno == EAGAIN) {
-            close(fd);
-            break;
-        }
-        fillers.push_back(fd);
-    }
+    ASSERT_NO_FATAL_FAILURE(listen_with_a_full_backlog(path, &lfd, &fillers));
     static int write_rc, peer_rc;
     int rc = run_task(
         [](void *) -> int {
@@ -326,21 +333,9 @@ TEST(Client, TheTasksTimeoutBoundsAConnectThatRetries) {
     static std::string path;
     std::string dir = make_temp_dir();
     path = dir + "/full.sock";
-    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
-    ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sun, sizeof sun));
-    ASSERT_EQ(0, listen(lfd, 0));
+    int lfd = -1;
     std::vector<int> fillers;
-    for (int i = 0; i < 16; i++) {  // fill the backlog
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno == EAGAIN) {
-            close(fd);
-            break;
-        }
-        fillers.push_back(fd);
-    }
+    ASSERT_NO_FATAL_FAILURE(listen_with_a_full_backlog(path, &lfd, &fillers));
     static double took;
     int rc = run_task(
         [](void *) -> int {
