@@ -272,36 +272,46 @@ TEST(Client, CancelDuringConnectReturnsECANCELED) {
     close(lfd);
 }
 
-// A Unix listener at @path (backlog 0) whose backlog the connections in
-// *@fillers have filled: the next connect fails with EAGAIN.
-static void listen_with_a_full_backlog(const std::string &path, int *lfd, std::vector<int> *fillers) {
-    *lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
-    ASSERT_EQ(0, bind(*lfd, (struct sockaddr *)&sun, sizeof sun));
-    ASSERT_EQ(0, listen(*lfd, 0));
-    for (int i = 0; i < 16; i++) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno == EAGAIN) {
-            close(fd);
-            break;
+// A Unix listener (backlog 0) in a temporary directory, its backlog filled
+// by fill(): the next connect fails with EAGAIN. All of it goes with it.
+struct FullUnixListener {
+    std::string dir = make_temp_dir();
+    std::string path = dir + "/full.sock";
+    int lfd = -1;
+    std::vector<int> fillers;
+
+    void fill() {
+        lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sun{};
+        sun.sun_family = AF_UNIX;
+        snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path.c_str());
+        ASSERT_EQ(0, bind(lfd, (struct sockaddr *)&sun, sizeof sun));
+        ASSERT_EQ(0, listen(lfd, 0));
+        for (int i = 0; i < 16; i++) {
+            int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno == EAGAIN) {
+                close(fd);
+                break;
+            }
+            fillers.push_back(fd);
         }
-        fillers->push_back(fd);
     }
-}
+    ~FullUnixListener() {
+        for (int fd : fillers) close(fd);
+        if (lfd >= 0) close(lfd);
+        remove_dir(dir);
+    }
+};
 
 // A non-blocking connect() to a Unix listener whose backlog is full fails
 // with EAGAIN: no connection is in progress (unlike TCP's EINPROGRESS), and
 // the unconnected socket is writable at once. evs_open_unix_connection must
 // not return such a socket as a connection.
 TEST(Client, UnixListenerWithAFullBacklogIsNotAConnection) {
+    FullUnixListener full;
+    ASSERT_NO_FATAL_FAILURE(full.fill());
     static std::string path;
-    std::string dir = make_temp_dir();
-    path = dir + "/full.sock";
-    int lfd = -1;
-    std::vector<int> fillers;
-    ASSERT_NO_FATAL_FAILURE(listen_with_a_full_backlog(path, &lfd, &fillers));
+    path = full.path;
     static int write_rc, peer_rc;
     int rc = run_task(
         [](void *) -> int {
@@ -319,9 +329,6 @@ TEST(Client, UnixListenerWithAFullBacklogIsNotAConnection) {
             return 0;
         },
         nullptr);
-    for (int fd : fillers) close(fd);
-    close(lfd);
-    remove_dir(dir);
     EXPECT_EQ(-ETIMEDOUT, rc) << "returned a pair on a socket that is not connected: peername -> "
                      << peer_rc << ", write -> " << write_rc;
 }
@@ -330,12 +337,10 @@ TEST(Client, UnixListenerWithAFullBacklogIsNotAConnection) {
 // call: the retries on a full backlog napped 10 ms at a time, each nap
 // under the task's bound, and ran to the connect timeout (60 s here).
 TEST(Client, TheTasksTimeoutBoundsAConnectThatRetries) {
+    FullUnixListener full;
+    ASSERT_NO_FATAL_FAILURE(full.fill());
     static std::string path;
-    std::string dir = make_temp_dir();
-    path = dir + "/full.sock";
-    int lfd = -1;
-    std::vector<int> fillers;
-    ASSERT_NO_FATAL_FAILURE(listen_with_a_full_backlog(path, &lfd, &fillers));
+    path = full.path;
     static double took;
     int rc = run_task(
         [](void *) -> int {
@@ -353,9 +358,6 @@ TEST(Client, TheTasksTimeoutBoundsAConnectThatRetries) {
             return err;
         },
         nullptr);
-    for (int fd : fillers) close(fd);
-    close(lfd);
-    remove_dir(dir);
     EXPECT_EQ(-ETIMEDOUT, rc);
     EXPECT_LT(took, 30.0) << "the connect ran to its own 60 s timeout";
 }
