@@ -39,7 +39,9 @@ EVS_EXTERN void evs_log_set_handler(evs_log_fn fn, void *arg);
 EVS_EXTERN int evs_log_level_parse(const char *name, evs_log_level *out);
 /** Name of a level ("error", ...). */
 EVS_EXTERN const char *evs_log_level_name(evs_log_level level);
-/** Log through the sink (printf format). Cheap when @p level is filtered. Any thread. */
+/** Log through the sink (printf format). Cheap when @p level is filtered. Any thread.
+ *  The message reaches the sink as one line: control bytes in it (a newline
+ *  in a peer's name, say) are written as \xNN, and it is cut at 1,023 bytes. */
 EVS_EXTERN void evs_log(evs_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -14,6 +14,9 @@
 
 _Atomic int evs__log_level = EVS_LOG_WARN;
 
+/* The longest message, with its NUL; longer ones are cut. */
+#define MSG_MAX 1024
+
 /* The sink may be replaced while threads log (evstreamd does at a
  * reload): the pair is read and used under the read side, so a caller of
  * evs_log_set_handler knows the old one is done with once it returns.
@@ -85,9 +88,40 @@ static void stderr_sink(evs_log_level level, int worker, const char *msg)
     fputs(line, stderr);
 }
 
+/* Messages quote what peers sent (an abstract socket's name, a PROXY
+ * header, a plugin's view of a request): a newline in one would start a
+ * forged line in a log file. Control bytes become \xNN, in place; what no
+ * longer fits in @p cap is cut. */
+static void escape_controls(char *msg, size_t cap)
+{
+    char tmp[MSG_MAX];
+    size_t in = 0, out = 0, len = strlen(msg);
+
+    while (in < len && (unsigned char)msg[in] >= 0x20 && msg[in] != 0x7f)
+        in++;
+    if (in == len)
+        return; /* the usual case: nothing to do */
+    memcpy(tmp, msg, len + 1);
+    out = in;
+    for (; in < len; in++) {
+        unsigned char c = (unsigned char)tmp[in];
+        if (c >= 0x20 && c != 0x7f) {
+            if (out + 1 >= cap)
+                break;
+            msg[out++] = (char)c;
+        } else {
+            if (out + 4 >= cap)
+                break;
+            snprintf(msg + out, 5, "\\x%02x", c);
+            out += 4;
+        }
+    }
+    msg[out] = '\0';
+}
+
 void evs_log(evs_log_level level, const char *fmt, ...)
 {
-    char msg[1024];
+    char msg[MSG_MAX];
     va_list ap;
     evs_worker *w;
     int worker;
@@ -97,6 +131,7 @@ void evs_log(evs_log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    escape_controls(msg, sizeof msg);
     w = evs_worker_current();
     worker = w ? evs_worker_id(w) : -1;
     pthread_rwlock_rdlock(&sink_lock);

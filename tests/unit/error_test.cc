@@ -47,6 +47,25 @@ TEST(Logging, LevelIsCheckedAndSinkReplaceable) {
     evs_log_set_level(saved);
 }
 
+// A message quoting a peer (its abstract socket name, a header it sent)
+// must not start a line of its own in a log file.
+TEST(Logging, ControlBytesCannotStartALine) {
+    Captured c;
+    evs_log_level saved = evs_log_get_level();
+    evs_log_set_handler(capture, &c);
+    evs_log_set_level(EVS_LOG_WARN);
+    evs_log(EVS_LOG_WARN, "peer %s", "@a\n2026-01-01 error [main] forged\r\t\x7f\x1b[31m ok");
+    evs_log(EVS_LOG_WARN, "%s", std::string(1000, '\n').c_str());
+    evs_log_set_handler(nullptr, nullptr);
+    evs_log_set_level(saved);
+    ASSERT_EQ(2u, c.lines.size());
+    EXPECT_EQ("peer @a\\x0a2026-01-01 error [main] forged\\x0d\\x09\\x7f\\x1b[31m ok", c.lines[0]);
+    // cut to the message's bound, never inside an escape
+    EXPECT_EQ(1020u, c.lines[1].size());
+    EXPECT_EQ(0u, c.lines[1].size() % 4);
+    EXPECT_EQ("\\x0a", c.lines[1].substr(c.lines[1].size() - 4));
+}
+
 TEST(Logging, ParsesLevelNames) {
     evs_log_level l;
     EXPECT_EQ(0, evs_log_level_parse("debug", &l));
