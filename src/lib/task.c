@@ -137,17 +137,20 @@ int evs__task_park_for(evs__waitq *q, double seconds, int result_on_expiry)
      * need (and kept), which saves an event per connection handler. */
     if (bound >= 0 && !t->timer_ev && !(t->timer_ev = evtimer_new(t->worker->base, timer_cb, t)))
         return -ENOMEM;
-    t->parked = true;
-    if (q)
-        waitq_push(q, t);
     if (bound >= 0) {
         struct timeval tv = evs__tv(bound);
         t->timer_result = result;
         /* The loop's cached time is from before this task ran: refresh it,
-         * or the timer would count from the past and fire early. */
+         * or the timer would count from the past and fire early. Armed
+         * before the task is listed anywhere: a timer that cannot be added
+         * (no memory for libevent's heap) fails the call, not the bound. */
         event_base_update_cache_time(t->worker->base);
-        evtimer_add(t->timer_ev, &tv);
+        if (evtimer_add(t->timer_ev, &tv) != 0)
+            return -ENOMEM;
     }
+    t->parked = true;
+    if (q)
+        waitq_push(q, t);
     evs__fiber_yield();
     return t->wake_result;
 }
