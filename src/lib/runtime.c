@@ -292,8 +292,11 @@ int evs_runtime_stop(evs_runtime *rt, double timeout)
     /* 1. Stop accepting: close every listener, end the acceptor. Calls,
      * not posts: their messages need no memory, so they cannot fail. */
     if (rt->acceptor.thread_started) {
-        if (evs_worker_call(&rt->acceptor, evs__acceptor_stop, NULL) == 0)
-            pthread_join(rt->acceptor.thread, NULL);
+        /* A call refused means the acceptor's loop failed and closed its
+         * inbox on the way out: its thread ends by itself, joined all the
+         * same. */
+        evs_worker_call(&rt->acceptor, evs__acceptor_stop, NULL);
+        pthread_join(rt->acceptor.thread, NULL);
         rt->acceptor.thread_started = false;
     }
     evs__worker_close_inbox(&rt->acceptor);
