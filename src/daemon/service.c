@@ -767,6 +767,20 @@ static int set_socket_owner(const evsd_listener_conf *c)
     return 0;
 }
 
+/* The service manager made the socket and its file: their mode, owner
+ * and group belong in its .socket unit, and are never applied here. Said
+ * at the start and at each reload, so a setting that does nothing does
+ * not pass unnoticed. */
+static void warn_managers_file_settings(const evsd_listener_conf *c)
+{
+    if (c->family == EVSD_UNIX && (c->has_mode || c->has_owner || c->has_group))
+        evs_log(EVS_LOG_WARN,
+                "listener '%s': mode, owner and group are not applied to a socket from the "
+                "service manager (set SocketMode=, SocketUser= and SocketGroup= in its .socket "
+                "unit)",
+                c->name);
+}
+
 /* A socket kept across a reload takes the listener's new settings once
  * the reload can no longer fail (before, a failed reload would leave the
  * running listener with them): as well as the kernel lets, with a warning
@@ -788,6 +802,8 @@ static void adjust_kept_sockets(const listener *l)
     free(fds);
     /* The service manager's socket file is its own (and perhaps not at
      * c->path at all: a name matched it): never chmod or chown it. */
+    if (l->managers_socket)
+        warn_managers_file_settings(c);
     if (c->family != EVSD_UNIX || l->managers_socket)
         return;
     if (c->path[0] != '@' && c->has_mode && chmod(c->path, c->mode) < 0)
@@ -935,6 +951,8 @@ evsd_service *evsd_service_start(evsd_config *cfg, int workers)
         listener *l = &svc->current->listeners[i];
         int fd = evsd_activation_claim(l->conf);
         l->managers_socket = fd >= 0;
+        if (l->managers_socket)
+            warn_managers_file_settings(l->conf);
         if (fd == -EPROTOTYPE || start_listener(svc, l, fd >= 0 ? &fd : NULL, fd >= 0) < 0)
             goto fail;
     }

@@ -1251,9 +1251,12 @@ TEST(Ops, SocketActivationByNameReportsTheRealPathAndLeavesTheConfiguredOne) {
     ASSERT_TRUE(d.ready()) << read_file(d.log);
     EXPECT_NE(std::string::npos, read_file(d.log).find("listening on unix:" + real))
         << read_file(d.log);
+    const std::string unapplied = "listener 's': mode, owner and group are not applied";
+    EXPECT_EQ(1u, count_of(read_file(d.log), unapplied)) << read_file(d.log);
     d.signal(SIGHUP);
     ASSERT_TRUE(eventually(20, [&] { return read_file(d.log).find("reloaded ") != std::string::npos; }))
         << read_file(d.log);
+    EXPECT_EQ(2u, count_of(read_file(d.log), unapplied)) << "the reload did not say it again";
     struct stat st;
     ASSERT_EQ(0, stat(configured.c_str(), &st));
     EXPECT_EQ(0600u, st.st_mode & 07777) << "the reload chmod'ed a file that is not its socket";
