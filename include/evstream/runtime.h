@@ -104,7 +104,9 @@ EVS_EXTERN void evs_runtime_stats(evs_runtime *rt, evs_worker_stats *out);
 
 /**
  * Run fn(worker, arg) on every worker thread, once each.
- * @return 0, or -ESHUTDOWN when the runtime is stopping (nothing is run).
+ * @return 0; -ENOMEM (no worker runs fn); -ESHUTDOWN when the runtime is
+ * stopping (none runs it; or, when the stop began during the call, the
+ * workers already stopping do not); -EINVAL for a NULL @p rt or @p fn.
  * Thread: any.
  */
 EVS_EXTERN int evs_runtime_broadcast(evs_runtime *rt, evs_worker_fn fn, void *arg);

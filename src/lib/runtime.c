@@ -214,14 +214,36 @@ void evs_runtime_stats(evs_runtime *rt, evs_worker_stats *out)
 
 int evs_runtime_broadcast(evs_runtime *rt, evs_worker_fn fn, void *arg)
 {
+    evs__msg **msgs;
+    int i, rc = 0;
+
+    if (!rt || !fn)
+        return -EINVAL;
     if (atomic_load(&rt->stopping))
         return -ESHUTDOWN;
-    for (int i = 0; i < rt->nworkers; i++) {
-        int err = evs_worker_post(&rt->workers[i], fn, arg);
-        if (err)
-            return err;
+    /* Every message made before any is sent: short of memory, no worker
+     * runs fn, rather than some. */
+    msgs = calloc((size_t)rt->nworkers, sizeof *msgs);
+    for (i = 0; msgs && i < rt->nworkers; i++)
+        if (!(msgs[i] = calloc(1, sizeof *msgs[i])))
+            break;
+    if (!msgs || i < rt->nworkers) {
+        while (msgs && i-- > 0)
+            free(msgs[i]);
+        free(msgs);
+        return -ENOMEM;
     }
-    return 0;
+    for (i = 0; i < rt->nworkers; i++) {
+        msgs[i]->fn = fn;
+        msgs[i]->arg = arg;
+        msgs[i]->fd = -1;
+        if (evs__worker_push(&rt->workers[i], msgs[i]) != 0) {
+            free(msgs[i]); /* that worker is stopping */
+            rc = -ESHUTDOWN;
+        }
+    }
+    free(msgs);
+    return rc;
 }
 
 /* --- stopping ---------------------------------------------------------- */

@@ -182,6 +182,8 @@ TEST(Runtime, BroadcastRunsOnceOnEveryWorker) {
     ASSERT_EQ(0, evs_runtime_broadcast(
                      rt, [](evs_worker *w, void *) { mask |= 1 << evs_worker_id(w); }, nullptr));
     while (mask.load() != 7) usleep(1000);
+    EXPECT_EQ(-EINVAL, evs_runtime_broadcast(rt, nullptr, nullptr));
+    EXPECT_EQ(-EINVAL, evs_runtime_broadcast(nullptr, [](evs_worker *, void *) {}, nullptr));
     EXPECT_EQ(0, evs_runtime_stop(rt, 1));
     EXPECT_EQ(7, mask.load());
 }
