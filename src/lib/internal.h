@@ -49,6 +49,18 @@ static inline double evs__monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The monotonic clock as a timeval: a connection's timestamps (its start,
+ * its last read and write), which a step of the wall clock must not move
+ * (a step back would switch every timeout off for its size). */
+static inline void evs__monotonic_tv(struct timeval *tv)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    tv->tv_sec = ts.tv_sec;
+    tv->tv_usec = (suseconds_t)(ts.tv_nsec / 1000);
+}
+
 /* Seconds (double, as in the public API) to a timeval, rounded up to the
  * microsecond: a sleep of 0.05 s must never wake at 49.999 ms. Negative
  * and NaN mean now. */

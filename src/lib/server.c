@@ -701,7 +701,7 @@ static void connection_closed(evs_transport *t, void *arg)
             info.peer = (struct sockaddr *)&peer;
             info.peerlen = plen;
         }
-        event_base_gettimeofday_cached(t->worker->base, &now);
+        evs__monotonic_tv(&now);
         timersub(&now, &t->started, &d);
         info.duration = (double)d.tv_sec + (double)d.tv_usec / 1e6;
         info.bytes_in = t->bytes_in;

@@ -2,10 +2,11 @@
  * timeouts.c - a connection's timeouts (idle, first byte, read, write,
  * lifetime) on one timer, armed for the nearest deadline.
  *
- * Reads and writes only note the loop's cached time (no system call, no
- * timer operation); the timer, when it fires, looks at what happened since
- * and either ends the connection with -ETIMEDOUT or re-arms for the next
- * deadline. A connection without timeouts has no timer state at all.
+ * Reads and writes only note the monotonic time (read from the vDSO: no
+ * system call, no timer operation); the timer, when it fires, looks at
+ * what happened since and either ends the connection with -ETIMEDOUT or
+ * re-arms for the next deadline. A connection without timeouts has no
+ * timer state at all.
  */
 #include "transport.h"
 
@@ -22,17 +23,17 @@ static double since(const struct timeval *now, const struct timeval *then)
 
 void evs__timeouts_read(evs_transport *t)
 {
-    event_base_gettimeofday_cached(t->worker->base, &t->timers->last_read);
+    evs__monotonic_tv(&t->timers->last_read);
 }
 
 void evs__timeouts_write(evs_transport *t)
 {
-    event_base_gettimeofday_cached(t->worker->base, &t->timers->last_write);
+    evs__monotonic_tv(&t->timers->last_write);
 }
 
 void evs__timeouts_resumed(evs_transport *t)
 {
-    event_base_gettimeofday_cached(t->worker->base, &t->timers->reading_since);
+    evs__monotonic_tv(&t->timers->reading_since);
 }
 
 /* Seconds left before the earliest timeout, or < 0 with *which set when one
@@ -88,7 +89,7 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
     EVS_UNUSED(what);
     if (t->lost_scheduled)
         return;
-    event_base_gettimeofday_cached(t->worker->base, &now);
+    evs__monotonic_tv(&now);
     left = remaining(t, &now, &which);
     if (left < 0) {
         evs__debug("connection closed: %s timeout", which);
@@ -139,7 +140,7 @@ int evs_transport_set_timeouts(evs_transport *t, const evs_timeouts *to)
     tm->to = *to;
     event_del(&tm->ev);
     /* Count from now for what has no history yet. */
-    event_base_gettimeofday_cached(t->worker->base, &now);
+    evs__monotonic_tv(&now);
     if (!timerisset(&tm->last_read))
         tm->last_read = now;
     if (!timerisset(&tm->last_write) || evs_transport_get_write_buffer_size(t) == 0)
