@@ -3,6 +3,7 @@
  */
 #include "internal.h"
 
+#include <limits.h>
 #include <string.h>
 
 const char *evs_strerror(int err)
@@ -17,11 +18,21 @@ const char *evs_strerror(int err)
     default:
         break;
     }
+    /* The header promises a static string from any thread: strerror's
+     * text for an unknown code lives in a per-thread buffer that its next
+     * such call frees. */
+    if (err == INT_MIN)
+        return "unknown error";
     if (err < 0)
         err = -err;
-    /* strerror() may use a static buffer on some libcs but glibc returns
-     * static strings for known codes, which is all we pass here. */
-    return strerror(err);
+#ifdef HAVE_STRERRORDESC_NP
+    {
+        const char *s = strerrordesc_np(err);
+        return s ? s : "unknown error";
+    }
+#else
+    return err < 134 ? strerror(err) : "unknown error"; /* Linux's codes end at 133 */
+#endif
 }
 
 const char *evs_version(void)

@@ -2,6 +2,7 @@
 // before formatting, and the sink can be replaced.
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,15 @@ TEST(Errors, EveryCodeHasAName) {
     EXPECT_STREQ(strerror(ECANCELED), evs_strerror(-ECANCELED));
     EXPECT_STREQ(strerror(EPIPE), evs_strerror(EPIPE));
     EXPECT_NE(nullptr, evs_strerror(-123456));
+    // Static for every code: glibc's strerror text for an unknown one lives
+    // in a buffer its next such call frees (ASan saw the first one read
+    // after that).
+    const char *unknown = evs_strerror(-20003);
+    std::string copy = unknown;
+    EXPECT_STREQ(evs_strerror(-20004), unknown);
+    EXPECT_EQ(copy, unknown);
+    EXPECT_STREQ("unknown error", evs_strerror(INT_MIN));
+    EXPECT_STREQ("unknown error", evs_strerror(INT_MAX));
     EXPECT_STREQ(PACKAGE_VERSION_FOR_TESTS, evs_version());
 }
 
