@@ -397,7 +397,8 @@ static int feed_child(session *s, evs_writer *in, const char *buf, size_t n)
     if (evs_write(in, buf, n) < 0)
         return -1;
     evs_task_set_timeout(self, CLIENT_CHECK); /* this task's own: nothing else sets it */
-    while ((rc = evs_drain(in)) == -ETIMEDOUT && !evs_is_closing(s->w) && !s->over)
+    /* s->over first: once it is set the handler may have freed s->w. */
+    while ((rc = evs_drain(in)) == -ETIMEDOUT && !s->over && !evs_is_closing(s->w))
         ;
     evs_task_set_timeout(self, 0);
     if (rc == -ETIMEDOUT)
