@@ -323,6 +323,19 @@ static int rename_client(chat *ch, client *cl, taken_name **mine, const char *ar
     return notify(cl->w, text, (size_t)n);
 }
 
+/* A carriage return inside a line would let its sender write over the
+ * "name: " in front of it on the others' terminals, and speak as someone
+ * else; escape sequences could do worse. Control bytes other than tab
+ * reach the room as '?'. */
+static void hide_controls(char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            text[i] = '?';
+    }
+}
+
 static void client_connected(evs_reader *r, evs_writer *w, void *state)
 {
     chat *ch = state;
@@ -377,6 +390,7 @@ static void client_connected(evs_reader *r, evs_writer *w, void *state)
             memcpy(m->text, cl.name, nlen);
             memcpy(m->text + nlen, ": ", 2);
             memcpy(m->text + nlen + 2, line, (size_t)len);
+            hide_controls(m->text + nlen + 2, (size_t)len);
             m->text[m->len - 1] = '\n';
             message_send(m);
         }

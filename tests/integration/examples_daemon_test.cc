@@ -1014,6 +1014,11 @@ TEST_F(ChatTest, LinesReachEveryOtherClientOnEveryWorker) {
     ASSERT_TRUE(send_text(fds[0], "/quit\n"));
     EXPECT_EQ("", read_all(fds[0]));
     for (int i = 1; i < n; i++) EXPECT_EQ("* alice left", read_line(fds[i]));
+    // Control bytes inside a line cannot rewrite the sender's name on the
+    // others' terminals: they arrive as '?'.
+    ASSERT_TRUE(send_text(fds[1], "hi\ralice: trust me\x1b[2K\tok\n"));
+    for (int i = 2; i < n; i++)
+        EXPECT_EQ(names[1] + ": hi?alice: trust me?[2K\tok", read_line(fds[i]));
     // A line over max_line (1k) is refused, and the connection goes on.
     ASSERT_TRUE(send_text(fds[1], std::string(3000, 'z') + "\nshort\n"));
     EXPECT_EQ("* line too long", read_line(fds[1]));
