@@ -56,11 +56,24 @@ int evs__cidr_parse(const char *text, evs__cidr *out)
     }
     bits = max;
     if (slash) {
+        /* Digits only: strtol would take "/ 8" and "/+08" too. */
+        if (slash[1] < '0' || slash[1] > '9')
+            return -EINVAL;
         bits = strtol(slash + 1, &end, 10);
-        if (!slash[1] || *end || bits < 0 || bits > max)
+        if (*end || bits < 0 || bits > max)
             return -EINVAL;
     }
     out->bits = (int)bits;
+    /* A peer at ::ffff:a.b.c.d is matched as the IPv4 address it is (see
+     * evs__proxy_trusted): a network written that way must be too, or it
+     * would be accepted and never match. */
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (out->family == AF_INET6 && out->bits >= 96 && memcmp(out->addr, v4mapped, 12) == 0) {
+        memmove(out->addr, out->addr + 12, 4);
+        memset(out->addr + 4, 0, sizeof out->addr - 4);
+        out->family = AF_INET;
+        out->bits -= 96;
+    }
     return 0;
 }
 

@@ -117,8 +117,9 @@ int evs_transport_set_timeouts(evs_transport *t, const evs_timeouts *to)
     evs__timers *tm = t->timers;
     bool on;
 
-    if (!to || to->idle < 0 || to->first_byte < 0 || to->read < 0 || to->write < 0 ||
-        to->lifetime < 0)
+    /* Written !(x >= 0), so that NaN is refused too. */
+    if (!to || !(to->idle >= 0) || !(to->first_byte >= 0) || !(to->read >= 0) ||
+        !(to->write >= 0) || !(to->lifetime >= 0))
         return -EINVAL;
     if (t->lost_scheduled)
         return -EPIPE;

@@ -232,11 +232,25 @@ TEST(ProxyServer, NeedsTrustedNetworks) {
     o.host = "127.0.0.1";
     o.proxy_protocol = true;
     EXPECT_EQ(-EINVAL, evs_start_server(rt, &o, nullptr));
-    const char *bad[] = {"10.0.0.0/33"};
-    o.proxy_trusted = bad;
     o.nproxy_trusted = 1;
-    EXPECT_EQ(-EINVAL, evs_start_server(rt, &o, nullptr));
+    for (const char *bad : {"10.0.0.0/33", "10.0.0.0/", "10.0.0.0/ 8", "10.0.0.0/+8", "10.0.0.0/-0",
+                            "10.0.0.0/8x", "::ffff:10.0.0.0/129"}) {
+        o.proxy_trusted = &bad;
+        EXPECT_EQ(-EINVAL, evs_start_server(rt, &o, nullptr)) << bad;
+    }
     evs_runtime_stop(rt, 1);
+}
+
+// A network written as IPv4-mapped IPv6 trusts the IPv4 peers in it, as
+// the peers themselves are matched (it was accepted and matched nobody).
+TEST(ProxyServer, AnIpv4MappedNetworkTrustsItsIpv4Peers) {
+    ProxyServer srv("::ffff:127.0.0.0/104");
+    int fd = connect_tcp(srv.port);
+    std::string msg = "PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\n";
+    ASSERT_TRUE(write_all(fd, msg.data(), msg.size()));
+    std::string first = line_of(fd);
+    EXPECT_EQ(0u, first.rfind("peer=203.0.113.9:40000 proxy=127.0.0.1:", 0)) << first;
+    close(fd);
 }
 
 TEST(ProxyServer, V1HeaderGivesTheRealClientAndDataAfterItArrives) {

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <climits>
 #include <functional>
@@ -1899,6 +1900,7 @@ TEST(Transport, IdleTimeoutAbortsWithETIMEDOUT) {
         evs_transport *t = wrap(p.mine(), r);
         EXPECT_EQ(0.0, evs_transport_get_idle_timeout(t));
         EXPECT_EQ(-EINVAL, evs_transport_set_idle_timeout(t, -1));
+        EXPECT_EQ(-EINVAL, evs_transport_set_idle_timeout(t, NAN));  // no bound, not none
         ASSERT_EQ(0, evs_transport_set_idle_timeout(t, 0.05));
         EXPECT_EQ(0.05, evs_transport_get_idle_timeout(t));
         ASSERT_TRUE(lost_once(r));
