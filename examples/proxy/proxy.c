@@ -16,8 +16,10 @@
  * Half-close passes through: EOF from one side becomes evs_write_eof on
  * the other, and the opposite direction goes on until it ends too; the
  * connections close when both directions are done. A TLS side cannot be
- * half-closed, so an EOF towards it closes it. An error on either
- * side (a reset, a failed write) aborts both connections.
+ * half-closed: the upstream's EOF closes a TLS client, while the client's
+ * EOF leaves a TLS upstream open to send its answer, until it closes (or
+ * the idle timeout). An error on either side (a reset, a failed write)
+ * aborts both connections.
  *
  * The upstream connection gets the client connection's write watermarks
  * and idle timeout (the listener's limits), so one set of limits governs
@@ -83,12 +85,17 @@ static int pump(session *s, evs_reader *from, evs_writer *to)
             return -ECANCELED;
         if (n == 0) {
             /* A TLS connection has no half-close (can_write_eof is false,
-             * as in asyncio): it is closed after what it buffered, which
-             * ends its other direction too. Otherwise the EOF went
-             * nowhere and the peer waited for it until the idle timeout. */
+             * as in asyncio). A TLS client is closed after what it
+             * buffered once the upstream is done: otherwise the EOF went
+             * nowhere and the client waited for it until the idle
+             * timeout. A TLS upstream is left open when the client is
+             * done sending: closing it would stop the reading of its
+             * answer (a client that half-closes after its request, as
+             * `nc -N` does, got nothing back). The upstream's own close,
+             * or the idle timeout, ends the session. */
             if (evs_can_write_eof(to))
                 evs_write_eof(to); /* -EPIPE if that side is gone already: fine */
-            else
+            else if (to == s->cw)
                 evs_close(to);
             return 0;
         }

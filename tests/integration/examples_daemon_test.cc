@@ -1532,6 +1532,31 @@ TEST_F(ProxyTest, TlsTerminationAndTlsToTheUpstream) {
     EXPECT_TRUE(eventually(10, [&] { return contains(px.err(), "hostname mismatch"); })) << px.err();
 }
 
+// A client that half-closes after its request still gets the answer of a
+// TLS upstream, which cannot be half-closed: the proxy closed it, and the
+// answer was lost.
+TEST_F(ProxyTest, AClientHalfCloseLeavesATlsUpstreamAnswering) {
+    std::string cert = path("cert.pem");
+    if (!make_cert()) GTEST_SKIP() << "the openssl command is not installed";
+    Daemon &up = start("  { name = \"https\"; listen = \"127.0.0.1:0\"; plugin = \"http_hello\";"
+                       " tls = { certificate = \"cert.pem\"; key = \"key.pem\"; }; }");
+    ASSERT_TRUE(up.running());
+    Daemon &px = start("  { name = \"proxy\"; listen = \"127.0.0.1:0\"; plugin = \"proxy\";"
+                       "    settings = { upstream = \"127.0.0.1:" + std::to_string(up.port("https")) +
+                       "\"; upstream_tls = true; ca_file = \"" + cert +
+                       "\"; server_name = \"localhost\"; }; }");
+    ASSERT_TRUE(px.running());
+    int c = connect_tcp(px.port("proxy"));
+    ASSERT_GE(c, 0);
+    set_timeouts(c, 20);
+    ASSERT_TRUE(send_text(c, "GET / HTTP/1.0\r\n\r\n"));
+    ASSERT_EQ(0, shutdown(c, SHUT_WR));
+    std::string answer = read_all(c);
+    EXPECT_EQ(0u, answer.rfind("HTTP/1.1 200", 0)) << answer;
+    EXPECT_TRUE(contains(answer, "Hello, World!")) << answer;
+    close(c);
+}
+
 // A TLS connection has no half-close (can_write_eof is false), so the
 // upstream's EOF closes the TLS client after the bytes before it. The EOF
 // went nowhere, and the client waited for it until the idle timeout.
