@@ -11,25 +11,28 @@
  * what UDP promises, instead of this process queueing an answer per
  * datagram without bound.
  *
- * Loops: a datagram whose source is the endpoint's own address (forged,
- * or sent by another process on the SO_REUSEPORT port) is dropped. Its
- * answer would come back to one of the workers' sockets as a new datagram
- * from that address, and so on forever. On a wildcard address (0.0.0.0,
- * ::) every local address is ours and a datagram does not say which one
- * it was sent to, so there any source on our port is dropped; a peer that
- * sends from the echo port is most likely another echo service, the other
- * half of the classic echo loop. For the same reason a datagram from a
- * port below 1024 is dropped: clients send from ephemeral ports, while
+ * Loops: a datagram from a port this process serves udp_echo on (any
+ * listener's, from any address) is dropped. Forged to come from the
+ * endpoint's own address, its answer would come back to one of the
+ * workers' sockets as a new datagram from that address, and so on
+ * forever; from another udp_echo listener, here or on another host on the
+ * same port, the two would answer each other forever (one forged datagram
+ * kept a core busy). A peer that sends from an echo port is most likely
+ * another echo service, the other half of the classic echo loop. For the
+ * same reason a datagram from a port below 1024 is dropped: clients send from ephemeral ports, while
  * the well-known ports belong to services (echo, chargen, daytime, DNS...)
  * that answer what they are sent. A datagram forged to come from one of
  * them would make this server and that one answer each other for ever.
- * (Source port 0 cannot be answered at all.)
+ * (Source port 0 cannot be answered at all.) What no rule here can tell
+ * from a client is another echo service on an unrelated high port: UDP
+ * echo answers forged sources by design, so serve it to trusted networks.
  *
  * Try it (with the listener in conf/evstreamd.conf uncommented):
  *   echo hello | nc -u -w1 127.0.0.1 8895
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +50,49 @@ typedef struct udp_echo {
     own_address *own[MAX_WORKERS];
 } udp_echo;
 
+/* The ports udp_echo listens on in this process, every listener's,
+ * written once by each endpoint's worker and read by all: atomics. Never
+ * emptied: a port a reload let go of stays suspect, which costs nothing. */
+#define MAX_ECHO_PORTS 64
+static _Atomic uint16_t echo_ports[MAX_ECHO_PORTS];
+
+static void note_echo_port(uint16_t port)
+{
+    for (int i = 0; i < MAX_ECHO_PORTS && port != 0; i++) {
+        uint16_t seen = 0;
+        if (atomic_compare_exchange_strong(&echo_ports[i], &seen, port) || seen == port)
+            return;
+    }
+    /* Full: the endpoint's own port is still checked (from_self). */
+}
+
+static uint16_t port_of(const struct sockaddr *a)
+{
+    switch (a->sa_family) {
+    case AF_INET:
+        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port);
+    case AF_INET6:
+        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
+    default:
+        return 0;
+    }
+}
+
+/* Whether @a is an IP address on a port udp_echo serves here. */
+static bool from_echo_port(const struct sockaddr *a)
+{
+    uint16_t port = port_of(a);
+
+    for (int i = 0; i < MAX_ECHO_PORTS && port != 0; i++) {
+        uint16_t p = atomic_load(&echo_ports[i]);
+        if (p == 0)
+            return false;
+        if (p == port)
+            return true;
+    }
+    return false;
+}
+
 /* Whether @a is an IP address on a well-known port (or port 0). */
 static bool from_service_port(const struct sockaddr *a)
 {
@@ -60,7 +106,8 @@ static bool from_service_port(const struct sockaddr *a)
     }
 }
 
-/* Whether a datagram from @a came from the endpoint's own address @own. */
+/* Whether a datagram from @a came from the endpoint @own: its port (from
+ * any address), or its path. */
 static bool from_self(const own_address *own, const struct sockaddr *a, socklen_t alen)
 {
     const struct sockaddr *o;
@@ -69,17 +116,9 @@ static bool from_self(const own_address *own, const struct sockaddr *a, socklen_
         return false;
     o = (const struct sockaddr *)&own->addr;
     switch (o->sa_family) {
-    case AF_INET: {
-        const struct sockaddr_in *s = (const void *)a, *m = (const void *)o;
-        return s->sin_port == m->sin_port && (m->sin_addr.s_addr == htonl(INADDR_ANY) ||
-                                             s->sin_addr.s_addr == m->sin_addr.s_addr);
-    }
-    case AF_INET6: {
-        const struct sockaddr_in6 *s = (const void *)a, *m = (const void *)o;
-        return s->sin6_port == m->sin6_port &&
-               (IN6_IS_ADDR_UNSPECIFIED(&m->sin6_addr) ||
-                IN6_ARE_ADDR_EQUAL(&s->sin6_addr, &m->sin6_addr));
-    }
+    case AF_INET:
+    case AF_INET6:
+        return port_of(a) == port_of(o); /* any address: see the top */
     case AF_UNIX:
         /* Only our socket can send from its own path. */
         return alen == own->len && memcmp(a, o, alen) == 0;
@@ -96,6 +135,8 @@ static void connection_made(evs_datagram *d, void *ctx)
     /* Once per endpoint, not a getsockname() per datagram. */
     if (own && evs_datagram_get_sockname(d, &own->addr, &own->len) < 0)
         own->len = 0;
+    if (own && own->len > 0)
+        note_echo_port(port_of((const struct sockaddr *)&own->addr));
 }
 
 static void datagram_received(evs_datagram *d, const void *data, size_t len,
@@ -106,8 +147,9 @@ static void datagram_received(evs_datagram *d, const void *data, size_t len,
     /* An unnamed Unix peer (addrlen 0) cannot be answered. */
     if (addrlen == 0)
         return;
-    if (from_self(ue->own[evs_worker_id(evs_datagram_worker(d))], addr, addrlen)) {
-        evs_log(EVS_LOG_DEBUG, "udp_echo: dropped a datagram from our own address");
+    if (from_self(ue->own[evs_worker_id(evs_datagram_worker(d))], addr, addrlen) ||
+        from_echo_port(addr)) {
+        evs_log(EVS_LOG_DEBUG, "udp_echo: dropped a datagram from an echo port");
         return;
     }
     if (from_service_port(addr)) {
