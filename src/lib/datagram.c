@@ -286,7 +286,9 @@ int evs_datagram_open(const evs_datagram_options *o, const evs_datagram_protocol
                       void *ctx, evs_datagram **out)
 {
     const struct sockaddr *any;
-    int fd, one = 1, family;
+    int fd, one = 1, family, rc;
+    char path[sizeof ((struct sockaddr_un *)0)->sun_path + 1] = "";
+    const char *made = NULL; /* the socket file bind made */
 
     if (!o || !proto || !evs_worker_current() || o->max_datagram > MAX_DATAGRAM_LIMIT)
         return -EINVAL; /* before a bind makes a socket file */
@@ -311,7 +313,6 @@ int evs_datagram_open(const evs_datagram_options *o, const evs_datagram_protocol
              * anything else that is not a socket is left alone. */
             const struct sockaddr_un *un = (const struct sockaddr_un *)o->local_addr;
             size_t off = offsetof(struct sockaddr_un, sun_path), n;
-            char path[sizeof un->sun_path + 1];
             struct stat st;
             /* The kernel takes a sun_path that fills the field with no NUL:
              * copy it out, bounded by the address length, before stat. */
@@ -325,21 +326,26 @@ int evs_datagram_open(const evs_datagram_options *o, const evs_datagram_protocol
         }
         if (bind(fd, o->local_addr, o->local_addrlen) < 0)
             goto fail;
+        if (family == AF_UNIX && path[0])
+            made = path; /* ours until the endpoint exists */
     }
     if (o->remote_addr) {
-        int rc;
         do
             rc = connect(fd, o->remote_addr, o->remote_addrlen);
         while (rc < 0 && errno == EINTR);
         if (rc < 0)
             goto fail;
     }
-    return evs_datagram_new(fd, o->max_datagram, proto, ctx, out);
-fail: {
-    int err = -errno;
+    rc = evs_datagram_new(fd, o->max_datagram, proto, ctx, out);
+    if (rc < 0 && made)
+        unlink(made); /* a failed open leaves no socket file behind */
+    return rc;
+fail:
+    rc = -errno;
     close(fd);
-    return err;
-}
+    if (made)
+        unlink(made);
+    return rc;
 }
 
 /* --- ending ---------------------------------------------------------------- */

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -221,6 +222,28 @@ TEST(DatagramTest, UnixDatagramServerAndConnectedClient) {
     struct sockaddr_un c = unix_addr(dir + "/cli.sock", &cl);
     round_trip((struct sockaddr *)&s, sl, (struct sockaddr *)&c, cl,
                [](const struct sockaddr *, socklen_t *) {});
+    remove_dir(dir);
+}
+
+// A client bound to a path whose connect fails leaves no socket file.
+TEST(DatagramTest, AFailedUnixOpenLeavesNoSocketFile) {
+    std::string dir = make_temp_dir();
+    socklen_t sl, cl;
+    struct sockaddr_un nobody = unix_addr(dir + "/nobody.sock", &sl);
+    struct sockaddr_un c = unix_addr(dir + "/cli.sock", &cl);
+    Rec cli;
+    run([&] {
+        evs_datagram_options o = {};
+        o.local_addr = (struct sockaddr *)&c;
+        o.local_addrlen = cl;
+        o.remote_addr = (struct sockaddr *)&nobody;
+        o.remote_addrlen = sl;
+        evs_datagram *d = nullptr;
+        EXPECT_EQ(-ENOENT, evs_datagram_open(&o, &kProto, &cli, &d));
+        EXPECT_EQ(nullptr, d);
+    });
+    struct stat st;
+    EXPECT_NE(0, lstat((dir + "/cli.sock").c_str(), &st)) << "the failed open left its socket file";
     remove_dir(dir);
 }
 
