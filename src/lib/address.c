@@ -21,6 +21,13 @@ const char *evs_format_address(const struct sockaddr *addr, socklen_t len, char 
         snprintf(buf, size, "?");
         return buf;
     }
+    /* An address shorter than its family's structure is not read past
+     * @p len: it is shown as "?". */
+    if ((addr->sa_family == AF_INET && len < sizeof(struct sockaddr_in)) ||
+        (addr->sa_family == AF_INET6 && len < sizeof(struct sockaddr_in6))) {
+        snprintf(buf, size, "?");
+        return buf;
+    }
     switch (addr->sa_family) {
     case AF_INET: {
         const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
@@ -39,6 +46,8 @@ const char *evs_format_address(const struct sockaddr *addr, socklen_t len, char 
         size_t n = len > offsetof(struct sockaddr_un, sun_path)
                        ? len - offsetof(struct sockaddr_un, sun_path)
                        : 0;
+        if (n > sizeof un->sun_path)
+            n = sizeof un->sun_path; /* a longer len does not reach past it */
         if (n == 0)
             snprintf(buf, size, "unix:");
         else if (un->sun_path[0] == '\0')

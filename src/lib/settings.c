@@ -35,7 +35,7 @@ void evs_settings_free(evs_settings *s)
 
 const char *evs_settings_error(const evs_settings *s)
 {
-    return s->failed ? s->error : NULL;
+    return s && s->failed ? s->error : NULL;
 }
 
 /* "file:line: settings: " for messages about the group or a key in it. */
@@ -75,6 +75,10 @@ int evs_settings_fail(evs_settings *s, const char *fmt, ...)
     char msg[400];
     va_list ap;
 
+    /* As the getters take a NULL group (evs_settings_from_libconfig may
+     * give one), a failure on it is still a failure. */
+    if (!s)
+        return -EINVAL;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);

@@ -76,6 +76,14 @@ TEST(Logging, ControlBytesCannotStartALine) {
     EXPECT_EQ("\\x0a", c.lines[1].substr(c.lines[1].size() - 4));
 }
 
+// A NULL settings group (evs_settings_from_libconfig may give one) is
+// taken by every call, as by the getters.
+TEST(Settings, ANullGroupIsAnError) {
+    EXPECT_EQ(nullptr, evs_settings_error(nullptr));
+    EXPECT_EQ(-EINVAL, evs_settings_fail(nullptr, "bad %d", 1));
+    EXPECT_EQ(0u, evs_settings_count(nullptr));
+}
+
 TEST(Logging, ParsesLevelNames) {
     evs_log_level l;
     EXPECT_EQ(0, evs_log_level_parse("debug", &l));

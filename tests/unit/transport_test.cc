@@ -1888,6 +1888,12 @@ TEST(FormatAddress, TruncatesToTheBufferAndReturnsIt) {
     char one = 'Z';
     EXPECT_EQ(&one, evs_format_address((struct sockaddr *)&sin, sizeof sin, &one, 0));
     EXPECT_EQ('Z', one);  // size 0: untouched
+    // A length too short for the family is not read past.
+    char small[64];
+    EXPECT_STREQ("?", evs_format_address((struct sockaddr *)&sin, 2, small, sizeof small));
+    struct sockaddr_in6 sin6{};
+    sin6.sin6_family = AF_INET6;
+    EXPECT_STREQ("?", evs_format_address((struct sockaddr *)&sin6, sizeof sin, small, sizeof small));
 }
 
 // ===========================================================================
