@@ -97,7 +97,9 @@ typedef struct evs_timeouts {
     double idle;       /**< no byte moved in either direction */
     double first_byte; /**< no byte received since the connection started */
     double read;       /**< no byte received while reading (from the last byte or
-                            the last resume_reading: time paused does not count) */
+                            the last resume_reading: time paused does not count);
+                            counts from the first byte on: before it,
+                            first_byte applies */
     double write;      /**< bytes queued but none taken by the peer (it stopped reading) */
     double lifetime;   /**< total time since the connection started */
 } evs_timeouts;
