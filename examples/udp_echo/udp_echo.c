@@ -19,9 +19,9 @@
  * same port, the two would answer each other forever (one forged datagram
  * kept a core busy). A peer that sends from an echo port is most likely
  * another echo service, the other half of the classic echo loop. For the
- * same reason a datagram from a port below 1024 is dropped: clients send from ephemeral ports, while
- * the well-known ports belong to services (echo, chargen, daytime, DNS...)
- * that answer what they are sent. A datagram forged to come from one of
+ * same reason a datagram from a port below 1024 is dropped: clients send
+ * from ephemeral ports, while the well-known ports belong to services
+ * (echo, chargen, daytime, DNS...) that answer what they are sent. A datagram forged to come from one of
  * them would make this server and that one answer each other for ever.
  * (Source port 0 cannot be answered at all.) What no rule here can tell
  * from a client is another echo service on an unrelated high port: UDP
@@ -96,14 +96,7 @@ static bool from_echo_port(const struct sockaddr *a)
 /* Whether @a is an IP address on a well-known port (or port 0). */
 static bool from_service_port(const struct sockaddr *a)
 {
-    switch (a->sa_family) {
-    case AF_INET:
-        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port) < 1024;
-    case AF_INET6:
-        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port) < 1024;
-    default:
-        return false;
-    }
+    return (a->sa_family == AF_INET || a->sa_family == AF_INET6) && port_of(a) < 1024;
 }
 
 /* Whether a datagram from @a came from the endpoint @own: its port (from

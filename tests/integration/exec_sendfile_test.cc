@@ -96,6 +96,18 @@ std::string describe(const std::vector<ProcInfo> &procs) {
     return s.empty() ? "none" : s;
 }
 
+// Whether @pid gets exactly one child (named @comm, unless empty) within
+// 10 s; a failure says which children there were.
+testing::AssertionResult one_child(pid_t pid, const std::string &comm = "") {
+    std::vector<ProcInfo> kids;
+    if (eventually(10, [&] {
+            kids = children_of(pid);
+            return kids.size() == 1 && (comm.empty() || kids[0].comm == comm);
+        }))
+        return testing::AssertionSuccess();
+    return testing::AssertionFailure() << "children: " << describe(kids);
+}
+
 // These tests need no more of a daemon than start, port and stop.
 using Daemon = DaemonProcess;
 
@@ -253,12 +265,7 @@ TEST_F(ExecSendfileTest, ClientsLeavingEarlyLeaveNoChildOrZombie) {
 
     int fd = connect_tcp(d.port("stubborn"));
     ASSERT_GE(fd, 0);
-    std::vector<ProcInfo> kids;
-    ASSERT_TRUE(eventually(10, [&] {
-        kids = children_of(d.pid);
-        return kids.size() == 1 && kids[0].comm == "sleep";
-    })) << "the child did not start: "
-        << describe(kids);
+    ASSERT_TRUE(one_child(d.pid, "sleep")) << "the child did not start";
     close_with_reset(fd);
     expect_no_children("after a reset with a child that ignores SIGTERM");
     EXPECT_TRUE(eventually(5, [&] { return contains(d.err(), "killed by signal 9"); }))
@@ -309,11 +316,7 @@ TEST_F(ExecSendfileTest, ChildOutlivingAHalfClosedClientIsStoppedWhenTheConnecti
     for (int i = 0; i < 2; i++) {
         int c = connect_tcp(d.port("silent"));
         ASSERT_GE(c, 0);
-        std::vector<ProcInfo> kids;
-        ASSERT_TRUE(eventually(10, [&] {
-            kids = children_of(d.pid);
-            return kids.size() == 1;
-        })) << describe(kids);
+        ASSERT_TRUE(one_child(d.pid));
         if (i == 0)
             shutdown(c, SHUT_WR);  // half-close, still connected
         close(c);  // then gone (a FIN: the server learns nothing more)
@@ -333,12 +336,8 @@ TEST_F(ExecSendfileTest, AChildThatStopsReadingIsStoppedWhenItsClientLeaves) {
     ASSERT_TRUE(d.running());
     int fd = connect_tcp(d.port("deaf"));
     ASSERT_GE(fd, 0);
-    std::vector<ProcInfo> kids;
     ASSERT_TRUE(write_all(fd, "x\n", 2));
-    ASSERT_TRUE(eventually(10, [&] {
-        kids = children_of(d.pid);
-        return kids.size() == 1 && kids[0].comm == "sleep";
-    })) << describe(kids);
+    ASSERT_TRUE(one_child(d.pid, "sleep"));
     // More than the pipe, the write buffer and the reader's limit hold.
     const std::string data = pattern(4 * 1024 * 1024, 5);
     set_timeouts(fd, 2);  // the server stops reading: the write blocks
